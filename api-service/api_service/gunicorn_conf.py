@@ -1,0 +1,25 @@
+"""Gunicorn settings for production: Uvicorn workers, env-driven, JSON logs.
+
+Use with `analytics-api serve` or `gunicorn -c api-service/gunicorn.conf.py`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+# Railway and most PaaS set PORT; API_BIND wins when given.
+bind = os.environ.get("API_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"  # noqa: S104
+# Each worker holds its own read-only DuckDB connection and thread pool; DuckDB
+# parallelises inside a query, so one or two workers per core is plenty.
+workers = int(os.environ.get("WEB_CONCURRENCY", max(2, min(4, multiprocessing.cpu_count()))))
+worker_class = "uvicorn_worker.UvicornWorker"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+keepalive = 5
+# Trust X-Forwarded-* only from the configured proxies (never from everyone).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+accesslog = None  # the app logs each request as JSON itself
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+wsgi_app = "api_service.main:app_factory()"

@@ -1,0 +1,41 @@
+"""Code both services share: manifest, object store, settings, logging, whitelist."""
+
+from analytics_shared.logging_config import configure_logging, get_logger
+from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError, TableInfo
+from analytics_shared.object_store import (
+    LocalObjectStore,
+    NotModified,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    S3ObjectStore,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
+from analytics_shared.settings import CommonSettings, SettingsError, load_settings
+from analytics_shared.whitelist import Whitelist, WhitelistError, load_whitelist
+
+__all__ = [
+    "MANIFEST_KEY",
+    "CommonSettings",
+    "LocalObjectStore",
+    "Manifest",
+    "ManifestError",
+    "NotModified",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "S3ObjectStore",
+    "SettingsError",
+    "StoreError",
+    "StoreUnavailable",
+    "TableInfo",
+    "Whitelist",
+    "WhitelistError",
+    "configure_logging",
+    "get_logger",
+    "load_settings",
+    "load_whitelist",
+    "open_store",
+]

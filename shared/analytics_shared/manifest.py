@@ -1,0 +1,121 @@
+"""The manifest: the small JSON document whose write publishes a snapshot.
+
+`current/manifest.json` names exactly one immutable snapshot in `history/`;
+readers trust nothing else. Parsing is strict so a malformed or foreign
+manifest is a clear `ManifestError`, never a half-understood version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "MANIFEST_KEY",
+    "ColumnSchema",
+    "Manifest",
+    "ManifestError",
+    "TableInfo",
+    "new_version_id",
+    "sha256_file",
+]
+
+MANIFEST_KEY = "current/manifest.json"
+FORMAT_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """The manifest is missing required fields, has wrong types or is not JSON."""
+
+
+class ColumnSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    type: str
+
+
+class TableInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    row_count: int = Field(ge=0)
+    # Watermarks are strings so the source's full precision survives
+    # (SQL Server datetime2 has 100 ns ticks; Python datetimes stop at 1 us).
+    watermark: str | None = None
+    columns: list[ColumnSchema] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    version: str = Field(min_length=1, pattern=r"^[0-9A-Za-z_.-]+$")
+    created_at: datetime
+    snapshot_key: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0)
+    compression: str | None = None
+    previous_version: str | None = None
+    tables: dict[str, TableInfo] = Field(default_factory=dict)
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("created_at must carry a time zone")
+        return value.astimezone(UTC)
+
+    @field_validator("snapshot_key")
+    @classmethod
+    def _relative_key(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("snapshot_key must be a relative key inside the store")
+        return value
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Manifest:
+        try:
+            manifest = cls.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ManifestError(f"invalid manifest: {problems}") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise ManifestError(
+                f"unsupported manifest format_version {manifest.format_version}"
+                f" (this build reads {FORMAT_VERSION})"
+            )
+        return manifest
+
+    @property
+    def age_seconds(self) -> float:
+        return (datetime.now(UTC) - self.created_at).total_seconds()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+            "size": self.size,
+            "tables": {name: t.row_count for name, t in self.tables.items()},
+        }
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """Sortable, unique-enough version id: UTC time to the microsecond."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return now.strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

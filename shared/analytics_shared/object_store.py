@@ -1,0 +1,339 @@
+"""One object-store interface, two implementations.
+
+`LocalObjectStore` (a folder, the embedded default, `file:///abs/path`) and
+`S3ObjectStore` (`s3://bucket/prefix`, any S3-compatible server through
+`endpoint_url`). Both pass the same contract tests. Writes are atomic from a
+reader's point of view: a reader sees the old object or the new one, never a
+partial one (local: write a temp file then `os.replace`; S3: PUT is atomic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+__all__ = [
+    "NotModified",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "LocalObjectStore",
+    "S3ObjectStore",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+]
+
+
+class StoreError(Exception):
+    """Base class for object-store failures."""
+
+
+class ObjectNotFound(StoreError, KeyError):
+    """The key does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or failed transiently; retrying may help."""
+
+
+class NotModified(StoreError):
+    """The object's ETag still matches the caller's `if_none_match`."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+class ObjectStore(ABC):
+    """Keys are '/'-separated paths relative to the store's root/prefix."""
+
+    url: str
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> ObjectInfo: ...
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectInfo:
+        """Atomically create or replace a small object."""
+
+    @abstractmethod
+    def get_bytes(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str]:
+        """Return (body, etag); raise NotModified when the etag still matches."""
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path) -> ObjectInfo:
+        """Download to `dest` (written via a temp file, renamed when complete)."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete a key; deleting a missing key is not an error."""
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class LocalObjectStore(ObjectStore):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    @staticmethod
+    def _info(key: str, path: Path) -> ObjectInfo:
+        st = path.stat()
+        # A cheap validator that changes whenever the file is replaced.
+        etag = hashlib.md5(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()  # noqa: S324
+        return ObjectInfo(key, st.st_size, etag, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def _atomic_write(self, key: str, writer) -> ObjectInfo:  # type: ignore[no-untyped-def]
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return self._info(key, dest)
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        def write(fh):  # type: ignore[no-untyped-def]
+            with Path(path).open("rb") as src:
+                shutil.copyfileobj(src, fh, 1 << 20)
+
+        return self._atomic_write(key, write)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectInfo:
+        return self._atomic_write(key, lambda fh: fh.write(data))
+
+    def get_bytes(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str]:
+        path = self._path(key)
+        try:
+            info = self._info(key, path)
+            if if_none_match is not None and info.etag == if_none_match:
+                raise NotModified(key)
+            return path.read_bytes(), info.etag
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object at {key!r} in {self.url}") from None
+
+    def get_file(self, key: str, dest: Path) -> ObjectInfo:
+        src = self._path(key)
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise ObjectNotFound(f"no object at {key!r} in {self.url}") from None
+        return self._info(key, src)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        return self._info(key, path) if path.is_file() else None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root
+        for path in sorted(base.rglob("*")):
+            if not path.is_file() or path.name.startswith(".tmp-"):
+                continue
+            key = path.relative_to(base).as_posix()
+            if key.startswith(prefix):
+                yield self._info(key, path)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+class S3ObjectStore(ObjectStore):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region or None,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+            config=Config(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                # Path-style works with S3 and with SeaweedFS/MinIO on any host name.
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _strip(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("304", "NotModified") or status == 304:
+                raise NotModified(key) from None
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectNotFound(f"no object at {key!r} in {self.url}") from None
+            if status is not None and int(status) >= 500:
+                raise StoreUnavailable(f"{self.url}: {code or status}") from exc
+            raise StoreError(f"{self.url}: {key}: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+
+    def _info(self, key: str, meta: dict) -> ObjectInfo:  # type: ignore[type-arg]
+        return ObjectInfo(
+            key=key,
+            size=int(meta.get("ContentLength", meta.get("Size", 0))),
+            etag=str(meta.get("ETag", "")).strip('"'),
+            last_modified=meta.get("LastModified") or datetime.now(UTC),
+        )
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        with self._errors(key):
+            self._client.upload_file(str(path), self.bucket, self._key(key))
+            info = self.head(key)
+        if info is None:
+            raise StoreError(f"{self.url}: {key} missing right after upload")
+        return info
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectInfo:
+        with self._errors(key):
+            resp = self._client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
+            )
+        return ObjectInfo(key, len(data), str(resp.get("ETag", "")).strip('"'), datetime.now(UTC))
+
+    def get_bytes(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str]:
+        kwargs = {"Bucket": self.bucket, "Key": self._key(key)}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = f'"{if_none_match}"'
+        with self._errors(key):
+            resp = self._client.get_object(**kwargs)
+            body = resp["Body"].read()
+        return body, str(resp.get("ETag", "")).strip('"')
+
+    def get_file(self, key: str, dest: Path) -> ObjectInfo:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self._errors(key):
+                info = self.head(key)
+                if info is None:
+                    raise ObjectNotFound(f"no object at {key!r} in {self.url}")
+                self._client.download_file(self.bucket, self._key(key), str(tmp))
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return info
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with self._errors(key):
+                meta = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ObjectNotFound:
+            return None
+        return self._info(key, meta)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")):
+                for obj in page.get("Contents", []):
+                    yield self._info(self._strip(obj["Key"]), obj)
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def open_store(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> ObjectStore:
+    """Build the store a `STORAGE_URL` names (`file:///abs/path` or `s3://bucket/prefix`)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URLs must be absolute (file:///path), got {url!r}")
+        return LocalObjectStore(Path(parsed.path))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"s3 URLs need a bucket (s3://bucket/prefix), got {url!r}")
+        return S3ObjectStore(
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=endpoint_url,
+            region=region,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+        )
+    raise ValueError(f"unsupported storage URL scheme {parsed.scheme!r} (use file:// or s3://)")

@@ -1,0 +1,105 @@
+"""Settings pieces both services share, and one way to load a settings class.
+
+Each service has exactly one `BaseSettings` subclass (etl_service.settings,
+api_service.settings); they inherit the storage and logging fields here so the
+variable names are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from analytics_shared.object_store import ObjectStore, open_store
+
+__all__ = ["CommonSettings", "SettingsError", "load_settings"]
+
+T = TypeVar("T", bound=BaseSettings)
+
+
+class SettingsError(SystemExit):
+    """Raised with a message naming the variables at fault (never their values)."""
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    log_json: bool = Field(True, validation_alias="LOG_JSON")
+    # Where local working files live (state DB, working DuckDB, API cache).
+    data_dir: Path = Field(Path("var"), validation_alias="DATA_DIR")
+
+    storage_url: str | None = Field(None, validation_alias="STORAGE_URL")
+    s3_bucket: str | None = Field(None, validation_alias="S3_BUCKET")
+    s3_prefix: str = Field("", validation_alias="S3_PREFIX")
+    s3_region: str | None = Field(
+        None, validation_alias=AliasChoices("S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
+    aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("file:///", "s3://")):
+            raise ValueError("must start with file:/// (absolute folder) or s3://bucket")
+        return value or None
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """STORAGE_URL wins; else the seed's S3_BUCKET; else a local folder."""
+        if self.storage_url:
+            return self.storage_url
+        if self.s3_bucket:
+            return f"s3://{self.s3_bucket}/{self.s3_prefix}".rstrip("/")
+        return (self.data_dir / "store").resolve().as_uri()
+
+    def open_store(self) -> ObjectStore:
+        secret = self.aws_secret_access_key
+        return open_store(
+            self.resolved_storage_url,
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            access_key_id=self.aws_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+        )
+
+
+def _env_name(cls: type[BaseSettings], field: str) -> str:
+    info = cls.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field.upper()
+
+
+def load_settings(cls: type[T], **overrides: object) -> T:
+    """Instantiate a settings class; on failure exit with a readable message.
+
+    Pydantic's default message echoes input values, which may be secrets, so
+    the message is rebuilt from the variable names and reasons only.
+    """
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            lines.append(f"  {_env_name(cls, field)}: {err['msg']}")
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
