@@ -9,9 +9,8 @@ from typing import Any
 
 import httpx
 import jwt
-from jwt import PyJWK
-
 from analytics_shared.logging_config import get_logger
+from jwt import PyJWK
 
 __all__ = ["AuthError", "JwksCache", "Principal", "TokenValidator"]
 
@@ -115,5 +114,7 @@ class TokenValidator:
         if isinstance(permissions, list):
             scopes.update(p for p in permissions if isinstance(p, str))
         sub = str(claims["sub"])
-        app = claims.get("azp") or (sub.removesuffix("@clients") if sub.endswith("@clients") else None)
+        app = claims.get("azp") or (
+            sub.removesuffix("@clients") if sub.endswith("@clients") else None
+        )
         return Principal(sub=sub, app=app, scopes=frozenset(scopes), claims=claims)

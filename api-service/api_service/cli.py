@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         from analytics_shared.settings import load_settings
         from analytics_shared.whitelist import WhitelistError, load_whitelist
+
         from api_service.settings import ApiSettings
 
         settings = load_settings(ApiSettings)
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv_g += ["--bind", args.bind]
     if args.workers:
         argv_g += ["--workers", str(args.workers)]
-    os.execv(sys.executable, argv_g)  # replace this process: signals go straight to Gunicorn
+    os.execv(sys.executable, argv_g)  # noqa: S606 - replace this process: signals go straight to Gunicorn
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from analytics_shared.logging_config import get_logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from analytics_shared.logging_config import get_logger
 from api_service.responses import json_response
 
 __all__ = ["ApiError", "error_response", "install_error_handlers"]
@@ -28,7 +30,11 @@ class ApiError(Exception):
 
 
 def error_response(
-    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     request_id = getattr(request.state, "request_id", None)
     return json_response(

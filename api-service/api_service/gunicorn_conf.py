@@ -9,7 +9,7 @@ import multiprocessing
 import os
 
 # Railway and most PaaS set PORT; API_BIND wins when given.
-bind = os.environ.get("API_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"  # noqa: S104
+bind = os.environ.get("API_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # Each worker holds its own read-only DuckDB connection and thread pool; DuckDB
 # parallelises inside a query, so one or two workers per core is plenty.
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, min(4, multiprocessing.cpu_count()))))
@@ -23,3 +23,6 @@ accesslog = None  # the app logs each request as JSON itself
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 wsgi_app = "api_service.main:app_factory()"
+# Gunicorn's control socket defaults to one path per user; several servers on one
+# host (replicas, tests) would fight over it and nothing here uses it.
+control_socket_disable = True

@@ -7,13 +7,13 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from analytics_shared.logging_config import configure_logging, get_logger
+from analytics_shared.settings import load_settings
+from analytics_shared.whitelist import load_whitelist
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
-from analytics_shared.logging_config import configure_logging, get_logger
-from analytics_shared.settings import load_settings
-from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
 from api_service.auth import JwksCache, TokenValidator
 from api_service.errors import install_error_handlers
@@ -87,7 +87,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         incoming = request.headers.get("x-request-id", "")
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        request_id = (
+            incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        )
         request.state.request_id = request_id
         response = await call_next(request)
         response.headers["X-Request-ID"] = request_id

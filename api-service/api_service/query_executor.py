@@ -52,7 +52,9 @@ def execute(
         rows = cursor.fetchmany(max_rows + 1)
         description = cursor.description or []
     except duckdb.InterruptException:
-        raise QueryTimeout(f"the query ran longer than {timeout_seconds:g} s and was stopped") from None
+        raise QueryTimeout(
+            f"the query ran longer than {timeout_seconds:g} s and was stopped"
+        ) from None
     except duckdb.Error:
         if timed_out.is_set():
             raise QueryTimeout(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +24,8 @@ def json_bytes(body: Any) -> bytes:
 
 
 def json_response(
-    body: Any, status_code: int = 200, headers: dict[str, str] | None = None
+    body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return Response(json_bytes(body), status_code=status_code, headers=headers,
-                    media_type="application/json")
+    return Response(
+        json_bytes(body), status_code=status_code, headers=headers, media_type="application/json"
+    )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from analytics_shared.settings import CommonSettings
 from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 __all__ = ["ApiSettings"]
 
@@ -19,7 +21,9 @@ def _split(value: object) -> object:
 class ApiSettings(CommonSettings):
     auth0_domain: str | None = Field(None, validation_alias="AUTH0_DOMAIN")
     auth0_api_audience: str | None = Field(None, validation_alias="AUTH0_API_AUDIENCE")
-    auth0_algorithms: list[str] = Field(["RS256"], validation_alias="AUTH0_ALGORITHMS")
+    auth0_algorithms: Annotated[list[str], NoDecode] = Field(
+        ["RS256"], validation_alias="AUTH0_ALGORITHMS"
+    )
     auth0_jwks_url: str | None = Field(None, validation_alias="AUTH0_JWKS_URL")
     auth0_issuer: str | None = Field(None, validation_alias="AUTH0_ISSUER")
     jwt_leeway_seconds: int = Field(30, validation_alias="JWT_LEEWAY_SECONDS", ge=0, le=300)
@@ -28,7 +32,9 @@ class ApiSettings(CommonSettings):
     rate_limit_requests: int = Field(50, validation_alias="RATE_LIMIT_REQUESTS", ge=1)
     rate_limit_window: int = Field(60, validation_alias="RATE_LIMIT_WINDOW", ge=1)
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
-    cors_origins: list[str] = Field(default_factory=list, validation_alias="CORS_ORIGINS")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="CORS_ORIGINS"
+    )
     query_whitelist_path: Path | None = Field(None, validation_alias="QUERY_WHITELIST_PATH")
 
     snapshot_poll_seconds: float = Field(10.0, validation_alias="SNAPSHOT_POLL_SECONDS", gt=0)
@@ -49,7 +55,9 @@ class ApiSettings(CommonSettings):
         allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
         bad = [a for a in value if a not in allowed]
         if bad or not value:
-            raise ValueError(f"only asymmetric algorithms are accepted ({', '.join(sorted(allowed))})")
+            raise ValueError(
+                f"only asymmetric algorithms are accepted ({', '.join(sorted(allowed))})"
+            )
         return value
 
     @model_validator(mode="after")

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from filelock import FileLock
-
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError, sha256_file
 from analytics_shared.object_store import NotModified, ObjectNotFound, ObjectStore, StoreError
+from filelock import FileLock
 
 __all__ = ["NoSnapshot", "Snapshot", "SnapshotError", "SnapshotManager"]
 
@@ -175,7 +174,9 @@ class SnapshotManager:
         with self._swap_lock:
             old, self._current = self._current, new
         self._manifest_etag = etag
-        log.info("snapshot_swapped", version=manifest.version, previous=old.version if old else None)
+        log.info(
+            "snapshot_swapped", version=manifest.version, previous=old.version if old else None
+        )
         if old is not None:
             old.retire()
         self._prune_cache(keep={manifest.version, old.version if old else ""})
@@ -195,7 +196,8 @@ class SnapshotManager:
                 download.unlink(missing_ok=True)
                 raise SnapshotError(
                     f"snapshot {manifest.version} failed verification"
-                    f" (size {size} vs {manifest.size}, sha256 {digest[:12]} vs {manifest.sha256[:12]})"
+                    f" (size {size} vs {manifest.size},"
+                    f" sha256 {digest[:12]} vs {manifest.sha256[:12]})"
                 )
             os.replace(download, path)
             ok_marker.touch()

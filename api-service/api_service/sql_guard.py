@@ -100,15 +100,21 @@ def check_query(
             if not schema and not catalog and name in ctes:
                 continue
             if schema not in ("", "main") or catalog:
-                raise QueryRejected(f"table {name!r} is outside the published data", "table_not_allowed")
+                raise QueryRejected(
+                    f"table {name!r} is outside the published data", "table_not_allowed"
+                )
             if "/" in name or "." in name or "\\" in name:
                 raise QueryRejected("reading files is not allowed", "file_access")
             tables.add(name)
         elif kind == "TABLE_FUNCTION":
             function = node.get("function", {})
-            fname = str(function.get("function_name", "")).lower() if isinstance(function, dict) else ""
+            fname = (
+                str(function.get("function_name", "")).lower() if isinstance(function, dict) else ""
+            )
             if fname not in allowed_table_functions:
-                raise QueryRejected(f"table function {fname or '?'}() is not allowed", "function_not_allowed")
+                raise QueryRejected(
+                    f"table function {fname or '?'}() is not allowed", "function_not_allowed"
+                )
     if allowed_tables is not None:
         refused = sorted(t for t in tables if t not in allowed_tables)
         if refused:

@@ -15,7 +15,7 @@ from etl_service.settings import EtlSettings
 __all__ = ["main"]
 
 
-def _engine(settings: EtlSettings):  # type: ignore[no-untyped-def]
+def _engine(settings: EtlSettings):
     from etl_service.sync import SyncEngine
 
     return SyncEngine(settings)
@@ -38,8 +38,16 @@ def cmd_sync(settings: EtlSettings, _args: argparse.Namespace) -> int:
         result = engine.run_cycle()
     finally:
         engine.close()
-    print(json.dumps({"status": result.status, "version": result.version, "rows": result.rows,
-                      "error": result.error}))
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "version": result.version,
+                "rows": result.rows,
+                "error": result.error,
+            }
+        )
+    )
     return 0 if result.status == "success" else 1
 
 
@@ -48,8 +56,13 @@ def cmd_status(settings: EtlSettings, _args: argparse.Namespace) -> int:
 
     state = StateStore(settings.resolved_database_url)
     try:
-        print(json.dumps({"tables": state.table_states(), "runs": state.recent_runs(10)},
-                         default=str, indent=2))
+        print(
+            json.dumps(
+                {"tables": state.table_states(), "runs": state.recent_runs(10)},
+                default=str,
+                indent=2,
+            )
+        )
     finally:
         state.close()
     return 0

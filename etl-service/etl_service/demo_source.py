@@ -22,7 +22,7 @@ ORDER_STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled")
 PAYMENT_METHODS = ("card", "paypal", "bank_transfer", "gift_card")
 
 
-def _timestamps() -> list[sa.Column]:  # type: ignore[type-arg]
+def _timestamps() -> list[sa.Column]:
     return [
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
@@ -32,7 +32,8 @@ def _timestamps() -> list[sa.Column]:  # type: ignore[type-arg]
 def demo_metadata() -> sa.MetaData:
     meta = sa.MetaData()
     sa.Table(
-        "products", meta,
+        "products",
+        meta,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("sku", sa.String(32), nullable=False, unique=True),
         sa.Column("name", sa.String(200), nullable=False),
@@ -42,7 +43,8 @@ def demo_metadata() -> sa.MetaData:
         *_timestamps(),
     )
     sa.Table(
-        "inventory", meta,
+        "inventory",
+        meta,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("product_id", sa.Integer, nullable=False),
         sa.Column("warehouse", sa.String(16), nullable=False),
@@ -51,7 +53,8 @@ def demo_metadata() -> sa.MetaData:
         *_timestamps(),
     )
     sa.Table(
-        "customers", meta,
+        "customers",
+        meta,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("email", sa.String(200), nullable=False),
         sa.Column("full_name", sa.String(200), nullable=False),
@@ -60,7 +63,8 @@ def demo_metadata() -> sa.MetaData:
         *_timestamps(),
     )
     sa.Table(
-        "orders", meta,
+        "orders",
+        meta,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("customer_id", sa.Integer, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
@@ -69,7 +73,8 @@ def demo_metadata() -> sa.MetaData:
         *_timestamps(),
     )
     sa.Table(
-        "transactions", meta,
+        "transactions",
+        meta,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("order_id", sa.Integer, nullable=False),
         sa.Column("amount", sa.Numeric(12, 2), nullable=False),
@@ -102,37 +107,68 @@ def create_demo_source(
 
     def stamp() -> dict[str, datetime]:
         created = base + timedelta(minutes=rng.randrange(0, 60 * 24 * 300))
-        return {"created_at": created, "updated_at": created + timedelta(seconds=rng.randrange(0, 86_400))}
+        return {
+            "created_at": created,
+            "updated_at": created + timedelta(seconds=rng.randrange(0, 86_400)),
+        }
 
     n_products, n_customers = 200 * scale, 500 * scale
     n_inventory, n_orders, n_tx = 1000 * scale, 2000 * scale, 2500 * scale
     rows: dict[str, list[dict[str, object]]] = {
         "products": [
-            {"id": i, "sku": f"SKU-{i:06d}", "name": f"{rng.choice(CATEGORIES).title()} item {i}",
-             "category": rng.choice(CATEGORIES), "unit_price": _money(rng, 1, 500),
-             "active": rng.random() > 0.1, **stamp()}
+            {
+                "id": i,
+                "sku": f"SKU-{i:06d}",
+                "name": f"{rng.choice(CATEGORIES).title()} item {i}",
+                "category": rng.choice(CATEGORIES),
+                "unit_price": _money(rng, 1, 500),
+                "active": rng.random() > 0.1,
+                **stamp(),
+            }
             for i in range(1, n_products + 1)
         ],
         "inventory": [
-            {"id": i, "product_id": rng.randint(1, n_products), "warehouse": rng.choice(WAREHOUSES),
-             "quantity": rng.randint(0, 500), "reorder_level": rng.choice((10, 20, 50)), **stamp()}
+            {
+                "id": i,
+                "product_id": rng.randint(1, n_products),
+                "warehouse": rng.choice(WAREHOUSES),
+                "quantity": rng.randint(0, 500),
+                "reorder_level": rng.choice((10, 20, 50)),
+                **stamp(),
+            }
             for i in range(1, n_inventory + 1)
         ],
         "customers": [
-            {"id": i, "email": f"customer{i}@example.com", "full_name": f"Customer {i}",
-             "country": rng.choice(COUNTRIES), "segment": rng.choice(("retail", "business", "vip")),
-             **stamp()}
+            {
+                "id": i,
+                "email": f"customer{i}@example.com",
+                "full_name": f"Customer {i}",
+                "country": rng.choice(COUNTRIES),
+                "segment": rng.choice(("retail", "business", "vip")),
+                **stamp(),
+            }
             for i in range(1, n_customers + 1)
         ],
         "orders": [
-            {"id": i, "customer_id": rng.randint(1, n_customers), "status": rng.choice(ORDER_STATUSES),
-             "total_amount": _money(rng, 5, 2000), "currency": "EUR", **stamp()}
+            {
+                "id": i,
+                "customer_id": rng.randint(1, n_customers),
+                "status": rng.choice(ORDER_STATUSES),
+                "total_amount": _money(rng, 5, 2000),
+                "currency": "EUR",
+                **stamp(),
+            }
             for i in range(1, n_orders + 1)
         ],
         "transactions": [
-            {"id": i, "order_id": rng.randint(1, n_orders), "amount": _money(rng, 5, 2000),
-             "payment_method": rng.choice(PAYMENT_METHODS),
-             "status": rng.choice(("authorized", "captured", "refunded")), **stamp()}
+            {
+                "id": i,
+                "order_id": rng.randint(1, n_orders),
+                "amount": _money(rng, 5, 2000),
+                "payment_method": rng.choice(PAYMENT_METHODS),
+                "status": rng.choice(("authorized", "captured", "refunded")),
+                **stamp(),
+            }
             for i in range(1, n_tx + 1)
         ],
     }

@@ -10,7 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError, TableInfo, new_version_id
+from analytics_shared.manifest import (
+    MANIFEST_KEY,
+    Manifest,
+    ManifestError,
+    TableInfo,
+    new_version_id,
+)
 from analytics_shared.object_store import ObjectNotFound, ObjectStore
 
 from etl_service.snapshot import SnapshotFile

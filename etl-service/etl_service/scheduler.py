@@ -6,9 +6,8 @@ import signal
 from datetime import UTC, datetime
 from types import FrameType
 
-from apscheduler.schedulers.blocking import BlockingScheduler
-
 from analytics_shared.logging_config import get_logger
+from apscheduler.schedulers.blocking import BlockingScheduler
 
 from etl_service.sync import SyncEngine
 

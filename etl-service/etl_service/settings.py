@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import quote_plus
 
 from analytics_shared.settings import CommonSettings
 from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 __all__ = ["EtlSettings"]
 
@@ -28,7 +30,7 @@ class EtlSettings(CommonSettings):
 
     sync_interval_seconds: int = Field(60, validation_alias="SYNC_INTERVAL_SECONDS", ge=1)
     batch_size: int = Field(10_000, validation_alias="BATCH_SIZE", ge=1, le=10_000_000)
-    tables_to_sync: list[str] = Field(
+    tables_to_sync: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["inventory", "products", "orders"],
         validation_alias="TABLES_TO_SYNC",
     )
@@ -75,5 +77,5 @@ class EtlSettings(CommonSettings):
         return f"sqlite:///{(self.data_dir / 'etl_state.db').resolve()}"
 
     @property
-    def working_db_path(self):  # type: ignore[no-untyped-def]
+    def working_db_path(self):
         return (self.data_dir / "etl_working.duckdb").resolve()

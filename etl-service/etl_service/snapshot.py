@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-
 from analytics_shared.manifest import sha256_file
 
 __all__ = ["SnapshotFile", "export_snapshot"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import connectorx as cx
 import pyarrow as pa
@@ -59,7 +60,13 @@ class Source:
     def quote(self, name: str) -> str:
         return _quote(self.engine.dialect, name)
 
-    def column_names(self, table: str) -> list[str]:
+    def columns(self, table: str) -> list[tuple[str, str | None]]:
+        """(name, DuckDB type or None to keep the extractor's) for each column."""
+        from etl_service.type_mapping import duckdb_type
+
+        return [(c["name"], duckdb_type(c["type"])) for c in self._reflect(table)]
+
+    def _reflect(self, table: str) -> list[Any]:
         schema, _, name = table.rpartition(".")
         try:
             columns = sa.inspect(self.engine).get_columns(name, schema=schema or None)
@@ -69,7 +76,7 @@ class Source:
             raise SourceError(f"cannot reflect {table!r}: {exc.orig}") from exc
         if not columns:
             raise SourceError(f"table {table!r} does not exist in the source")
-        return [c["name"] for c in columns]
+        return list(columns)
 
     def read(self, sql: str, batch_size: int) -> pa.RecordBatchReader:
         """Stream the result of `sql` as Arrow record batches of about `batch_size` rows."""

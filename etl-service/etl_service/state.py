@@ -63,7 +63,13 @@ class StateStore:
             conn.execute(
                 sync_runs.update()
                 .where(sync_runs.c.id == run_id)
-                .values(finished_at=now, status=status, rows=rows, published_version=version, error=error)
+                .values(
+                    finished_at=now,
+                    status=status,
+                    rows=rows,
+                    published_version=version,
+                    error=error,
+                )
             )
             for table, (watermark, count) in (watermarks or {}).items():
                 values = {"watermark": watermark, "last_synced_at": now, "row_count": count}

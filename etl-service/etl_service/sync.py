@@ -53,15 +53,15 @@ class SyncEngine:
         self.state.close()
 
     def _load_table(self, spec: TableSpec) -> int:
-        columns = self.source.column_names(spec.name)
-        reader = self.source.read_table(spec.name, columns, self.settings.batch_size)
-        return self.warehouse.replace_table(spec.name, reader)
+        columns = self.source.columns(spec.name)
+        reader = self.source.read_table(
+            spec.name, [n for n, _ in columns], self.settings.batch_size
+        )
+        return self.warehouse.replace_table(spec.name, reader, columns)
 
     def _table_info(self, spec: TableSpec, rows: int) -> TableInfo:
         watermark = (
-            self.warehouse.max_value(spec.name, spec.cursor_column)
-            if spec.cursor_column
-            else None
+            self.warehouse.max_value(spec.name, spec.cursor_column) if spec.cursor_column else None
         )
         columns = [ColumnSchema(name=n, type=t) for n, t in self.warehouse.columns(spec.name)]
         return TableInfo(row_count=rows, watermark=watermark, columns=columns)

@@ -23,14 +23,22 @@ class Warehouse:
     def close(self) -> None:
         self.con.close()
 
-    def replace_table(self, table: str, batches: pa.RecordBatchReader) -> int:
-        """Load a whole table from a batch stream, swapping it in atomically."""
+    def replace_table(
+        self, table: str, batches: pa.RecordBatchReader, columns: list[tuple[str, str | None]]
+    ) -> int:
+        """Load a whole table from a batch stream, swapping it in atomically.
+
+        `columns` gives each column's DuckDB type (None: keep the Arrow type).
+        """
+        select = ", ".join(
+            f"CAST({_ident(n)} AS {t}) AS {_ident(n)}" if t else _ident(n) for n, t in columns
+        )
         staging = f"__load_{table}"
         self.con.register("__incoming", batches)
         try:
             self.con.execute("BEGIN")
             self.con.execute(f"DROP TABLE IF EXISTS {_ident(staging)}")
-            self.con.execute(f"CREATE TABLE {_ident(staging)} AS SELECT * FROM __incoming")
+            self.con.execute(f"CREATE TABLE {_ident(staging)} AS SELECT {select} FROM __incoming")
             self.con.execute(f"DROP TABLE IF EXISTS {_ident(table)}")
             self.con.execute(f"ALTER TABLE {_ident(staging)} RENAME TO {_ident(table)}")
             self.con.execute("COMMIT")
@@ -54,7 +62,9 @@ class Warehouse:
         return [(str(n), str(t)) for n, t in rows]
 
     def max_value(self, table: str, column: str) -> str | None:
-        row = self.con.execute(f"SELECT max({_ident(column)})::VARCHAR FROM {_ident(table)}").fetchone()
+        row = self.con.execute(
+            f"SELECT max({_ident(column)})::VARCHAR FROM {_ident(table)}"
+        ).fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
     def checkpoint(self) -> None:

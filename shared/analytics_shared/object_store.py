@@ -22,11 +22,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 __all__ = [
+    "LocalObjectStore",
     "NotModified",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
-    "LocalObjectStore",
     "S3ObjectStore",
     "StoreError",
     "StoreUnavailable",
@@ -70,7 +70,9 @@ class ObjectStore(ABC):
     def put_file(self, key: str, path: Path) -> ObjectInfo: ...
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectInfo:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/json"
+    ) -> ObjectInfo:
         """Atomically create or replace a small object."""
 
     @abstractmethod
@@ -114,7 +116,7 @@ class LocalObjectStore(ObjectStore):
         etag = hashlib.md5(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()  # noqa: S324
         return ObjectInfo(key, st.st_size, etag, datetime.fromtimestamp(st.st_mtime, UTC))
 
-    def _atomic_write(self, key: str, writer) -> ObjectInfo:  # type: ignore[no-untyped-def]
+    def _atomic_write(self, key: str, writer) -> ObjectInfo:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".part")
@@ -131,13 +133,15 @@ class LocalObjectStore(ObjectStore):
         return self._info(key, dest)
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
-        def write(fh):  # type: ignore[no-untyped-def]
+        def write(fh):
             with Path(path).open("rb") as src:
                 shutil.copyfileobj(src, fh, 1 << 20)
 
         return self._atomic_write(key, write)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectInfo:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/json"
+    ) -> ObjectInfo:
         return self._atomic_write(key, lambda fh: fh.write(data))
 
     def get_bytes(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str]:
@@ -243,7 +247,7 @@ class S3ObjectStore(ObjectStore):
         except BotoCoreError as exc:
             raise StoreUnavailable(f"{self.url}: {exc}") from exc
 
-    def _info(self, key: str, meta: dict) -> ObjectInfo:  # type: ignore[type-arg]
+    def _info(self, key: str, meta: dict) -> ObjectInfo:
         return ObjectInfo(
             key=key,
             size=int(meta.get("ContentLength", meta.get("Size", 0))),
@@ -259,7 +263,9 @@ class S3ObjectStore(ObjectStore):
             raise StoreError(f"{self.url}: {key} missing right after upload")
         return info
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectInfo:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/json"
+    ) -> ObjectInfo:
         with self._errors(key):
             resp = self._client.put_object(
                 Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
@@ -302,7 +308,10 @@ class S3ObjectStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
         with self._errors(prefix):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")):
+            for page in paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else ""),
+            ):
                 for obj in page.get("Contents", []):
                     yield self._info(self._strip(obj["Key"]), obj)
 

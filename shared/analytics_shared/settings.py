@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from analytics_shared.object_store import ObjectStore, open_store
 
@@ -97,6 +98,9 @@ def load_settings(cls: type[T], **overrides: object) -> T:
     """
     try:
         return cls(**overrides)  # type: ignore[arg-type]
+    except PydanticSettingsError as exc:
+        # Raised before validation when a value cannot be decoded; names the field.
+        raise SettingsError(f"invalid configuration: {str(exc).split(' from source')[0]}") from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from api_service.auth import Principal
 from api_service.deps import ManagerDep, SettingsDep, WhitelistDep, policy_for, require_scope
 from api_service.errors import ApiError
-from api_service.responses import json_response
 from api_service.query_executor import QueryResult, QueryTimeout, execute
+from api_service.responses import json_response
 from api_service.snapshots import NoSnapshot
 from api_service.sql_guard import QueryRejected, check_query
 
@@ -57,8 +57,11 @@ async def run_sql(
 ) -> Response:
     policy = policy_for(principal, whitelist)
     if not policy.allow_ad_hoc_sql:
-        raise ApiError(403, "ad_hoc_sql_not_allowed",
-                       "this application may only run named queries (see GET /queries)")
+        raise ApiError(
+            403,
+            "ad_hoc_sql_not_allowed",
+            "this application may only run named queries (see GET /queries)",
+        )
     try:
         guarded = check_query(
             sql,
@@ -68,8 +71,12 @@ async def run_sql(
         )
         with manager.lease() as snap:
             result = await run_in_threadpool(
-                execute, snap, guarded.sql, params,
-                max_rows=settings.max_result_rows, timeout_seconds=settings.query_timeout_seconds,
+                execute,
+                snap,
+                guarded.sql,
+                params,
+                max_rows=settings.max_result_rows,
+                timeout_seconds=settings.query_timeout_seconds,
             )
     except QueryRejected as exc:
         raise ApiError(400, exc.code, str(exc)) from None

@@ -1,0 +1,91 @@
+"""Fixtures with real services, shared by every test folder.
+
+PostgreSQL and Redis are already running (TEST_DATABASE_URL, TEST_REDIS_URL);
+SeaweedFS and the JWKS endpoint are started here on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from api_service.dev_issuer import DevIssuer
+
+from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AUDIENCE = "https://analytics-api.test"
+
+
+def _psycopg_url(url: str) -> sa.URL:
+    return sa.make_url(url).set(drivername="postgresql+psycopg")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database per test (dropped afterwards)."""
+    admin_url = _psycopg_url(TEST_DATABASE_URL)
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedFS) -> dict[str, str]:
+    """Settings environment for a fresh bucket on the SeaweedFS server."""
+    bucket = seaweedfs.create_bucket()
+    return {
+        "STORAGE_URL": f"s3://{bucket}/analytics",
+        "S3_ENDPOINT_URL": seaweedfs.endpoint_url,
+        "S3_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Iterator[DevIssuer]:
+    with DevIssuer(audience=AUDIENCE) as dev:
+        yield dev
+
+
+@pytest.fixture
+def auth_env(issuer: DevIssuer) -> dict[str, str]:
+    return {
+        "AUTH0_JWKS_URL": issuer.jwks_url,
+        "AUTH0_ISSUER": issuer.issuer,
+        "AUTH0_API_AUDIENCE": AUDIENCE,
+    }
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "var"
+    path.mkdir()
+    return path

@@ -1,0 +1,61 @@
+"""Running the API as users run it: `analytics-api serve` (Gunicorn + Uvicorn)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from testsupport.ports import free_port
+from testsupport.processes import stop_process
+
+__all__ = ["ApiServer"]
+
+
+class ApiServer:
+    def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            **env,
+            "API_BIND": f"127.0.0.1:{self.port}",
+            "WEB_CONCURRENCY": str(workers),
+        }
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None  # type: ignore[type-arg]
+
+    def start(self, ready_timeout: float = 60.0, require_data: bool = True) -> ApiServer:
+        cli = str(Path(sys.executable).parent / "analytics-api")
+        with self.log_path.open("ab") if self.log_path else open(os.devnull, "wb") as out:
+            self.proc = subprocess.Popen(
+                [cli, "serve"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"analytics-api exited with {self.proc.returncode}; log: {self.log_path}"
+                )
+            try:
+                r = httpx.get(self.url + "/health", timeout=2)
+                if r.status_code == 200 or (not require_data and r.status_code == 503):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"API not ready after {ready_timeout}s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=15, group=True)
+            self.proc = None
