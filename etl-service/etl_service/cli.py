@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from analytics_shared.logging_config import configure_logging
 from analytics_shared.settings import load_settings
 
+from etl_service import versions
 from etl_service.settings import EtlSettings
 
 __all__ = ["main"]
@@ -68,17 +69,6 @@ def cmd_status(settings: EtlSettings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_versions(settings: EtlSettings, _args: argparse.Namespace) -> int:
-    from etl_service.publisher import HISTORY_PREFIX, Publisher
-
-    publisher = Publisher(settings.open_store())
-    current = publisher.current()
-    for obj in sorted(publisher.store.list(HISTORY_PREFIX), key=lambda o: o.key):
-        marker = "*" if current and obj.key == current.snapshot_key else " "
-        print(f"{marker} {obj.key}\t{obj.size}\t{obj.last_modified.isoformat()}")
-    return 0
-
-
 def cmd_demo_source(_settings: EtlSettings, args: argparse.Namespace) -> int:
     from etl_service.demo_source import create_demo_source
 
@@ -94,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sync", help="run one sync cycle now and exit (non-zero on failure)")
     sub.add_parser("status", help="show watermarks and recent runs")
     sub.add_parser("versions", help="list published snapshots (* marks the current one)")
+    rollback = sub.add_parser("rollback", help="make an older published snapshot current")
+    rollback.add_argument("version", help="a version id from `analytics-etl versions`")
     demo = sub.add_parser("demo-source", help="create the demo source database")
     demo.add_argument("--url", required=True, help="SQLAlchemy URL of the database to fill")
     demo.add_argument("--scale", type=int, default=1, help="multiplies the row counts")
@@ -104,7 +96,8 @@ COMMANDS = {
     "run": cmd_run,
     "sync": cmd_sync,
     "status": cmd_status,
-    "versions": cmd_versions,
+    "versions": versions.cmd_versions,
+    "rollback": versions.cmd_rollback,
     "demo-source": cmd_demo_source,
 }
 
