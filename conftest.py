@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_service.dev_issuer import DevIssuer
 
+from api_service.dev_issuer import DevIssuer
 from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

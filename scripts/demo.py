@@ -11,6 +11,7 @@ import argparse
 import os
 import random
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from api_service.dev_issuer import DevIssuer
 from etl_service.demo_source import create_demo_source, mutate_demo_rows
 
@@ -72,7 +74,9 @@ def main() -> int:
     args = parser.parse_args()
 
     data_dir = ROOT / "var" / ("demo-check" if args.check else "demo")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Start clean: a store left by an earlier run would be served first.
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
     source_url = f"sqlite:///{data_dir / 'source.db'}"
     engine = create_demo_source(source_url)
     issuer = DevIssuer(audience=AUDIENCE).start()
@@ -94,6 +98,9 @@ def main() -> int:
     }
     children: list[subprocess.Popen] = []  # type: ignore[type-arg]
     stop_mutating = threading.Event()
+    stop_requested = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop_requested.set())
     try:
         if args.check:
             subprocess.run([BIN / "analytics-etl", "sync"], env=env, check=True)
@@ -149,7 +156,11 @@ def main() -> int:
 """,
             flush=True,
         )
-        signal.sigwait({signal.SIGINT, signal.SIGTERM}) if hasattr(signal, "sigwait") else None
+        while not stop_requested.wait(1):
+            for child in children:
+                if child.poll() is not None:
+                    print(f"demo: {child.args[0]} exited with {child.returncode}", file=sys.stderr)
+                    return 1
         return 0
     except KeyboardInterrupt:
         return 0
@@ -162,6 +173,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # Block SIGINT/SIGTERM in this thread so sigwait receives them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main())

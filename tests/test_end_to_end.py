@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from etl_service.demo_source import create_demo_source
 
+from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
 
 BIN = Path(sys.executable).parent

@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+
 from analytics_shared.manifest import Manifest, ManifestError, TableInfo, new_version_id
 
 

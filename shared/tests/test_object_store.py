@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from analytics_shared.object_store import (
     LocalObjectStore,
     NotModified,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from analytics_shared.settings import SettingsError, load_settings
 from analytics_shared.whitelist import WhitelistError, load_whitelist
 from api_service.settings import ApiSettings
