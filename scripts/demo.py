@@ -81,6 +81,7 @@ def main() -> int:
     engine = create_demo_source(source_url)
     issuer = DevIssuer(audience=AUDIENCE).start()
     port = _free_port(args.port)
+    etl_port = _free_port(9108)
     api_url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -92,6 +93,7 @@ def main() -> int:
         "AUTH0_ISSUER": issuer.issuer,
         "AUTH0_API_AUDIENCE": AUDIENCE,
         "SNAPSHOT_POLL_SECONDS": "2",
+        "ETL_METRICS_PORT": str(etl_port),
         "API_BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "2",
         "LOG_JSON": os.environ.get("LOG_JSON", "false"),
@@ -151,6 +153,8 @@ def main() -> int:
 
   Try:
   {curl}
+
+  ETL health: http://127.0.0.1:{etl_port}/health   (Prometheus metrics at /metrics)
 
   A few inventory and order rows change every 3 s; a sync runs every 5 s.
 """,

@@ -24,6 +24,18 @@ __all__ = ["SeaweedFS"]
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
 
+# Every bucket is a SeaweedFS collection, and by default the first write to a
+# collection grows 7 volumes: with -volume.max a session of per-test buckets
+# runs out ("No writable volumes"). One volume per collection is plenty here;
+# weed reads master.toml from its working directory.
+MASTER_TOML = """\
+[master.volume_growth]
+copy_1 = 1
+copy_2 = 2
+copy_3 = 3
+copy_other = 1
+"""
+
 
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
@@ -63,11 +75,16 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=50",
+            "-volume.max=500",
         ]
+        (self.data_dir / "master.toml").write_text(MASTER_TOML)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.data_dir,
             )
         self.wait_ready(timeout)
         return self

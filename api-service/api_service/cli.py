@@ -26,11 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from analytics_shared.settings import load_settings
         from analytics_shared.whitelist import WhitelistError, load_whitelist
 
+        from api_service.named_queries import check_whitelist
         from api_service.settings import ApiSettings
 
         settings = load_settings(ApiSettings)
         try:
-            load_whitelist(settings.query_whitelist_path)
+            # The same checks start-up runs: schema, policies, named queries through the guard.
+            check_whitelist(load_whitelist(settings.query_whitelist_path))
         except WhitelistError as exc:
             print(f"analytics-api: {exc}", file=sys.stderr)
             return 2

@@ -37,6 +37,7 @@ class DevIssuer:
         self.audience = audience
         self.keys: list[SigningKey] = [SigningKey()]
         self.jwks_requests = 0
+        self._count_lock = threading.Lock()
         self.fail_jwks = False  # tests flip this to simulate an identity-provider outage
         issuer_self = self
 
@@ -45,7 +46,8 @@ class DevIssuer:
                 if self.path != "/.well-known/jwks.json":
                     self.send_error(404)
                     return
-                issuer_self.jwks_requests += 1
+                with issuer_self._count_lock:
+                    issuer_self.jwks_requests += 1
                 if issuer_self.fail_jwks:
                     self.send_error(503)
                     return
@@ -86,6 +88,10 @@ class DevIssuer:
         key = SigningKey()
         self.keys.insert(0, key)
         return key
+
+    def remove_key(self, kid: str) -> None:
+        """Stop publishing a key (the end of a rotation)."""
+        self.keys = [k for k in self.keys if k.kid != kid]
 
     def mint(
         self,

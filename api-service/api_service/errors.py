@@ -3,19 +3,39 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-from analytics_shared.logging_config import get_logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from analytics_shared.logging_config import get_logger
 from api_service.responses import json_response
+from api_service.snapshots import NoSnapshot
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = ["ApiError", "error_response", "install_error_handlers", "safe_message"]
 
 log = get_logger(__name__)
+
+# Absolute file paths (two or more segments) never leave the server in a message.
+_PATH = re.compile(r"(?<![\w:/.])(?:/[\w.@+~-]+){2,}/?")
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def safe_message(message: str, limit: int = 500) -> str:
+    """One line, bounded, with server paths replaced."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    first = _PATH.sub("<path>", first)
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 class ApiError(Exception):
@@ -37,8 +57,9 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> Response:
     request_id = getattr(request.state, "request_id", None)
+    body = {"code": code, "message": safe_message(message), "request_id": request_id}
     return json_response(
-        {"success": False, "error": {"code": code, "message": message, "request_id": request_id}},
+        {"success": False, "error": body},
         status,
         headers,
     )
@@ -49,15 +70,20 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return error_response(request, exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(NoSnapshot)
+    async def _no_snapshot(request: Request, exc: NoSnapshot) -> Response:
+        # Any route that leases the snapshot before the first one is loaded.
+        return error_response(request, 503, "no_data", str(exc), {"Retry-After": "5"})
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
         )
         return error_response(request, 422, "invalid_request", problems)
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 # Railway and most PaaS set PORT; API_BIND wins when given.
 bind = os.environ.get("API_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
@@ -19,10 +23,36 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 # Trust X-Forwarded-* only from the configured proxies (never from everyone).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-accesslog = None  # the app logs each request as JSON itself
+# The access log is JSON, written by the app itself (request_log.py: one line per
+# request with id, route, status, duration, user); Uvicorn's plain one stays off.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 wsgi_app = "api_service.main:app_factory()"
 # Gunicorn's control socket defaults to one path per user; several servers on one
 # host (replicas, tests) would fight over it and nothing here uses it.
 control_socket_disable = True
+
+# Prometheus: every worker writes its samples to one directory so that /metrics,
+# answered by any worker, adds up the whole server. A directory we create is
+# removed on exit; a given one (PROMETHEUS_MULTIPROC_DIR) is emptied at start.
+_metrics_dir_created = False
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="analytics-api-metrics-")
+    _metrics_dir_created = True
+
+
+def on_starting(server: Any) -> None:
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _metrics_dir_created:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

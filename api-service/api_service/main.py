@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from analytics_shared.logging_config import configure_logging, get_logger
 from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from api_service import __version__
 from api_service.auth import JwksCache, TokenValidator
 from api_service.errors import install_error_handlers
-from api_service.routes import health, query, schema
+from api_service.metrics import RequestMetricsMiddleware
+from api_service.named_queries import check_whitelist
+from api_service.query_executor import QueryExecutor
+from api_service.rate_limit import build_rate_limiter, warn_if_per_process
+from api_service.request_log import RequestContextMiddleware
+from api_service.result_cache import ResultCache
+from api_service.routes import health, metrics, queries, query, schema
 from api_service.settings import ApiSettings
 from api_service.snapshots import SnapshotManager
 
@@ -27,18 +32,29 @@ log = get_logger(__name__)
 
 
 async def _poll_snapshots(manager: SnapshotManager, interval: float) -> None:
+    """Refresh now (start-up readiness), then every interval; never dies."""
     while True:
-        await run_in_threadpool(manager.refresh)
-        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(manager.refresh)
+        except Exception:  # refresh() reports its own failures; this is a last guard
+            log.exception("snapshot_poll_failed")
+        await asyncio.sleep(manager.next_poll_delay(interval))
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or load_settings(ApiSettings)
-    whitelist = load_whitelist(settings.query_whitelist_path)
+    whitelist = check_whitelist(load_whitelist(settings.query_whitelist_path))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jwks = JwksCache(settings.jwks_url, ttl=settings.jwks_cache_seconds)
+        jwks = JwksCache(
+            settings.jwks_url,
+            ttl=settings.jwks_cache_seconds,
+            cooldown=settings.jwks_refetch_cooldown_seconds,
+            max_stale=settings.jwks_max_stale_seconds,
+        )
+        app.state.rate_limiter = build_rate_limiter(settings)
+        warn_if_per_process(app.state.rate_limiter)
         app.state.validator = TokenValidator(
             jwks,
             issuer=settings.issuer,
@@ -54,8 +70,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            app.state.executor.shutdown()
             manager.close()
             await jwks.aclose()
+            await app.state.rate_limiter.aclose()
 
     app = FastAPI(
         title="Analytics API",
@@ -71,6 +89,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
     )
+    # Queries run on a bounded pool, never on the event loop (see query_executor.py).
+    app.state.executor = QueryExecutor(settings.query_workers)
+    app.state.result_cache = ResultCache(settings.result_cache_bytes)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -78,26 +99,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_credentials="*" not in settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "X-Data-Version"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Data-Version",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-API-Key"],
         )
 
-    @app.middleware("http")
-    async def request_context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        incoming = request.headers.get("x-request-id", "")
-        request_id = (
-            incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-        )
-        request.state.request_id = request_id
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        return response
+    # Outermost: request id, body size limit, rate-limit headers, the request log.
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: times everything
 
     app.include_router(health.router)
     app.include_router(schema.router)
     app.include_router(query.router)
+    app.include_router(queries.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics.router)
     return app
 
 

@@ -1,18 +1,56 @@
-"""Running a guarded query on a leased snapshot: off the event loop, with a
-statement timeout (the cursor is interrupted) and a row cap."""
+"""Running guarded queries off the event loop, on a bounded worker pool.
+
+Each pool thread keeps one DuckDB cursor per snapshot (a cursor is a
+connection to the same read-only database, cheap to reuse, unsafe to share),
+so many queries of one Gunicorn worker run in parallel while DuckDB releases
+the GIL. The pool size bounds concurrent queries per worker; queued queries
+wait in the pool's queue without holding the event loop.
+
+A statement timeout counts from submission and interrupts the running cursor;
+a query still queued at its deadline never starts. Results come back as Arrow
+tables capped at `max_rows` (`truncated` tells whether there was more).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
+import pyarrow as pa
 
+from api_service.encodings import Column
 from api_service.snapshots import Snapshot
 
-__all__ = ["QueryResult", "QueryTimeout", "execute"]
+__all__ = [
+    "QueryExecutor",
+    "QueryResult",
+    "QueryTimeout",
+    "ResultStream",
+    "RowsResult",
+    "execute",
+]
+
+T = TypeVar("T")
+
+# Types Arrow (or Parquet) cannot carry faithfully are sent as DuckDB's text form;
+# the column's DuckDB type still says what they are. UHUGEINT above 2**127
+# does not fit Arrow's decimal128.
+_AS_TEXT_PREFIXES = (
+    "INTERVAL",
+    "UHUGEINT",
+    "TIME WITH TIME ZONE",
+    "BIT",
+    "BIGNUM",
+    "VARINT",
+    "UNION",
+)
 
 
 class QueryTimeout(RuntimeError):
@@ -21,6 +59,283 @@ class QueryTimeout(RuntimeError):
 
 @dataclass
 class QueryResult:
+    table: pa.Table
+    columns: list[Column]
+    truncated: bool
+    data_version: str
+    execution_time_ms: float
+
+    @property
+    def row_count(self) -> int:
+        return self.table.num_rows
+
+
+class _Job:
+    """One query's life: queued -> running (cursor known) -> done; timeouts act on it."""
+
+    def __init__(self, timeout_seconds: float) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._lock = threading.Lock()
+        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self.timed_out = False
+        self.done = False
+
+    def start(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:
+            if self.timed_out:
+                raise self.error()
+            self._cursor = cursor
+
+    def finish(self) -> None:
+        with self._lock:
+            self.done = True
+            self._cursor = None
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.timed_out = True
+            if self._cursor is not None:
+                self._cursor.interrupt()
+
+    def error(self) -> QueryTimeout:
+        return QueryTimeout(f"the query ran longer than {self.timeout_seconds:g} s and was stopped")
+
+
+def _text_projection(
+    relation: duckdb.DuckDBPyRelation, types: list[str]
+) -> duckdb.DuckDBPyRelation:
+    if not any(t.startswith(_AS_TEXT_PREFIXES) for t in types):
+        return relation
+    names = relation.columns
+    exprs = []
+    for i, (name, type_) in enumerate(zip(names, types, strict=True)):
+        alias = '"' + name.replace('"', '""') + '"'
+        ref = f"#{i + 1}"
+        exprs.append(
+            f"CAST({ref} AS VARCHAR) AS {alias}"
+            if type_.startswith(_AS_TEXT_PREFIXES)
+            else f"{ref} AS {alias}"
+        )
+    return relation.project(", ".join(exprs))
+
+
+def _relation(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | list[Any] | None
+) -> tuple[duckdb.DuckDBPyRelation, list[Column]]:
+    relation = cursor.sql(sql, params=params) if params else cursor.sql(sql)
+    if relation is None:  # the guard only lets SELECTs through; belt and braces
+        raise duckdb.InvalidInputException("the statement returned no result")
+    types = [str(t) for t in relation.types]
+    columns = [Column(n, t) for n, t in zip(relation.columns, types, strict=True)]
+    return _text_projection(relation, types), columns
+
+
+class ResultStream:
+    """A query result read batch by batch (NDJSON/CSV). Owns a private cursor."""
+
+    def __init__(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        reader: pa.RecordBatchReader,
+        columns: list[Column],
+        data_version: str,
+    ) -> None:
+        self._cursor = cursor
+        self._reader = reader
+        self.columns = columns
+        self.data_version = data_version
+
+    def next_batch(self) -> pa.Table | None:
+        """Blocking; None at the end."""
+        try:
+            batch = self._reader.read_next_batch()
+        except StopIteration:
+            return None
+        return pa.Table.from_batches([batch])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._reader.close()
+        with contextlib.suppress(Exception):
+            self._cursor.close()
+
+
+class QueryExecutor:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
+        self._local = threading.local()
+        self.active = 0  # queries submitted and not finished (for metrics/tests)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- thread side --------------------------------------------------------
+    def _cursor(self, snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
+        local = self._local
+        if getattr(local, "snapshot", None) is not snapshot:
+            old = getattr(local, "cursor", None)
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.close()
+            local.cursor = snapshot.con.cursor()
+            local.snapshot = snapshot
+        cursor: duckdb.DuckDBPyConnection = local.cursor
+        return cursor
+
+    def _forget_cursor(self) -> None:
+        old = getattr(self._local, "cursor", None)
+        self._local.snapshot = None
+        self._local.cursor = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+
+    def _execute(
+        self,
+        job: _Job,
+        snapshot: Snapshot,
+        sql: str,
+        params: dict[str, Any] | list[Any] | None,
+        max_rows: int,
+        then: Callable[[QueryResult], Any] | None,
+    ) -> Any:
+        started = time.perf_counter()
+        cursor = self._cursor(snapshot)
+        job.start(cursor)
+        try:
+            relation, columns = _relation(cursor, sql, params)
+            table = relation.limit(max_rows + 1).to_arrow_table()
+        except duckdb.Error:
+            if job.timed_out:
+                self._forget_cursor()  # an interrupted cursor is not reused
+                raise job.error() from None
+            raise
+        finally:
+            job.finish()
+        truncated = table.num_rows > max_rows
+        if truncated:
+            table = table.slice(0, max_rows)
+        result = QueryResult(
+            table=table,
+            columns=columns,
+            truncated=truncated,
+            data_version=snapshot.version,
+            execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        # Encoding in the same pool task saves a second thread hop per request.
+        return (result, then(result)) if then is not None else result
+
+    def _open_stream(
+        self,
+        job: _Job,
+        snapshot: Snapshot,
+        sql: str,
+        params: dict[str, Any] | list[Any] | None,
+        max_rows: int,
+        batch_rows: int,
+    ) -> ResultStream:
+        cursor = snapshot.con.cursor()  # private: the stream outlives this call
+        try:
+            job.start(cursor)
+            relation, columns = _relation(cursor, sql, params)
+            reader = relation.limit(max_rows + 1).to_arrow_reader(batch_rows)
+        except BaseException:
+            cursor.close()
+            raise
+        finally:
+            job.finish()
+        return ResultStream(cursor, reader, columns, snapshot.version)
+
+    # -- event-loop side ----------------------------------------------------
+    async def _submit(self, job: _Job, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(job.timeout_seconds, job.expire)
+        self.active += 1
+        try:
+            return await loop.run_in_executor(self._pool, fn, job, *args)
+        except duckdb.InterruptException:
+            raise job.error() from None
+        finally:
+            timer.cancel()
+            self.active -= 1
+
+    async def run(
+        self,
+        snapshot: Snapshot,
+        sql: str,
+        params: dict[str, Any] | list[Any] | None,
+        *,
+        max_rows: int,
+        timeout_seconds: float,
+    ) -> QueryResult:
+        """Run on the pool; the caller holds the snapshot's lease until this returns."""
+        job = _Job(timeout_seconds)
+        result: QueryResult = await self._submit(
+            job, self._execute, snapshot, sql, params, max_rows, None
+        )
+        return result
+
+    async def run_then(
+        self,
+        snapshot: Snapshot,
+        sql: str,
+        params: dict[str, Any] | list[Any] | None,
+        then: Callable[[QueryResult], T],
+        *,
+        max_rows: int,
+        timeout_seconds: float,
+    ) -> tuple[QueryResult, T]:
+        """Like run(), then `then(result)` (e.g. encoding) in the same pool thread."""
+        job = _Job(timeout_seconds)
+        pair: tuple[QueryResult, T] = await self._submit(
+            job, self._execute, snapshot, sql, params, max_rows, then
+        )
+        return pair
+
+    async def open_stream(
+        self,
+        snapshot: Snapshot,
+        sql: str,
+        params: dict[str, Any] | list[Any] | None,
+        *,
+        max_rows: int,
+        timeout_seconds: float,
+        batch_rows: int = 10_000,
+    ) -> ResultStream:
+        """Start a streamed result; the caller holds the lease until it closes it."""
+        job = _Job(timeout_seconds)
+        return await self._submit(
+            job, self._open_stream, snapshot, sql, params, max_rows, batch_rows
+        )
+
+    async def next_batch(self, stream: ResultStream, *, timeout_seconds: float) -> pa.Table | None:
+        job = _Job(timeout_seconds)
+
+        def read(job: _Job) -> pa.Table | None:
+            job.start(stream._cursor)
+            try:
+                return stream.next_batch()
+            except duckdb.Error:
+                if job.timed_out:
+                    raise job.error() from None
+                raise
+            finally:
+                job.finish()
+
+        return await self._submit(job, read)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy work (encoding, compression) on the pool, not the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+
+# -- row tuples, blocking (kept for callers that build Python rows themselves) --
+@dataclass
+class RowsResult:
     columns: list[dict[str, str]]
     rows: list[tuple[Any, ...]]
     truncated: bool
@@ -35,40 +350,30 @@ def execute(
     *,
     max_rows: int,
     timeout_seconds: float,
-) -> QueryResult:
-    """Blocking; call from a worker thread. Each call gets its own cursor."""
+) -> RowsResult:
+    """Blocking, one private cursor per call; prefer QueryExecutor.run (pooled, Arrow)."""
     started = time.perf_counter()
     cursor = snapshot.con.cursor()
-    timed_out = threading.Event()
-
-    def interrupt() -> None:
-        timed_out.set()
-        cursor.interrupt()
-
-    timer = threading.Timer(timeout_seconds, interrupt)
+    job = _Job(timeout_seconds)
+    timer = threading.Timer(timeout_seconds, job.expire)
     timer.start()
     try:
+        job.start(cursor)
         cursor.execute(sql, params)
         rows = cursor.fetchmany(max_rows + 1)
         description = cursor.description or []
-    except duckdb.InterruptException:
-        raise QueryTimeout(
-            f"the query ran longer than {timeout_seconds:g} s and was stopped"
-        ) from None
     except duckdb.Error:
-        if timed_out.is_set():
-            raise QueryTimeout(
-                f"the query ran longer than {timeout_seconds:g} s and was stopped"
-            ) from None
+        if job.timed_out:
+            raise job.error() from None
         raise
     finally:
+        job.finish()
         timer.cancel()
         cursor.close()
-    truncated = len(rows) > max_rows
-    return QueryResult(
+    return RowsResult(
         columns=[{"name": d[0], "type": str(d[1])} for d in description],
         rows=rows[:max_rows],
-        truncated=truncated,
+        truncated=len(rows) > max_rows,
         data_version=snapshot.version,
         execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
     )

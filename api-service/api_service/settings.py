@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,25 @@ def _split(value: object) -> object:
     return value
 
 
+def _web_concurrency() -> int:
+    try:
+        return max(1, int(os.environ.get("WEB_CONCURRENCY", "") or 0) or _cpu_count())
+    except ValueError:
+        return _cpu_count()
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _default_duckdb_threads() -> int:
+    return max(1, _cpu_count() // _web_concurrency())
+
+
+def _default_query_workers() -> int:
+    return max(4, 2 * _default_duckdb_threads())
+
+
 class ApiSettings(CommonSettings):
     auth0_domain: str | None = Field(None, validation_alias="AUTH0_DOMAIN")
     auth0_api_audience: str | None = Field(None, validation_alias="AUTH0_API_AUDIENCE")
@@ -28,10 +49,21 @@ class ApiSettings(CommonSettings):
     auth0_issuer: str | None = Field(None, validation_alias="AUTH0_ISSUER")
     jwt_leeway_seconds: int = Field(30, validation_alias="JWT_LEEWAY_SECONDS", ge=0, le=300)
     jwks_cache_seconds: int = Field(600, validation_alias="JWKS_CACHE_SECONDS", ge=1)
+    # An unknown kid refetches the JWKS at most once per cooldown; an unreachable
+    # identity provider is bridged with the last keys for up to JWKS_MAX_STALE_SECONDS.
+    jwks_refetch_cooldown_seconds: float = Field(
+        60.0, validation_alias="JWKS_REFETCH_COOLDOWN_SECONDS", ge=0
+    )
+    jwks_max_stale_seconds: int = Field(86_400, validation_alias="JWKS_MAX_STALE_SECONDS", ge=0)
+    api_keys_enabled: bool = Field(False, validation_alias="API_KEYS_ENABLED")
 
     rate_limit_requests: int = Field(50, validation_alias="RATE_LIMIT_REQUESTS", ge=1)
     rate_limit_window: int = Field(60, validation_alias="RATE_LIMIT_WINDOW", ge=1)
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    rate_limit_key_prefix: str = Field(
+        "analytics-api:ratelimit", validation_alias="RATE_LIMIT_KEY_PREFIX", min_length=1
+    )
+    max_request_bytes: int = Field(262_144, validation_alias="MAX_REQUEST_BYTES", ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="CORS_ORIGINS"
     )
@@ -42,7 +74,20 @@ class ApiSettings(CommonSettings):
     max_result_rows: int = Field(10_000, validation_alias="MAX_RESULT_ROWS", ge=1)
     max_sql_length: int = Field(20_000, validation_alias="MAX_SQL_LENGTH", ge=100)
     duckdb_memory_limit: str = Field("1GB", validation_alias="DUCKDB_MEMORY_LIMIT")
-    duckdb_threads: int = Field(2, validation_alias="DUCKDB_THREADS", ge=1)
+    # Serving: DuckDB threads per worker process default to the cores shared
+    # among WEB_CONCURRENCY Gunicorn workers; the pool bounds concurrent queries
+    # per worker (more than the threads, so a slow query never stalls fast ones).
+    duckdb_threads: int = Field(
+        default_factory=lambda: _default_duckdb_threads(), validation_alias="DUCKDB_THREADS", ge=1
+    )
+    query_workers: int = Field(
+        default_factory=lambda: _default_query_workers(), validation_alias="QUERY_WORKERS", ge=1
+    )
+    result_cache_bytes: int = Field(100_000_000, validation_alias="RESULT_CACHE_BYTES", ge=0)
+    compress_min_bytes: int = Field(1024, validation_alias="COMPRESS_MIN_BYTES", ge=0)
+    stream_max_rows: int = Field(1_000_000, validation_alias="STREAM_MAX_ROWS", ge=1)
+    stream_max_bytes: int = Field(256_000_000, validation_alias="STREAM_MAX_BYTES", ge=1024)
+    metrics_enabled: bool = Field(True, validation_alias="METRICS_ENABLED")
 
     @field_validator("auth0_algorithms", "cors_origins", mode="before")
     @classmethod
@@ -58,6 +103,14 @@ class ApiSettings(CommonSettings):
             raise ValueError(
                 f"only asymmetric algorithms are accepted ({', '.join(sorted(allowed))})"
             )
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError("each origin must be scheme://host[:port] (no path) or *")
         return value
 
     @model_validator(mode="after")

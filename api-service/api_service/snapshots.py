@@ -1,32 +1,57 @@
 """The API's view of the data: the latest verified snapshot, opened read-only.
 
-`SnapshotManager.refresh()` reads the manifest (cheaply, with If-None-Match),
-downloads a new version once per host (file lock; other Gunicorn workers open
-the verified file), checks sha256 and size, opens it in the sandboxed
-read-only mode and swaps it in. Queries lease the snapshot they started on, so
-a swap never pulls data from under a running query; the old one closes when
-its last lease ends.
+`SnapshotManager.refresh()` reads the manifest (cheaply, with If-None-Match);
+any version other than the one in service is loaded (a rollback names an older
+one): downloaded once per host under a file lock (other Gunicorn workers open
+the verified file), checked against the manifest's size and sha256,
+decompressed, opened in the sandboxed read-only mode and probed (every table's
+row count must match the manifest) before it is swapped in. Anything that
+fails leaves the version in service untouched, and is logged and counted.
+
+Queries lease the snapshot they started on, so a swap never pulls data from
+under a running query; the old one closes when its last lease ends, and its
+file is deleted once no worker on the host has it open.
+
+The cache directory, shared by the workers of one host:
+
+    .cache.lock        serialises downloads and deletions across workers
+    <version>.db       a verified, plain DuckDB file
+    <version>.ok       its manifest, written last: the file is verified
+    <version>.pin      every process with the version open holds a shared
+                       flock on it; deletion needs the exclusive one
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import zstandard
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError, sha256_file
-from analytics_shared.object_store import NotModified, ObjectNotFound, ObjectStore, StoreError
-from filelock import FileLock
+from analytics_shared.object_store import (
+    NotModified,
+    ObjectNotFound,
+    ObjectStore,
+    StoreError,
+    StoreUnavailable,
+)
 
-__all__ = ["NoSnapshot", "Snapshot", "SnapshotError", "SnapshotManager"]
+__all__ = ["NoSnapshot", "Snapshot", "SnapshotError", "SnapshotManager", "open_sandboxed"]
 
 log = get_logger(__name__)
+
+_LOCK_NAME = ".cache.lock"
 
 
 class NoSnapshot(RuntimeError):
@@ -51,17 +76,58 @@ def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.Duc
             "threads": threads,
         },
     )
-    con.execute("SET lock_configuration = true")
+    # One process may open a file twice (a rollback to a version whose last
+    # queries still run): DuckDB then shares the instance, already locked.
+    row = con.execute("SELECT current_setting('lock_configuration')").fetchone()
+    if not (row and row[0]):
+        con.execute("SET lock_configuration = true")
     return con
 
 
+def probe(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+    """The file answers queries and holds what the manifest says it holds."""
+    con.execute("SELECT 1").fetchall()
+    for table, info in manifest.tables.items():
+        quoted = '"' + table.replace('"', '""') + '"'
+        row = con.execute(f"SELECT count(*) FROM {quoted}").fetchone()
+        count = int(row[0]) if row else -1
+        if count != info.row_count:
+            raise SnapshotError(
+                f"snapshot {manifest.version}: table {table} has {count} rows,"
+                f" the manifest says {info.row_count}"
+            )
+
+
+class _Pin:
+    """A shared flock on `<version>.pin`: this process has the version open."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = None
+
+
 class Snapshot:
-    def __init__(self, manifest: Manifest, path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        path: Path,
+        con: duckdb.DuckDBPyConnection,
+        pin: _Pin | None = None,
+        on_closed: Callable[[Snapshot], None] | None = None,
+    ) -> None:
         self.manifest = manifest
         self.path = path
         self.con = con
+        self._pin = pin
+        self._on_closed = on_closed
         self._leases = 0
         self._retired = False
+        self.closed = False
         self._lock = threading.Lock()
 
     @property
@@ -75,20 +141,30 @@ class Snapshot:
     def _release(self) -> None:
         with self._lock:
             self._leases -= 1
-            close = self._retired and self._leases == 0
+            close = self._retired and self._leases == 0 and not self.closed
+            if close:
+                self.closed = True
         if close:
             self._close()
 
     def retire(self) -> None:
         with self._lock:
             self._retired = True
-            close = self._leases == 0
+            close = self._leases == 0 and not self.closed
+            if close:
+                self.closed = True
         if close:
             self._close()
 
     def _close(self) -> None:
-        self.con.close()
+        try:
+            self.con.close()
+        finally:
+            if self._pin is not None:
+                self._pin.release()
         log.info("snapshot_closed", version=self.version)
+        if self._on_closed is not None:
+            self._on_closed(self)
 
 
 class SnapshotManager:
@@ -99,30 +175,50 @@ class SnapshotManager:
         *,
         memory_limit: str = "1GB",
         threads: int = 2,
+        lock_timeout: float = 600.0,
+        retry_max_seconds: float = 300.0,
     ) -> None:
         self.store = store
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.memory_limit = memory_limit
         self.threads = threads
+        self.lock_timeout = lock_timeout
+        self.retry_max_seconds = retry_max_seconds
         self._current: Snapshot | None = None
+        self._open: dict[str, int] = {}  # version -> Snapshot objects not yet closed
         self._swap_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._manifest_etag: str | None = None
+        self.latest_version_seen: str | None = None
         self.last_refresh_at: float | None = None
         self.last_refresh_error: str | None = None
+        self.serving_cached = False  # started from the local cache while the store was down
         self.refresh_failures = 0
+        self.verification_failures = 0
+        self.swaps = 0
+        # Refused versions are not retried on every poll:
+        # (version, sha256) -> (failures, retry_at, reason).
+        self._refused: dict[tuple[str, str], tuple[int, float, str]] = {}
 
     # -- reading -----------------------------------------------------------
     @property
     def current(self) -> Snapshot | None:
         return self._current
 
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
     @contextlib.contextmanager
     def lease(self) -> Iterator[Snapshot]:
         with self._swap_lock:
             snap = self._current
             if snap is None:
-                raise NoSnapshot("no data snapshot has been loaded yet; try again shortly")
+                raise NoSnapshot(
+                    "no verified data snapshot is loaded yet (the API is starting or"
+                    " nothing has been published); try again shortly"
+                )
             snap._acquire()
         try:
             yield snap
@@ -136,26 +232,55 @@ class SnapshotManager:
             "data_version": snap.version if snap else None,
             "data_created_at": snap.manifest.created_at.isoformat() if snap else None,
             "data_age_seconds": round(snap.manifest.age_seconds, 3) if snap else None,
+            "latest_version_seen": self.latest_version_seen,
+            "up_to_date": snap is not None and snap.version == self.latest_version_seen,
+            "serving_cached": self.serving_cached,
             "last_refresh_failed": self.last_refresh_error is not None,
             "last_refresh_error": self.last_refresh_error,
             "seconds_since_refresh": (
                 round(time.monotonic() - self.last_refresh_at, 3) if self.last_refresh_at else None
             ),
+            "refresh_failures_total": self.refresh_failures,
+            "verification_failures_total": self.verification_failures,
+            "swaps_total": self.swaps,
+            "worker_pid": os.getpid(),
         }
+
+    def next_poll_delay(self, interval: float) -> float:
+        """Poll quickly until the first snapshot is in service, then every interval."""
+        return interval if self._current is not None else min(interval, 1.0)
 
     # -- refreshing --------------------------------------------------------
     def refresh(self) -> bool:
-        """Load the manifest's version if it is new. True when a swap happened."""
-        try:
-            swapped = self._refresh()
-        except (StoreError, ManifestError, SnapshotError, duckdb.Error, OSError) as exc:
-            self.refresh_failures += 1
-            self.last_refresh_error = f"{type(exc).__name__}: {exc}"
+        """Load the manifest's version if it is not the one in service.
+
+        True when a swap happened. Never raises: a failure keeps the version in
+        service, and is logged, counted and shown on /health.
+        """
+        with self._refresh_lock:
+            try:
+                swapped = self._refresh()
+            except _Deferred as exc:
+                self.last_refresh_error = str(exc)
+                return False
+            except Exception as exc:
+                self._failed(exc)
+                return False
+            self.last_refresh_error = None
+            self.last_refresh_at = time.monotonic()
+            self._collect_garbage()
+            return swapped
+
+    def _failed(self, exc: Exception) -> None:
+        self.refresh_failures += 1
+        self.last_refresh_error = f"{type(exc).__name__}: {exc}"
+        known = (StoreError, ManifestError, SnapshotError, duckdb.Error, OSError)
+        if isinstance(exc, known):
             log.warning("snapshot_refresh_failed", error=self.last_refresh_error)
-            return False
-        self.last_refresh_error = None
-        self.last_refresh_at = time.monotonic()
-        return swapped
+        else:
+            log.exception("snapshot_refresh_failed", error=self.last_refresh_error)
+        if self._current is None and isinstance(exc, StoreUnavailable):
+            self._serve_cached()
 
     def _refresh(self) -> bool:
         try:
@@ -165,52 +290,248 @@ class SnapshotManager:
         except ObjectNotFound:
             raise SnapshotError("nothing published yet (no current/manifest.json)") from None
         manifest = Manifest.from_json(raw)
+        self.latest_version_seen = manifest.version
         if self._current is not None and self._current.version == manifest.version:
             self._manifest_etag = etag
+            self.serving_cached = False
             return False
-        path = self._fetch_verified(manifest)
-        con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
-        new = Snapshot(manifest, path, con)
+        refused = self._refused.get((manifest.version, manifest.sha256))
+        if refused is not None and time.monotonic() < refused[1]:
+            raise _Deferred(
+                f"{refused[2]} (refused; next attempt in {refused[1] - time.monotonic():.0f} s)"
+            )
+        try:
+            new = self._load(manifest)
+        except (SnapshotError, duckdb.Error) as exc:
+            self._refuse(manifest, exc)
+            raise
+        self._swap(new)
+        self._manifest_etag = etag
+        self.serving_cached = False
+        self._refused.pop((manifest.version, manifest.sha256), None)
+        return True
+
+    def _refuse(self, manifest: Manifest, exc: Exception) -> None:
+        self.verification_failures += 1
+        key = (manifest.version, manifest.sha256)
+        failures = self._refused.get(key, (0, 0.0, ""))[0] + 1
+        delay = min(self.retry_max_seconds, 2.0**failures)
+        reason = f"{type(exc).__name__}: {exc}"
+        self._refused[key] = (failures, time.monotonic() + delay, reason)
+        log.error(
+            "snapshot_refused",
+            version=manifest.version,
+            error=f"{type(exc).__name__}: {exc}",
+            retry_in_s=delay,
+        )
+
+    def _swap(self, new: Snapshot) -> None:
         with self._swap_lock:
             old, self._current = self._current, new
-        self._manifest_etag = etag
+        self.swaps += 1
         log.info(
-            "snapshot_swapped", version=manifest.version, previous=old.version if old else None
+            "snapshot_swapped",
+            version=new.version,
+            previous=old.version if old else None,
+            age_s=round(new.manifest.age_seconds, 3),
         )
         if old is not None:
             old.retire()
-        self._prune_cache(keep={manifest.version, old.version if old else ""})
-        return True
 
-    def _fetch_verified(self, manifest: Manifest) -> Path:
+    def _load(self, manifest: Manifest) -> Snapshot:
+        path, pin = self._fetch_verified(manifest)
+        try:
+            con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
+            try:
+                probe(con, manifest)
+            except BaseException:
+                con.close()
+                raise
+        except (SnapshotError, duckdb.Error):
+            pin.release()
+            self._discard(manifest.version)  # unusable: no worker should trust it
+            raise
+        except BaseException:
+            pin.release()
+            raise
+        return self._track(Snapshot(manifest, path, con, pin, self._closed))
+
+    def _track(self, snap: Snapshot) -> Snapshot:
+        with self._swap_lock:
+            self._open[snap.version] = self._open.get(snap.version, 0) + 1
+        return snap
+
+    def _closed(self, snap: Snapshot) -> None:
+        with self._swap_lock:
+            left = self._open.get(snap.version, 1) - 1
+            if left:
+                self._open[snap.version] = left
+            else:
+                self._open.pop(snap.version, None)
+        self._collect_garbage()
+
+    @contextlib.contextmanager
+    def _cache_lock(self, timeout: float) -> Iterator[None]:
+        lock = FileLock(str(self.cache_dir / _LOCK_NAME), timeout=timeout)
+        try:
+            lock.acquire()
+        except LockTimeout:
+            raise SnapshotError(
+                f"the snapshot cache is locked by another worker for over {timeout:g} s"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _fetch_verified(self, manifest: Manifest) -> tuple[Path, _Pin]:
+        """The verified local file for `manifest`, pinned; downloads it at most once per host."""
         path = self.cache_dir / f"{manifest.version}.db"
         ok_marker = path.with_suffix(".ok")
-        with FileLock(str(path.with_suffix(".lock")), timeout=600):
-            if ok_marker.exists() and path.exists():
-                return path  # another worker on this host already verified it
+        with self._cache_lock(self.lock_timeout):
+            if path.exists() and _marker_matches(ok_marker, manifest):
+                # Another worker verified it; pin before the lock goes so no
+                # garbage collection can slip in between.
+                return path, _Pin(path.with_suffix(".pin"))
+            ok_marker.unlink(missing_ok=True)
             download = path.with_suffix(".download")
-            self.store.get_file(manifest.snapshot_key, download)
-            size = download.stat().st_size
-            digest = sha256_file(download)
-            if size != manifest.size or digest != manifest.sha256:
+            try:
+                self.store.get_file(manifest.snapshot_key, download)
+                size = download.stat().st_size
+                digest = sha256_file(download)
+                if size != manifest.size or digest != manifest.sha256:
+                    raise SnapshotError(
+                        f"snapshot {manifest.version} failed verification"
+                        f" (size {size} vs {manifest.size},"
+                        f" sha256 {digest[:12]} vs {manifest.sha256[:12]})"
+                    )
+                _decompress(download, path, manifest.compression)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            finally:
                 download.unlink(missing_ok=True)
-                raise SnapshotError(
-                    f"snapshot {manifest.version} failed verification"
-                    f" (size {size} vs {manifest.size},"
-                    f" sha256 {digest[:12]} vs {manifest.sha256[:12]})"
-                )
-            os.replace(download, path)
-            ok_marker.touch()
-        return path
+            tmp = ok_marker.with_suffix(".ok.tmp")
+            tmp.write_bytes(manifest.to_json())
+            os.replace(tmp, ok_marker)
+            log.info("snapshot_downloaded", version=manifest.version, size=manifest.size)
+            return path, _Pin(path.with_suffix(".pin"))
 
-    def _prune_cache(self, keep: set[str]) -> None:
-        for entry in self.cache_dir.glob("*.db"):
-            if entry.stem not in keep:
-                for suffix in (".db", ".ok", ".lock"):
-                    entry.with_suffix(suffix).unlink(missing_ok=True)
+    def _discard(self, version: str) -> None:
+        with contextlib.suppress(SnapshotError), self._cache_lock(self.lock_timeout):
+            self._delete_if_unused(version)
+
+    def _delete_if_unused(self, version: str) -> bool:
+        """Delete a version's files unless a process still has it open (caller holds the lock)."""
+        pin_path = self.cache_dir / f"{version}.pin"
+        fd = os.open(pin_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # some worker (maybe this one) still reads it
+            # Marker first: a half-deleted version is never taken as verified.
+            for suffix in (".ok", ".db", ".db.tmp", ".download", ".ok.tmp"):
+                (self.cache_dir / f"{version}{suffix}").unlink(missing_ok=True)
+            pin_path.unlink(missing_ok=True)
+            return True
+        finally:
+            os.close(fd)
+
+    def _collect_garbage(self) -> None:
+        """Delete cached versions that no worker on this host has open. Best effort."""
+        with self._swap_lock:
+            keep = set(self._open)
+        if self.latest_version_seen:
+            keep.add(self.latest_version_seen)
+        versions = {_version_of(p.name) for p in self.cache_dir.iterdir()}
+        stale = {v for v in versions if v and v not in keep}
+        if not stale:
+            return
+        try:
+            with self._cache_lock(timeout=0):
+                deleted = [v for v in sorted(stale) if self._delete_if_unused(v)]
+        except SnapshotError:
+            return  # a download is in progress; the next refresh tries again
+        except OSError as exc:
+            log.warning("snapshot_cache_cleanup_failed", error=str(exc))
+            return
+        if deleted:
+            log.info("snapshot_files_deleted", versions=deleted)
+
+    def _serve_cached(self) -> None:
+        """Store down at start-up: serve the newest version this host verified before."""
+        markers = sorted(self.cache_dir.glob("*.ok"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for marker in markers:
+            pin: _Pin | None = None
+            try:
+                manifest = Manifest.from_json(marker.read_bytes())
+                with self._cache_lock(timeout=5):
+                    path = marker.with_suffix(".db")
+                    if not (path.exists() and _marker_matches(marker, manifest)):
+                        continue
+                    pin = _Pin(path.with_suffix(".pin"))
+                con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
+                try:
+                    probe(con, manifest)
+                except BaseException:
+                    con.close()
+                    raise
+            except (OSError, ManifestError, SnapshotError, duckdb.Error) as exc:
+                if pin is not None:
+                    pin.release()
+                log.warning("cached_snapshot_unusable", marker=marker.name, error=str(exc))
+                continue
+            self._swap(self._track(Snapshot(manifest, path, con, pin, self._closed)))
+            self.serving_cached = True
+            log.warning("serving_cached_snapshot", version=manifest.version)
+            return
 
     def close(self) -> None:
         with self._swap_lock:
             snap, self._current = self._current, None
         if snap is not None:
             snap.retire()
+
+
+class _Deferred(Exception):
+    """A refused version's retry is not due yet (not counted as a new failure)."""
+
+
+_SUFFIXES = (".db.tmp", ".ok.tmp", ".download", ".db", ".ok", ".pin")
+
+
+def _version_of(name: str) -> str | None:
+    """The version a cache file belongs to (None for the lock and foreign files)."""
+    if name.startswith("."):
+        return None
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)] or None
+    return None
+
+
+def _marker_matches(marker: Path, manifest: Manifest) -> bool:
+    try:
+        verified = Manifest.from_json(marker.read_bytes())
+    except (OSError, ManifestError):
+        return False
+    return verified.sha256 == manifest.sha256 and verified.size == manifest.size
+
+
+def _decompress(src: Path, dest: Path, compression: str | None) -> None:
+    if compression not in (None, "none", "zstd"):
+        raise SnapshotError(f"unknown snapshot compression {compression!r}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        if compression == "zstd":
+            with src.open("rb") as fin, tmp.open("wb") as fout:
+                try:
+                    zstandard.ZstdDecompressor().copy_stream(fin, fout)
+                except zstandard.ZstdError as exc:
+                    raise SnapshotError(f"cannot decompress snapshot: {exc}") from None
+            os.replace(tmp, dest)
+        else:
+            os.replace(src, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

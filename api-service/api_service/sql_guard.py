@@ -1,21 +1,86 @@
 """Deciding whether a caller's SQL may run, using DuckDB's own parser.
 
 A query passes when it is exactly one SELECT (CTEs allowed) whose every table
-reference is on the caller's whitelist. The sandboxed connection
-(snapshots.open_sandboxed) is the real boundary; this guard gives callers a
-clear refusal instead of a permission error, and enforces table policy.
+reference is on the caller's whitelist. DuckDB parses the text and serialises
+the tree (`json_serialize_sql`); the guard walks that tree and refuses:
+
+- any query node other than SELECT / set operation / CTE (so a DELETE hidden
+  in a CTE is refused even though the statement's type is SELECT);
+- table references other than tables, joins, subqueries, VALUES and PIVOT
+  (DESCRIBE, SHOW, SUMMARIZE are refused: GET /schema describes the data);
+- tables outside the main schema, qualified with a catalog, with time travel
+  (`AT (...)`), named like a file path (replacement scans), or not on the
+  caller's whitelist; DuckDB's own catalog views (duckdb_*, pg_*, ...);
+- table functions, unless the policy allows them and they are in
+  `SAFE_TABLE_FUNCTIONS` (never readers of files or of other queries);
+- scalar functions that read configuration, environment, secrets or session
+  state, or write anything (`DENIED_FUNCTIONS`), and schema-qualified calls.
+
+CTE names are resolved with their scope: a CTE hides a table of the same name
+only inside the query that defines it, never in a sibling subquery.
+
+The sandboxed connection (snapshots.open_sandboxed) stays the real boundary;
+this guard gives callers a clear refusal and enforces the table policy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+import re
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
-__all__ = ["GuardedQuery", "QueryRejected", "check_query"]
+__all__ = [
+    "AMPLIFYING_FUNCTIONS",
+    "DENIED_FUNCTIONS",
+    "SAFE_TABLE_FUNCTIONS",
+    "GuardedQuery",
+    "QueryRejected",
+    "check_query",
+]
+
+# Table functions a policy may allow: they compute rows, they read nothing.
+SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
+
+# Scalar functions refused everywhere: configuration, environment, secrets,
+# session variables, sequences, logging, sleeping, running serialised SQL.
+DENIED_FUNCTIONS = frozenset(
+    {
+        "current_setting",
+        "getenv",
+        "getvariable",
+        "which_secret",
+        "write_log",
+        "setseed",
+        "setval",
+        "nextval",
+        "currval",
+        "pg_sleep",
+        "sleep",
+        "json_execute_serialized_sql",
+        "parse_duckdb_log_message",
+        "query",
+        "query_table",
+    }
+)
+# Functions that build one huge value from a small input (DuckDB allocates it
+# outside the memory limit and checks for interrupts only once it is built):
+# the count must be a literal up to MAX_AMPLIFY and they may not be nested.
+AMPLIFYING_FUNCTIONS = frozenset({"repeat", "lpad", "rpad", "list_resize", "array_resize"})
+MAX_AMPLIFY = 10_000
+_FORMAT_FUNCTIONS = frozenset({"printf", "format"})
+_WIDE_FORMAT = re.compile(r"\d{5,}")
+_DENIED_PREFIXES = ("duckdb_", "pragma_", "read_", "sqlite_", "parquet_", "iceberg_", "delta_")
+
+_QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
+_PLAIN_TABLE_REFS = frozenset({"JOIN", "SUBQUERY", "EXPRESSION_LIST", "EMPTY", "PIVOT"})
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SYSTEM_TABLE_PREFIXES = ("duckdb_", "pragma_", "sqlite_", "pg_", "information_schema")
 
 
 class QueryRejected(ValueError):
@@ -30,96 +95,295 @@ class QueryRejected(ValueError):
 class GuardedQuery:
     sql: str
     tables: frozenset[str]
+    parameters: frozenset[str]  # $name / ? placeholders (positional ones as "1", "2", ...)
+    fingerprint: str  # same shape, different literals -> same fingerprint
 
 
-# A private in-memory connection used only to parse; it never sees data.
-_parser = duckdb.connect(":memory:", config={"enable_external_access": False})
+# Private in-memory connections used only to parse; they never see data.
+_local = threading.local()
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item)
+def _parser() -> duckdb.DuckDBPyConnection:
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = duckdb.connect(
+            ":memory:",
+            config={
+                "enable_external_access": False,
+                "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False,
+            },
+        )
+        _local.con = con
+    return con
 
 
-def _cte_names(tree: Any) -> set[str]:
-    names: set[str] = set()
-    for node in _walk(tree):
+def _system_views() -> frozenset[str]:
+    rows = _parser().execute("SELECT view_name FROM duckdb_views() WHERE internal").fetchall()
+    return frozenset(str(r[0]).lower() for r in rows)
+
+
+_SYSTEM_VIEWS = _system_views()
+
+
+def _parse_tree(sql: str) -> dict[str, Any]:
+    con = _parser()
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRejected(f"syntax error: {str(exc).splitlines()[0]}", "syntax_error") from None
+    if len(statements) != 1:
+        raise QueryRejected(
+            f"send exactly one SQL statement (got {len(statements)})", "multiple_statements"
+        )
+    statement = statements[0]
+    if statement.type != duckdb.StatementType.SELECT:
+        raise QueryRejected(
+            f"only SELECT queries are allowed (got {statement.type.name})", "not_a_select"
+        )
+    row = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
+    try:
+        tree = json.loads(row[0]) if row else {"error": True}
+    except RecursionError:
+        raise QueryRejected("the query is nested too deeply", "query_too_complex") from None
+    if not isinstance(tree, dict) or tree.get("error"):
+        message = tree.get("error_message", "cannot analyse it") if isinstance(tree, dict) else ""
+        raise QueryRejected(f"query not supported: {message}", "unsupported")
+    return tree
+
+
+def _arguments(node: dict[str, Any]) -> list[Any]:
+    args = node.get("arguments") or node.get("children") or []
+    out = []
+    for arg in args if isinstance(args, list) else []:
+        out.append(arg.get("expression", arg) if isinstance(arg, dict) else arg)
+    return out
+
+
+def _literal_int(node: Any) -> int | None:
+    if not isinstance(node, dict):
+        return None
+    if node.get("class") == "CAST":
+        return _literal_int(node.get("child"))
+    if node.get("class") != "CONSTANT":
+        return None
+    literal = node.get("literal") or node.get("value") or {}
+    text = literal.get("text") if isinstance(literal, dict) else None
+    try:
+        return int(str(text))
+    except (TypeError, ValueError):
+        return None
+
+
+def _contains_amplifier(node: Any) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if item.get("class") == "FUNCTION" and (
+                str(item.get("function_name", "")).lower() in AMPLIFYING_FUNCTIONS
+            ):
+                return True
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+    return False
+
+
+def _check_amplifier(name: str, node: dict[str, Any]) -> None:
+    args = _arguments(node)
+    count = _literal_int(args[1]) if len(args) >= 2 else None
+    if count is None or count > MAX_AMPLIFY or _contains_amplifier(args[:1] + args[2:]):
+        raise QueryRejected(
+            f"{name}() needs a literal count of at most {MAX_AMPLIFY} and cannot be nested",
+            "function_not_allowed",
+        )
+
+
+def _check_format(name: str, node: dict[str, Any]) -> None:
+    args = _arguments(node)
+    first = args[0] if args else None
+    literal = first.get("literal") if isinstance(first, dict) else None
+    text = literal.get("text") if isinstance(literal, dict) else None
+    if not isinstance(text, str) or _WIDE_FORMAT.search(text):
+        raise QueryRejected(
+            f"{name}() needs a literal format string without huge widths", "function_not_allowed"
+        )
+
+
+class _Walker:
+    def __init__(
+        self,
+        allowed_tables: set[str] | None,
+        allowed_table_functions: Iterable[str],
+    ) -> None:
+        self.allowed_tables = allowed_tables
+        self.allowed_table_functions = {f.lower() for f in allowed_table_functions}
+        self.tables: set[str] = set()
+        self.parameters: set[str] = set()
+        self.shape = hashlib.sha256()
+
+    def walk(self, tree: dict[str, Any]) -> None:
+        # Iterative (an explicit stack): a deeply nested query cannot exhaust Python's stack.
+        stack: list[tuple[Any, frozenset[str]]] = [(tree, frozenset())]
+        while stack:
+            node, scope = stack.pop()
+            if isinstance(node, list):
+                stack.extend((item, scope) for item in reversed(node))
+                continue
+            if not isinstance(node, dict):
+                continue
+            scope = self._visit(node, scope, stack)
+            stack.extend(
+                (value, scope)
+                for key, value in reversed(node.items())
+                if key != "cte_map" and isinstance(value, dict | list)
+            )
+
+    def _visit(
+        self, node: dict[str, Any], scope: frozenset[str], stack: list[tuple[Any, frozenset[str]]]
+    ) -> frozenset[str]:
+        kind = node.get("type")
+        cls = node.get("class")
+        if isinstance(cls, str):
+            self._expression(node, cls)
+            return scope
+        if not isinstance(kind, str):
+            return scope
+        if kind.endswith("_NODE"):
+            return self._query_node(node, kind, scope, stack)
+        if "alias" in node and "sample" in node:
+            self._table_ref(node, kind, scope)
+        return scope
+
+    def _query_node(
+        self,
+        node: dict[str, Any],
+        kind: str,
+        scope: frozenset[str],
+        stack: list[tuple[Any, frozenset[str]]],
+    ) -> frozenset[str]:
+        if kind not in _QUERY_NODES:
+            what = kind.removesuffix("_QUERY_NODE").removesuffix("_NODE")
+            raise QueryRejected(
+                f"only SELECT queries are allowed (found {what} inside the query)", "not_a_select"
+            )
+        self.shape.update(kind.encode())
+        if kind == "RECURSIVE_CTE_NODE" and isinstance(node.get("cte_name"), str):
+            scope = scope | {node["cte_name"].lower()}
         cte_map = node.get("cte_map")
-        if isinstance(cte_map, dict):
-            for entry in cte_map.get("map", []):
-                if isinstance(entry, dict) and "key" in entry:
-                    names.add(str(entry["key"]).lower())
-    return names
+        entries = cte_map.get("map", []) if isinstance(cte_map, dict) else []
+        # A CTE sees the ones defined before it; the query body sees them all.
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            name = str(entry.get("key", "")).lower()
+            stack.append((entry.get("value"), scope))
+            scope = scope | {name}
+        return scope
+
+    def _expression(self, node: dict[str, Any], cls: str) -> None:
+        self.shape.update(cls.encode())
+        if cls == "PARAMETER":
+            self.parameters.add(str(node.get("identifier", "")))
+        elif cls == "FUNCTION":
+            name = str(node.get("function_name", "")).lower()
+            self.shape.update(name.encode())
+            if node.get("schema") or node.get("catalog"):
+                raise QueryRejected(
+                    f"call {name}() without a schema or catalog prefix", "function_not_allowed"
+                )
+            if name in DENIED_FUNCTIONS or name.startswith(_DENIED_PREFIXES):
+                raise QueryRejected(f"function {name}() is not allowed", "function_not_allowed")
+            if name in AMPLIFYING_FUNCTIONS:
+                _check_amplifier(name, node)
+            elif name in _FORMAT_FUNCTIONS:
+                _check_format(name, node)
+
+    def _table_ref(self, node: dict[str, Any], kind: str, scope: frozenset[str]) -> None:
+        self.shape.update(kind.encode())
+        if kind == "BASE_TABLE":
+            self._base_table(node, scope)
+        elif kind == "TABLE_FUNCTION":
+            function = node.get("function")
+            function = function if isinstance(function, dict) else {}
+            name = str(function.get("function_name", "")).lower()
+            if function.get("schema") or function.get("catalog"):
+                raise QueryRejected(
+                    f"call {name}() without a schema or catalog prefix", "function_not_allowed"
+                )
+            if name not in self.allowed_table_functions or name not in SAFE_TABLE_FUNCTIONS:
+                raise QueryRejected(
+                    f"table function {name or '?'}() is not allowed;"
+                    " query the published tables (see GET /schema)",
+                    "function_not_allowed",
+                )
+        elif kind == "SHOW_REF":
+            raise QueryRejected(
+                "DESCRIBE, SHOW and SUMMARIZE are not supported; GET /schema lists the columns",
+                "unsupported",
+            )
+        elif kind not in _PLAIN_TABLE_REFS:
+            raise QueryRejected(f"query not supported ({kind.lower()})", "unsupported")
+
+    def _base_table(self, node: dict[str, Any], scope: frozenset[str]) -> None:
+        raw = str(node.get("table_name", ""))
+        name = raw.lower()
+        schema = str(node.get("schema_name", "") or "").lower()
+        catalog = str(node.get("catalog_name", "") or "").lower()
+        self.shape.update(name.encode())
+        if not _IDENTIFIER.fullmatch(raw):
+            if any(c in raw for c in "/\\.:~") or raw.startswith("$"):
+                raise QueryRejected(
+                    "reading files is not allowed; query the published tables", "file_access"
+                )
+            raise QueryRejected(f"table name {raw!r} is not allowed", "table_not_allowed")
+        if node.get("at_clause"):
+            raise QueryRejected("time travel (AT ...) is not supported", "unsupported")
+        if catalog or schema not in ("", "main"):
+            raise QueryRejected(
+                f"table {name!r} is outside the published data; use unqualified table names",
+                "table_not_allowed",
+            )
+        if not schema and name in scope:
+            return  # a CTE in scope, not a table
+        if name in _SYSTEM_VIEWS or name.startswith(_SYSTEM_TABLE_PREFIXES):
+            raise QueryRejected(f"table {name!r} is not allowed", "table_not_allowed")
+        if self.allowed_tables is not None and name not in self.allowed_tables:
+            raise QueryRejected(
+                f"table {name!r} is not allowed for this application (see GET /schema)",
+                "table_not_allowed",
+            )
+        self.tables.add(name)
 
 
 def check_query(
     sql: str,
     *,
     allowed_tables: set[str] | None,
-    allowed_table_functions: set[str] = frozenset(),  # type: ignore[assignment]
+    allowed_table_functions: Iterable[str] = (),
     max_length: int = 20_000,
 ) -> GuardedQuery:
     """Return the parsed facts of an allowed query, or raise QueryRejected.
 
-    `allowed_tables=None` means any table (used for the operator's named queries).
+    `allowed_tables=None` means any table of the snapshot (policies with "*" and
+    the operator's named queries); DuckDB's catalog views stay refused.
     """
     if not sql or not sql.strip():
         raise QueryRejected("the query is empty", "empty_query")
     if len(sql) > max_length:
         raise QueryRejected(f"the query is longer than {max_length} characters", "query_too_long")
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryRejected(f"syntax error: {str(exc).splitlines()[0]}", "syntax_error") from None
-    if len(statements) != 1:
-        raise QueryRejected("send exactly one SQL statement", "multiple_statements")
-    statement = statements[0]
-    if statement.type != duckdb.StatementType.SELECT:
-        raise QueryRejected(
-            f"only SELECT queries are allowed (got {statement.type.name})", "not_a_select"
-        )
-    row = _parser.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
-    tree = json.loads(row[0]) if row else {"error": True}
-    if tree.get("error"):
-        raise QueryRejected(
-            f"query not supported: {tree.get('error_message', 'cannot analyse it')}", "unsupported"
-        )
-    ctes = _cte_names(tree)
-    tables: set[str] = set()
-    for node in _walk(tree):
-        kind = node.get("type")
-        if kind == "BASE_TABLE":
-            name = str(node.get("table_name", "")).lower()
-            schema = str(node.get("schema_name", "") or "").lower()
-            catalog = str(node.get("catalog_name", "") or "").lower()
-            if not schema and not catalog and name in ctes:
-                continue
-            if schema not in ("", "main") or catalog:
-                raise QueryRejected(
-                    f"table {name!r} is outside the published data", "table_not_allowed"
-                )
-            if "/" in name or "." in name or "\\" in name:
-                raise QueryRejected("reading files is not allowed", "file_access")
-            tables.add(name)
-        elif kind == "TABLE_FUNCTION":
-            function = node.get("function", {})
-            fname = (
-                str(function.get("function_name", "")).lower() if isinstance(function, dict) else ""
-            )
-            if fname not in allowed_table_functions:
-                raise QueryRejected(
-                    f"table function {fname or '?'}() is not allowed", "function_not_allowed"
-                )
-    if allowed_tables is not None:
-        refused = sorted(t for t in tables if t not in allowed_tables)
-        if refused:
-            raise QueryRejected(
-                f"table(s) not allowed for this application: {', '.join(refused)}",
-                "table_not_allowed",
-            )
-    return GuardedQuery(sql=sql, tables=frozenset(tables))
+    if "\x00" in sql:
+        raise QueryRejected("the query contains a NUL character", "syntax_error")
+    tree = _parse_tree(sql)
+    walker = _Walker(
+        {t.lower() for t in allowed_tables} if allowed_tables is not None else None,
+        allowed_table_functions,
+    )
+    walker.walk(tree)
+    return GuardedQuery(
+        sql=sql,
+        tables=frozenset(walker.tables),
+        parameters=frozenset(walker.parameters),
+        fingerprint=walker.shape.hexdigest()[:16],
+    )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-from urllib.parse import quote_plus
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
-from analytics_shared.settings import CommonSettings
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
+
+from analytics_shared.settings import CommonSettings
 
 __all__ = ["EtlSettings"]
 
@@ -20,10 +23,6 @@ class EtlSettings(CommonSettings):
     mssql_database: str | None = Field(None, validation_alias="MSSQL_DATABASE")
     mssql_username: str | None = Field(None, validation_alias="MSSQL_USERNAME")
     mssql_password: SecretStr | None = Field(None, validation_alias="MSSQL_PASSWORD")
-    mssql_driver: str = Field("ODBC Driver 18 for SQL Server", validation_alias="MSSQL_DRIVER")
-    mssql_trust_server_certificate: bool = Field(
-        False, validation_alias="MSSQL_TRUST_SERVER_CERTIFICATE"
-    )
 
     # State store (watermarks, run history, dead letters): SQLite file by default.
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
@@ -35,6 +34,56 @@ class EtlSettings(CommonSettings):
         validation_alias="TABLES_TO_SYNC",
     )
     snapshot_retention: int = Field(24, validation_alias="SNAPSHOT_RETENTION", ge=1)
+    # Retention never deletes a snapshot younger than this: a reader may have
+    # read the manifest that names it and still be downloading it.
+    snapshot_retention_grace_seconds: float = Field(
+        900.0, validation_alias="SNAPSHOT_RETENTION_GRACE_SECONDS", ge=0
+    )
+    # "zstd" (default) or "none"; DuckDB files compress well (mostly empty blocks).
+    snapshot_compression: Literal["zstd", "none"] = Field(
+        "zstd", validation_alias="SNAPSHOT_COMPRESSION"
+    )
+
+    # Incremental sync (see etl_service.incremental): rows with
+    # cursor >= watermark - lookback are re-read; the new watermark is the
+    # source's clock minus the settle lag, so late commits are still caught.
+    sync_lookback_seconds: float = Field(60.0, validation_alias="SYNC_LOOKBACK_SECONDS", ge=0)
+    sync_settle_seconds: float = Field(5.0, validation_alias="SYNC_SETTLE_SECONDS", ge=0)
+    # The zone naive cursor columns (datetime2, timestamp) are written in.
+    source_timezone: str = Field("UTC", validation_alias="SOURCE_TIMEZONE", min_length=1)
+    # Primary-key reconciliation (hard deletes); 0 = every cycle.
+    reconcile_interval_seconds: float = Field(
+        3600.0, validation_alias="RECONCILE_INTERVAL_SECONDS", ge=0
+    )
+    # Per-table overrides as JSON: {"orders": {"primary_key": ["id"],
+    # "cursor_column": "modified_at", "soft_delete_column": "deleted_at"}}.
+    table_config: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, validation_alias="TABLE_CONFIG"
+    )
+
+    # Retries on transient errors (exponential backoff, full jitter).
+    retry_attempts: int = Field(4, validation_alias="RETRY_ATTEMPTS", ge=1, le=20)
+    retry_base_seconds: float = Field(1.0, validation_alias="RETRY_BASE_SECONDS", ge=0)
+    retry_max_seconds: float = Field(30.0, validation_alias="RETRY_MAX_SECONDS", ge=0)
+
+    # Observability: /health and /metrics on this port (0 disables), and alerts.
+    etl_metrics_port: int = Field(9108, validation_alias="ETL_METRICS_PORT", ge=0, lt=65536)
+    alert_webhook_url: SecretStr | None = Field(None, validation_alias="ALERT_WEBHOOK_URL")
+    alert_webhook_format: Literal["slack", "pagerduty", "opsgenie"] = Field(
+        "slack", validation_alias="ALERT_WEBHOOK_FORMAT"
+    )
+    alert_routing_key: SecretStr | None = Field(None, validation_alias="ALERT_ROUTING_KEY")
+    alert_failure_threshold: int = Field(3, validation_alias="ALERT_FAILURE_THRESHOLD", ge=1)
+    alert_stale_after_seconds: float = Field(
+        900.0, validation_alias="ALERT_STALE_AFTER_SECONDS", gt=0
+    )
+
+    @field_validator("table_config", mode="before")
+    @classmethod
+    def _parse_table_config(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
 
     @field_validator("tables_to_sync", mode="before")
     @classmethod
@@ -63,11 +112,11 @@ class EtlSettings(CommonSettings):
                 " MSSQL_USERNAME and MSSQL_PASSWORD"
             )
         password = self.mssql_password.get_secret_value() if self.mssql_password else ""
-        trust = "yes" if self.mssql_trust_server_certificate else "no"
+        # pymssql (FreeTDS inside its wheel) for SQLAlchemy's reflection; no query
+        # string: SQLAlchemy hands every query key to pymssql.connect() as a keyword.
         return (
-            f"mssql+pyodbc://{quote_plus(self.mssql_username)}:{quote_plus(password)}"
+            f"mssql+pymssql://{quote(self.mssql_username, safe='')}:{quote(password, safe='')}"
             f"@{self.mssql_host}:{self.mssql_port}/{self.mssql_database}"
-            f"?driver={quote_plus(self.mssql_driver)}&TrustServerCertificate={trust}"
         )
 
     @property
@@ -77,5 +126,5 @@ class EtlSettings(CommonSettings):
         return f"sqlite:///{(self.data_dir / 'etl_state.db').resolve()}"
 
     @property
-    def working_db_path(self):
+    def working_db_path(self) -> Path:
         return (self.data_dir / "etl_working.duckdb").resolve()

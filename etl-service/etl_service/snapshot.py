@@ -2,37 +2,137 @@
 
 The working file grows under repeated merges (DuckDB reuses freed blocks but
 rarely shrinks); copying the database into a fresh file writes only live data.
+The export also fingerprints the contents, so a cycle that changed nothing
+can skip publishing, and can be zstd-compressed for the upload.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
+import zstandard
+
 from analytics_shared.manifest import sha256_file
 
-__all__ = ["SnapshotFile", "export_snapshot"]
+__all__ = [
+    "COMPRESSIONS",
+    "SnapshotFile",
+    "compress_snapshot",
+    "content_fingerprint",
+    "decompress_file",
+    "export_snapshot",
+]
+
+COMPRESSIONS = ("zstd", "none")
+ZSTD_LEVEL = 3  # fast; higher levels gain little on DuckDB's already-encoded blocks
 
 
 @dataclass(frozen=True)
 class SnapshotFile:
+    """A file ready to upload: `sha256`/`size` describe the bytes at `path`."""
+
     path: Path
     sha256: str
     size: int
+    fingerprint: str | None = None
+    compression: str | None = None  # None: a plain DuckDB file
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    """A hash of every table's schema and rows, independent of row order.
+
+    Two 64-bit row hashes (different seeds) are xor-ed per table with the row
+    count and column types; a changed, added or removed row changes it. DuckDB
+    computes it in one scan per table, far cheaper than an export.
+    """
+    digest = hashlib.sha256()
+    tables = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables()"
+        " WHERE database_name = current_database() AND NOT temporary"
+        " ORDER BY schema_name, table_name"
+    ).fetchall()
+    for schema, table in tables:
+        columns = con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns()"
+            " WHERE database_name = current_database() AND schema_name = ? AND table_name = ?"
+            " ORDER BY column_index",
+            [schema, table],
+        ).fetchall()
+        row = con.execute(
+            "SELECT count(*), coalesce(bit_xor(hash(t)), 0), coalesce(bit_xor(hash(t, 'fp')), 0)"
+            f" FROM {_ident(schema)}.{_ident(table)} AS t"
+        ).fetchone()
+        digest.update(repr((schema, table, columns, row)).encode())
+    return digest.hexdigest()
+
+
+def _remove(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def export_snapshot(con: duckdb.DuckDBPyConnection, dest: Path) -> SnapshotFile:
+    """Copy the working database into a fresh, checkpointed file at `dest`."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        dest.unlink()
+    # A process killed mid-export leaves a partial file and maybe a WAL; a WAL
+    # next to a fresh file would be replayed into it, so both go first.
+    tmp = dest.with_name(dest.name + ".tmp")
+    _remove(tmp)
+    _remove(dest)
+    fingerprint = content_fingerprint(con)
     row = con.execute("SELECT current_database()").fetchone()
     source_db = row[0] if row else "memory"
-    con.execute(f"ATTACH '{dest.as_posix()}' AS __snapshot")
+    con.execute(f"ATTACH '{tmp.as_posix()}' AS __snapshot")
     try:
-        con.execute(f'COPY FROM DATABASE "{source_db}" TO __snapshot')
+        con.execute(f"COPY FROM DATABASE {_ident(source_db)} TO __snapshot")
     finally:
-        con.execute("DETACH __snapshot")
-    return SnapshotFile(dest, sha256_file(dest), dest.stat().st_size)
+        con.execute("DETACH __snapshot")  # checkpoints: the file is self-contained
+    if tmp.with_name(tmp.name + ".wal").exists():
+        raise RuntimeError(f"snapshot export left a WAL next to {tmp}")
+    os.replace(tmp, dest)
+    return SnapshotFile(dest, sha256_file(dest), dest.stat().st_size, fingerprint, None)
+
+
+def compress_snapshot(snapshot: SnapshotFile, level: int = ZSTD_LEVEL) -> SnapshotFile:
+    """zstd-compress next to the original (`.zst`); the frame carries a checksum."""
+    if snapshot.compression is not None:
+        raise ValueError(f"{snapshot.path} is already compressed ({snapshot.compression})")
+    dest = snapshot.path.with_name(snapshot.path.name + ".zst")
+    tmp = dest.with_name(dest.name + ".tmp")
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    with snapshot.path.open("rb") as src, tmp.open("wb") as out:
+        compressor.copy_stream(src, out, size=snapshot.size)
+    os.replace(tmp, dest)
+    return replace(
+        snapshot,
+        path=dest,
+        sha256=sha256_file(dest),
+        size=dest.stat().st_size,
+        compression="zstd",
+    )
+
+
+def decompress_file(src: Path, dest: Path, compression: str | None) -> Path:
+    """Write the plain DuckDB file for a stored object (a copy when uncompressed)."""
+    if compression not in (None, "none", "zstd"):
+        raise ValueError(f"unknown snapshot compression {compression!r}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    with src.open("rb") as fin, tmp.open("wb") as fout:
+        if compression == "zstd":
+            zstandard.ZstdDecompressor().copy_stream(fin, fout)
+        else:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+    os.replace(tmp, dest)
+    return dest

@@ -1,24 +1,41 @@
-"""The ETL's durable state: run history and per-table watermarks (SQLAlchemy)."""
+"""The ETL's durable state (SQLAlchemy; SQLite embedded, PostgreSQL in production).
+
+Per-table watermarks and reconcile times, the run history, and the
+dead-letter queue of runs/tables that failed after their last retry. The
+schema is managed by the Alembic migrations in `etl_service/migrations`,
+applied when a StateStore starts.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
-__all__ = ["StateStore"]
+__all__ = ["StateStore", "TableUpdate", "dead_letters", "sync_runs", "table_state"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_xact_lock key serialising concurrent migrations ("etl_migr").
+_MIGRATION_LOCK = 0x65746C5F6D696772
 
 metadata = sa.MetaData()
+TZ = sa.DateTime(timezone=True)
 
 sync_runs = sa.Table(
     "sync_runs",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("started_at", TZ, nullable=False),
+    sa.Column("finished_at", TZ),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("rows", sa.JSON, nullable=False, default=dict),
+    sa.Column("rows", sa.JSON, nullable=False),
     sa.Column("published_version", sa.String(64)),
     sa.Column("error", sa.Text),
 )
@@ -28,23 +45,84 @@ table_state = sa.Table(
     metadata,
     sa.Column("table_name", sa.String(255), primary_key=True),
     sa.Column("watermark", sa.String(64)),
-    sa.Column("last_synced_at", sa.DateTime(timezone=True)),
+    sa.Column("last_synced_at", TZ),
+    sa.Column("last_reconciled_at", TZ),
+    sa.Column("last_full_load_at", TZ),
     sa.Column("row_count", sa.BigInteger),
 )
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("table_name", sa.String(255)),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("first_failed_at", TZ, nullable=False),
+    sa.Column("last_failed_at", TZ, nullable=False),
+    sa.Column("closed_at", TZ),
+)
+
+CYCLE = "*cycle*"  # how a whole-cycle dead letter is shown
+
+
+def _aware(value: Any) -> Any:
+    """SQLite hands back naive datetimes; everything stored here is UTC."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _row(r: sa.Row[Any]) -> dict[str, Any]:
+    return {k: _aware(v) for k, v in r._mapping.items()}
+
+
+@dataclass(frozen=True)
+class TableUpdate:
+    """What one cycle learned about one table, committed with the run."""
+
+    watermark: str | None
+    row_count: int
+    reconciled: bool = False
+    full_load: bool = False
 
 
 class StateStore:
     def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        self.url = sa.make_url(url)
+        if self.url.get_backend_name() == "sqlite" and self.url.database:
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        self.migrate()
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.url.get_backend_name() == "postgresql"
+
+    def migrate(self) -> None:
+        """`alembic upgrade head`, serialised between replicas on PostgreSQL."""
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            if self.is_postgresql:
+                conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def start_run(self) -> int:
+    # -- runs ----------------------------------------------------------------
+
+    def start_run(self, kind: str = "sync") -> int:
         with self.engine.begin() as conn:
             result = conn.execute(
-                sync_runs.insert().values(started_at=datetime.now(UTC), status="running", rows={})
+                sync_runs.insert().values(
+                    kind=kind, started_at=datetime.now(UTC), status="running", rows={}
+                )
             )
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
@@ -52,12 +130,12 @@ class StateStore:
         self,
         run_id: int,
         status: str,
-        rows: dict[str, int],
+        rows: dict[str, Any],
         version: str | None = None,
         error: str | None = None,
-        watermarks: dict[str, tuple[str | None, int]] | None = None,
+        tables: dict[str, TableUpdate] | None = None,
     ) -> None:
-        """Record the run's outcome and new watermarks in one transaction."""
+        """Record the run's outcome and the tables' new state in one transaction."""
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(
@@ -71,8 +149,16 @@ class StateStore:
                     error=error,
                 )
             )
-            for table, (watermark, count) in (watermarks or {}).items():
-                values = {"watermark": watermark, "last_synced_at": now, "row_count": count}
+            for table, update in (tables or {}).items():
+                values: dict[str, Any] = {
+                    "watermark": update.watermark,
+                    "last_synced_at": now,
+                    "row_count": update.row_count,
+                }
+                if update.reconciled or update.full_load:
+                    values["last_reconciled_at"] = now
+                if update.full_load:
+                    values["last_full_load_at"] = now
                 updated = conn.execute(
                     table_state.update().where(table_state.c.table_name == table).values(**values)
                 )
@@ -82,9 +168,108 @@ class StateStore:
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sync_runs.select().order_by(sync_runs.c.id.desc()).limit(limit))
-            return [dict(r._mapping) for r in rows]
+            return [_row(r) for r in rows]
+
+    def last_success(self) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sync_runs.select()
+                .where(sync_runs.c.status.in_(("success", "partial")))
+                .order_by(sync_runs.c.id.desc())
+                .limit(1)
+            ).first()
+            return _row(row) if row else None
+
+    # -- tables --------------------------------------------------------------
 
     def table_states(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(table_state.select().order_by(table_state.c.table_name))
-            return [dict(r._mapping) for r in rows]
+            return [_row(r) for r in rows]
+
+    def table(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(table_state.select().where(table_state.c.table_name == name)).first()
+            return _row(row) if row else None
+
+    def forget_table(self, name: str) -> None:
+        """Drop a table's watermark so its next sync is a full load (backfill)."""
+        with self.engine.begin() as conn:
+            conn.execute(table_state.delete().where(table_state.c.table_name == name))
+
+    # -- dead letters ----------------------------------------------------------
+
+    def dead_letter(self, run_id: int | None, table: str | None, error: str, attempts: int) -> int:
+        """Record a failure after its last retry; repeated failures of the same
+        table (or of whole cycles) accumulate on one open entry."""
+        now = datetime.now(UTC)
+        match = (
+            dead_letters.c.table_name.is_(None)
+            if table is None
+            else dead_letters.c.table_name == table
+        )
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                sa.select(dead_letters.c.id, dead_letters.c.attempts)
+                .where(dead_letters.c.status == "open", match)
+                .order_by(dead_letters.c.id)
+                .limit(1)
+            ).first()
+            if existing is not None:
+                conn.execute(
+                    dead_letters.update()
+                    .where(dead_letters.c.id == existing.id)
+                    .values(
+                        run_id=run_id,
+                        error=error,
+                        attempts=existing.attempts + attempts,
+                        last_failed_at=now,
+                    )
+                )
+                return int(existing.id)
+            result = conn.execute(
+                dead_letters.insert().values(
+                    run_id=run_id,
+                    table_name=table,
+                    error=error,
+                    attempts=attempts,
+                    status="open",
+                    first_failed_at=now,
+                    last_failed_at=now,
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def resolve_dead_letters(self, tables: list[str], *, cycle: bool = False) -> int:
+        """Close the open entries of tables (and of whole cycles) that now succeed."""
+        cond: sa.ColumnElement[bool] = dead_letters.c.table_name.in_(tables)
+        if cycle:
+            cond = sa.or_(cond, dead_letters.c.table_name.is_(None))
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                dead_letters.update()
+                .where(dead_letters.c.status == "open", cond)
+                .values(status="resolved", closed_at=datetime.now(UTC))
+            )
+            return int(result.rowcount)
+
+    def dead_letters(self, status: str | None = "open") -> list[dict[str, Any]]:
+        query = dead_letters.select().order_by(dead_letters.c.id)
+        if status is not None:
+            query = query.where(dead_letters.c.status == status)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query)]
+
+    def get_dead_letter(self, entry_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(dead_letters.select().where(dead_letters.c.id == entry_id)).first()
+            return _row(row) if row else None
+
+    def close_dead_letter(self, entry_id: int, status: str) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                dead_letters.update()
+                .where(dead_letters.c.id == entry_id, dead_letters.c.status == "open")
+                .values(status=status, closed_at=datetime.now(UTC))
+            )
+            return bool(result.rowcount)

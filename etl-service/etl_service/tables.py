@@ -1,29 +1,100 @@
 """Which tables are synced and how: primary key, cursor column, soft-delete column.
 
-One place for per-table configuration. The five seed tables have defaults;
-any other table named in TABLES_TO_SYNC gets `id` / `updated_at`.
+The one place for per-table configuration. The five seed tables have
+defaults; any other table named in TABLES_TO_SYNC is resolved against the
+source: its primary key is reflected, and `updated_at` is its cursor when the
+column exists (otherwise the table is fully refreshed every cycle).
+`TABLE_CONFIG` (JSON) overrides any of the three per table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-__all__ = ["SEED_TABLES", "TableSpec", "table_specs"]
+__all__ = ["SEED_TABLES", "TableConfigError", "TableSpec", "resolve_spec", "table_specs"]
+
+DEFAULT_CURSOR = "updated_at"
+
+
+class TableConfigError(ValueError):
+    """A table cannot be synced the way it is configured."""
 
 
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    primary_key: tuple[str, ...] = ("id",)
-    cursor_column: str | None = "updated_at"
+    # None: reflect the source's primary key.
+    primary_key: tuple[str, ...] | None = None
+    # None: no cursor, so the table is fully refreshed every cycle.
+    cursor_column: str | None = DEFAULT_CURSOR
+    # A boolean (true = deleted) or nullable timestamp (set = deleted) column.
     soft_delete_column: str | None = None
+
+    @property
+    def incremental(self) -> bool:
+        return self.cursor_column is not None
 
 
 SEED_TABLES: dict[str, TableSpec] = {
-    name: TableSpec(name)
+    name: TableSpec(name, primary_key=("id",))
     for name in ("inventory", "products", "orders", "transactions", "customers")
 }
 
+_OVERRIDABLE = {"primary_key", "cursor_column", "soft_delete_column"}
 
-def table_specs(names: list[str]) -> list[TableSpec]:
-    return [SEED_TABLES.get(name.lower(), TableSpec(name.lower())) for name in names]
+
+def _override(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
+    unknown = set(config) - _OVERRIDABLE
+    if unknown:
+        raise TableConfigError(
+            f"TABLE_CONFIG[{spec.name!r}]: unknown keys {sorted(unknown)}"
+            f" (allowed: {sorted(_OVERRIDABLE)})"
+        )
+    changes: dict[str, Any] = dict(config)
+    if "primary_key" in changes and changes["primary_key"] is not None:
+        pk = changes["primary_key"]
+        changes["primary_key"] = (pk,) if isinstance(pk, str) else tuple(pk)
+    return replace(spec, **changes)
+
+
+def table_specs(
+    names: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[TableSpec]:
+    """Specs for the configured tables, before source reflection."""
+    overrides = {k.lower(): v for k, v in (overrides or {}).items()}
+    specs = []
+    for raw in names:
+        name = raw.lower()
+        spec = SEED_TABLES.get(name, TableSpec(name))
+        if name in overrides:
+            spec = _override(spec, overrides[name])
+        specs.append(spec)
+    return specs
+
+
+def resolve_spec(
+    spec: TableSpec, source_columns: Sequence[str], source_primary_key: Sequence[str]
+) -> TableSpec:
+    """Fill in what the source knows, and refuse what cannot work."""
+    columns = set(source_columns)
+    pk = spec.primary_key if spec.primary_key is not None else tuple(source_primary_key)
+    cursor = spec.cursor_column
+    if cursor == DEFAULT_CURSOR and cursor not in columns and spec.name not in SEED_TABLES:
+        cursor = None  # no cursor: full refresh every cycle
+    resolved = replace(spec, primary_key=pk, cursor_column=cursor)
+    for what, col in (("cursor", cursor), ("soft-delete", spec.soft_delete_column)):
+        if col is not None and col not in columns:
+            raise TableConfigError(f"table {spec.name!r}: {what} column {col!r} does not exist")
+    missing = [c for c in pk if c not in columns]
+    if missing:
+        raise TableConfigError(f"table {spec.name!r}: primary-key columns {missing} do not exist")
+    if resolved.incremental and not pk:
+        raise TableConfigError(
+            f"table {spec.name!r} has no primary key, so it cannot be synced incrementally"
+            " (changed rows could not be merged). Add a primary key in the source, name one"
+            ' in TABLE_CONFIG ({"primary_key": [...]}), or set "cursor_column": null there'
+            " to fully refresh it every cycle."
+        )
+    return resolved

@@ -1,9 +1,9 @@
 """Mapping source column types to DuckDB types, faithfully.
 
 The extractor's Arrow types are close but not exact (ConnectorX widens
-DECIMAL(p,s) to DECIMAL(38,10), leaves UUIDs as strings), so the declared
-source type decides the DuckDB column type. `None` means "keep Arrow's type".
-See docs/architecture.md for the full table.
+DECIMAL(p,s) to DECIMAL(38,10) and INTEGER to BIGINT, and leaves UUIDs as
+strings), so the declared source type decides the DuckDB column type.
+`None` means "keep the Arrow type". docs/architecture.md has the full table.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, postgresql
 
-__all__ = ["duckdb_type"]
+__all__ = ["duckdb_type", "is_timestamp"]
 
 
 def duckdb_type(source_type: sa.types.TypeEngine) -> str | None:
@@ -26,13 +26,43 @@ def duckdb_type(source_type: sa.types.TypeEngine) -> str | None:
         return "TIMESTAMPTZ"
     if isinstance(source_type, mssql.BIT | sa.Boolean):
         return "BOOLEAN"
-    if isinstance(source_type, sa.Numeric) and not isinstance(source_type, sa.Float):
+    if isinstance(source_type, mssql.TINYINT):
+        return "UTINYINT"  # SQL Server tinyint is 0..255
+    if isinstance(source_type, sa.SmallInteger):
+        return "SMALLINT"
+    if isinstance(source_type, sa.BigInteger):
+        return "BIGINT"
+    if isinstance(source_type, sa.Integer):
+        return "INTEGER"
+    if isinstance(source_type, sa.Float):
+        # REAL / float(1..24) is single precision; everything else double.
+        precision = getattr(source_type, "precision", None)
+        is_real = isinstance(source_type, sa.REAL) or (precision is not None and precision <= 24)
+        return "REAL" if is_real else "DOUBLE"
+    if isinstance(source_type, sa.Numeric):
         precision, scale = source_type.precision, source_type.scale
         if precision is not None and precision <= 38:
             return f"DECIMAL({precision},{scale or 0})"
-        return None
+        return None  # unbounded NUMERIC: keep the extractor's DECIMAL(38,10)
     if isinstance(source_type, sa.DateTime):
         return "TIMESTAMPTZ" if source_type.timezone else "TIMESTAMP"
     if isinstance(source_type, sa.Date):
         return "DATE"
+    if isinstance(source_type, sa.Time):
+        return "TIME"
+    if isinstance(source_type, sa.String | sa.Enum):
+        return "VARCHAR"
+    if isinstance(source_type, sa.LargeBinary | sa.types._Binary):
+        return "BLOB"
     return None
+
+
+def is_timestamp(source_type: sa.types.TypeEngine) -> tuple[bool, bool]:
+    """(is a date/time cursor, carries a time zone)."""
+    if isinstance(source_type, mssql.DATETIMEOFFSET):
+        return True, True
+    if isinstance(source_type, sa.DateTime):
+        return True, bool(source_type.timezone)
+    if isinstance(source_type, sa.Date):
+        return True, False
+    return False, False

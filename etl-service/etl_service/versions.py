@@ -1,23 +1,129 @@
-"""Published versions: listing them, and rolling back to an older one."""
+"""Published versions: listing them, and rolling back to an older one.
+
+A rollback writes `current/manifest.json` again with an older version's own
+manifest (kept beside its snapshot in `history/`), after downloading that
+snapshot and verifying it exactly as the API will: size, sha256, and a
+read-only open whose row counts match the manifest. The API treats any
+version other than the one it serves as new, so it swaps within one poll.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
 
-from etl_service.publisher import HISTORY_PREFIX, Publisher
+import duckdb
+
+from analytics_shared.logging_config import get_logger
+from analytics_shared.manifest import Manifest, ManifestError
+from analytics_shared.object_store import ObjectNotFound, StoreError
+from etl_service.publisher import Publisher
 from etl_service.settings import EtlSettings
 
-__all__ = ["cmd_rollback", "cmd_versions"]
+__all__ = ["RollbackError", "cmd_rollback", "cmd_versions", "probe_snapshot", "rollback"]
+
+log = get_logger(__name__)
+
+
+class RollbackError(RuntimeError):
+    """The requested version cannot be made current (unknown, or fails verification)."""
+
+
+def probe_snapshot(path: Path, manifest: Manifest) -> None:
+    """Open read-only and check every table's row count against the manifest."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        for table, info in manifest.tables.items():
+            quoted = '"' + table.replace('"', '""') + '"'
+            row = con.execute(f"SELECT count(*) FROM {quoted}").fetchone()
+            count = int(row[0]) if row else -1
+            if count != info.row_count:
+                raise ManifestError(
+                    f"snapshot {manifest.version}: table {table} has {count} rows,"
+                    f" the manifest says {info.row_count}"
+                )
+    finally:
+        con.close()
+
+
+def rollback(publisher: Publisher, version: str, workdir: Path) -> Manifest:
+    """Make `version` current again; returns the manifest now current."""
+    current, etag = publisher.read_current()
+    if current is not None and current.version == version:
+        return current
+    try:
+        target = publisher.sidecar(version)
+    except ObjectNotFound:
+        raise RollbackError(
+            f"no published version {version!r} (see `analytics-etl versions`)"
+        ) from None
+    except ManifestError as exc:
+        raise RollbackError(f"version {version}: {exc}") from None
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="rollback-") as tmp:
+        try:
+            plain = publisher.fetch_verified(target, Path(tmp))
+            probe_snapshot(plain, target)
+        except ObjectNotFound:
+            raise RollbackError(f"version {version}: its snapshot is gone from the store") from None
+        except (ManifestError, duckdb.Error) as exc:
+            raise RollbackError(f"version {version} failed verification: {exc}") from None
+        # The newest data the operator moved away from: the ETL will not publish
+        # that same data over the rollback (see Publisher.is_unchanged).
+        away_from = None
+        if current is not None:
+            away_from = current.rolled_back_from or current.version
+        manifest = target.model_copy(
+            update={
+                "previous_version": current.version if current else None,
+                "rolled_back_from": None if away_from == version else away_from,
+            }
+        )
+        publisher.commit(manifest, etag)
+        log.info("rolled_back", version=version, previous=manifest.previous_version, by="operator")
+        publisher.update_convenience_copy(plain)
+    return manifest
 
 
 def cmd_versions(settings: EtlSettings, _args: argparse.Namespace) -> int:
-    publisher = Publisher(settings.open_store())
-    current = publisher.current()
-    for obj in sorted(publisher.store.list(HISTORY_PREFIX), key=lambda o: o.key):
-        marker = "*" if current and obj.key == current.snapshot_key else " "
-        print(f"{marker} {obj.key}\t{obj.size}\t{obj.last_modified.isoformat()}")
+    publisher = Publisher.from_settings(settings)
+    print(f"  {'VERSION':<24} {'CREATED_AT':<26} {'SIZE':>12} {'COMP':<5} ROWS")
+    for v in publisher.versions():
+        marker = "*" if v.current else " "
+        m = v.manifest
+        if m is None:
+            note = "(no manifest)" if v.sidecar is None else "(manifest unreadable)"
+            size = v.snapshot.size if v.snapshot else 0
+            print(f"{marker} {v.version:<24} {'-':<26} {size:>12} {'-':<5} {note}")
+            continue
+        rows = sum(t.row_count for t in m.tables.values())
+        missing = "" if v.snapshot is not None else " (snapshot deleted)"
+        print(
+            f"{marker} {v.version:<24} {m.created_at.isoformat(timespec='seconds'):<26}"
+            f" {m.size:>12} {m.compression or 'none':<5} {rows}{missing}"
+        )
     return 0
 
 
 def cmd_rollback(settings: EtlSettings, args: argparse.Namespace) -> int:
-    raise NotImplementedError("rollback is not built yet (snapshot lifecycle issue)")
+    publisher = Publisher.from_settings(settings)
+    workdir = Path(settings.data_dir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = rollback(publisher, args.version, workdir)
+    except (RollbackError, StoreError) as exc:
+        print(f"analytics-etl: rollback refused: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "status": "current",
+                "version": manifest.version,
+                "previous_version": manifest.previous_version,
+                "created_at": manifest.created_at.isoformat(),
+            }
+        )
+    )
+    return 0

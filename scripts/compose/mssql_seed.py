@@ -8,8 +8,9 @@
 4. Touches READY_FILE (the compose healthcheck waits for it), then changes a few
    inventory and order rows every WRITER_INTERVAL_SECONDS until SIGTERM.
 
-Runs in the etl-service image, which has pyodbc and ODBC Driver 18. Everything
-it connects with is an environment variable, see docker-compose.yml.
+Runs in the etl-service image and connects with pymssql, the driver the ETL
+uses for reflection (FreeTDS inside its wheel, no system driver). Everything it
+connects with is an environment variable, see docker-compose.yml.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pymssql
 import sqlalchemy as sa
 
 from etl_service.demo_source import (
@@ -34,9 +35,6 @@ from etl_service.demo_source import (
     demo_metadata,
     mutate_demo_rows,
 )
-
-if TYPE_CHECKING:
-    import pyodbc
 
 log = logging.getLogger("mssql-seed")
 
@@ -52,36 +50,19 @@ def env(name: str, default: str | None = None) -> str:
     return value
 
 
-def odbc_connection_string(database: str) -> str:
-    def braced(value: str) -> str:
-        return "{" + value.replace("}", "}}") + "}"
-
-    return ";".join(
-        [
-            f"DRIVER={braced(env('MSSQL_DRIVER', 'ODBC Driver 18 for SQL Server'))}",
-            f"SERVER={env('MSSQL_HOST', 'mssql')},{env('MSSQL_PORT', '1433')}",
-            f"DATABASE={braced(database)}",
-            "UID=sa",
-            f"PWD={braced(env('MSSQL_SA_PASSWORD'))}",
-            # The container's certificate is self-signed; this is a local demo.
-            "Encrypt=yes",
-            "TrustServerCertificate=yes",
-        ]
-    )
+# FreeTDS's default encryption level: TLS whenever the server offers it (SQL
+# Server does, with the container's self-signed certificate), and FreeTDS does
+# not check the certificate unless a freetds.conf names a CA file. A local demo.
 
 
 def sqlalchemy_url(database: str) -> sa.URL:
     return sa.URL.create(
-        "mssql+pyodbc",
+        "mssql+pymssql",
         username="sa",
         password=env("MSSQL_SA_PASSWORD"),
         host=env("MSSQL_HOST", "mssql"),
         port=int(env("MSSQL_PORT", "1433")),
         database=database,
-        query={
-            "driver": env("MSSQL_DRIVER", "ODBC Driver 18 for SQL Server"),
-            "TrustServerCertificate": "yes",
-        },
     )
 
 
@@ -111,23 +92,31 @@ def sqlcmd_batches(script: str, variables: Mapping[str, str]) -> Iterator[str]:
         yield _VARIABLE.sub(substitute, "\n".join(lines))
 
 
-def run_script(connection: pyodbc.Connection, script: str, variables: Mapping[str, str]) -> None:
+def run_script(connection: pymssql.Connection, script: str, variables: Mapping[str, str]) -> None:
     cursor = connection.cursor()
     for batch in sqlcmd_batches(script, variables):
-        cursor.execute(batch)
+        cursor.execute(batch)  # no parameters: pymssql leaves '%' in the batch alone
         while cursor.nextset():  # later statements' errors surface here
             pass
     cursor.close()
 
 
-def wait_for_server(timeout: float) -> pyodbc.Connection:
-    import pyodbc  # only in the etl-service image; the tests import this module without it
-
+def wait_for_server(timeout: float) -> pymssql.Connection:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return pyodbc.connect(odbc_connection_string("master"), autocommit=True, timeout=5)
-        except pyodbc.Error as exc:
+            # autocommit: CREATE DATABASE and parts of the setup script refuse
+            # to run inside a transaction.
+            return pymssql.connect(
+                server=env("MSSQL_HOST", "mssql"),
+                port=env("MSSQL_PORT", "1433"),
+                user="sa",
+                password=env("MSSQL_SA_PASSWORD"),
+                database="master",
+                autocommit=True,
+                login_timeout=5,
+            )
+        except pymssql.Error as exc:
             if time.monotonic() > deadline:
                 raise SystemExit(f"mssql-seed: SQL Server did not answer: {exc}") from None
             log.info("waiting for SQL Server")

@@ -48,7 +48,11 @@ class TableInfo(BaseModel):
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Compatibility rule: optional fields may be added within one format_version
+    # and readers ignore fields they do not know (an older API keeps working
+    # with a newer ETL); anything that changes the meaning of an existing field
+    # bumps FORMAT_VERSION, which readers refuse.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     format_version: int = FORMAT_VERSION
     version: str = Field(min_length=1, pattern=r"^[0-9A-Za-z_.-]+$")
@@ -59,6 +63,12 @@ class Manifest(BaseModel):
     compression: str | None = None
     previous_version: str | None = None
     tables: dict[str, TableInfo] = Field(default_factory=dict)
+    # Hash of the tables' contents and schema: a cycle that changed nothing
+    # has the same fingerprint and publishes nothing.
+    content_fingerprint: str | None = None
+    # Set by `analytics-etl rollback`: the newest version the operator rolled
+    # back from; the ETL does not re-publish that same data over the rollback.
+    rolled_back_from: str | None = None
 
     @field_validator("created_at")
     @classmethod

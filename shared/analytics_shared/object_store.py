@@ -10,6 +10,7 @@ partial one (local: write a temp file then `os.replace`; S3: PUT is atomic).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -27,6 +28,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
+    "PreconditionFailed",
     "S3ObjectStore",
     "StoreError",
     "StoreUnavailable",
@@ -53,6 +55,10 @@ class NotModified(StoreError):
     """The object's ETag still matches the caller's `if_none_match`."""
 
 
+class PreconditionFailed(StoreError):
+    """A conditional write lost: the object changed (or exists) since the caller looked."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -71,9 +77,20 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put_bytes(
-        self, key: str, data: bytes, content_type: str = "application/json"
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/json",
+        *,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
     ) -> ObjectInfo:
-        """Atomically create or replace a small object."""
+        """Atomically create or replace a small object.
+
+        Conditional writes (compare-and-swap): `if_match=etag` writes only while
+        the object still has that ETag; `if_none_match="*"` only creates. A lost
+        condition raises `PreconditionFailed` and leaves the object untouched.
+        """
 
     @abstractmethod
     def get_bytes(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str]:
@@ -92,6 +109,13 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Delete a key; deleting a missing key is not an error."""
+
+
+def _check_conditions(if_match: str | None, if_none_match: str | None) -> None:
+    if if_none_match not in (None, "*"):
+        raise ValueError("put_bytes supports only if_none_match='*' (create, never replace)")
+    if if_match is not None and if_none_match is not None:
+        raise ValueError("give if_match or if_none_match, not both")
 
 
 def _check_key(key: str) -> str:
@@ -140,9 +164,30 @@ class LocalObjectStore(ObjectStore):
         return self._atomic_write(key, write)
 
     def put_bytes(
-        self, key: str, data: bytes, content_type: str = "application/json"
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/json",
+        *,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
     ) -> ObjectInfo:
-        return self._atomic_write(key, lambda fh: fh.write(data))
+        _check_conditions(if_match, if_none_match)
+        if if_match is None and if_none_match is None:
+            return self._atomic_write(key, lambda fh: fh.write(data))
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Check and replace under an exclusive lock, so two conditional writers
+        # cannot both see the old ETag (the lock file is never deleted).
+        lock_path = dest.with_name(f".lock-{dest.name}")
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.head(key)
+            if if_none_match is not None and current is not None:
+                raise PreconditionFailed(f"{key!r} already exists in {self.url}")
+            if if_match is not None and (current is None or current.etag != if_match):
+                raise PreconditionFailed(f"{key!r} changed since ETag {if_match} in {self.url}")
+            return self._atomic_write(key, lambda fh: fh.write(data))
 
     def get_bytes(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str]:
         path = self._path(key)
@@ -175,7 +220,7 @@ class LocalObjectStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self.root
         for path in sorted(base.rglob("*")):
-            if not path.is_file() or path.name.startswith(".tmp-"):
+            if not path.is_file() or path.name.startswith((".tmp-", ".lock-")):
                 continue
             key = path.relative_to(base).as_posix()
             if key.startswith(prefix):
@@ -239,6 +284,9 @@ class S3ObjectStore(ObjectStore):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in ("304", "NotModified") or status == 304:
                 raise NotModified(key) from None
+            # 409 ConditionalRequestConflict: a concurrent conditional write won.
+            if code in ("412", "PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+                raise PreconditionFailed(f"{self.url}: {key}: {code or status}") from None
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise ObjectNotFound(f"no object at {key!r} in {self.url}") from None
             if status is not None and int(status) >= 500:
@@ -264,12 +312,22 @@ class S3ObjectStore(ObjectStore):
         return info
 
     def put_bytes(
-        self, key: str, data: bytes, content_type: str = "application/json"
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/json",
+        *,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
     ) -> ObjectInfo:
+        _check_conditions(if_match, if_none_match)
+        kwargs: dict[str, object] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        if if_none_match is not None:
+            kwargs["IfNoneMatch"] = if_none_match
         with self._errors(key):
-            resp = self._client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
-            )
+            resp = self._client.put_object(ContentType=content_type, **kwargs)
         return ObjectInfo(key, len(data), str(resp.get("ETag", "")).strip('"'), datetime.now(UTC))
 
     def get_bytes(self, key: str, if_none_match: str | None = None) -> tuple[bytes, str]:

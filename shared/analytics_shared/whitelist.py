@@ -8,14 +8,16 @@ so a typo stops start-up with the JSON path of the problem.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "DEFAULT_WHITELIST_PATH",
+    "ApiKeyEntry",
     "AppPolicy",
     "NamedQuery",
     "QueryParameter",
@@ -58,6 +60,17 @@ class RateLimit(BaseModel):
     window_seconds: int = Field(gt=0)
 
 
+class ApiKeyEntry(BaseModel):
+    """One API key: only its SHA-256 hash is stored, bound to a policy and scopes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sha256: str
+    policy: str
+    scopes: list[str]
+    expires_at: datetime | None = None
+    description: str = ""
+
+
 class AppPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     tables: list[str]
@@ -81,6 +94,7 @@ class Whitelist(BaseModel):
     policies: dict[str, AppPolicy]
     apps: dict[str, str] = Field(default_factory=dict)
     named_queries: dict[str, NamedQuery] = Field(default_factory=dict)
+    api_keys: dict[str, ApiKeyEntry] = Field(default_factory=dict)
 
     def policy_for(self, app: str | None) -> AppPolicy | None:
         """The app's policy; the default one for unknown apps unless refused."""
@@ -107,10 +121,20 @@ def load_whitelist(path: Path | None = None) -> Whitelist:
         first = errors[0]
         where = "/".join(str(p) for p in first.absolute_path) or "<root>"
         raise WhitelistError(f"query whitelist {path} is invalid at {where}: {first.message}")
-    whitelist = Whitelist.model_validate(document)
-    missing = {p for p in [whitelist.default_policy, *whitelist.apps.values()]} - set(
-        whitelist.policies
-    )
+    try:
+        whitelist = Whitelist.model_validate(document)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = "/".join(str(p) for p in err["loc"]) or "<root>"
+        raise WhitelistError(
+            f"query whitelist {path} is invalid at {where}: {err['msg']}"
+        ) from None
+    named = [
+        whitelist.default_policy,
+        *whitelist.apps.values(),
+        *(k.policy for k in whitelist.api_keys.values()),
+    ]
+    missing = set(named) - set(whitelist.policies)
     if missing:
         raise WhitelistError(f"query whitelist {path} names unknown policies: {sorted(missing)}")
     for name, policy in whitelist.policies.items():

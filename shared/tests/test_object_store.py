@@ -9,6 +9,7 @@ from analytics_shared.object_store import (
     NotModified,
     ObjectNotFound,
     ObjectStore,
+    PreconditionFailed,
     S3ObjectStore,
     StoreUnavailable,
     open_store,
@@ -81,6 +82,54 @@ def test_head_list_delete(store):
     assert len(list(store.list())) == 3
     store.delete("history/a.db")
     assert [o.key for o in store.list("history/")] == ["history/b.db"]
+
+
+def test_put_bytes_if_match_is_compare_and_swap(store):
+    first = store.put_bytes("current/manifest.json", b'{"v": 1}')
+    second = store.put_bytes("current/manifest.json", b'{"v": 2}', if_match=first.etag)
+    body, etag = store.get_bytes("current/manifest.json")
+    assert body == b'{"v": 2}' and etag == second.etag
+    # A writer that read version 1 loses, and the object is left as it was.
+    with pytest.raises(PreconditionFailed):
+        store.put_bytes("current/manifest.json", b'{"v": "stale"}', if_match=first.etag)
+    assert store.get_bytes("current/manifest.json")[0] == b'{"v": 2}'
+    with pytest.raises(PreconditionFailed):
+        store.put_bytes("missing/manifest.json", b"{}", if_match=first.etag)
+    assert store.head("missing/manifest.json") is None
+
+
+def test_put_bytes_if_none_match_only_creates(store):
+    store.put_bytes("current/manifest.json", b"first", if_none_match="*")
+    with pytest.raises(PreconditionFailed):
+        store.put_bytes("current/manifest.json", b"second", if_none_match="*")
+    assert store.get_bytes("current/manifest.json")[0] == b"first"
+    with pytest.raises(ValueError):
+        store.put_bytes("current/manifest.json", b"x", if_none_match="some-etag")
+
+
+def test_concurrent_conditional_writers_have_one_winner(store):
+    import threading
+
+    base = store.put_bytes("current/manifest.json", b"base")
+    winners: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        try:
+            store.put_bytes("current/manifest.json", f"w{i}".encode(), if_match=base.etag)
+            winners.append(i)
+        except PreconditionFailed:
+            pass
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(winners) == 1
+    assert store.get_bytes("current/manifest.json")[0] == f"w{winners[0]}".encode()
+    assert [o.key for o in store.list("current/")] == ["current/manifest.json"]
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "../escape", "a/../../b"])

@@ -35,7 +35,7 @@ def test_source_url_from_mssql_parts_escapes_the_password(monkeypatch):
     }.items():
         monkeypatch.setenv(k, v)
     url = load_settings(EtlSettings).resolved_source_url
-    assert url.startswith("mssql+pyodbc://etl:p%40ss%2Fword@db:1433/ops?")
+    assert url == "mssql+pymssql://etl:p%40ss%2Fword@db:1433/ops"
 
 
 def test_storage_url_falls_back_to_seed_s3_bucket(monkeypatch):
@@ -79,6 +79,41 @@ def test_bundled_whitelist_is_valid():
             "unknown named queries",
         ),
         ({"policies": {"default": {"tables": []}}, "surprise": 1}, "surprise"),
+        (
+            {
+                "policies": {"default": {"tables": []}},
+                "api_keys": {"svc": {"sha256": "abc", "policy": "default", "scopes": []}},
+            },
+            "api_keys/svc/sha256",
+        ),
+        (
+            {
+                "policies": {"default": {"tables": []}},
+                "api_keys": {"svc": {"sha256": "a" * 64, "policy": "nope", "scopes": []}},
+            },
+            "unknown policies",
+        ),
+        (
+            {
+                "policies": {"default": {"tables": []}},
+                "api_keys": {"svc": {"sha256": "a" * 64, "policy": "default", "scopes": ["admin"]}},
+            },
+            "api_keys/svc/scopes/0",
+        ),
+        (
+            {
+                "policies": {"default": {"tables": []}},
+                "api_keys": {
+                    "svc": {
+                        "sha256": "a" * 64,
+                        "policy": "default",
+                        "scopes": [],
+                        "expires_at": "next tuesday",
+                    }
+                },
+            },
+            "api_keys",
+        ),
     ],
 )
 def test_bad_whitelists_name_the_problem(tmp_path, doc, fragment):
@@ -93,3 +128,14 @@ def test_whitelist_that_is_not_json(tmp_path):
     path.write_text("{nope")
     with pytest.raises(WhitelistError, match="not JSON"):
         load_whitelist(path)
+
+
+def test_whitelist_api_keys_section(tmp_path):
+    path = tmp_path / "wl.json"
+    entry = {"sha256": "b" * 64, "policy": "default", "scopes": ["read:analytics"]}
+    path.write_text(
+        json.dumps({"policies": {"default": {"tables": ["*"]}}, "api_keys": {"svc": entry}})
+    )
+    wl = load_whitelist(path)
+    assert wl.api_keys["svc"].policy == "default"
+    assert wl.api_keys["svc"].scopes == ["read:analytics"]

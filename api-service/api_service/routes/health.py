@@ -1,4 +1,10 @@
-"""`GET /health`: liveness plus readiness and data freshness (no auth)."""
+"""`GET /health`: liveness plus readiness and data freshness (no auth).
+
+200 once a verified snapshot is in service ("ok", or "degraded" while the last
+refresh failed and an older version keeps serving); 503 with "starting" until
+then, so load balancers only route to workers that can answer queries.
+Counters are per worker process (`worker_pid` says which one answered).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,12 @@ router = APIRouter(tags=["health"])
 @router.get("/health")
 async def health(manager: ManagerDep) -> Response:
     status = manager.status()
-    body = {"status": "ok" if status["ready"] else "starting", "version": __version__, **status}
-    # 503 until a verified snapshot is open, so load balancers wait for readiness.
+    if not status["ready"]:
+        state = "starting"
+        status["message"] = "no verified data snapshot is loaded yet; queries answer 503"
+    elif status["last_refresh_failed"]:
+        state = "degraded"
+    else:
+        state = "ok"
+    body = {"status": state, "version": __version__, **status}
     return json_response(body, 200 if status["ready"] else 503)

@@ -1,4 +1,8 @@
-"""`GET /query?q=` (the seed's form) and `POST /query` (JSON body)."""
+"""`GET /query?q=` (the seed's form) and `POST /query` (JSON body).
+
+The encoding is chosen by `format=` or the Accept header (see encodings.py);
+query_response.py does caching, execution, encoding and compression.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,42 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from analytics_shared.whitelist import Whitelist
 from api_service.auth import Principal
-from api_service.deps import ManagerDep, SettingsDep, WhitelistDep, policy_for, require_scope
+from api_service.deps import policy_for, require_scope
+from api_service.encodings import Encoding, UnsupportedFormat, negotiate_format
 from api_service.errors import ApiError
-from api_service.query_executor import QueryResult, QueryTimeout, execute
-from api_service.responses import json_response
-from api_service.snapshots import NoSnapshot
+from api_service.query_executor import QueryTimeout
+from api_service.query_response import answer_query
+from api_service.settings import ApiSettings
+from api_service.snapshots import NoSnapshot, SnapshotManager
 from api_service.sql_guard import QueryRejected, check_query
 
 router = APIRouter(tags=["query"])
 
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
+
+
+# FastAPI runs plain-`def` dependencies on a thread pool, one hop each; on the
+# hot path these read the app state directly.
+async def _settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+async def _manager(request: Request) -> SnapshotManager:
+    manager: SnapshotManager = request.app.state.snapshots
+    return manager
+
+
+async def _whitelist(request: Request) -> Whitelist:
+    whitelist: Whitelist = request.app.state.whitelist
+    return whitelist
+
+
+SettingsDep = Annotated[ApiSettings, Depends(_settings)]
+ManagerDep = Annotated[SnapshotManager, Depends(_manager)]
+WhitelistDep = Annotated[Whitelist, Depends(_whitelist)]
 
 
 class QueryRequest(BaseModel):
@@ -29,21 +58,23 @@ class QueryRequest(BaseModel):
     params: dict[str, Any] | list[Any] | None = Field(
         None, description="Values for $name or ? placeholders (bound, never interpolated)"
     )
-    format: str = Field("json", description="Response encoding (json)")
+    format: str | None = Field(
+        None,
+        description=(
+            "json (default), json_compact, ndjson, csv, arrow or parquet;"
+            " without it the Accept header decides"
+        ),
+    )
 
 
-def _json_response(result: QueryResult) -> Response:
-    names = [c["name"] for c in result.columns]
-    body = {
-        "success": True,
-        "data": [dict(zip(names, row, strict=True)) for row in result.rows],
-        "columns": result.columns,
-        "row_count": len(result.rows),
-        "truncated": result.truncated,
-        "data_version": result.data_version,
-        "execution_time_ms": result.execution_time_ms,
-    }
-    return json_response(body, headers={"X-Data-Version": result.data_version})
+FORMAT_DESCRIPTION = "json (default), json_compact, ndjson, csv, arrow, parquet"
+
+
+def _encoding(request: Request, requested: str | None) -> Encoding:
+    try:
+        return negotiate_format(requested, request.headers.get("accept"))
+    except UnsupportedFormat as exc:
+        raise ApiError(400, "unsupported_format", str(exc)) from None
 
 
 async def run_sql(
@@ -54,6 +85,7 @@ async def run_sql(
     manager: ManagerDep,
     whitelist: WhitelistDep,
     settings: SettingsDep,
+    encoding: Encoding,
 ) -> Response:
     policy = policy_for(principal, whitelist)
     if not policy.allow_ad_hoc_sql:
@@ -63,21 +95,17 @@ async def run_sql(
             "this application may only run named queries (see GET /queries)",
         )
     try:
-        guarded = check_query(
+        # The guard parses with DuckDB (~1 ms): on a thread, not the event loop.
+        guarded = await run_in_threadpool(
+            check_query,
             sql,
             allowed_tables={t.lower() for t in policy.tables} if "*" not in policy.tables else None,
             allowed_table_functions=set(policy.allowed_table_functions),
             max_length=settings.max_sql_length,
         )
-        with manager.lease() as snap:
-            result = await run_in_threadpool(
-                execute,
-                snap,
-                guarded.sql,
-                params,
-                max_rows=settings.max_result_rows,
-                timeout_seconds=settings.query_timeout_seconds,
-            )
+        request.state.query_fingerprint = guarded.fingerprint
+        # After auth, policy, rate limit and guard: cache, execute, encode.
+        return await answer_query(request, manager, settings, guarded.sql, params, encoding)
     except QueryRejected as exc:
         raise ApiError(400, exc.code, str(exc)) from None
     except NoSnapshot as exc:
@@ -86,8 +114,6 @@ async def run_sql(
         raise ApiError(400, "query_timeout", str(exc)) from None
     except duckdb.Error as exc:
         raise ApiError(400, "query_error", str(exc).splitlines()[0]) from None
-    request.state.rows = len(result.rows)
-    return _json_response(result)
 
 
 @router.get("/query")
@@ -98,8 +124,10 @@ async def query_get(
     whitelist: WhitelistDep,
     settings: SettingsDep,
     q: Annotated[str, Query(min_length=1, description="One read-only SELECT statement")],
+    format: Annotated[str | None, Query(description=FORMAT_DESCRIPTION)] = None,
 ) -> Response:
-    return await run_sql(request, q, None, principal, manager, whitelist, settings)
+    encoding = _encoding(request, format)
+    return await run_sql(request, q, None, principal, manager, whitelist, settings, encoding)
 
 
 @router.post("/query")
@@ -111,6 +139,7 @@ async def query_post(
     whitelist: WhitelistDep,
     settings: SettingsDep,
 ) -> Response:
-    if body.format != "json":
-        raise ApiError(400, "unsupported_format", f"format {body.format!r} is not supported")
-    return await run_sql(request, body.sql, body.params, principal, manager, whitelist, settings)
+    encoding = _encoding(request, body.format)
+    return await run_sql(
+        request, body.sql, body.params, principal, manager, whitelist, settings, encoding
+    )

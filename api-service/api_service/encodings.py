@@ -1,0 +1,383 @@
+"""Response encodings for query results, built from Arrow without Python rows.
+
+JSON text is assembled column by column with Arrow compute kernels (each
+value becomes its JSON text, then rows are joined), which is several times
+faster than building Python dicts. Precision rules (see docs/api-docs.md):
+
+- DECIMAL, and integers outside +-(2**53 - 1) (BIGINT, UBIGINT, HUGEINT,
+  UHUGEINT), are JSON *strings*: JavaScript numbers cannot hold them exactly.
+  Arrow and Parquet keep them native (decimal128, int64, uint64).
+- TIMESTAMP is ISO 8601 without offset; TIMESTAMPTZ is converted to UTC and
+  carries `+00:00`; DATE and TIME are ISO strings; UUID is its text form.
+- BLOB is base64; nested values (LIST, STRUCT, MAP) use JSON with the same
+  decimal rule; NaN and infinities are `null`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+__all__ = [
+    "FORMATS",
+    "Column",
+    "Encoding",
+    "UnsupportedFormat",
+    "arrow_ipc_bytes",
+    "csv_batch",
+    "json_body",
+    "ndjson_batch",
+    "negotiate_format",
+    "parquet_bytes",
+]
+
+JS_SAFE_INT = 2**53 - 1
+_BIG_INT_TYPES = frozenset({"BIGINT", "UBIGINT", "HUGEINT", "UHUGEINT"})
+
+
+class UnsupportedFormat(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Encoding:
+    name: str
+    media_type: str
+    streamed: bool = False
+    text: bool = True
+
+
+FORMATS: dict[str, Encoding] = {
+    "json": Encoding("json", "application/json"),
+    "json_compact": Encoding("json_compact", "application/json"),
+    "ndjson": Encoding("ndjson", "application/x-ndjson", streamed=True),
+    "csv": Encoding("csv", "text/csv; charset=utf-8", streamed=True),
+    "arrow": Encoding("arrow", "application/vnd.apache.arrow.stream", text=False),
+    "parquet": Encoding("parquet", "application/vnd.apache.parquet", text=False),
+}
+_ACCEPT = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "text/csv": "csv",
+    "application/vnd.apache.arrow.stream": "arrow",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+}
+
+
+def negotiate_format(requested: str | None, accept: str | None) -> Encoding:
+    """`format=` wins; otherwise the Accept header (by q-value); JSON by default."""
+    if requested:
+        name = requested.strip().lower()
+        if name not in FORMATS:
+            raise UnsupportedFormat(
+                f"format {requested!r} is not supported (use one of {', '.join(FORMATS)})"
+            )
+        return FORMATS[name]
+    best: tuple[float, int, str] | None = None
+    for position, part in enumerate((accept or "").split(",")):
+        media, *options = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        match = _ACCEPT.get(media.lower())
+        if match and quality > 0 and (best is None or (quality, -position) > best[:2]):
+            best = (quality, -position, match)
+    return FORMATS[best[2] if best else "json"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # DuckDB's type name, e.g. DECIMAL(12,2)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "type": self.type}
+
+
+# -- JSON value text per column -------------------------------------------------
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, int):  # beyond 64 bits: orjson refuses, keep it exact
+        return str(value)
+    return str(value)
+
+
+def _python_json(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The slow path (nested, binary, exotic types): orjson per value."""
+
+    def one(value: Any) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, bytes | Decimal) or (
+            isinstance(value, int) and abs(value) > JS_SAFE_INT
+        ):
+            return orjson.dumps(_default(value)).decode()
+        return orjson.dumps(
+            value,
+            default=_default,
+            option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS,
+        ).decode()
+
+    return pa.array([one(v) for v in values.to_pylist()], pa.string())
+
+
+def _quoted(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    return pc.binary_join_element_wise('"', text, '"', "")
+
+
+def _string_bytes(text: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    """The UTF-8 data of a string column as uint8 arrays (a scan, no copy)."""
+    chunks = text.chunks if isinstance(text, pa.ChunkedArray) else [text]
+    views = []
+    for chunk in chunks:
+        data = chunk.buffers()[2]
+        if data is not None and data.size:
+            views.append(pa.Array.from_buffers(pa.uint8(), data.size, [None, data]))
+    return views
+
+
+def _escaped(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray | None:
+    """JSON string escaping; None when a value needs the slow path (control chars).
+
+    Scanning the raw bytes is much cheaper than a regex per value; a byte of an
+    unused region can only send a column down the slow path, never skip escaping.
+    """
+    views = _string_bytes(text)
+    if any(pc.any(pc.less(v, 0x20)).as_py() for v in views):
+        return None
+    if any(pc.any(pc.equal(v, 0x5C)).as_py() for v in views):  # backslash
+        text = pc.replace_substring(text, "\\", "\\\\")
+    if any(pc.any(pc.equal(v, 0x22)).as_py() for v in views):  # double quote
+        text = pc.replace_substring(text, '"', '\\"')
+    return text
+
+
+def _iso(values: pa.ChunkedArray | pa.Array, pa_type: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """Python's isoformat(): 'T' separator, fraction only when non-zero, UTC as +00:00."""
+    if pa_type.tz is not None:
+        values = pc.cast(values, pa.timestamp(pa_type.unit, tz="UTC"))
+    text = pc.cast(values, pa.string())
+    text = pc.replace_substring(text, " ", "T", max_replacements=1)
+    if pa_type.unit in ("ms", "us", "ns"):
+        zeros = "." + "0" * {"ms": 3, "us": 6, "ns": 9}[pa_type.unit]
+        text = pc.replace_substring(text, zeros, "", max_replacements=1)
+    if pa_type.tz is not None:
+        text = pc.replace_substring(text, "Z", "+00:00", max_replacements=1)
+    return text
+
+
+RAW, QUOTE, DONE = "raw", "quote", "done"
+
+
+def json_values(
+    values: pa.ChunkedArray | pa.Array, duckdb_type: str
+) -> tuple[pa.Array | pa.ChunkedArray, str]:
+    """Each value as JSON text, and what is left to do: RAW (nulls still null),
+    QUOTE (escaped string content: add quotes, then nulls) or DONE."""
+    t = values.type
+    if pa.types.is_dictionary(t):
+        values = pc.cast(values, t.value_type)
+        t = t.value_type
+    if pa.types.is_null(t):
+        return pa.array(["null"] * len(values), pa.string()), DONE
+    if pa.types.is_boolean(t) or (pa.types.is_integer(t) and t.bit_width <= 32):
+        return pc.cast(values, pa.string()), RAW
+    if pa.types.is_integer(t) or (pa.types.is_decimal(t) and duckdb_type in _BIG_INT_TYPES):
+        return _big_int(values), RAW
+    if pa.types.is_floating(t):
+        finite = pc.is_finite(values)
+        text = pc.if_else(finite, pc.cast(values, pa.string()), pa.scalar(None, pa.string()))
+        return pc.fill_null(text, "null"), DONE
+    if pa.types.is_decimal(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        return pc.cast(values, pa.string()), QUOTE
+    if pa.types.is_timestamp(t):
+        return _iso(values, t), QUOTE
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        escaped = _escaped(values)
+        if escaped is not None:
+            return escaped, QUOTE
+    return _python_json(values), DONE
+
+
+def _big_int(values: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedArray:
+    text = pc.cast(values, pa.string())
+    if len(values) == 0 or values.null_count == len(values):
+        return text
+    low, high = pc.min_max(values).values()
+    if int(low.as_py()) >= -JS_SAFE_INT and int(high.as_py()) <= JS_SAFE_INT:
+        return text
+    if pa.types.is_decimal(values.type):
+        safe = pc.and_(
+            pc.greater_equal(values, pa.scalar(Decimal(-JS_SAFE_INT), values.type)),
+            pc.less_equal(values, pa.scalar(Decimal(JS_SAFE_INT), values.type)),
+        )
+    else:
+        bound = pa.scalar(JS_SAFE_INT, values.type)
+        in_range = pc.less_equal(values, bound)
+        if pa.types.is_signed_integer(values.type):
+            in_range = pc.and_(in_range, pc.greater_equal(values, pa.scalar(-JS_SAFE_INT)))
+        safe = in_range
+    return pc.if_else(safe, text, _quoted(text))
+
+
+def _rows(table: pa.Table, columns: list[Column], *, shape: str, row_sep: str) -> pa.Buffer | bytes:
+    """Rows as JSON objects (or arrays), joined by `row_sep`."""
+    if table.num_rows == 0:
+        return b""
+    if not table.columns:
+        return row_sep.join(["{}" if shape == "objects" else "[]"] * table.num_rows).encode()
+    # Literal text and value arrays alternate; quotes of columns without NULLs
+    # go into the literals, which saves a pass over the data.
+    parts: list[Any] = []
+    literal = ""
+    for i, (col, values) in enumerate(zip(columns, table.columns, strict=True)):
+        text, todo = json_values(values, col.type)
+        if shape == "objects":
+            literal += ("{" if i == 0 else ",") + orjson.dumps(col.name).decode() + ":"
+        else:
+            literal += "[" if i == 0 else ","
+        if todo == QUOTE and not values.null_count:
+            parts += [literal + '"', text]
+            literal = '"'
+            continue
+        if todo == QUOTE:
+            text = _quoted(text)
+        if todo != DONE and values.null_count:
+            text = pc.fill_null(text, "null")
+        parts += [literal, text]
+        literal = ""
+    parts.append(literal + ("}" if shape == "objects" else "]"))
+    rows = pc.binary_join_element_wise(*parts, "")
+    if isinstance(rows, pa.ChunkedArray):
+        rows = rows.combine_chunks()
+    as_list = pa.ListArray.from_arrays(pa.array([0, len(rows)], pa.int32()), rows)
+    joined: pa.Buffer = pc.binary_join(as_list, row_sep)[0].as_buffer()
+    return joined
+
+
+def json_body(
+    table: pa.Table,
+    columns: list[Column],
+    *,
+    compact: bool,
+    truncated: bool,
+    data_version: str,
+    execution_time_ms: float,
+) -> bytes:
+    """The whole JSON document. Objects shape = the seed's response."""
+    rows = _rows(table, columns, shape="arrays" if compact else "objects", row_sep=",")
+    tail = orjson.dumps(
+        {
+            "columns": [c.as_dict() for c in columns],
+            "row_count": table.num_rows,
+            "truncated": truncated,
+            "data_version": data_version,
+            "execution_time_ms": execution_time_ms,
+        }
+    )
+    # One copy of the rows into the body (bytes.join takes the Arrow buffer as is).
+    return b"".join((b'{"success":true,"data":[', memoryview(rows), b"],", memoryview(tail)[1:]))
+
+
+def ndjson_batch(batch: pa.Table, columns: list[Column]) -> bytes:
+    rows = _rows(batch, columns, shape="objects", row_sep="\n")
+    return b"".join((memoryview(rows), b"\n")) if len(rows) else b""
+
+
+def _csv_column(values: pa.ChunkedArray, duckdb_type: str) -> pa.ChunkedArray | pa.Array:
+    t = values.type
+    if pa.types.is_dictionary(t):
+        return pc.cast(values, t.value_type)
+    if pa.types.is_timestamp(t):
+        return _iso(values, t)
+    if (
+        pa.types.is_decimal(t)
+        or pa.types.is_time(t)
+        or pa.types.is_date(t)
+        or (pa.types.is_integer(t) and t.bit_width == 64)
+    ):
+        return pc.cast(values, pa.string())
+    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        text = _python_json(values)
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            # base64 text, without the JSON quotes
+            text = pc.utf8_slice_codeunits(text, 1, -1)
+        return pc.if_else(pc.is_null(values), pa.scalar(None, pa.string()), text)
+    return values
+
+
+def csv_batch(batch: pa.Table, columns: list[Column], *, header: bool) -> bytes:
+    """RFC 4180 CSV; NULL is an empty field, same text rules as JSON (unquoted)."""
+    prepared = pa.table(
+        [_csv_column(v, c.type) for v, c in zip(batch.columns, columns, strict=True)],
+        names=[f"c{i}" for i in range(len(columns))],
+    )
+    sink = io.BytesIO()
+    if header:
+        sink.write(_csv_header([c.name for c in columns]))
+    if prepared.num_rows:
+        pacsv.write_csv(
+            prepared,
+            sink,
+            pacsv.WriteOptions(include_header=False, quoting_style="needed"),
+        )
+    return sink.getvalue()
+
+
+def _csv_header(names: list[str]) -> bytes:
+    def field(name: str) -> str:
+        if any(ch in name for ch in ',"\r\n'):
+            return '"' + name.replace('"', '""') + '"'
+        return name
+
+    return (",".join(field(n) for n in names) + "\n").encode()
+
+
+def _with_metadata(
+    table: pa.Table, columns: list[Column], data_version: str, truncated: bool
+) -> pa.Table:
+    # Names and DuckDB types travel inside the file; the Arrow schema has the rest.
+    meta = {
+        b"duckdb_types": orjson.dumps([c.as_dict() for c in columns]),
+        b"data_version": data_version.encode(),
+        b"truncated": b"true" if truncated else b"false",
+    }
+    return table.replace_schema_metadata(meta)
+
+
+def arrow_ipc_bytes(
+    table: pa.Table, columns: list[Column], *, data_version: str, truncated: bool
+) -> bytes:
+    table = _with_metadata(table, columns, data_version, truncated)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def parquet_bytes(
+    table: pa.Table, columns: list[Column], *, data_version: str, truncated: bool
+) -> bytes:
+    table = _with_metadata(table, columns, data_version, truncated)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()

@@ -1,0 +1,137 @@
+"""Prometheus metrics, recorded by one pure ASGI middleware (the JSON access
+log is request_log.py's).
+
+Under Gunicorn every worker writes its samples to PROMETHEUS_MULTIPROC_DIR
+(gunicorn_conf sets it up), so `/metrics` on any worker reports the whole
+server. Data version and age are read from the answering worker at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api_service.snapshots import SnapshotManager
+
+__all__ = [
+    "CACHE_BYTES",
+    "CACHE_REQUESTS",
+    "CONTENT_TYPE_LATEST",
+    "QUERY_SECONDS",
+    "RATE_LIMIT_REFUSALS",
+    "ROWS_RETURNED",
+    "RequestMetricsMiddleware",
+    "render_metrics",
+]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter(
+    "api_requests_total",
+    "HTTP requests by route template, method and status",
+    ["route", "method", "status"],
+)
+LATENCY = Histogram(
+    "api_request_duration_seconds",
+    "HTTP request latency by route template and status",
+    ["route", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUERY_SECONDS = Histogram(
+    "api_query_duration_seconds",
+    "Query execution time in DuckDB (cache misses)",
+    buckets=_LATENCY_BUCKETS,
+)
+ROWS_RETURNED = Histogram(
+    "api_query_rows_returned",
+    "Rows per query response",
+    buckets=(0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+)
+CACHE_REQUESTS = Counter(
+    "api_result_cache_requests_total",
+    "Result cache lookups by result (hit, miss, not_modified)",
+    ["result"],
+)
+CACHE_BYTES = Gauge(
+    "api_result_cache_bytes", "Bytes held by the result caches", multiprocess_mode="livesum"
+)
+RATE_LIMIT_REFUSALS = Counter(
+    "api_rate_limit_refusals_total", "Requests refused by the rate limit (HTTP 429)"
+)
+
+
+class _DataFreshness(Collector):
+    def __init__(self, manager: SnapshotManager | None) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.manager.current if self.manager is not None else None
+        info = GaugeMetricFamily(
+            "api_data_version_info", "The data version this worker serves", labels=["version"]
+        )
+        age = GaugeMetricFamily(
+            "api_data_age_seconds", "Seconds since the served snapshot was created"
+        )
+        if snap is not None:
+            info.add_metric([snap.version], 1)
+            age.add_metric([], round(snap.manifest.age_seconds, 3))
+        yield info
+        yield age
+
+
+def render_metrics(manager: SnapshotManager | None) -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    freshness = CollectorRegistry()
+    freshness.register(_DataFreshness(manager))
+    return generate_latest(registry) + generate_latest(freshness)
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request by route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            code = str(status)
+            REQUESTS.labels(template, scope["method"], code).inc()
+            LATENCY.labels(template, code).observe(elapsed)
+            if status == 429:
+                RATE_LIMIT_REFUSALS.inc()

@@ -1,0 +1,122 @@
+"""Named queries from the whitelist: start-up checks and typed parameter binding.
+
+A named query's SQL is written by the operator, checked at start-up with the
+same guard as ad-hoc SQL (one SELECT, no file access, no denied functions),
+and its `$name` placeholders must be exactly its declared parameters. Callers
+send values; they are validated against the declared type and bounds and
+bound as parameters, never interpolated into the SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+from analytics_shared.whitelist import NamedQuery, QueryParameter, Whitelist, WhitelistError
+from api_service.sql_guard import SAFE_TABLE_FUNCTIONS, QueryRejected, check_query
+
+__all__ = ["ParameterError", "bind_parameters", "check_whitelist"]
+
+
+class ParameterError(ValueError):
+    """A caller's parameter value is missing, unknown or invalid (-> 422)."""
+
+
+def _coerce(name: str, spec: QueryParameter, value: Any) -> Any:
+    kind = spec.type
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"parameter {name!r} must be an integer")
+        if not -(2**63) <= value < 2**63:
+            raise ParameterError(f"parameter {name!r} is out of range")
+    elif kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParameterError(f"parameter {name!r} must be a number")
+        if not math.isfinite(value) or abs(value) > 1e300:
+            raise ParameterError(f"parameter {name!r} must be a finite number")
+    elif kind == "boolean":
+        if not isinstance(value, bool):
+            raise ParameterError(f"parameter {name!r} must be true or false")
+    elif kind == "string":
+        if not isinstance(value, str):
+            raise ParameterError(f"parameter {name!r} must be a string")
+        if "\x00" in value:
+            raise ParameterError(f"parameter {name!r} contains a NUL character")
+        if spec.max_length is not None and len(value) > spec.max_length:
+            raise ParameterError(f"parameter {name!r} is longer than {spec.max_length} characters")
+    elif kind == "date":
+        if not isinstance(value, str):
+            raise ParameterError(f"parameter {name!r} must be a date (YYYY-MM-DD)")
+        try:
+            value = dt.date.fromisoformat(value)
+        except ValueError:
+            raise ParameterError(f"parameter {name!r} must be a date (YYYY-MM-DD)") from None
+    elif kind == "timestamp":
+        if not isinstance(value, str):
+            raise ParameterError(f"parameter {name!r} must be an ISO 8601 timestamp")
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ParameterError(f"parameter {name!r} must be an ISO 8601 timestamp") from None
+    if kind in ("integer", "number"):
+        if spec.minimum is not None and value < spec.minimum:
+            raise ParameterError(f"parameter {name!r} must be at least {spec.minimum:g}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise ParameterError(f"parameter {name!r} must be at most {spec.maximum:g}")
+    if spec.enum is not None and value not in spec.enum:
+        allowed = ", ".join(repr(v) for v in spec.enum[:20])
+        raise ParameterError(f"parameter {name!r} must be one of {allowed}")
+    return value
+
+
+def bind_parameters(query: NamedQuery, values: dict[str, Any] | None) -> dict[str, Any]:
+    """Validated values for every declared parameter (defaults filled in)."""
+    values = values or {}
+    unknown = sorted(set(values) - set(query.parameters))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s): {', '.join(repr(u) for u in unknown[:10])}")
+    bound: dict[str, Any] = {}
+    for name, spec in query.parameters.items():
+        if name in values and values[name] is not None:
+            bound[name] = _coerce(name, spec, values[name])
+        elif spec.default is not None:
+            bound[name] = _coerce(name, spec, spec.default)
+        elif spec.required:
+            raise ParameterError(f"parameter {name!r} is required")
+        else:
+            bound[name] = None
+    return bound
+
+
+def check_whitelist(whitelist: Whitelist) -> Whitelist:
+    """Start-up checks the JSON Schema cannot express; WhitelistError names the problem."""
+    for name, policy in whitelist.policies.items():
+        unsafe = sorted(
+            f for f in policy.allowed_table_functions if f.lower() not in SAFE_TABLE_FUNCTIONS
+        )
+        if unsafe:
+            raise WhitelistError(
+                f"query whitelist: policy {name!r} allows table functions that can read"
+                f" data outside the snapshot: {unsafe} (allowed: {sorted(SAFE_TABLE_FUNCTIONS)})"
+            )
+    for name, query in whitelist.named_queries.items():
+        try:
+            guarded = check_query(query.sql, allowed_tables=None, max_length=100_000)
+        except QueryRejected as exc:
+            raise WhitelistError(f"query whitelist: named query {name!r}: {exc}") from None
+        declared = set(query.parameters)
+        if guarded.parameters != declared:
+            raise WhitelistError(
+                f"query whitelist: named query {name!r} uses parameters"
+                f" {sorted(guarded.parameters)} but declares {sorted(declared)}"
+            )
+        for pname, spec in query.parameters.items():
+            if spec.default is not None:
+                try:
+                    _coerce(pname, spec, spec.default)
+                except ParameterError as exc:
+                    raise WhitelistError(
+                        f"query whitelist: named query {name!r}: default of {exc}"
+                    ) from None
+    return whitelist

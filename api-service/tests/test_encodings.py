@@ -1,0 +1,274 @@
+"""Every encoding round-trips DuckDB's own answer: decimals, big integers,
+timestamps with time zones, UUIDs, NULLs, unicode, control characters."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import gzip
+import io
+import json
+import math
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import brotli
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from api_service.encodings import negotiate_format
+from testsupport.serving import build_database, publish, serving_client
+
+SQL = "SELECT * FROM customers ORDER BY id"
+JS_SAFE = 2**53 - 1
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, issuer):
+    root = tmp_path_factory.mktemp("encodings")
+    db = build_database(root / "source.db")
+    publish(db, root / "store", root / "work")
+    auth = {
+        "AUTH0_JWKS_URL": issuer.jwks_url,
+        "AUTH0_ISSUER": issuer.issuer,
+        "AUTH0_API_AUDIENCE": issuer.audience,
+    }
+    with serving_client(root / "store", root / "data", auth) as client:
+        client.headers["Authorization"] = f"Bearer {issuer.mint(sub='encodings')}"
+        yield client, db
+
+
+def expected_rows(db: Path, sql: str = SQL) -> tuple[list[str], list[tuple[Any, ...]]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cur = con.execute(sql)
+        return [d[0] for d in cur.description], cur.fetchall()
+    finally:
+        con.close()
+
+
+def expected_arrow(db: Path, sql: str = SQL) -> pa.Table:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
+def same_floats(got: list[Any], want: list[Any]) -> bool:
+    return all(
+        (g is None and w is None) or g == w or (math.isnan(g) and math.isnan(w))
+        for g, w in zip(got, want, strict=True)
+    )
+
+
+def check_value(got: Any, want: Any, *, text: bool = False) -> None:
+    """`got` is the decoded JSON value (or CSV text when `text`)."""
+    if want is None:
+        assert got in ((None, "") if text else (None,)), got
+    elif isinstance(want, bool):
+        assert got == (str(want).lower() if text else want)
+    elif isinstance(want, int):
+        if text:
+            assert int(got) == want
+        elif abs(want) > JS_SAFE:
+            assert isinstance(got, str) and int(got) == want  # precision kept as a string
+        else:
+            assert isinstance(got, int) and got == want
+    elif isinstance(want, Decimal):
+        assert isinstance(got, str) and Decimal(got) == want
+    elif isinstance(want, float):
+        if math.isfinite(want):
+            assert float(got) == want
+        else:
+            assert got in (None, "nan")
+    elif isinstance(want, datetime):
+        parsed = datetime.fromisoformat(got)
+        assert parsed == want and (parsed.tzinfo is None) == (want.tzinfo is None)
+    elif isinstance(want, date):
+        assert date.fromisoformat(got) == want
+    elif isinstance(want, uuid.UUID):
+        assert uuid.UUID(got) == want
+    elif isinstance(want, bytes):
+        assert base64.b64decode(got) == want
+    elif isinstance(want, list):
+        assert (json.loads(got) if text else got) == want
+    else:
+        assert got == want
+
+
+def test_json_objects_round_trip(served):
+    client, db = served
+    r = client.get("/query", params={"q": SQL})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert list(body) == [
+        "success",
+        "data",
+        "columns",
+        "row_count",
+        "truncated",
+        "data_version",
+        "execution_time_ms",
+    ]
+    names, rows = expected_rows(db)
+    assert body["success"] is True and body["row_count"] == len(rows) and body["truncated"] is False
+    assert [c["name"] for c in body["columns"]] == names
+    types = {c["name"]: c["type"] for c in body["columns"]}
+    assert types["balance"] == "DECIMAL(18,4)" and types["tstz"] == "TIMESTAMP WITH TIME ZONE"
+    for got_row, want_row in zip(body["data"], rows, strict=True):
+        assert list(got_row) == names
+        for name, want in zip(names, want_row, strict=True):
+            check_value(got_row[name], want)
+
+
+def test_json_timestamps_follow_python_isoformat(served):
+    client, _ = served
+    r = client.get(
+        "/query", params={"q": "SELECT ts, tstz FROM customers WHERE id IN (1, 4) ORDER BY id"}
+    )
+    data = r.json()["data"]
+    assert data[0] == {"ts": "2026-03-01T12:34:56.789012", "tstz": "2026-03-01T10:00:00+00:00"}
+    assert data[1] == {"ts": "2026-01-01T00:00:00", "tstz": "2026-01-01T00:00:00+00:00"}
+
+
+def test_json_compact_arrays(served):
+    client, db = served
+    r = client.post("/query", json={"sql": SQL, "format": "json_compact"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    names, rows = expected_rows(db)
+    assert [c["name"] for c in body["columns"]] == names
+    for got_row, want_row in zip(body["data"], rows, strict=True):
+        assert isinstance(got_row, list)
+        for got, want in zip(got_row, want_row, strict=True):
+            check_value(got, want)
+
+
+def test_ndjson_round_trip(served):
+    client, db = served
+    r = client.get("/query", params={"q": SQL}, headers={"Accept": "application/x-ndjson"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    assert [c["name"] for c in json.loads(r.headers["x-columns"])] == expected_rows(db)[0]
+    lines = r.text.splitlines()
+    names, rows = expected_rows(db)
+    assert len(lines) == len(rows)
+    for line, want_row in zip(lines, rows, strict=True):
+        got_row = json.loads(line)
+        for name, want in zip(names, want_row, strict=True):
+            check_value(got_row[name], want)
+
+
+def test_csv_round_trip(served):
+    client, db = served
+    r = client.get("/query", params={"q": SQL, "format": "csv"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    columns = json.loads(r.headers["x-columns"])
+    assert {"name": "uid", "type": "UUID"} in columns
+    reader = list(csv.reader(io.StringIO(r.text, newline="")))
+    names, rows = expected_rows(db)
+    assert reader[0] == names
+    assert len(reader) - 1 == len(rows)
+    for got_row, want_row in zip(reader[1:], rows, strict=True):
+        for got, want in zip(got_row, want_row, strict=True):
+            check_value(got, want, text=True)
+
+
+def test_csv_header_even_without_rows(served):
+    client, _ = served
+    r = client.get(
+        "/query", params={"q": "SELECT id, name FROM customers WHERE id < 0", "format": "csv"}
+    )
+    assert r.status_code == 200
+    assert r.text == "id,name\n"
+
+
+def test_arrow_ipc_is_duckdbs_own_arrow(served):
+    client, db = served
+    r = client.get(
+        "/query", params={"q": SQL}, headers={"Accept": "application/vnd.apache.arrow.stream"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(r.content).read_all()
+    want = expected_arrow(db)
+    # NaN != NaN, so the float column is compared on its own
+    assert table.drop_columns(["ratio"]).equals(want.drop_columns(["ratio"]), check_metadata=False)
+    assert same_floats(table.column("ratio").to_pylist(), want.column("ratio").to_pylist())
+    # decimals and big integers stay native; DuckDB type names ride along
+    assert pa.types.is_decimal(table.schema.field("exact").type)
+    assert table.schema.field("ubig").type == pa.uint64()
+    meta = json.loads(table.schema.metadata[b"duckdb_types"])
+    assert {"name": "huge", "type": "HUGEINT"} in meta
+    assert table.schema.metadata[b"data_version"].decode() == r.headers["x-data-version"]
+
+
+def test_parquet_round_trip(served):
+    client, db = served
+    r = client.post("/query", json={"sql": SQL, "format": "parquet"})
+    assert r.status_code == 200, r.text
+    table = pq.read_table(io.BytesIO(r.content))
+    want = expected_arrow(db)
+    assert table.column_names == want.column_names
+    for name in want.column_names:
+        if name == "ratio":
+            assert same_floats(table.column(name).to_pylist(), want.column(name).to_pylist())
+        else:
+            assert table.column(name).to_pylist() == want.column(name).to_pylist(), name
+    assert table.schema.field("balance").type == pa.decimal128(18, 4)
+
+
+def test_interval_travels_as_text_everywhere(served):
+    client, _ = served
+    sql = "SELECT INTERVAL 3 DAY AS gap, 1 AS one"
+    assert client.get("/query", params={"q": sql}).json()["data"] == [{"gap": "3 days", "one": 1}]
+    r = client.get("/query", params={"q": sql, "format": "parquet"})
+    assert pq.read_table(io.BytesIO(r.content)).column("gap").to_pylist() == ["3 days"]
+
+
+@pytest.mark.parametrize(
+    ("coding", "decode"), [("gzip", gzip.decompress), ("br", brotli.decompress)]
+)
+def test_large_text_is_compressed_when_accepted(served, coding, decode):
+    client, _ = served
+    sql = f"SELECT * FROM inventory ORDER BY id -- {coding}"
+    plain = client.get("/query", params={"q": sql}, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    raw = client.stream("GET", "/query", params={"q": sql}, headers={"Accept-Encoding": coding})
+    with raw as response:
+        assert response.headers["content-encoding"] == coding
+        body = b"".join(response.iter_raw())
+    assert len(body) < len(plain.content) / 3
+    assert json.loads(decode(body))["data"] == plain.json()["data"]
+
+
+def test_small_responses_are_not_compressed(served):
+    client, _ = served
+    r = client.get("/query", params={"q": "SELECT 1 AS x"}, headers={"Accept-Encoding": "gzip, br"})
+    assert "content-encoding" not in r.headers
+
+
+def test_format_negotiation():
+    assert negotiate_format(None, None).name == "json"
+    assert (
+        negotiate_format(None, "text/csv;q=0.5, application/vnd.apache.arrow.stream").name
+        == "arrow"
+    )
+    assert negotiate_format(None, "text/html, */*").name == "json"
+    assert negotiate_format("PARQUET", "text/csv").name == "parquet"
+    with pytest.raises(ValueError, match="not supported"):
+        negotiate_format("xml", None)
+
+
+def test_unknown_format_is_refused(served):
+    client, _ = served
+    r = client.get("/query", params={"q": "SELECT 1", "format": "xml"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_format"

@@ -1,0 +1,341 @@
+"""SnapshotManager: verified loading, hot swap, shared cache, refusals, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+import zstandard
+from fastapi import FastAPI
+
+from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_file
+from analytics_shared.object_store import LocalObjectStore, StoreUnavailable
+from api_service.routes import health
+from api_service.snapshots import NoSnapshot, SnapshotManager
+
+
+class FlakyStore(LocalObjectStore):
+    """A local store that counts downloads and can be switched off."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.down = False
+        self.downloads = 0
+
+    def get_bytes(self, key, if_none_match=None):
+        if self.down:
+            raise StoreUnavailable("store is down (test)")
+        return super().get_bytes(key, if_none_match)
+
+    def get_file(self, key, dest):
+        if self.down:
+            raise StoreUnavailable("store is down (test)")
+        self.downloads += 1
+        return super().get_file(key, dest)
+
+
+class Source:
+    """Publishes tiny versions straight into a store (the ETL's protocol, minus the ETL)."""
+
+    def __init__(self, store: LocalObjectStore, workdir: Path) -> None:
+        self.store = store
+        self.workdir = workdir
+        self.n = 0
+
+    def publish(self, quantity: int, rows: int = 5, *, compress: bool = True) -> Manifest:
+        self.n += 1
+        version = f"2026010{self.n}T000000000000Z" if self.n < 10 else f"202601{self.n}T0Z"
+        plain = self.workdir / f"{version}.db"
+        con = duckdb.connect(str(plain))
+        con.execute(
+            "CREATE TABLE inventory AS SELECT range AS id, ? AS quantity FROM range(?)",
+            [quantity, rows],
+        )
+        con.close()
+        stored = plain
+        if compress:
+            stored = plain.with_suffix(".db.zst")
+            stored.write_bytes(
+                zstandard.ZstdCompressor(write_checksum=True).compress(plain.read_bytes())
+            )
+        key = f"history/analytics_{version}.db" + (".zst" if compress else "")
+        self.store.put_file(key, stored)
+        manifest = Manifest(
+            version=version,
+            created_at=datetime.now(UTC),
+            snapshot_key=key,
+            sha256=sha256_file(stored),
+            size=stored.stat().st_size,
+            compression="zstd" if compress else None,
+            tables={"inventory": TableInfo(row_count=rows)},
+        )
+        self.point_to(manifest)
+        return manifest
+
+    def point_to(self, manifest: Manifest) -> None:
+        self.store.put_bytes(MANIFEST_KEY, manifest.to_json())
+
+    def object_path(self, manifest: Manifest) -> Path:
+        return self.store.root / manifest.snapshot_key
+
+
+@pytest.fixture
+def store(tmp_path) -> FlakyStore:
+    return FlakyStore(tmp_path / "store")
+
+
+@pytest.fixture
+def source(store, tmp_path) -> Source:
+    work = tmp_path / "work"
+    work.mkdir()
+    return Source(store, work)
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def managers(store, cache):
+    made: list[SnapshotManager] = []
+
+    def make() -> SnapshotManager:
+        m = SnapshotManager(store, cache, memory_limit="256MB", threads=1)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+def quantity(manager: SnapshotManager) -> tuple[str, int]:
+    with manager.lease() as snap:
+        row = snap.con.execute("SELECT max(quantity) FROM inventory").fetchone()
+        return snap.version, int(row[0])
+
+
+def cached_versions(cache: Path) -> set[str]:
+    return {p.name[: -len(".db")] for p in cache.glob("*.db")}
+
+
+def test_not_ready_until_a_verified_snapshot_is_open(managers, source):
+    manager = managers()
+    assert manager.refresh() is False
+    status = manager.status()
+    assert status["ready"] is False and status["last_refresh_failed"] is True
+    assert "nothing published" in status["last_refresh_error"]
+    with pytest.raises(NoSnapshot), manager.lease():
+        pass
+    v1 = source.publish(quantity=1)
+    assert manager.refresh() is True
+    assert quantity(manager) == (v1.version, 1)
+    status = manager.status()
+    assert status["ready"] and status["data_version"] == v1.version and status["up_to_date"]
+    assert status["last_refresh_failed"] is False and status["data_age_seconds"] >= 0
+    assert manager.refresh() is False  # unchanged manifest: If-None-Match, no download
+
+
+def test_swap_lets_running_queries_finish_then_deletes_the_old_file(managers, source, cache):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    with manager.lease() as old:
+        v2 = source.publish(quantity=2)
+        assert manager.refresh() is True
+        assert quantity(manager) == (v2.version, 2)
+        # The leased old version still answers, and its file is still there.
+        assert old.con.execute("SELECT max(quantity) FROM inventory").fetchone() == (1,)
+        assert v1.version in cached_versions(cache)
+    assert old.closed
+    assert cached_versions(cache) == {v2.version}
+    assert not list(cache.glob(f"{v1.version}.*"))
+
+
+def test_workers_share_one_download_and_old_files_outlive_their_last_reader(
+    managers, source, store, cache
+):
+    worker_a, worker_b = managers(), managers()
+    v1 = source.publish(quantity=1)
+    assert worker_a.refresh() and worker_b.refresh()
+    assert store.downloads == 1  # the second worker opened the verified file
+
+    v2 = source.publish(quantity=2)
+    assert worker_a.refresh()
+    assert quantity(worker_a) == (v2.version, 2)
+    # Worker B still serves v1 from the same file: it must not be deleted.
+    assert quantity(worker_b) == (v1.version, 1)
+    assert v1.version in cached_versions(cache)
+    assert worker_b.refresh()
+    assert store.downloads == 2
+    assert cached_versions(cache) == {v2.version}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_object_is_refused_and_the_old_version_keeps_serving(
+    managers, source, store, damage
+):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    v2 = source.publish(quantity=2)
+    path = source.object_path(v2)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        path.write_bytes(bytes(data[: len(data) // 2]))
+
+    assert manager.refresh() is False
+    assert quantity(manager) == (v1.version, 1)
+    status = manager.status()
+    assert status["last_refresh_failed"] and "failed verification" in status["last_refresh_error"]
+    assert status["verification_failures_total"] == 1 and status["refresh_failures_total"] == 1
+    assert status["latest_version_seen"] == v2.version and not status["up_to_date"]
+    # The refused version is not downloaded again on every poll (backoff).
+    downloads = store.downloads
+    assert manager.refresh() is False
+    assert store.downloads == downloads
+    assert not list(manager.cache_dir.glob(f"{v2.version}.*"))
+
+    v3 = source.publish(quantity=3)  # the next good version goes in
+    assert manager.refresh() is True
+    assert quantity(manager) == (v3.version, 3)
+    assert manager.status()["last_refresh_failed"] is False
+
+
+def test_an_unreadable_or_inconsistent_file_is_never_swapped_in(managers, source, store):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    # Correct sha256 and size, but not a DuckDB database.
+    junk = source.workdir / "junk.db"
+    junk.write_bytes(os.urandom(300_000))
+    store.put_file("history/junk.db", junk)
+    bad = v1.model_copy(
+        update={
+            "version": "junk",
+            "snapshot_key": "history/junk.db",
+            "sha256": sha256_file(junk),
+            "size": junk.stat().st_size,
+            "compression": None,
+        }
+    )
+    source.point_to(bad)
+    assert manager.refresh() is False
+    assert quantity(manager) == (v1.version, 1)
+    # A real database whose contents do not match the manifest's row counts.
+    v2 = source.publish(quantity=2, rows=5)
+    lying = v2.model_copy(
+        update={"version": "lying", "tables": {"inventory": TableInfo(row_count=6)}}
+    )
+    source.point_to(lying)
+    assert manager.refresh() is False
+    assert quantity(manager) == (v1.version, 1)
+    assert "6" in manager.status()["last_refresh_error"]
+    assert manager.status()["verification_failures_total"] == 2
+
+
+def test_rollback_is_a_manifest_naming_an_older_version(managers, source):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    v2 = source.publish(quantity=2, compress=False)
+    manager.refresh()
+    assert quantity(manager) == (v2.version, 2)
+    source.point_to(v1)
+    assert manager.refresh() is True
+    assert quantity(manager) == (v1.version, 1)
+
+
+def test_store_outage_keeps_serving_and_is_reported(managers, source, store):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    store.down = True
+    source.publish(quantity=2)
+    assert manager.refresh() is False
+    assert quantity(manager) == (v1.version, 1)
+    status = manager.status()
+    assert status["ready"] and status["last_refresh_failed"]
+    assert "down" in status["last_refresh_error"] and status["refresh_failures_total"] == 1
+    store.down = False
+    assert manager.refresh() is True
+    assert quantity(manager)[1] == 2
+
+
+def test_a_worker_starting_while_the_store_is_down_serves_the_hosts_verified_copy(
+    managers, source, store
+):
+    first = managers()
+    v1 = source.publish(quantity=1)
+    first.refresh()
+    store.down = True
+    second = managers()  # e.g. a Gunicorn worker restarted during the outage
+    assert second.refresh() is False
+    assert quantity(second) == (v1.version, 1)
+    assert second.status()["serving_cached"] is True
+    store.down = False
+    v2 = source.publish(quantity=2)
+    assert second.refresh() is True
+    assert quantity(second) == (v2.version, 2) and not second.status()["serving_cached"]
+
+
+def test_health_reports_readiness_freshness_and_failures(managers, source, store):
+    manager = managers()
+    app = FastAPI()
+    app.state.snapshots = manager
+    app.include_router(health.router)
+
+    class client:
+        @staticmethod
+        def get(path: str) -> httpx.Response:
+            async def go() -> httpx.Response:
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                    return await c.get(path)
+
+            return asyncio.run(go())
+
+    manager.refresh()
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json()["status"] == "starting"
+    assert r.json()["data_version"] is None
+
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["data_version"] == v1.version
+    assert body["data_age_seconds"] >= 0 and body["last_refresh_failed"] is False
+
+    store.down = True
+    manager._manifest_etag = None  # force a real request
+    manager.refresh()
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "degraded" and body["last_refresh_failed"] is True
+    assert body["refresh_failures_total"] >= 1 and body["data_version"] == v1.version
+
+
+def test_rollback_to_a_version_whose_queries_still_run(managers, source, cache):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    with manager.lease() as old_v1:
+        source.publish(quantity=2)
+        manager.refresh()
+        source.point_to(v1)
+        assert manager.refresh() is True  # the same file opened a second time
+        assert quantity(manager) == (v1.version, 1)
+        assert old_v1.con.execute("SELECT count(*) FROM inventory").fetchone() == (5,)
+    assert old_v1.closed
+    assert quantity(manager) == (v1.version, 1)  # the new handle survives the old one's close
+    assert cached_versions(cache) == {v1.version}

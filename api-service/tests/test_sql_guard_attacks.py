@@ -1,0 +1,376 @@
+"""The SQL attack suite: every hostile query is refused by the guard, the
+sandboxed connection refuses the same things on its own, and through HTTP no
+attack reads the canary file or leaks anything; heavy queries are bounded by
+the statement timeout and the row cap."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from api_service.snapshots import open_sandboxed
+from api_service.sql_guard import QueryRejected, check_query
+from testsupport.api_app import api_client, publish_test_snapshot, write_whitelist
+
+CANARY_TEXT = f"CANARY-{uuid.uuid4().hex}"
+ALLOWED = {"inventory", "products", "orders"}
+
+# {canary} is replaced by the canary file's path, {dir} by its folder.
+ATTACKS: list[tuple[str, str]] = [
+    # stacked statements and comment tricks
+    ("stacked", "SELECT 1; SELECT * FROM read_text('{canary}')"),
+    ("stacked_drop", "SELECT * FROM inventory; DROP TABLE inventory"),
+    ("comment_hides_nothing", "SELECT 1 /* harmless */; ATTACH '{canary}' AS x"),
+    ("line_comment_newline", "SELECT 1 -- comment\n; COPY inventory TO '{dir}/out.csv'"),
+    ("nul_byte", "SELECT 1\x00; SELECT * FROM read_text('{canary}')"),
+    # DML hidden in a CTE
+    ("cte_delete", "WITH x AS (DELETE FROM inventory RETURNING *) SELECT * FROM x"),
+    ("cte_insert", "WITH x AS (INSERT INTO inventory VALUES (1, 1, 'a', 1) RETURNING *) SELECT 1"),
+    # file reads by function, quoted, case-mangled, qualified, nested
+    ("read_text", "SELECT * FROM read_text('{canary}')"),
+    ("read_csv", "SELECT * FROM read_csv('{canary}', header=false)"),
+    ("read_csv_auto", "SELECT * FROM read_csv_auto('{canary}')"),
+    ("read_blob", "SELECT * FROM read_blob('{canary}')"),
+    ("read_json", "SELECT * FROM read_json_objects('{canary}')"),
+    ("read_parquet", "SELECT * FROM read_parquet('{canary}')"),
+    ("parquet_scan", "SELECT * FROM parquet_scan('{canary}')"),
+    ("sniff_csv", "SELECT * FROM sniff_csv('{canary}')"),
+    ("glob", "SELECT * FROM glob('{dir}/*')"),
+    ("quoted_function", "SELECT * FROM \"read_text\"('{canary}')"),
+    ("mixed_case_function", "SELECT * FROM ReAd_TeXt('{canary}')"),
+    ("schema_qualified", "SELECT * FROM main.read_text('{canary}')"),
+    ("catalog_qualified", "SELECT * FROM system.main.read_text('{canary}')"),
+    ("in_cte", "WITH x AS (SELECT * FROM read_text('{canary}')) SELECT * FROM x"),
+    ("in_scalar_subquery", "SELECT (SELECT content FROM read_text('{canary}'))"),
+    ("in_exists", "SELECT * FROM inventory WHERE EXISTS (SELECT 1 FROM read_text('{canary}'))"),
+    ("in_lateral", "SELECT * FROM inventory, LATERAL (SELECT * FROM read_text('{canary}'))"),
+    ("in_union", "SELECT 'a' UNION ALL SELECT content FROM read_text('{canary}')"),
+    # file reads by bare path (replacement scans)
+    ("bare_path", "SELECT * FROM '{canary}'"),
+    ("bare_path_quoted_identifier", 'SELECT * FROM "{canary}"'),
+    ("bare_csv_name", "SELECT * FROM 'secrets.csv'"),
+    ("url_path", "SELECT * FROM 'https://example.com/data.parquet'"),
+    # SQL running SQL
+    ("query_function", "SELECT * FROM query('SELECT * FROM read_text(''{canary}'')')"),
+    ("query_table", "SELECT * FROM query_table('customers')"),
+    ("json_execute", "SELECT * FROM json_execute_serialized_sql('{{}}')"),
+    # statements other than SELECT
+    ("copy_to", "COPY inventory TO '{dir}/out.csv'"),
+    ("copy_from", "COPY inventory FROM '{canary}'"),
+    ("attach", "ATTACH '{dir}/new.db' AS evil"),
+    ("detach", "DETACH DATABASE evil"),
+    ("install", "INSTALL httpfs"),
+    ("load", "LOAD httpfs"),
+    ("set", "SET enable_external_access = true"),
+    ("reset", "RESET lock_configuration"),
+    ("pragma", "PRAGMA database_list"),
+    ("export", "EXPORT DATABASE '{dir}/export'"),
+    ("import", "IMPORT DATABASE '{dir}'"),
+    ("call", "CALL pragma_version()"),
+    ("explain_analyze", "EXPLAIN ANALYZE SELECT * FROM inventory"),
+    ("create_table", "CREATE TABLE evil AS SELECT 1"),
+    ("create_macro", "CREATE MACRO evil() AS TABLE SELECT * FROM read_text('{canary}')"),
+    ("create_secret", "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')"),
+    ("update", "UPDATE inventory SET quantity = 0"),
+    ("checkpoint", "CHECKPOINT"),
+    ("use", "USE system"),
+    ("pivot_statement", "PIVOT inventory ON warehouse USING sum(quantity)"),
+    # environment, settings, secrets, session state
+    ("getenv", "SELECT getenv('HOME')"),
+    ("current_setting", "SELECT current_setting('home_directory')"),
+    ("current_setting_qualified", "SELECT system.main.current_setting('temp_directory')"),
+    ("getvariable", "SELECT getvariable('x')"),
+    ("duckdb_secrets", "SELECT * FROM duckdb_secrets()"),
+    ("which_secret", "SELECT * FROM which_secret('s3://bucket/x', 's3')"),
+    ("duckdb_settings", "SELECT * FROM duckdb_settings()"),
+    ("pg_settings_view", "SELECT * FROM pg_settings"),
+    ("information_schema", "SELECT * FROM information_schema.tables"),
+    ("duckdb_tables_view", "SELECT * FROM duckdb_tables"),
+    ("sqlite_master", "SELECT * FROM sqlite_master"),
+    ("write_log", "SELECT write_log('x')"),
+    ("setseed", "SELECT setseed(0.5)"),
+    # tables outside the whitelist, by every route
+    ("not_whitelisted", "SELECT * FROM customers"),
+    ("not_whitelisted_subquery", "SELECT (SELECT max(api_secret) FROM customers)"),
+    ("not_whitelisted_join", "SELECT * FROM inventory JOIN customers USING (id)"),
+    (
+        "cte_shadowing_in_sibling",
+        "SELECT 1 FROM (WITH customers AS (SELECT 1) SELECT * FROM customers) t, customers",
+    ),
+    ("cte_self_reference", "WITH customers AS (SELECT * FROM customers) SELECT * FROM customers"),
+    ("catalog_prefix", "SELECT * FROM analytics.main.inventory"),
+    ("other_schema", "SELECT * FROM temp.main.inventory"),
+    ("time_travel", "SELECT * FROM inventory AT (VERSION => 1)"),
+    ("describe", "DESCRIBE customers"),
+    ("show_tables", "SHOW TABLES"),
+    ("summarize", "SUMMARIZE customers"),
+    # bombs the guard can see
+    ("range_table_function", "SELECT * FROM range(1000000000000)"),
+    ("generate_series", "SELECT count(*) FROM generate_series(1, 1000000000000)"),
+    ("huge_repeat", "SELECT repeat('x', 1000000000)"),
+    ("nested_repeat", "SELECT repeat(repeat('x', 10000), 10000)"),
+    ("huge_lpad", "SELECT lpad('', 1000000000, 'x')"),
+    ("printf_width", "SELECT printf('%999999999d', 1)"),
+    ("python_variable_scan", "SELECT * FROM canary_table"),
+]
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("canary") / "canary.csv"
+    path.write_text(f"secret\n{CANARY_TEXT}\n")
+    return path
+
+
+def _sql(template: str, canary: Path) -> str:
+    return (
+        template.replace("{canary}", str(canary))
+        .replace("{dir}", str(canary.parent))
+        .replace("{{}}", "{}")
+    )
+
+
+def test_the_suite_has_at_least_forty_attacks():
+    assert len(ATTACKS) >= 40
+    assert len({name for name, _ in ATTACKS}) == len(ATTACKS)
+
+
+@pytest.mark.parametrize(("name", "template"), ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_the_guard_refuses(name, template, canary):
+    with pytest.raises(QueryRejected) as refused:
+        check_query(_sql(template, canary), allowed_tables=ALLOWED)
+    assert refused.value.code
+    assert CANARY_TEXT not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM inventory",
+        "select warehouse, sum(quantity) from INVENTORY group by 1 order by 1",
+        "FROM orders SELECT status, count(*) GROUP BY ALL",
+        "WITH low AS (SELECT * FROM inventory WHERE quantity < 5) SELECT count(*) FROM low",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 5) SELECT * FROM t",
+        "SELECT p.name, i.quantity FROM products p JOIN inventory i ON i.product_id = p.id",
+        "SELECT * FROM orders WHERE status = $status AND created_at >= $since",
+        "SELECT * FROM inventory WHERE id IN (SELECT product_id FROM inventory)",
+        "SELECT repeat('-', 20), lpad(warehouse, 8, ' ') FROM inventory",
+        "SELECT * FROM (VALUES (1, 'a')) v(id, name)",
+        "SELECT list_transform([1, 2], x -> x * 2)",
+        "WITH customers AS (SELECT 1 AS id) SELECT * FROM customers",
+    ],
+)
+def test_the_guard_lets_ordinary_analytics_through(sql):
+    guarded = check_query(sql, allowed_tables=ALLOWED)
+    assert guarded.tables <= ALLOWED
+
+
+def test_the_guard_reports_tables_parameters_and_a_literal_free_fingerprint():
+    a = check_query("SELECT * FROM orders WHERE id = 1 AND status = $s", allowed_tables=ALLOWED)
+    b = check_query("SELECT * FROM orders WHERE id = 99 AND status = $s", allowed_tables=ALLOWED)
+    c = check_query("SELECT * FROM inventory WHERE id = 1", allowed_tables=ALLOWED)
+    assert a.tables == {"orders"} and a.parameters == {"s"}
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_limits_on_length_and_nesting():
+    with pytest.raises(QueryRejected, match="longer than"):
+        check_query("SELECT 1 " + " " * 30_000, allowed_tables=ALLOWED, max_length=20_000)
+    deep = "SELECT " + "(" * 3000 + "1" + ")" * 3000
+    with pytest.raises(QueryRejected):
+        check_query(deep, allowed_tables=ALLOWED, max_length=100_000)
+
+
+def test_table_functions_need_the_policy_and_the_safe_list():
+    sql = "SELECT * FROM range(10)"
+    assert check_query(sql, allowed_tables=ALLOWED, allowed_table_functions={"range"})
+    with pytest.raises(QueryRejected):
+        check_query(
+            "SELECT * FROM read_text('x')",
+            allowed_tables=ALLOWED,
+            allowed_table_functions={"read_text"},
+        )
+
+
+# -- the sandbox on its own (the guard bypassed) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> duckdb.DuckDBPyConnection:
+    path = tmp_path_factory.mktemp("sandbox") / "snap.db"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE inventory AS SELECT range AS id FROM range(10)")
+    con.close()
+    sandboxed = open_sandboxed(path, memory_limit="256MB", threads=1)
+    yield sandboxed
+    sandboxed.close()
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "SELECT * FROM read_text('{canary}')",
+        "SELECT * FROM read_csv('{canary}')",
+        "SELECT * FROM '{canary}'",
+        "SELECT * FROM glob('{dir}/*')",
+        "COPY inventory TO '{dir}/written.csv'",
+        "ATTACH '{dir}/attached.db' AS x",
+        "SET enable_external_access = true",
+        "SET lock_configuration = false",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "CREATE TABLE t AS SELECT 1",
+        "SELECT * FROM query('SELECT * FROM read_text(''{canary}'')')",
+    ],
+)
+def test_the_sandbox_refuses_even_without_the_guard(sandbox, canary, template):
+    cursor = sandbox.cursor()
+    try:
+        with pytest.raises(duckdb.Error) as failed:
+            cursor.execute(_sql(template, canary)).fetchall()
+    finally:
+        cursor.close()
+    assert CANARY_TEXT not in str(failed.value)
+    assert not (canary.parent / "written.csv").exists()
+    assert not (canary.parent / "attached.db").exists()
+
+
+def test_the_sandbox_does_not_scan_python_variables(sandbox):
+    canary_table = pa.table({"secret": [CANARY_TEXT]})  # noqa: F841 - what a replacement scan would find
+    cursor = sandbox.cursor()
+    try:
+        with pytest.raises(duckdb.CatalogException):
+            cursor.execute("SELECT * FROM canary_table").fetchall()
+    finally:
+        cursor.close()
+
+
+# -- through HTTP ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, issuer):
+    root = tmp_path_factory.mktemp("api")
+    publish_test_snapshot(root / "store", rows=300)
+    whitelist = write_whitelist(
+        root / "whitelist.json",
+        {
+            "policies": {
+                "default": {"tables": sorted(ALLOWED)},
+                "everything": {"tables": ["*"]},
+            },
+            "apps": {"wildcard-app": "everything"},
+        },
+    )
+    env = {
+        "AUTH0_JWKS_URL": issuer.jwks_url,
+        "AUTH0_ISSUER": issuer.issuer,
+        "AUTH0_API_AUDIENCE": issuer.audience,
+        "STORAGE_URL": (root / "store").as_uri(),
+        "DATA_DIR": str(root / "var"),
+        "QUERY_WHITELIST_PATH": str(whitelist),
+        "QUERY_TIMEOUT_SECONDS": "1",
+        "MAX_RESULT_ROWS": "100",
+        "DUCKDB_MEMORY_LIMIT": "256MB",
+        "DUCKDB_THREADS": "1",
+        "RATE_LIMIT_REQUESTS": "100000",
+    }
+    with api_client(env) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def headers(issuer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.mint(sub='sql-attacker')}"}
+
+
+@pytest.fixture(scope="module")
+def wildcard_headers(issuer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.mint(sub='sql-attacker-2', azp='wildcard-app')}"}
+
+
+def _assert_refused_cleanly(response, canary: Path) -> None:
+    assert 400 <= response.status_code < 500, response.text
+    body = response.json()
+    assert body["success"] is False
+    assert set(body["error"]) == {"code", "message", "request_id"}
+    assert CANARY_TEXT not in response.text
+    assert str(canary.parent) not in response.text
+    assert "Traceback" not in response.text
+    assert not re.search(r"/(tmp|home|root|work|var)/", response.text)
+
+
+@pytest.mark.parametrize(("name", "template"), ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_attacks_through_http_are_refused(client, headers, canary, name, template):
+    response = client.post("/query", json={"sql": _sql(template, canary)}, headers=headers)
+    _assert_refused_cleanly(response, canary)
+    assert not (canary.parent / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "read_text",
+        "bare_path",
+        "query_function",
+        "pg_settings_view",
+        "information_schema",
+        "duckdb_tables_view",
+        "sqlite_master",
+        "catalog_prefix",
+        "current_setting",
+        "python_variable_scan",
+    ],
+)
+def test_a_wildcard_policy_still_refuses_files_and_catalog_views(
+    client, wildcard_headers, canary, name
+):
+    template = dict(ATTACKS)[name]
+    response = client.post("/query", json={"sql": _sql(template, canary)}, headers=wildcard_headers)
+    _assert_refused_cleanly(response, canary)
+
+
+def test_a_cross_join_bomb_is_cut_by_the_row_cap(client, headers):
+    response = client.post(
+        "/query",
+        json={"sql": "SELECT a.id, b.id, c.id FROM inventory a, inventory b, inventory c"},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["row_count"] == 100 and body["truncated"] is True
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) FROM inventory a, inventory b, inventory c, inventory d",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT max(n) FROM t",
+        "SELECT sum(length(a.warehouse || b.warehouse)) FROM inventory a, inventory b,"
+        " inventory c, inventory d",
+    ],
+    ids=["cross_join_aggregate", "endless_recursive_cte", "string_cross_join"],
+)
+def test_heavy_queries_are_stopped_by_the_timeout(client, headers, sql):
+    response = client.post("/query", json={"sql": sql}, headers=headers)
+    assert response.status_code in (400, 503), response.text
+    assert response.json()["error"]["code"] in ("query_timeout", "query_error")
+
+
+def test_huge_lists_hit_the_memory_limit_not_the_server(client, headers):
+    response = client.post("/query", json={"sql": "SELECT range(1000000000000)"}, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "query_error"
+
+
+def test_the_server_still_answers_after_the_attacks(client, headers):
+    response = client.get(
+        "/query", params={"q": "SELECT count(*) AS n FROM inventory"}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == [{"n": 300}]

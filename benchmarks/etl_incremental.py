@@ -1,0 +1,113 @@
+"""An incremental cycle must scale with the delta, not the table.
+
+At each table size: full load `inventory` (as benchmarks/etl_full_load.py
+builds it), change 1,000 random rows in the source (bumping updated_at), then
+time one incremental sync of the table (snapshot, clock, delta read, merge)
+and, separately, the whole cycle including snapshot export and publish.
+
+Run: .venv/bin/python benchmarks/etl_incremental.py --rows 500000 --rows 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).parent))
+from etl_full_load import create_table, db_url, drop_database, etl_settings
+
+CHANGED = 1000
+
+
+def touch_rows(rows: int, seed: int) -> None:
+    engine = sa.create_engine(db_url())
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE inventory SET quantity = quantity + 1,"
+                " updated_at = now() AT TIME ZONE 'UTC'"
+                " WHERE id IN (SELECT (hashint4(g + :seed) & 2147483647) % :n + 1"
+                " FROM generate_series(1, :k * 2) g LIMIT :k)"
+            ),
+            {"seed": seed, "n": rows, "k": CHANGED},
+        )
+    engine.dispose()
+
+
+def measure(rows: int) -> dict[str, float]:
+    from etl_service.sync import SyncEngine
+
+    workdir = Path(tempfile.mkdtemp(prefix="etl-bench-inc-"))
+    engine = SyncEngine(
+        etl_settings(workdir, SYNC_LOOKBACK_SECONDS="0", SYNC_SETTLE_SECONDS="0"),
+        progress=False,
+    )
+    spec = engine.specs[0]
+    assert engine.run_cycle().status == "success"  # first cycle: state, manifest
+    started = time.perf_counter()
+    snap = engine.source.open_snapshot(0)
+    outcome = engine.syncer.sync(spec, snap, None, full_refresh=True)
+    snap.close()
+    full = time.perf_counter() - started
+    watermark = outcome.watermark
+
+    incremental, changed = [], 0
+    for seed in (1, 2, 3):
+        time.sleep(0.01)
+        touch_rows(rows, seed)
+        started = time.perf_counter()
+        snap = engine.source.open_snapshot(0)
+        outcome = engine.syncer.sync(spec, snap, watermark)
+        snap.close()
+        incremental.append(time.perf_counter() - started)
+        watermark, changed = outcome.watermark, outcome.changed
+    touch_rows(rows, 4)
+    started = time.perf_counter()
+    cycle = engine.run_cycle()
+    cycle_s = time.perf_counter() - started
+    engine.close()
+    return {
+        "rows": rows,
+        "full_s": full,
+        "inc_s": sorted(incremental)[1],
+        "changed": changed,
+        "cycle_s": cycle_s,
+        "cycle_read": cycle.rows["inventory"]["read"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, action="append")
+    args = parser.parse_args()
+    from analytics_shared.logging_config import configure_logging
+
+    configure_logging("WARNING", service="bench")
+    results = []
+    try:
+        for rows in args.rows or [500_000, 2_000_000]:
+            create_table(rows)
+            results.append(measure(rows))
+    finally:
+        drop_database()
+    print(
+        "| rows | full load | incremental sync (1,000 changed) | ratio"
+        " | whole incremental cycle incl. export+publish |"
+    )
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['rows']:,} | {r['full_s']:.2f} s | {r['inc_s'] * 1000:.0f} ms"
+            f" ({r['changed']} rows changed) | {r['inc_s'] / r['full_s'] * 100:.2f}%"
+            f" | {r['cycle_s']:.2f} s ({r['cycle_read']} rows read) |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Incremental loading of one table: full load, delta merge, key reconciliation.
+
+The rules (docs/architecture.md, ETL section):
+
+- first run, `--full-refresh`, a table without a cursor, a lost working
+  database or a changed column set: stream the whole table in batches of
+  BATCH_SIZE and swap it in;
+- otherwise read `cursor >= watermark - lookback` in the cycle's snapshot and
+  merge it by primary key; the new watermark is the source's clock at the
+  snapshot minus the settle lag, kept as the source's own text (full precision);
+- when reconciliation is due, read the primary keys and delete the rows the
+  source no longer has (hard deletes).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from analytics_shared.logging_config import get_logger
+from etl_service.source import Source, SourceSnapshot, TableShape
+from etl_service.tables import TableSpec, resolve_spec
+from etl_service.warehouse import Warehouse
+
+__all__ = ["TableOutcome", "TableSyncer"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TableOutcome:
+    table: str
+    mode: str  # "full" | "incremental"
+    rows_read: int
+    changed: int  # rows inserted, updated or deleted in the working DuckDB
+    row_count: int
+    watermark: str | None
+    reconciled: bool
+    full_load: bool
+    reason: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "read": self.rows_read,
+            "changed": self.changed,
+            "rows": self.row_count,
+            **({"reason": self.reason} if self.reason else {}),
+        }
+
+
+def _later(old: str | None, new: str | None) -> str | None:
+    """Watermarks never move back (same textual format: lexicographic order)."""
+    if old is None or new is None:
+        return new or old
+    return max(old, new)
+
+
+def _with_progress(reader: pa.RecordBatchReader, label: str) -> pa.RecordBatchReader:
+    """A terminal progress line for long full loads (batches pass through, not rows)."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        rows, started, shown = 0, time.monotonic(), 0.0
+        for batch in reader:
+            rows += batch.num_rows
+            now = time.monotonic()
+            if now - shown > 0.2:
+                rate = rows / max(now - started, 1e-6)
+                sys.stderr.write(f"\r{label}: {rows:,} rows ({rate:,.0f} rows/s)")
+                sys.stderr.flush()
+                shown = now
+            yield batch
+        sys.stderr.write(f"\r{label}: {rows:,} rows, done in {time.monotonic() - started:.1f}s\n")
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+class TableSyncer:
+    """Syncs one table at a time into the working DuckDB."""
+
+    def __init__(
+        self,
+        source: Source,
+        warehouse: Warehouse,
+        *,
+        batch_size: int,
+        lookback_seconds: float,
+        progress: bool | None = None,
+    ) -> None:
+        self.source = source
+        self.warehouse = warehouse
+        self.batch_size = batch_size
+        self.lookback_seconds = lookback_seconds
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        # Reflection is cached; the delta's Arrow schema tells when it is stale.
+        self._shapes: dict[str, TableShape] = {}
+
+    def shape(self, table: str, *, refresh: bool = False) -> TableShape:
+        if refresh or table not in self._shapes:
+            self._shapes[table] = self.source.shape(table)
+        return self._shapes[table]
+
+    def _watermark(self, spec: TableSpec, shape: TableShape, snap: SourceSnapshot) -> str | None:
+        if spec.cursor_column is None:
+            return None
+        cursor = shape.column(spec.cursor_column)
+        if cursor.is_timestamp:
+            return snap.now_aware if cursor.has_timezone else snap.now_naive
+        return self.warehouse.max_value(spec.name, spec.cursor_column)
+
+    def sync(
+        self,
+        spec: TableSpec,
+        snap: SourceSnapshot,
+        watermark: str | None,
+        *,
+        full_refresh: bool = False,
+        reconcile: bool = False,
+    ) -> TableOutcome:
+        shape = self.shape(spec.name)
+        resolved = resolve_spec(spec, shape.names, shape.primary_key)
+        reason = ""
+        if full_refresh:
+            reason = "requested"
+        elif not resolved.incremental:
+            reason = "no cursor column"
+        elif watermark is None:
+            reason = "first run"
+        elif not self.warehouse.has_table(spec.name):
+            reason = "working table missing"
+        elif [n for n, _ in self.warehouse.columns(spec.name)] != shape.names:
+            reason = "columns changed"
+        if reason:
+            return self._full_load(resolved, shape, snap, reason)
+
+        assert resolved.cursor_column is not None and watermark is not None
+        cursor = shape.column(resolved.cursor_column)
+        lower = self.source.lower_bound_sql(watermark, cursor, self.lookback_seconds)
+        sql = self.source.select_sql(
+            spec.name, None, f"{self.source.quote(cursor.name)} >= {lower}"
+        )
+        reader = self.source.read(sql, self.batch_size, snap)
+        if reader.schema.names != shape.names:
+            # A column was added, dropped or renamed: reflect again and reload,
+            # so existing rows get the new column's values too.
+            reader.close()
+            shape = self.shape(spec.name, refresh=True)
+            resolved = resolve_spec(spec, shape.names, shape.primary_key)
+            return self._full_load(resolved, shape, snap, "columns changed")
+        columns = [(c.name, c.duckdb_type) for c in shape.columns]
+        merged = self.warehouse.merge(
+            spec.name,
+            reader,
+            columns,
+            primary_key=resolved.primary_key or (),
+            cursor=resolved.cursor_column,
+            soft_delete=resolved.soft_delete_column,
+        )
+        removed = self._reconcile(resolved, snap) if reconcile else 0
+        return TableOutcome(
+            table=spec.name,
+            mode="incremental",
+            rows_read=merged.read,
+            changed=merged.changed + removed,
+            row_count=self.warehouse.row_count(spec.name),
+            watermark=_later(watermark, self._watermark(resolved, shape, snap)),
+            reconciled=reconcile,
+            full_load=False,
+        )
+
+    def _full_load(
+        self, spec: TableSpec, shape: TableShape, snap: SourceSnapshot, reason: str
+    ) -> TableOutcome:
+        started = time.monotonic()
+        existed = self.warehouse.has_table(spec.name)
+        reader = self.source.read(self.source.select_sql(spec.name, None), self.batch_size, snap)
+        if reader.schema.names != shape.names:  # changed since reflection
+            reader.close()
+            shape = self.shape(spec.name, refresh=True)
+            reader = self.source.read(
+                self.source.select_sql(spec.name, shape.names), self.batch_size, snap
+            )
+        if self.progress:
+            reader = _with_progress(reader, f"full load {spec.name}")
+        rows, changed = self.warehouse.replace_table(
+            spec.name,
+            reader,
+            [(c.name, c.duckdb_type) for c in shape.columns],
+            detect_changes=existed and not spec.incremental,
+            soft_delete=spec.soft_delete_column,
+        )
+        log.info(
+            "table_full_load",
+            table=spec.name,
+            rows=rows,
+            reason=reason,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        return TableOutcome(
+            table=spec.name,
+            mode="full",
+            rows_read=rows,
+            changed=rows if changed else 0,
+            row_count=rows,
+            watermark=self._watermark(spec, shape, snap),
+            reconciled=True,
+            full_load=True,
+            reason=reason,
+        )
+
+    def _reconcile(self, spec: TableSpec, snap: SourceSnapshot) -> int:
+        pk = list(spec.primary_key or ())
+        keys = self.source.read(self.source.select_sql(spec.name, pk), self.batch_size, snap)
+        removed = self.warehouse.reconcile(spec.name, keys, pk)
+        log.info("table_reconciled", table=spec.name, deleted=removed)
+        return removed

@@ -1,0 +1,1 @@
+"""Alembic migrations for the ETL state store (run by StateStore on start)."""

@@ -1,0 +1,192 @@
+"""Hot swap under load, rollback and corrupted objects, against the API under
+Gunicorn (2 workers) and a real SeaweedFS store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from analytics_shared.manifest import Manifest
+from testsupport.api_server import ApiServer
+from testsupport.snapshots import QueryLoad, TinyWarehouse, run_etl, store_from_env, wait_for
+
+ROWS = 200
+
+
+@pytest.fixture
+def api_env(s3_env, auth_env, data_dir) -> dict[str, str]:
+    return {
+        **s3_env,
+        **auth_env,
+        "DATA_DIR": str(data_dir),
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_REQUESTS": "1000000",
+        "RATE_LIMIT_WINDOW": "1",
+    }
+
+
+@pytest.fixture
+def warehouse(api_env, tmp_path) -> Iterator[TinyWarehouse]:
+    wh = TinyWarehouse(tmp_path, store_from_env(api_env), rows=ROWS)
+    yield wh
+    wh.close()
+
+
+def start_api(env: dict[str, str], poll: float, log_path) -> ApiServer:
+    return ApiServer(
+        {**env, "SNAPSHOT_POLL_SECONDS": str(poll)}, workers=2, log_path=log_path
+    ).start(ready_timeout=120)
+
+
+def ask(client: httpx.Client) -> tuple[str, int]:
+    r = client.get("/query", params={"q": "SELECT max(quantity) AS q FROM inventory"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["data_version"], body["data"][0]["q"]
+
+
+def all_answers_are(client: httpx.Client, version: str, times: int = 8) -> bool:
+    """Several answers in a row from `version` (requests spread over both workers)."""
+    return all(ask(client)[0] == version for _ in range(times))
+
+
+@pytest.mark.slow
+def test_ten_versions_under_continuous_load_without_a_failed_request(
+    api_env, warehouse, issuer, tmp_path
+):
+    published: dict[str, int] = {}
+    first = warehouse.publish(1)
+    published[first.version] = 1
+    api = start_api(api_env, poll=0.3, log_path=tmp_path / "api.log")
+    load = QueryLoad(api.url, [issuer.mint(sub=f"load-{i}") for i in range(4)])
+    try:
+        load.start()
+        for q in range(2, 12):
+            manifest = warehouse.publish(q)
+            published[manifest.version] = q
+            # Let the API pick it up before the next one (both workers poll on their own).
+            wait_for(
+                lambda v=manifest.version: any(r[1] == v for r in load.snapshot()[-50:]),
+                timeout=60,
+                what=f"a response from {manifest.version}",
+            )
+        time.sleep(1.0)
+    finally:
+        load.stop()
+        api.stop()
+
+    results = load.snapshot()
+    failures = [r for r in results if r[0] != 200]
+    assert not failures, failures[:5]
+    assert len(results) > 100
+    seen = {r[1] for r in results}
+    assert seen <= set(published), seen - set(published)
+    assert len(seen) >= 8  # the swaps happened while the clients were querying
+    for _status, version, row, _ in results:
+        # Each answer is consistent with the version that claims to have produced it.
+        assert row == {"q": published[version], "lo": published[version], "n": ROWS}
+
+
+@pytest.mark.slow
+def test_rollback_reaches_the_api_within_one_poll_interval(api_env, warehouse, issuer, tmp_path):
+    poll = 2.0
+    v1 = warehouse.publish(1)
+    v2 = warehouse.publish(2)
+    api = start_api(api_env, poll=poll, log_path=tmp_path / "api.log")
+    token = issuer.mint(sub="rollback-user")
+    try:
+        with httpx.Client(
+            base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as client:
+            wait_for(lambda: all_answers_are(client, v2.version), timeout=60, what="v2 everywhere")
+            result = run_etl(["rollback", v1.version], api_env)
+            assert result.returncode == 0, result.stderr[-3000:]
+            committed = time.monotonic()
+            wait_for(lambda: all_answers_are(client, v1.version), timeout=60, what="v1 everywhere")
+            elapsed = time.monotonic() - committed
+            assert ask(client) == (v1.version, 1)
+            health = client.get("/health").json()
+            assert health["data_version"] == v1.version and health["status"] == "ok"
+    finally:
+        api.stop()
+    # One poll interval, plus slack for the check itself on a shared, loaded machine.
+    assert elapsed <= poll + 8, f"rollback took {elapsed:.1f}s to reach every worker"
+    current = Manifest.from_json(store_from_env(api_env).get_bytes("current/manifest.json")[0])
+    assert current.version == v1.version and current.previous_version == v2.version
+
+
+class CorruptingWarehouse(TinyWarehouse):
+    """Publishes normally, but damages the uploaded object just before the commit."""
+
+    damage: str = "none"
+
+    def __init__(self, *args, client, bucket_key, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        original_commit = self.publisher.commit
+
+        def commit(manifest: Manifest, etag: str | None) -> None:
+            if self.damage != "none":
+                bucket, full_key = bucket_key(manifest.snapshot_key)
+                data = bytearray(client.get_object(Bucket=bucket, Key=full_key)["Body"].read())
+                if self.damage == "flip":
+                    for i in range(0, len(data), max(1, len(data) // 7)):
+                        data[i] ^= 0x5A
+                else:
+                    data = data[: len(data) // 2]
+                client.put_object(Bucket=bucket, Key=full_key, Body=bytes(data))
+            original_commit(manifest, etag)
+
+        self.publisher.commit = commit  # type: ignore[method-assign]
+
+
+@pytest.mark.slow
+def test_corrupted_objects_are_refused_and_the_previous_version_keeps_serving(
+    api_env, seaweedfs, issuer, tmp_path
+):
+    bucket, prefix = api_env["STORAGE_URL"].removeprefix("s3://").split("/", 1)
+    warehouse = CorruptingWarehouse(
+        tmp_path,
+        store_from_env(api_env),
+        rows=ROWS,
+        client=seaweedfs.client(),
+        bucket_key=lambda key: (bucket, f"{prefix}/{key}"),
+    )
+    v1 = warehouse.publish(1)
+    api = start_api(api_env, poll=0.3, log_path=tmp_path / "api.log")
+    token = issuer.mint(sub="corruption-user")
+    try:
+        with httpx.Client(
+            base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as client:
+            for quantity, damage in ((10, "flip"), (11, "truncate")):
+                warehouse.damage = damage
+                bad = warehouse.publish(quantity)
+
+                # Every worker sees the new manifest, refuses it, and keeps v1.
+                def refused(bad=bad) -> bool:
+                    h = client.get("/health").json()
+                    return (
+                        h["latest_version_seen"] == bad.version
+                        and h["verification_failures_total"] >= 1
+                        and h["data_version"] == v1.version
+                    )
+
+                for _ in range(2):  # both workers (requests land on either)
+                    wait_for(refused, timeout=60, what=f"{damage}: refusal reported")
+                health = client.get("/health").json()
+                assert health["status"] == "degraded" and health["last_refresh_failed"]
+                assert "verification" in health["last_refresh_error"]
+                for _ in range(10):
+                    assert ask(client) == (v1.version, 1)
+
+            warehouse.damage = "none"
+            good = warehouse.publish(3)
+            wait_for(lambda: all_answers_are(client, good.version), timeout=60, what="good version")
+            health = client.get("/health").json()
+            assert health["status"] == "ok" and health["data_version"] == good.version
+    finally:
+        api.stop()
+        warehouse.close()
