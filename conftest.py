@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from analytics_shared.object_store import LocalObjectStore, ObjectStore
 from api_service.dev_issuer import DevIssuer
 from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
+from testsupport.snapshots import store_from_env
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -89,3 +91,30 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "var"
     path.mkdir()
     return path
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """Each object-store implementation in turn (a folder, then SeaweedFS)."""
+    if request.param == "local":
+        return LocalObjectStore(tmp_path / "store")
+    return store_from_env(request.getfixturevalue("s3_env"))
+
+
+SEED_TABLES = "inventory,products,orders,transactions,customers"
+
+
+@pytest.fixture
+def platform_env(
+    pg_url: str, s3_env: dict[str, str], auth_env: dict[str, str], data_dir: Path
+) -> dict[str, str]:
+    """Settings for both services: PostgreSQL source, SeaweedFS store, dev issuer."""
+    return {
+        **s3_env,
+        **auth_env,
+        "SOURCE_URL": pg_url,
+        "TABLES_TO_SYNC": SEED_TABLES,
+        "DATA_DIR": str(data_dir),
+        "SNAPSHOT_POLL_SECONDS": "0.5",
+        "ETL_METRICS_PORT": "0",
+    }

@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
-
-BIN = Path(sys.executable).parent
-TABLES = "inventory,products,orders,transactions,customers"
-
-
-def run_etl(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "analytics-etl"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture
-def platform_env(pg_url, s3_env, auth_env, data_dir) -> dict[str, str]:
-    return {
-        **s3_env,
-        **auth_env,
-        "SOURCE_URL": pg_url,
-        "TABLES_TO_SYNC": TABLES,
-        "DATA_DIR": str(data_dir),
-        "SNAPSHOT_POLL_SECONDS": "1",
-    }
+from testsupport.snapshots import run_etl
 
 
 def test_source_rows_reach_the_api_through_every_hop(platform_env, pg_url, issuer, tmp_path):

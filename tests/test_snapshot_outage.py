@@ -14,19 +14,12 @@ from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
 from testsupport.snapshots import run_etl, wait_for
 
-TABLES = "inventory,products,orders,transactions,customers"
-
 
 @pytest.fixture
-def platform_env(pg_url, s3_env, auth_env, data_dir) -> dict[str, str]:
+def outage_env(platform_env) -> dict[str, str]:
     return {
-        **s3_env,
-        **auth_env,
-        "SOURCE_URL": pg_url,
-        "TABLES_TO_SYNC": TABLES,
-        "DATA_DIR": str(data_dir),
+        **platform_env,
         "LOG_LEVEL": "WARNING",
-        "SNAPSHOT_POLL_SECONDS": "0.5",
         "SYNC_SETTLE_SECONDS": "0",
         "RETRY_ATTEMPTS": "3",
         "RETRY_BASE_SECONDS": "0.2",
@@ -42,12 +35,12 @@ def quantity_of_row_1(client: httpx.Client) -> tuple[str, int]:
 
 
 @pytest.mark.slow
-def test_store_outage_during_publish(platform_env, pg_url, seaweedfs, issuer, tmp_path):
+def test_store_outage_during_publish(outage_env, pg_url, seaweedfs, issuer, tmp_path):
     source = create_demo_source(pg_url)
-    first = run_etl(["sync"], platform_env)
+    first = run_etl(["sync"], outage_env)
     assert first.returncode == 0, first.stderr[-3000:]
     v1 = json.loads(first.stdout.strip().splitlines()[-1])["version"]
-    api = ApiServer(platform_env, workers=2, log_path=tmp_path / "api.log").start(ready_timeout=120)
+    api = ApiServer(outage_env, workers=2, log_path=tmp_path / "api.log").start(ready_timeout=120)
     token = issuer.mint(sub="outage-user")
     client = httpx.Client(
         base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
@@ -65,9 +58,9 @@ def test_store_outage_during_publish(platform_env, pg_url, seaweedfs, issuer, tm
 
         seaweedfs.stop()
         try:
-            failed = run_etl(["sync"], platform_env)
+            failed = run_etl(["sync"], outage_env)
             assert failed.returncode != 0, failed.stdout
-            dlq = run_etl(["dlq", "list"], platform_env)
+            dlq = run_etl(["dlq", "list"], outage_env)
             assert dlq.returncode == 0, dlq.stderr[-3000:]
             entries = json.loads(dlq.stdout)
             assert entries, "the failed publish must be dead-lettered"
@@ -86,7 +79,7 @@ def test_store_outage_during_publish(platform_env, pg_url, seaweedfs, issuer, tm
         finally:
             seaweedfs.start()
 
-        recovered = run_etl(["sync"], platform_env)
+        recovered = run_etl(["sync"], outage_env)
         assert recovered.returncode == 0, recovered.stderr[-3000:]
         v2 = json.loads(recovered.stdout.strip().splitlines()[-1])["version"]
         assert v2 and v2 != v1

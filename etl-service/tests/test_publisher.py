@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_file
-from analytics_shared.object_store import LocalObjectStore, ObjectStore, open_store
+from analytics_shared.object_store import LocalObjectStore, ObjectStore
 from etl_service.publisher import (
     CONVENIENCE_KEY,
     ManifestConflict,
@@ -18,20 +18,6 @@ from etl_service.publisher import (
     manifest_key_for,
 )
 from etl_service.snapshot import content_fingerprint, decompress_file, export_snapshot
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path) -> ObjectStore:
-    if request.param == "local":
-        return LocalObjectStore(tmp_path / "store")
-    env = request.getfixturevalue("s3_env")
-    return open_store(
-        env["STORAGE_URL"],
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        region=env["S3_REGION"],
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
 
 
 class Working:

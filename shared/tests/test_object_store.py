@@ -8,26 +8,11 @@ from analytics_shared.object_store import (
     LocalObjectStore,
     NotModified,
     ObjectNotFound,
-    ObjectStore,
     PreconditionFailed,
     S3ObjectStore,
     StoreUnavailable,
     open_store,
 )
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path) -> ObjectStore:
-    if request.param == "local":
-        return LocalObjectStore(tmp_path / "store")
-    env = request.getfixturevalue("s3_env")
-    return open_store(
-        env["STORAGE_URL"],
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        region=env["S3_REGION"],
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
 
 
 def test_put_file_then_get_file_round_trips(store, tmp_path):
