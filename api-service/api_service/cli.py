@@ -25,7 +25,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         from analytics_shared.settings import load_settings
         from analytics_shared.whitelist import WhitelistError, load_whitelist
-
         from api_service.named_queries import check_whitelist
         from api_service.settings import ApiSettings
 

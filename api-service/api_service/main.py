@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from analytics_shared.logging_config import configure_logging, get_logger
-from analytics_shared.settings import load_settings
-from analytics_shared.whitelist import load_whitelist
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
+from analytics_shared.logging_config import configure_logging, get_logger
+from analytics_shared.settings import load_settings
+from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
 from api_service.auth import JwksCache, TokenValidator
 from api_service.errors import install_error_handlers

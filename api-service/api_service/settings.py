@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from analytics_shared.settings import CommonSettings
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
+
+from analytics_shared.settings import CommonSettings
 
 __all__ = ["ApiSettings"]
 

@@ -12,10 +12,19 @@ BIN = Path(sys.executable).parent
 
 
 def _check(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AUTH0_DOMAIN": "tenant.example.com", "AUTH0_API_AUDIENCE": "https://api",
-           **env_extra}
-    return subprocess.run([str(BIN / "analytics-api"), "check-config"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "AUTH0_DOMAIN": "tenant.example.com",
+        "AUTH0_API_AUDIENCE": "https://api",
+        **env_extra,
+    }
+    return subprocess.run(
+        [str(BIN / "analytics-api"), "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_bundled_configuration_is_ok():
@@ -26,10 +35,14 @@ def test_bundled_configuration_is_ok():
 
 def test_named_query_the_guard_refuses_is_reported(tmp_path):
     path = tmp_path / "wl.json"
-    path.write_text(json.dumps({
-        "policies": {"default": {"tables": ["inventory"], "named_queries": ["wipe"]}},
-        "named_queries": {"wipe": {"sql": "DELETE FROM inventory"}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "policies": {"default": {"tables": ["inventory"], "named_queries": ["wipe"]}},
+                "named_queries": {"wipe": {"sql": "DELETE FROM inventory"}},
+            }
+        )
+    )
     result = _check({"QUERY_WHITELIST_PATH": str(path)})
     assert result.returncode == 2
     assert "wipe" in result.stderr
@@ -37,8 +50,13 @@ def test_named_query_the_guard_refuses_is_reported(tmp_path):
 
 def test_missing_settings_name_the_variable():
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTH0_")}
-    result = subprocess.run([str(BIN / "analytics-api"), "check-config"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(BIN / "analytics-api"), "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "AUTH0_API_AUDIENCE" in result.stderr
     assert "Traceback" not in result.stderr

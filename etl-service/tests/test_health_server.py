@@ -18,8 +18,9 @@ def test_health_and_metrics_endpoints():
         assert r.status_code == 503
         assert r.json()["consecutive_failures"] == 1 and r.json()["last_error"] == "source down"
 
-        metrics.observe_cycle(True, 1.2, rows={"inventory": 7}, lag_seconds={"inventory": 3.5},
-                              dead_letters=2)
+        metrics.observe_cycle(
+            True, 1.2, rows={"inventory": 7}, lag_seconds={"inventory": 3.5}, dead_letters=2
+        )
         r = httpx.get(base + "/health")
         assert r.status_code == 200 and r.json()["status"] == "ok"
 
