@@ -1,7 +1,8 @@
 """Serving benchmark: our API against the seed's design, on one snapshot.
 
     .venv/bin/python -m pip install -c constraints.txt -r benchmarks/requirements.txt
-    .venv/bin/python -m benchmarks.api_bench [--duration 3] [--quick]
+    .venv/bin/python -m benchmarks.api_bench [--duration 3] [--concurrency 1,16,64]
+    .venv/bin/python -m benchmarks.api_bench --overhead-only   # ~1 minute
 
 Builds a snapshot (2,000,000 inventory rows plus products, customers, orders,
 transactions), publishes it to a local folder store, and serves it twice the
@@ -13,6 +14,12 @@ generator (benchmarks/api_loadgen.py) drives both at 1, 16 and 64 concurrent
 clients for three query shapes; the servers run one at a time. It prints
 requests/s, p50 and p99 per cell and the ratio ours/baseline, and the p50 of
 the same queries run directly in DuckDB (our API's added overhead).
+
+`--overhead-only` measures just that overhead: our API with the result cache
+off, one client, each shape followed at once by the same queries run
+directly in DuckDB (so both see the same machine load); it adds
+`pk_range_100_same`, one fixed range query repeated (a dashboard's repeated
+SQL, where the SQL guard's decision cache applies).
 """
 
 from __future__ import annotations
@@ -64,10 +71,18 @@ def _rows_10k(rng: random.Random) -> str:
     return f"SELECT * FROM inventory WHERE id BETWEEN {lo} AND {lo + 9_999} ORDER BY id"
 
 
+def _pk_range_100_same(rng: random.Random) -> str:
+    return "SELECT * FROM inventory WHERE id BETWEEN 1000000 AND 1000099"
+
+
 SHAPES: dict[str, Callable[[random.Random], str]] = {
     "aggregate": _aggregate,
     "pk_range_100": _pk_range_100,
     "rows_10k": _rows_10k,
+}
+OVERHEAD_SHAPES: dict[str, Callable[[random.Random], str]] = {
+    **SHAPES,
+    "pk_range_100_same": _pk_range_100_same,
 }
 
 BUILD_SQL = f"""
@@ -171,9 +186,10 @@ def measure(
 ) -> LoadResult:
     rng = random.Random(1234)  # the same request sequence for every server
     headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+    make_sql = OVERHEAD_SHAPES[shape]
 
     def make() -> bytes:
-        params = {"q": SHAPES[shape](rng)}
+        params = {"q": make_sql(rng)}
         if fmt:
             params["format"] = fmt
         return get_request(url, "/query", params, headers)
@@ -183,23 +199,94 @@ def measure(
     return run_load(url, make, concurrency=concurrency, duration=duration, max_requests=50_000)
 
 
-def direct_duckdb_p50(db: Path, threads: int) -> dict[str, float]:
-    """The same queries straight in DuckDB (execute + Arrow fetch), one at a time."""
+def direct_duckdb_times(
+    db: Path, threads: int, make: Callable[[random.Random], str], runs: int = 120
+) -> list[float]:
+    """One shape's queries straight in DuckDB (execute + Arrow fetch), one at a time, in ms;
+    the first 20 are warm-up and not returned."""
     con = duckdb.connect(str(db), read_only=True, config={"threads": threads})
-    out = {}
+    rng = random.Random(99)
+    times = []
     try:
-        for shape, make in SHAPES.items():
-            rng = random.Random(99)
-            times = []
-            for _ in range(120):
-                sql = make(rng)
-                started = time.perf_counter()
-                con.cursor().sql(sql).to_arrow_table()
-                times.append((time.perf_counter() - started) * 1000)
-            out[shape] = sorted(times[20:])[len(times[20:]) // 2]
+        for _ in range(runs):
+            sql = make(rng)
+            started = time.perf_counter()
+            con.cursor().sql(sql).to_arrow_table()
+            times.append((time.perf_counter() - started) * 1000)
     finally:
         con.close()
-    return out
+    return times[20:]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def direct_duckdb_p50(db: Path, threads: int) -> dict[str, float]:
+    return {
+        shape: _median(direct_duckdb_times(db, threads, make)) for shape, make in SHAPES.items()
+    }
+
+
+def overhead_only(
+    work: Path, db: Path, auth: dict[str, str], token: str, duration: float, rounds: int
+) -> dict[str, object]:
+    """Our API (cache off, 1 client) against DuckDB direct. Each round runs every
+    shape through the API and then directly, back to back, so slow phases of a
+    shared machine hit both; the p50s pool all rounds."""
+    env = {
+        **auth,
+        "STORAGE_URL": (work / "store").resolve().as_uri(),
+        "DATA_DIR": str(work / "data-overhead"),
+        "RATE_LIMIT_REQUESTS": "1000000000",
+        "RESULT_CACHE_BYTES": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    cases = [(shape, "json", None) for shape in OVERHEAD_SHAPES] + [("rows_10k", "arrow", "arrow")]
+    api_ms: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    direct_ms: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    errors = [0] * len(cases)
+    load_before = os.getloadavg()
+    api = ApiServer(env, workers=2, log_path=work / "overhead.log").start(ready_timeout=120)
+    try:
+        for round_ in range(rounds):
+            for i, (shape, _label, fmt) in enumerate(cases):
+                result = measure(api.url, token, shape, fmt, 1, duration / rounds)
+                api_ms[i] += result.latencies_ms
+                errors[i] += result.errors
+                direct_ms[i] += direct_duckdb_times(db, threads, OVERHEAD_SHAPES[shape])
+            print(f"round {round_ + 1}/{rounds} done", flush=True)
+    finally:
+        api.stop()
+    load_after = os.getloadavg()
+    rows = []
+    for i, (shape, label, _fmt) in enumerate(cases):
+        direct, api_p50 = _median(direct_ms[i]), _median(api_ms[i])
+        rows.append(
+            {
+                "shape": shape,
+                "format": label,
+                "direct_p50_ms": direct,
+                "api_p50_ms": api_p50,
+                "overhead_ms": api_p50 - direct,
+                "requests": len(api_ms[i]),
+                "errors": errors[i],
+            }
+        )
+    print("\n| shape | format | DuckDB direct | API | overhead |\n|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['shape']} | {r['format']} | {r['direct_p50_ms']:.2f} ms"
+            f" | {r['api_p50_ms']:.2f} ms | {r['overhead_ms']:+.2f} ms |"
+        )
+    print(
+        f"\n{sum(len(v) for v in api_ms.values())} API requests, {sum(errors)} errors;"
+        f" load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)},"
+        f" after {'/'.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs"
+    )
+    return {"overhead": rows, "load_before": load_before, "load_after": load_after}
 
 
 def main() -> int:
@@ -209,6 +296,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell (default 3)")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="--overhead-only: interleaved rounds (default 3)"
+    )
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="only the API's added latency over DuckDB (1 client, cache off)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -225,6 +320,11 @@ def main() -> int:
             "AUTH0_API_AUDIENCE": AUDIENCE,
         }
         token = issuer.mint(sub="bench", ttl=7200)
+        if args.overhead_only:
+            numbers = overhead_only(work, db, auth, token, args.duration, args.rounds)
+            if args.json:
+                args.json.write_text(json.dumps(numbers, indent=2))
+            return 0
 
         def run_server(name: str, url: str, formats: list[tuple[str, str | None]]) -> None:
             for shape in SHAPES:

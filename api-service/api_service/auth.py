@@ -20,12 +20,22 @@ The JWKS is fetched with an async client (never blocking the event loop),
 cached for `ttl`, refetched on an unknown `kid` at most once per `cooldown`
 (a flood of random kids costs the identity provider one request per cooldown),
 and served stale for up to `max_stale` when the provider is unreachable.
+
+Validated tokens are remembered (by SHA-256 of the token, at most
+`TOKEN_CACHE_ENTRIES`) until min(exp, now + `TOKEN_CACHE_SECONDS`), so a
+client repeating its token skips the signature check. A remembered token
+still asks the JWKS cache for its key on every request (which refreshes it
+after `ttl` as before) and is only accepted while that is the very key object
+that verified it: a key removed from the JWKS, or any refetch, sends the
+token through the full validation again. Refusals are never remembered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +47,8 @@ from analytics_shared.logging_config import get_logger
 
 __all__ = [
     "MAX_TOKEN_BYTES",
+    "TOKEN_CACHE_ENTRIES",
+    "TOKEN_CACHE_SECONDS",
     "AuthError",
     "AuthUnavailable",
     "JwksCache",
@@ -48,6 +60,8 @@ __all__ = [
 log = get_logger(__name__)
 
 MAX_TOKEN_BYTES = 8192
+TOKEN_CACHE_ENTRIES = 4096
+TOKEN_CACHE_SECONDS = 60.0
 MAX_JWKS_BYTES = 512 * 1024
 _ACCESS_TOKEN_TYPES = {"jwt", "at+jwt", "application/at+jwt"}
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
@@ -192,6 +206,15 @@ class JwksCache:
         raise AuthError("token signed with an unknown key")
 
 
+@dataclass(frozen=True)
+class _Verified:
+    principal: Principal
+    kid: str
+    key: JwksKey  # the key object that verified it
+    exp: float  # the token's exp (wall clock)
+    until: float  # monotonic: when this entry stops being trusted
+
+
 class TokenValidator:
     def __init__(
         self,
@@ -201,16 +224,52 @@ class TokenValidator:
         audience: str,
         algorithms: list[str],
         leeway: int = 30,
+        cache_entries: int = TOKEN_CACHE_ENTRIES,
+        cache_seconds: float = TOKEN_CACHE_SECONDS,
     ) -> None:
         self.jwks = jwks
         self.issuer = issuer
         self.audience = audience
         self.algorithms = list(algorithms)
         self.leeway = leeway
+        self.cache_entries = cache_entries
+        self.cache_seconds = cache_seconds
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
 
     async def validate(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token is too large")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        cached = self._verified.get(digest)
+        if cached is not None:
+            if time.time() < cached.exp and time.monotonic() < cached.until:
+                try:
+                    key = await self.jwks.get(cached.kid)  # refreshes the JWKS when due
+                except AuthError:
+                    self._verified.pop(digest, None)
+                    raise
+                if key is cached.key:
+                    if digest in self._verified:  # another request may have dropped it meanwhile
+                        self._verified.move_to_end(digest)
+                    return cached.principal
+            self._verified.pop(digest, None)
+        principal, kid, key = await self._validate(token)
+        self._remember(digest, principal, kid, key)
+        return principal
+
+    def _remember(self, digest: bytes, principal: Principal, kid: str, key: JwksKey) -> None:
+        if self.cache_entries <= 0:
+            return
+        exp = principal.claims.get("exp")
+        if not isinstance(exp, int | float) or exp <= time.time():
+            return  # accepted within the leeway only: not remembered
+        until = time.monotonic() + self.cache_seconds
+        self._verified[digest] = _Verified(principal, kid, key, float(exp), until)
+        self._verified.move_to_end(digest)
+        while len(self._verified) > self.cache_entries:
+            self._verified.popitem(last=False)
+
+    async def _validate(self, token: str) -> tuple[Principal, str, JwksKey]:
         if token.count(".") != 2 or not token.isascii():
             raise AuthError("malformed token")
         try:
@@ -234,7 +293,7 @@ class TokenValidator:
         if not key.accepts(alg):
             raise AuthError("token algorithm does not match its key")
         claims = self._decode(token, key, alg)
-        return self._principal(claims)
+        return self._principal(claims), kid, key
 
     def _decode(self, token: str, key: JwksKey, alg: str) -> dict[str, Any]:
         try:

@@ -42,16 +42,21 @@ _api_key = APIKeyHeader(
 )
 
 
-def get_settings(request: Request) -> ApiSettings:
-    return request.app.state.settings
+# `async def` on purpose: FastAPI runs a plain-`def` dependency on its thread
+# pool (one thread hop each); these only read the app state.
+async def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
 
 
-def get_manager(request: Request) -> SnapshotManager:
-    return request.app.state.snapshots
+async def get_manager(request: Request) -> SnapshotManager:
+    manager: SnapshotManager = request.app.state.snapshots
+    return manager
 
 
-def get_whitelist(request: Request) -> Whitelist:
-    return request.app.state.whitelist
+async def get_whitelist(request: Request) -> Whitelist:
+    whitelist: Whitelist = request.app.state.whitelist
+    return whitelist
 
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
@@ -130,10 +135,11 @@ async def get_principal(
     return principal
 
 
-def get_policy(
+async def get_policy(
     request: Request, principal: Annotated[Principal, Depends(get_principal)]
 ) -> AppPolicy:
-    return request.state.policy
+    policy: AppPolicy = request.state.policy
+    return policy
 
 
 PolicyDep = Annotated[AppPolicy, Depends(get_policy)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -144,29 +145,46 @@ def _quoted(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.binary_join_element_wise('"', text, '"', "")
 
 
-def _string_bytes(text: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
-    """The UTF-8 data of a string column as uint8 arrays (a scan, no copy)."""
+def _string_bytes(text: pa.Array | pa.ChunkedArray) -> list[pa.Buffer]:
+    """The UTF-8 data buffers of a string column (no copy)."""
     chunks = text.chunks if isinstance(text, pa.ChunkedArray) else [text]
-    views = []
+    buffers = []
     for chunk in chunks:
         data = chunk.buffers()[2]
         if data is not None and data.size:
-            views.append(pa.Array.from_buffers(pa.uint8(), data.size, [None, data]))
-    return views
+            buffers.append(data)
+    return buffers
+
+
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+_BACKSLASH = re.compile(rb"\\")
+_QUOTE = re.compile(rb'"')
+_SMALL_TEXT = 16_384  # bytes of string data below which the regex scan is cheaper
 
 
 def _escaped(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray | None:
     """JSON string escaping; None when a value needs the slow path (control chars).
 
-    Scanning the raw bytes is much cheaper than a regex per value; a byte of an
-    unused region can only send a column down the slow path, never skip escaping.
+    Scanning the raw bytes (one C-level search of the buffer, no kernel call)
+    is much cheaper than a regex per value; a byte of an unused region can
+    only send a column down the slow path, never skip escaping.
     """
-    views = _string_bytes(text)
-    if any(pc.any(pc.less(v, 0x20)).as_py() for v in views):
+    buffers = _string_bytes(text)
+    if sum(b.size for b in buffers) <= _SMALL_TEXT:
+        # Small results: Python's regex search beats a kernel call's fixed cost.
+        control = any(_CONTROL.search(b) for b in buffers)
+        backslash = any(_BACKSLASH.search(b) for b in buffers)
+        quote = any(_QUOTE.search(b) for b in buffers)
+    else:
+        views = [pa.Array.from_buffers(pa.uint8(), b.size, [None, b]) for b in buffers]
+        control = any(pc.any(pc.less(v, 0x20)).as_py() for v in views)
+        backslash = any(pc.any(pc.equal(v, 0x5C)).as_py() for v in views)
+        quote = any(pc.any(pc.equal(v, 0x22)).as_py() for v in views)
+    if control:
         return None
-    if any(pc.any(pc.equal(v, 0x5C)).as_py() for v in views):  # backslash
+    if backslash:
         text = pc.replace_substring(text, "\\", "\\\\")
-    if any(pc.any(pc.equal(v, 0x22)).as_py() for v in views):  # double quote
+    if quote:
         text = pc.replace_substring(text, '"', '\\"')
     return text
 

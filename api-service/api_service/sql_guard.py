@@ -21,6 +21,12 @@ only inside the query that defines it, never in a sibling subquery.
 
 The sandboxed connection (snapshots.open_sandboxed) stays the real boundary;
 this guard gives callers a clear refusal and enforces the table policy.
+
+A decision is a pure function of (SQL text, allowed tables, allowed table
+functions, max length), so `check_query` keeps the last `GUARD_CACHE_ENTRIES`
+decisions, refusals included, in an LRU keyed on exactly those (the whole
+text, not a digest of it). `cached_decision` answers from that cache alone,
+without parsing, so a repeated query needs no thread hop.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import hashlib
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +45,14 @@ import duckdb
 __all__ = [
     "AMPLIFYING_FUNCTIONS",
     "DENIED_FUNCTIONS",
+    "GUARD_CACHE_CHARS",
+    "GUARD_CACHE_ENTRIES",
     "SAFE_TABLE_FUNCTIONS",
     "GuardedQuery",
     "QueryRejected",
+    "cached_decision",
     "check_query",
+    "clear_guard_cache",
 ]
 
 # Table functions a policy may allow: they compute rows, they read nothing.
@@ -357,10 +368,95 @@ class _Walker:
         self.tables.add(name)
 
 
+# -- the decision cache -----------------------------------------------------
+GUARD_CACHE_ENTRIES = 1024
+GUARD_CACHE_CHARS = 4_000_000  # total SQL text held (keys), so long queries cannot bloat it
+
+_Key = tuple[str, frozenset[str] | None, frozenset[str], int]
+_Decision = GuardedQuery | tuple[str, str]  # allowed, or a refusal's (code, message)
+
+
+class _DecisionCache:
+    """A thread-safe LRU of guard decisions, bounded by entries and by SQL characters."""
+
+    def __init__(self, entries: int, chars: int) -> None:
+        self.entries = entries
+        self.chars = chars
+        self._data: OrderedDict[_Key, _Decision] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: _Key) -> _Decision | None:
+        with self._lock:
+            decision = self._data.get(key)
+            if decision is not None:
+                self._data.move_to_end(key)
+            return decision
+
+    def put(self, key: _Key, decision: _Decision) -> None:
+        size = len(key[0])
+        if size > self.chars // 4:
+            return
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return
+            self._data[key] = decision
+            self._held += size
+            while len(self._data) > self.entries or self._held > self.chars:
+                old, _ = self._data.popitem(last=False)
+                self._held -= len(old[0])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._held = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_decisions = _DecisionCache(GUARD_CACHE_ENTRIES, GUARD_CACHE_CHARS)
+
+
+def clear_guard_cache() -> None:
+    _decisions.clear()
+
+
+def _key(
+    sql: str,
+    allowed_tables: Iterable[str] | None,
+    allowed_table_functions: Iterable[str],
+    max_length: int,
+) -> _Key:
+    tables = frozenset(t.lower() for t in allowed_tables) if allowed_tables is not None else None
+    return (sql, tables, frozenset(f.lower() for f in allowed_table_functions), max_length)
+
+
+def _replay(decision: _Decision) -> GuardedQuery:
+    if isinstance(decision, GuardedQuery):
+        return decision
+    code, message = decision
+    raise QueryRejected(message, code)
+
+
+def cached_decision(
+    sql: str,
+    *,
+    allowed_tables: Iterable[str] | None,
+    allowed_table_functions: Iterable[str] = (),
+    max_length: int = 20_000,
+) -> GuardedQuery | None:
+    """The cached decision, without parsing: the facts of an allowed query,
+    QueryRejected raised for a refused one, or None when it is not cached."""
+    decision = _decisions.get(_key(sql, allowed_tables, allowed_table_functions, max_length))
+    return None if decision is None else _replay(decision)
+
+
 def check_query(
     sql: str,
     *,
-    allowed_tables: set[str] | None,
+    allowed_tables: Iterable[str] | None,
     allowed_table_functions: Iterable[str] = (),
     max_length: int = 20_000,
 ) -> GuardedQuery:
@@ -368,7 +464,27 @@ def check_query(
 
     `allowed_tables=None` means any table of the snapshot (policies with "*" and
     the operator's named queries); DuckDB's catalog views stay refused.
+    Decisions are cached (see the module docstring).
     """
+    key = _key(sql, allowed_tables, allowed_table_functions, max_length)
+    decision = _decisions.get(key)
+    if decision is not None:
+        return _replay(decision)
+    try:
+        guarded = _check(sql, key[1], key[2], max_length)
+    except QueryRejected as exc:
+        _decisions.put(key, (exc.code, str(exc)))
+        raise
+    _decisions.put(key, guarded)
+    return guarded
+
+
+def _check(
+    sql: str,
+    allowed_tables: frozenset[str] | None,
+    allowed_table_functions: frozenset[str],
+    max_length: int,
+) -> GuardedQuery:
     if not sql or not sql.strip():
         raise QueryRejected("the query is empty", "empty_query")
     if len(sql) > max_length:
@@ -377,8 +493,7 @@ def check_query(
         raise QueryRejected("the query contains a NUL character", "syntax_error")
     tree = _parse_tree(sql)
     walker = _Walker(
-        {t.lower() for t in allowed_tables} if allowed_tables is not None else None,
-        allowed_table_functions,
+        set(allowed_tables) if allowed_tables is not None else None, allowed_table_functions
     )
     walker.walk(tree)
     return GuardedQuery(

@@ -278,3 +278,115 @@ def test_jwks_outage_serves_stale_keys_then_gives_up(own_issuer):
             await validator.jwks.aclose()
 
     asyncio.run(run())
+
+
+# -- the validated-token cache ---------------------------------------------------------
+
+
+def _count_signature_checks(validator: TokenValidator) -> list[int]:
+    calls = [0]
+    decode = validator._decode
+
+    def counting(*args: Any) -> dict[str, Any]:
+        calls[0] += 1
+        return decode(*args)
+
+    validator._decode = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_repeated_token_skips_the_signature_check(own_issuer):
+    tokens = [own_issuer.mint(sub=f"user-{i}") for i in range(3)]
+
+    async def run() -> None:
+        jwks = JwksCache(own_issuer.jwks_url, ttl=600, cooldown=60)
+        validator = TokenValidator(
+            jwks, issuer=own_issuer.issuer, audience=AUDIENCE, algorithms=["RS256"],
+            cache_entries=2,
+        )  # fmt: skip
+        checks = _count_signature_checks(validator)
+        try:
+            for _ in range(5):
+                assert (await validator.validate(tokens[0])).sub == "user-0"
+            assert checks[0] == 1
+            for token in tokens:
+                await validator.validate(token)
+            assert checks[0] == 3 and len(validator._verified) == 2  # bounded: oldest dropped
+            await validator.validate(tokens[0])
+            assert checks[0] == 4
+            # Refusals are never remembered.
+            bad = own_issuer.mint(sub="x", aud="https://someone-else")
+            for _ in range(2):
+                with pytest.raises(AuthError, match="audience"):
+                    await validator.validate(bad)
+            assert checks[0] == 6
+        finally:
+            await jwks.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_expired_token_is_refused_even_if_cached_earlier(own_issuer):
+    token = own_issuer.mint(ttl=1)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+
+    async def run() -> None:
+        jwks = JwksCache(own_issuer.jwks_url, ttl=600, cooldown=60)
+        validator = TokenValidator(
+            jwks, issuer=own_issuer.issuer, audience=AUDIENCE, algorithms=["RS256"], leeway=0
+        )
+        try:
+            assert (await validator.validate(token)).sub == "user-1"
+            assert len(validator._verified) == 1
+            await asyncio.sleep(max(0.0, exp - time.time()) + 0.1)
+            with pytest.raises(AuthError, match="expired"):
+                await validator.validate(token)
+            assert not validator._verified
+        finally:
+            await jwks.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_cached_token_stops_working_when_its_key_leaves_the_jwks(own_issuer):
+    old_token = own_issuer.mint(sub="old")
+
+    async def run() -> None:
+        validator = validator_for(own_issuer, ttl=0.5, cooldown=0.1)
+        checks = _count_signature_checks(validator)
+        try:
+            assert (await validator.validate(old_token)).sub == "old"
+            own_issuer.rotate()
+            own_issuer.remove_key(own_issuer.keys[1].kid)
+            # Within the JWKS TTL the old key is still known: the cached token passes.
+            assert (await validator.validate(old_token)).sub == "old"
+            assert checks[0] == 1
+            await asyncio.sleep(0.6)  # past the TTL: the refetched JWKS lacks the key
+            for _ in range(2):
+                with pytest.raises(AuthError, match="unknown key"):
+                    await validator.validate(old_token)
+            assert not validator._verified
+        finally:
+            await validator.jwks.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_jwks_refetch_sends_cached_tokens_through_full_validation(own_issuer):
+    token = own_issuer.mint()
+
+    async def run() -> None:
+        validator = validator_for(own_issuer, ttl=0.2, cooldown=0.1)
+        checks = _count_signature_checks(validator)
+        try:
+            await validator.validate(token)
+            await validator.validate(token)
+            assert checks[0] == 1
+            await asyncio.sleep(0.3)  # the JWKS is refetched: new key objects
+            await validator.validate(token)
+            await validator.validate(token)
+            assert checks[0] == 2
+        finally:
+            await validator.jwks.aclose()
+
+    asyncio.run(run())

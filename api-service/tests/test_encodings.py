@@ -17,11 +17,12 @@ from typing import Any
 
 import brotli
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from api_service.encodings import negotiate_format
+from api_service.encodings import Column, json_body, negotiate_format
 from testsupport.serving import build_database, publish, serving_client
 
 SQL = "SELECT * FROM customers ORDER BY id"
@@ -272,3 +273,28 @@ def test_unknown_format_is_refused(served):
     client, _ = served
     r = client.get("/query", params={"q": "SELECT 1", "format": "xml"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_format"
+
+
+@pytest.mark.parametrize("repeat", [1, 2_000])  # small (regex scan) and large (kernel scan)
+def test_string_escaping_is_the_same_for_small_and_large_columns(repeat):
+    values = ["plain", 'say "hi"', "back\\slash", "tab\there", None, "ünï"] * repeat
+    table = pa.table({"s": pa.array(values, pa.string())})
+    body = json_body(
+        table,
+        [Column("s", "VARCHAR")],
+        compact=False,
+        truncated=False,
+        data_version="v",
+        execution_time_ms=0.0,
+    )
+    assert [row["s"] for row in orjson.loads(body)["data"]] == values
+    no_control = pa.table({"s": pa.array([v for v in values if v != "tab\there"], pa.string())})
+    body = json_body(
+        no_control,
+        [Column("s", "VARCHAR")],
+        compact=False,
+        truncated=False,
+        data_version="v",
+        execution_time_ms=0.0,
+    )
+    assert [row["s"] for row in orjson.loads(body)["data"]] == no_control.column("s").to_pylist()

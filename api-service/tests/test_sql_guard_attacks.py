@@ -13,8 +13,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from api_service import sql_guard
 from api_service.snapshots import open_sandboxed
-from api_service.sql_guard import QueryRejected, check_query
+from api_service.sql_guard import QueryRejected, cached_decision, check_query
 from testsupport.api_app import api_client, publish_test_snapshot, write_whitelist
 
 CANARY_TEXT = f"CANARY-{uuid.uuid4().hex}"
@@ -197,6 +198,69 @@ def test_table_functions_need_the_policy_and_the_safe_list():
         )
 
 
+# -- the decision cache --------------------------------------------------------------
+
+
+def test_a_cached_decision_never_crosses_policies(monkeypatch):
+    sql_guard.clear_guard_cache()
+    sql = "SELECT count(*) FROM customers"
+    for _ in range(2):  # the second round is answered from the cache
+        assert check_query(sql, allowed_tables={"customers"}).tables == {"customers"}
+        with pytest.raises(QueryRejected) as refused:
+            check_query(sql, allowed_tables=ALLOWED)
+        assert refused.value.code == "table_not_allowed"
+        # wildcard policies and table functions are part of the key as well
+        assert check_query(sql, allowed_tables=None).tables == {"customers"}
+        assert check_query(
+            "SELECT * FROM range(3)", allowed_tables=ALLOWED, allowed_table_functions={"range"}
+        )
+        with pytest.raises(QueryRejected, match="range"):
+            check_query("SELECT * FROM range(3)", allowed_tables=ALLOWED)
+        with pytest.raises(QueryRejected, match="longer than"):
+            check_query(sql, allowed_tables={"customers"}, max_length=10)
+
+    # Each policy's answer comes from the cache, without parsing again.
+    def no_parsing(sql: str) -> None:
+        raise AssertionError("parsed a cached query")
+
+    monkeypatch.setattr(sql_guard, "_parse_tree", no_parsing)
+    assert cached_decision(sql, allowed_tables={"CUSTOMERS"}) is not None
+    with pytest.raises(QueryRejected, match="not allowed for this application"):
+        cached_decision(sql, allowed_tables=ALLOWED)
+    assert cached_decision(sql, allowed_tables={"orders"}) is None  # never decided: not cached
+    assert cached_decision(sql + " ", allowed_tables={"customers"}) is None  # the exact text
+
+
+def test_cached_refusals_keep_their_code_and_message(canary):
+    sql_guard.clear_guard_cache()
+    for name in ("read_text", "cte_delete", "stacked", "not_whitelisted", "syntax_garbage"):
+        template = dict(ATTACKS).get(name, "SELEC 1 FROM")
+        refusals = []
+        for _ in range(2):
+            with pytest.raises(QueryRejected) as refused:
+                check_query(_sql(template, canary), allowed_tables=ALLOWED)
+            refusals.append((refused.value.code, str(refused.value)))
+        assert refusals[0] == refusals[1]
+
+
+def test_the_decision_cache_is_bounded(monkeypatch):
+    queries = [f"SELECT {i} FROM inventory" for i in range(5)]  # 23 characters each
+    monkeypatch.setattr(sql_guard, "_decisions", sql_guard._DecisionCache(entries=3, chars=1000))
+    for sql in queries:
+        check_query(sql, allowed_tables=ALLOWED)
+    assert len(sql_guard._decisions) == 3
+    assert cached_decision(queries[1], allowed_tables=ALLOWED) is None  # least recently used
+    assert cached_decision(queries[4], allowed_tables=ALLOWED) is not None
+
+    monkeypatch.setattr(sql_guard, "_decisions", sql_guard._DecisionCache(entries=10, chars=100))
+    for sql in queries:
+        check_query(sql, allowed_tables=ALLOWED)
+    assert len(sql_guard._decisions) == 4  # 100 characters of SQL hold four
+    long = queries[0] + " " * 10  # over a quarter of the budget: decided, not kept
+    check_query(long, allowed_tables=ALLOWED)
+    assert cached_decision(long, allowed_tables=ALLOWED) is None
+
+
 # -- the sandbox on its own (the guard bypassed) -------------------------------------
 
 
@@ -333,6 +397,16 @@ def test_a_wildcard_policy_still_refuses_files_and_catalog_views(
     template = dict(ATTACKS)[name]
     response = client.post("/query", json={"sql": _sql(template, canary)}, headers=wildcard_headers)
     _assert_refused_cleanly(response, canary)
+
+
+def test_the_same_sql_is_decided_per_policy_through_http(client, headers, wildcard_headers):
+    sql = "SELECT count(*) AS n FROM customers WHERE id > 3"  # customers: wildcard policy only
+    for _ in range(3):  # later rounds are answered from the guard's cache
+        allowed = client.get("/query", params={"q": sql}, headers=wildcard_headers)
+        assert allowed.status_code == 200, allowed.text
+        refused = client.get("/query", params={"q": sql}, headers=headers)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "table_not_allowed"
 
 
 def test_a_cross_join_bomb_is_cut_by_the_row_cap(client, headers):

@@ -14,42 +14,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from analytics_shared.whitelist import Whitelist
 from api_service.auth import Principal
-from api_service.deps import policy_for, require_scope
+from api_service.deps import ManagerDep, SettingsDep, WhitelistDep, policy_for, require_scope
 from api_service.encodings import Encoding, UnsupportedFormat, negotiate_format
 from api_service.errors import ApiError
 from api_service.query_executor import QueryTimeout
 from api_service.query_response import answer_query
-from api_service.settings import ApiSettings
-from api_service.snapshots import NoSnapshot, SnapshotManager
-from api_service.sql_guard import QueryRejected, check_query
+from api_service.snapshots import NoSnapshot
+from api_service.sql_guard import QueryRejected, cached_decision, check_query
 
 router = APIRouter(tags=["query"])
 
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
-
-
-# FastAPI runs plain-`def` dependencies on a thread pool, one hop each; on the
-# hot path these read the app state directly.
-async def _settings(request: Request) -> ApiSettings:
-    settings: ApiSettings = request.app.state.settings
-    return settings
-
-
-async def _manager(request: Request) -> SnapshotManager:
-    manager: SnapshotManager = request.app.state.snapshots
-    return manager
-
-
-async def _whitelist(request: Request) -> Whitelist:
-    whitelist: Whitelist = request.app.state.whitelist
-    return whitelist
-
-
-SettingsDep = Annotated[ApiSettings, Depends(_settings)]
-ManagerDep = Annotated[SnapshotManager, Depends(_manager)]
-WhitelistDep = Annotated[Whitelist, Depends(_whitelist)]
 
 
 class QueryRequest(BaseModel):
@@ -94,15 +70,25 @@ async def run_sql(
             "ad_hoc_sql_not_allowed",
             "this application may only run named queries (see GET /queries)",
         )
+    tables = None if "*" in policy.tables else policy.tables
+    functions = policy.allowed_table_functions
     try:
-        # The guard parses with DuckDB (~1 ms): on a thread, not the event loop.
-        guarded = await run_in_threadpool(
-            check_query,
+        # A repeated query's decision comes from the guard's cache, inline; a new
+        # one is parsed with DuckDB (~1 ms) on a thread, not on the event loop.
+        guarded = cached_decision(
             sql,
-            allowed_tables={t.lower() for t in policy.tables} if "*" not in policy.tables else None,
-            allowed_table_functions=set(policy.allowed_table_functions),
+            allowed_tables=tables,
+            allowed_table_functions=functions,
             max_length=settings.max_sql_length,
         )
+        if guarded is None:
+            guarded = await run_in_threadpool(
+                check_query,
+                sql,
+                allowed_tables=tables,
+                allowed_table_functions=functions,
+                max_length=settings.max_sql_length,
+            )
         request.state.query_fingerprint = guarded.fingerprint
         # After auth, policy, rate limit and guard: cache, execute, encode.
         return await answer_query(request, manager, settings, guarded.sql, params, encoding)
