@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from api_service.negotiation import weighted_values
+
 __all__ = [
     "FORMATS",
     "Column",
@@ -86,17 +88,8 @@ def negotiate_format(requested: str | None, accept: str | None) -> Encoding:
             )
         return FORMATS[name]
     best: tuple[float, int, str] | None = None
-    for position, part in enumerate((accept or "").split(",")):
-        media, *options = (p.strip() for p in part.split(";"))
-        quality = 1.0
-        for option in options:
-            key, _, value = option.partition("=")
-            if key.strip() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        match = _ACCEPT.get(media.lower())
+    for position, (media, quality) in enumerate(weighted_values(accept)):
+        match = _ACCEPT.get(media)
         if match and quality > 0 and (best is None or (quality, -position) > best[:2]):
             best = (quality, -position, match)
     return FORMATS[best[2] if best else "json"]

@@ -13,6 +13,8 @@ import brotli
 import orjson
 from fastapi.responses import Response
 
+from api_service.negotiation import weighted_values
+
 __all__ = [
     "StreamCompressor",
     "accepted_encoding",
@@ -44,20 +46,7 @@ def json_response(
 # -- compression ------------------------------------------------------------
 def accepted_encoding(accept_encoding: str | None) -> str | None:
     """'br' or 'gzip' when the client accepts it (br preferred), else None."""
-    if not accept_encoding:
-        return None
-    offered: dict[str, float] = {}
-    for part in accept_encoding.lower().split(","):
-        name, *options = (p.strip() for p in part.split(";"))
-        quality = 1.0
-        for option in options:
-            key, _, value = option.partition("=")
-            if key.strip() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        offered[name] = quality
+    offered = dict(weighted_values(accept_encoding))
     for name in ("br", "gzip"):
         if offered.get(name, offered.get("*", 0.0)) > 0:
             return name
