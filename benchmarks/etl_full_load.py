@@ -9,6 +9,10 @@ fills `inventory` with generate_series, and measures in separate processes
 - seed: `pandas.read_sql` of the whole table, then DuckDB `CREATE TABLE AS`;
 - copy: `COPY inventory TO STDOUT (FORMAT binary)` through psql (the source's limit).
 
+Each measurement is repeated `--repeat` times (default 3, a fresh process
+each time) and the median is reported, with the load average before and after:
+the machine is shared, so single runs are noisy.
+
 Run: .venv/bin/python benchmarks/etl_full_load.py --rows 2000000 --rows 500000
 Needs pandas (benchmarks/requirements.txt) for the seed baseline only.
 """
@@ -19,6 +23,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,6 +147,7 @@ def child(mode: str) -> dict[str, float]:
         con.close()
         engine.dispose()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
@@ -153,6 +160,16 @@ def run_child(mode: str) -> dict[str, float]:
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def median_run(mode: str, repeat: int) -> dict[str, float]:
+    """The run with the median time (its own peak RSS) of `repeat` fresh processes."""
+    runs = sorted((run_child(mode) for _ in range(repeat)), key=lambda r: r["seconds"])
+    return runs[(len(runs) - 1) // 2]
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def copy_binary() -> float:
@@ -182,25 +199,29 @@ def copy_binary() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, action="append")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child)))
         return 0
     sizes = args.rows or [2_000_000]
+    repeat = max(1, args.repeat)
     report = []
+    print(f"load average before: {load_average()}")
     try:
         for rows in sizes:
             create_table(rows)
-            copy_s = copy_binary()
-            ours = run_child("ours")
-            cycle = run_child("ours_cycle")
-            seed = run_child("seed") if rows == max(sizes) else None
+            copy_s = statistics.median(copy_binary() for _ in range(repeat))
+            ours = median_run("ours", repeat)
+            cycle = median_run("ours_cycle", repeat)
+            seed = median_run("seed", repeat) if rows == max(sizes) else None
             report.append(
                 {"rows": rows, "copy_s": copy_s, "ours": ours, "cycle": cycle, "seed": seed}
             )
     finally:
         drop_database()
+    print(f"load average after: {load_average()} (median of {repeat} runs each)")
     print(
         "| rows | COPY binary (psql) | ours: full load | ours: whole first cycle"
         " (incl. export+publish) | seed: pandas.read_sql + CTAS | seed / ours"

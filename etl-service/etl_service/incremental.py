@@ -131,27 +131,28 @@ class TableSyncer:
             reason = "no cursor column"
         elif watermark is None:
             reason = "first run"
-        elif not self.warehouse.has_table(spec.name):
-            reason = "working table missing"
-        elif [n for n, _ in self.warehouse.columns(spec.name)] != shape.names:
-            reason = "columns changed"
+        else:
+            held = [n for n, _ in self.warehouse.columns(spec.name)]
+            if not held:
+                reason = "working table missing"
+            elif held != shape.names:
+                reason = "columns changed"
         if reason:
             return self._full_load(resolved, shape, snap, reason)
 
+        if self.source.column_names(spec.name) != shape.names:
+            # A column was added, dropped or renamed: reflect again and reload,
+            # so existing rows get the new column's values too.
+            shape = self.shape(spec.name, refresh=True)
+            resolved = resolve_spec(spec, shape.names, shape.primary_key)
+            return self._full_load(resolved, shape, snap, "columns changed", reflected=True)
         assert resolved.cursor_column is not None and watermark is not None
         cursor = shape.column(resolved.cursor_column)
         lower = self.source.lower_bound_sql(watermark, cursor, self.lookback_seconds)
         sql = self.source.select_sql(
-            spec.name, None, f"{self.source.quote(cursor.name)} >= {lower}"
+            spec.name, shape.columns, f"{self.source.quote(cursor.name)} >= {lower}"
         )
         reader = self.source.read(sql, self.batch_size, snap)
-        if reader.schema.names != shape.names:
-            # A column was added, dropped or renamed: reflect again and reload,
-            # so existing rows get the new column's values too.
-            reader.close()
-            shape = self.shape(spec.name, refresh=True)
-            resolved = resolve_spec(spec, shape.names, shape.primary_key)
-            return self._full_load(resolved, shape, snap, "columns changed")
         columns = [(c.name, c.duckdb_type) for c in shape.columns]
         merged = self.warehouse.merge(
             spec.name,
@@ -174,17 +175,21 @@ class TableSyncer:
         )
 
     def _full_load(
-        self, spec: TableSpec, shape: TableShape, snap: SourceSnapshot, reason: str
+        self,
+        spec: TableSpec,
+        shape: TableShape,
+        snap: SourceSnapshot,
+        reason: str,
+        *,
+        reflected: bool = False,
     ) -> TableOutcome:
         started = time.monotonic()
         existed = self.warehouse.has_table(spec.name)
-        reader = self.source.read(self.source.select_sql(spec.name, None), self.batch_size, snap)
-        if reader.schema.names != shape.names:  # changed since reflection
-            reader.close()
-            shape = self.shape(spec.name, refresh=True)
-            reader = self.source.read(
-                self.source.select_sql(spec.name, shape.names), self.batch_size, snap
-            )
+        if not reflected and self.source.column_names(spec.name) != shape.names:
+            shape = self.shape(spec.name, refresh=True)  # changed since reflection
+        reader = self.source.read(
+            self.source.select_sql(spec.name, shape.columns), self.batch_size, snap
+        )
         if self.progress:
             reader = _with_progress(reader, f"full load {spec.name}")
         rows, changed = self.warehouse.replace_table(
@@ -214,8 +219,9 @@ class TableSyncer:
         )
 
     def _reconcile(self, spec: TableSpec, snap: SourceSnapshot) -> int:
-        pk = list(spec.primary_key or ())
+        shape = self.shape(spec.name)
+        pk = [shape.column(c) for c in spec.primary_key or ()]
         keys = self.source.read(self.source.select_sql(spec.name, pk), self.batch_size, snap)
-        removed = self.warehouse.reconcile(spec.name, keys, pk)
+        removed = self.warehouse.reconcile(spec.name, keys, [(c.name, c.duckdb_type) for c in pk])
         log.info("table_reconciled", table=spec.name, deleted=removed)
         return removed
