@@ -22,7 +22,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -92,6 +92,27 @@ class _DataFreshness(Collector):
             age.add_metric([], round(snap.manifest.age_seconds, 3))
         yield info
         yield age
+        if self.manager is None:
+            return
+        # The manager's counters live in the worker that answers this scrape;
+        # the pid label keeps workers' series apart (sum them in queries).
+        pid = str(os.getpid())
+        for name, doc, value in (
+            (
+                "api_snapshot_refresh_failures",
+                "Manifest polls or downloads that failed",
+                self.manager.refresh_failures,
+            ),
+            (
+                "api_snapshot_verification_failures",
+                "Snapshots refused (checksum, size, probe)",
+                self.manager.verification_failures,
+            ),
+            ("api_snapshot_swaps", "New snapshot versions swapped in", self.manager.swaps),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["worker_pid"])
+            family.add_metric([pid], value)
+            yield family
 
 
 def render_metrics(manager: SnapshotManager | None) -> bytes:

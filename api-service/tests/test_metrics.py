@@ -4,6 +4,7 @@ the numbers add up across workers."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import httpx
@@ -60,6 +61,9 @@ def test_metrics_report_requests_queries_cache_and_data(tmp_path, issuer):
         assert delta("api_query_rows_returned_sum") == 1
         assert sample(after, "api_data_version_info", version=manifest.version) == 1
         assert 0 <= sample(after, "api_data_age_seconds") < 600
+        pid = str(os.getpid())  # in-process app: this process is the worker
+        assert sample(after, "api_snapshot_swaps_total", worker_pid=pid) == 1
+        assert sample(after, "api_snapshot_verification_failures_total", worker_pid=pid) == 0
         # Unmatched paths do not create a label per URL.
         client.get("/no/such/path/123")
         assert 'route="unmatched"' in client.get("/metrics").text
