@@ -2,7 +2,9 @@
 
 JSON text is assembled column by column with Arrow compute kernels (each
 value becomes its JSON text, then rows are joined), which is several times
-faster than building Python dicts. Precision rules (see docs/api-docs.md):
+faster than building Python dicts; only small results (SMALL_JSON_CELLS),
+where the kernels' fixed cost dominates, go through Python values and orjson,
+with the same output. Precision rules (see docs/api-docs.md):
 
 - DECIMAL, and integers outside +-(2**53 - 1) (BIGINT, UBIGINT, HUGEINT,
   UHUGEINT), are JSON *strings*: JavaScript numbers cannot hold them exactly.
@@ -285,6 +287,73 @@ def _rows(table: pa.Table, columns: list[Column], *, shape: str, row_sep: str) -
     return joined
 
 
+# -- small results: Python values + orjson ----------------------------------------
+# Up to this many cells (rows x columns) the fixed cost of several Arrow kernel calls
+# per column outweighs converting the values to Python and letting orjson write
+# them: 100 rows x 4 columns 0.06 ms instead of 0.12 ms, 4 rows of 16 awkward
+# columns 0.18 ms instead of 0.85 ms; past ~2,000 cells the kernels win.
+SMALL_JSON_CELLS = 2_048
+
+
+def _py_values(values: pa.ChunkedArray | pa.Array, duckdb_type: str) -> list[Any] | None:
+    """One column as Python values that orjson writes exactly as json_values()
+    would (texts of decimals, dates, times and timestamps come from the same
+    kernels), or None when the column needs the Arrow path."""
+    t = values.type
+    if pa.types.is_dictionary(t):
+        values = pc.cast(values, t.value_type)
+        t = t.value_type
+    if pa.types.is_null(t) or pa.types.is_boolean(t):
+        return values.to_pylist()
+    if pa.types.is_integer(t) and t.bit_width <= 32:
+        return values.to_pylist()
+    if pa.types.is_integer(t) or (pa.types.is_decimal(t) and duckdb_type in _BIG_INT_TYPES):
+        return [
+            None if v is None else (int(v) if -JS_SAFE_INT <= v <= JS_SAFE_INT else str(int(v)))
+            for v in values.to_pylist()
+        ]
+    if pa.types.is_float64(t):
+        # orjson writes NaN and infinities as null, like the Arrow path.
+        return values.to_pylist()
+    if pa.types.is_decimal(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        return pc.cast(values, pa.string()).to_pylist()
+    if pa.types.is_timestamp(t):
+        return _iso(values, t).to_pylist()
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return values.to_pylist()
+    if (
+        pa.types.is_nested(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+    ):
+        # The Arrow path's own per-value text, embedded as is.
+        return [orjson.Fragment(text) for text in _python_json(values).to_pylist()]
+    return None  # float16/32 and anything unusual: the Arrow path decides
+
+
+def _small_json_body(
+    table: pa.Table, columns: list[Column], *, compact: bool, tail: dict[str, Any]
+) -> bytes | None:
+    names = [c.name for c in columns]
+    if not compact and len(set(names)) != len(names):
+        return None  # duplicate names: a dict would drop one; the Arrow path keeps both
+    values = []
+    for col, column in zip(columns, table.columns, strict=True):
+        converted = _py_values(column, col.type)
+        if converted is None:
+            return None
+        values.append(converted)
+    # Every column has num_rows values, so plain zip() is exact here.
+    if not columns:
+        data: list[Any] = [[] if compact else {} for _ in range(table.num_rows)]
+    elif compact:
+        data = list(zip(*values))  # noqa: B905  (orjson writes tuples as arrays)
+    else:
+        data = [dict(zip(names, row)) for row in zip(*values)]  # noqa: B905
+    return orjson.dumps({"success": True, "data": data, **tail})
+
+
 def json_body(
     table: pa.Table,
     columns: list[Column],
@@ -294,7 +363,44 @@ def json_body(
     data_version: str,
     execution_time_ms: float,
 ) -> bytes:
-    """The whole JSON document. Objects shape = the seed's response."""
+    """The whole JSON document. Objects shape = the seed's response.
+
+    Small results go through Python values and orjson, larger ones through
+    Arrow kernels; both give the same document (tests/test_encodings.py)."""
+    if table.num_rows * max(1, table.num_columns) <= SMALL_JSON_CELLS:
+        body = _small_json_body(
+            table,
+            columns,
+            compact=compact,
+            tail={
+                "columns": [c.as_dict() for c in columns],
+                "row_count": table.num_rows,
+                "truncated": truncated,
+                "data_version": data_version,
+                "execution_time_ms": execution_time_ms,
+            },
+        )
+        if body is not None:
+            return body
+    return _arrow_json_body(
+        table,
+        columns,
+        compact=compact,
+        truncated=truncated,
+        data_version=data_version,
+        execution_time_ms=execution_time_ms,
+    )
+
+
+def _arrow_json_body(
+    table: pa.Table,
+    columns: list[Column],
+    *,
+    compact: bool,
+    truncated: bool,
+    data_version: str,
+    execution_time_ms: float,
+) -> bytes:
     rows = _rows(table, columns, shape="arrays" if compact else "objects", row_sep=",")
     tail = orjson.dumps(
         {

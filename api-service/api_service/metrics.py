@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -129,8 +130,22 @@ def render_metrics(manager: SnapshotManager | None) -> bytes:
 class RequestMetricsMiddleware:
     """Counts and times every HTTP request by route template and status."""
 
+    _MAX_SERIES = 1_024  # label sets whose children are kept (methods come from clients)
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # (route, method, status) -> the counter and histogram children: labels()
+        # validates and locks on every call, this is one dict lookup.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def _children(self, template: str, method: str, code: str) -> tuple[Any, Any]:
+        key = (template, method, code)
+        children = self._series.get(key)
+        if children is None:
+            children = (REQUESTS.labels(template, method, code), LATENCY.labels(template, code))
+            if len(self._series) < self._MAX_SERIES:
+                self._series[key] = children
+        return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,8 +166,8 @@ class RequestMetricsMiddleware:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            code = str(status)
-            REQUESTS.labels(template, scope["method"], code).inc()
-            LATENCY.labels(template, code).observe(elapsed)
+            requests, latency = self._children(template, scope["method"], str(status))
+            requests.inc()
+            latency.observe(elapsed)
             if status == 429:
                 RATE_LIMIT_REFUSALS.inc()

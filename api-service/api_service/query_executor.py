@@ -224,7 +224,12 @@ class QueryExecutor:
         params: dict[str, Any] | list[Any] | None,
         max_rows: int,
         then: Callable[[QueryResult], Any] | None,
+        prepare: Callable[[], str] | None = None,
     ) -> Any:
+        if prepare is not None:
+            # The caller's last check (the SQL guard), in this same pool task:
+            # it returns the SQL to run or raises, and then nothing runs.
+            sql = prepare()
         started = time.perf_counter()
         cursor = self._cursor(snapshot)
         job.start(cursor)
@@ -310,11 +315,15 @@ class QueryExecutor:
         *,
         max_rows: int,
         timeout_seconds: float,
+        prepare: Callable[[], str] | None = None,
     ) -> tuple[QueryResult, T]:
-        """Like run(), then `then(result)` (e.g. encoding) in the same pool thread."""
+        """Like run(), then `then(result)` (e.g. encoding) in the same pool thread.
+
+        `prepare()`, when given, runs first in that same task (one thread hop
+        for both): it returns the SQL to run, or raises and nothing runs."""
         job = _Job(timeout_seconds)
         pair: tuple[QueryResult, T] = await self._submit(
-            job, self._execute, snapshot, sql, params, max_rows, then
+            job, self._execute, snapshot, sql, params, max_rows, then, prepare
         )
         return pair
 

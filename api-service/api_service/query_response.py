@@ -88,12 +88,19 @@ async def answer_query(
     sql: str,
     params: Params,
     encoding: Encoding,
+    guard: Callable[[], str] | None = None,
 ) -> Response:
+    """`guard`, when given, is the SQL guard still to run on `sql` (its decision
+    was not cached): it returns the SQL to run or raises. Nothing is answered
+    from the cache, and no 304 is sent, before it has passed."""
     executor: QueryExecutor = request.app.state.executor
     cache: ResultCache = request.app.state.result_cache
     content_coding = (
         accepted_encoding(request.headers.get("accept-encoding")) if encoding.text else None
     )
+    if guard is not None and len(sql) > settings.max_sql_length:
+        sql = await executor.call(guard)  # refuses it before any work on the text
+        guard = None
     with contextlib.ExitStack() as stack:
         snap = stack.enter_context(manager.lease())
         limit = settings.stream_max_rows if encoding.streamed else settings.max_result_rows
@@ -104,9 +111,17 @@ async def answer_query(
             "Vary": "Accept, Accept-Encoding",
             "Cache-Control": "private, no-cache",
         }
-        if request.method == "GET" and _etag_matches(
+        variant = f"{key}:{content_coding or 'identity'}"
+        not_modified = request.method == "GET" and _etag_matches(
             request.headers.get("if-none-match"), headers["ETag"]
+        )
+        if guard is not None and (
+            encoding.streamed or not_modified or cache.get(snap.version, variant) is not None
         ):
+            # Something may be answered without running the query: guard first.
+            sql = await executor.call(guard)
+            guard = None
+        if not_modified:
             CACHE_REQUESTS.labels("not_modified").inc()
             request.state.cache = "not_modified"
             return Response(status_code=304, headers=headers)
@@ -123,8 +138,7 @@ async def answer_query(
                 settings,
                 headers,
             )
-        variant = f"{key}:{content_coding or 'identity'}"
-        hit = cache.get(snap.version, variant)
+        hit = cache.get(snap.version, variant) if guard is None else None
         if hit is not None:
             CACHE_REQUESTS.labels("hit").inc()
             request.state.cache = "hit"
@@ -141,6 +155,7 @@ async def answer_query(
             _materialise(encoding, content_coding, settings.compress_min_bytes),
             max_rows=settings.max_result_rows,
             timeout_seconds=settings.query_timeout_seconds,
+            prepare=guard,  # a guard not yet run goes in the same pool task, first
         )
     QUERY_SECONDS.observe(result.execution_time_ms / 1000)
     ROWS_RETURNED.observe(result.row_count)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -26,6 +27,9 @@ from api_service.responses import json_bytes
 __all__ = ["RequestContextMiddleware"]
 
 log = get_logger("api_service.request")
+# structlog runs its processors (timestamp, context) before the stdlib level
+# check, so a request line below the configured level is skipped up front.
+_level_check = logging.getLogger("api_service.request")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 
@@ -139,6 +143,8 @@ class RequestContextMiddleware:
     def _log(
         scope: Scope, state: dict[str, Any], request_id: str, status: int, started: float
     ) -> None:
+        if not _level_check.isEnabledFor(logging.ERROR if status >= 500 else logging.INFO):
+            return
         principal = state.get("principal")
         fields: dict[str, Any] = {
             "request_id": request_id,

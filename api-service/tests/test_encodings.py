@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from api_service import encodings
 from api_service.encodings import Column, json_body, negotiate_format
 from testsupport.serving import build_database, publish, serving_client
 
@@ -298,3 +299,138 @@ def test_string_escaping_is_the_same_for_small_and_large_columns(repeat):
         execution_time_ms=0.0,
     )
     assert [row["s"] for row in orjson.loads(body)["data"]] == no_control.column("s").to_pylist()
+
+
+# -- small results (Python values + orjson) and large ones (Arrow kernels) agree --
+AWKWARD_SQL = r"""
+SELECT * FROM (VALUES
+ (1, 'Zoë "Q" \ naïve ✓ 東京 🚀', 1234.5678::DECIMAL(18,4), 0.0000000001::DECIMAL(38,10),
+  170141183460469231731687303715884105727::HUGEINT, 18446744073709551615::UBIGINT,
+  9007199254740993::BIGINT, -9007199254740991::BIGINT, 2147483647::INTEGER,
+  TIMESTAMP '2026-03-01 12:34:56.789012', TIMESTAMPTZ '2026-03-01 12:00:00+02',
+  TIMESTAMP_NS '2026-03-01 12:34:56.123456789', TIMESTAMP_MS '2026-03-01 12:34:56.5',
+  TIMESTAMP_S '2026-03-01 12:34:56', DATE '2026-03-01', TIME '12:34:56',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::UUID, 0.1::DOUBLE, 0.1::REAL, true,
+  ['a', 'b"c'], {'k': 1.5::DECIMAL(4,2)}, '\xAA\x00'::BLOB, 'x'::ENUM ('x', 'y'),
+  INTERVAL 3 DAY, 'tab' || chr(9) || 'nl' || chr(10) || 'bs\'),
+ (2, NULL, -0.0001, 0, -42, 7, -9007199254740993, NULL, NULL,
+  NULL, TIMESTAMPTZ '2026-07-01 00:00:00.5+00', NULL, NULL, NULL, NULL, NULL,
+  NULL, 'nan'::DOUBLE, NULL, NULL, [], NULL, ''::BLOB, NULL, NULL, ''),
+ (3, '', 0, NULL, 9007199254740991, 9007199254740991, 12, 0, -1,
+  TIMESTAMP '2026-01-01 00:00:00', TIMESTAMPTZ '2026-01-01 00:00:00+00', NULL, NULL, NULL,
+  DATE '1970-01-01', TIME '00:00:00.5', NULL, 1e300, 'inf'::REAL, false, NULL, NULL, NULL,
+  'y', NULL, NULL)
+) t(id, name, balance, exact, huge, ubig, big, big_safe, i32, ts, tstz, ts_ns, ts_ms,
+    ts_s, day, tod, uid, ratio, real, active, tags, props, raw, mood, gap, ctl)
+"""
+
+
+def _awkward_table(repeat: int) -> tuple[pa.Table, list[Column]]:
+    from api_service.query_executor import _capped_table, _relation
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'Europe/Amsterdam'")
+        sql = f"SELECT t.* FROM ({AWKWARD_SQL}) t, range({repeat})"
+        relation, columns = _relation(con.cursor(), sql, None)
+        return _capped_table(relation, 1_000_000), columns
+    finally:
+        con.close()
+
+
+def _both_paths(
+    table: pa.Table, columns: list[Column], *, compact: bool
+) -> tuple[bytes | None, bytes]:
+    from api_service.encodings import _arrow_json_body, _small_json_body
+
+    meta = {"truncated": False, "data_version": "v", "execution_time_ms": 1.5}
+    small = _small_json_body(
+        table,
+        columns,
+        compact=compact,
+        tail={"columns": [c.as_dict() for c in columns], "row_count": table.num_rows, **meta},
+    )
+    return small, _arrow_json_body(table, columns, compact=compact, **meta)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_small_and_large_json_paths_give_the_same_document(compact):
+    table, columns = _awkward_table(1)
+    without_real = [i for i, c in enumerate(columns) if c.name != "real"]
+    kept = table.select(without_real), [columns[i] for i in without_real]
+    cases = [kept, (kept[0].slice(0, 0), kept[1]), (kept[0].slice(2, 1), kept[1])]
+    for t, cols in cases:
+        small, large = _both_paths(t, cols, compact=compact)
+        assert small is not None
+        assert _same_json(orjson.loads(small), orjson.loads(large))
+    # REAL (float32) has no exact Python twin: the small path hands it to Arrow.
+    assert _both_paths(table, columns, compact=compact)[0] is None
+    body = json_body(
+        table, columns, compact=compact, truncated=False, data_version="v", execution_time_ms=1.5
+    )
+    assert body == _both_paths(table, columns, compact=compact)[1]
+
+
+def test_small_json_path_keeps_the_precision_rules():
+    table, columns = _awkward_table(1)
+    keep = [i for i, c in enumerate(columns) if c.name != "real"]
+    table, columns = table.select(keep), [columns[i] for i in keep]
+    assert table.num_rows * table.num_columns <= encodings.SMALL_JSON_CELLS
+    body = json_body(
+        table, columns, compact=False, truncated=False, data_version="v", execution_time_ms=1.5
+    )
+    first, second, third = orjson.loads(body)["data"]
+    assert first["balance"] == "1234.5678" and Decimal(first["exact"]) == Decimal("1e-10")
+    assert first["huge"] == "170141183460469231731687303715884105727"
+    assert first["ubig"] == "18446744073709551615" and first["big"] == "9007199254740993"
+    assert first["big_safe"] == -9007199254740991 and second["big"] == "-9007199254740993"
+    assert second["huge"] == -42 and third["ubig"] == 9007199254740991
+    assert first["ts"] == "2026-03-01T12:34:56.789012"
+    assert first["tstz"] == "2026-03-01T10:00:00+00:00"
+    assert second["tstz"] == "2026-07-01T00:00:00.500000+00:00"
+    assert first["ts_ns"] == "2026-03-01T12:34:56.123456789"
+    assert first["day"] == "2026-03-01" and first["uid"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert first["raw"] == base64.b64encode(b"\xaa\x00").decode()
+    assert first["props"] == {"k": "1.50"} and first["tags"] == ["a", 'b"c']
+    assert first["gap"] == "3 days" and first["mood"] == "x"
+    assert first["ctl"] == "tab\tnl\nbs\\" and first["name"] == 'Zoë "Q" \\ naïve ✓ 東京 🚀'
+    assert second["ratio"] is None and second["name"] is None and third["ratio"] == 1e300
+
+
+def test_json_paths_switch_on_size_and_agree():
+    small_table, columns = _awkward_table(1)
+    big_table, _ = _awkward_table(200)  # 600 rows x 26 columns: past the small-path limit
+    keep = [i for i, c in enumerate(columns) if c.name != "real"]
+    cols = [columns[i] for i in keep]
+    big = big_table.select(keep)
+    assert big.num_rows * big.num_columns > encodings.SMALL_JSON_CELLS
+    small, large = _both_paths(big, cols, compact=False)
+    assert small is not None and _same_json(orjson.loads(small), orjson.loads(large))
+    body = json_body(
+        big, cols, compact=False, truncated=False, data_version="v", execution_time_ms=1.5
+    )
+    assert body == large
+    assert small_table.num_rows == 3
+
+
+def test_duplicate_column_names_keep_both_values():
+    table = pa.table([pa.array([1]), pa.array([2])], names=["a", "a"])
+    body = json_body(
+        table,
+        [Column("a", "BIGINT"), Column("a", "BIGINT")],
+        compact=False,
+        truncated=False,
+        data_version="v",
+        execution_time_ms=0.0,
+    )
+    assert b'{"a":1,"a":2}' in body
