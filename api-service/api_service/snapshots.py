@@ -38,7 +38,13 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError, sha256_file
+from analytics_shared.manifest import (
+    MANIFEST_KEY,
+    Manifest,
+    ManifestError,
+    sha256_file,
+    verify_row_counts,
+)
 from analytics_shared.object_store import (
     NotModified,
     ObjectNotFound,
@@ -87,15 +93,10 @@ def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.Duc
 def probe(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
     """The file answers queries and holds what the manifest says it holds."""
     con.execute("SELECT 1").fetchall()
-    for table, info in manifest.tables.items():
-        quoted = '"' + table.replace('"', '""') + '"'
-        row = con.execute(f"SELECT count(*) FROM {quoted}").fetchone()
-        count = int(row[0]) if row else -1
-        if count != info.row_count:
-            raise SnapshotError(
-                f"snapshot {manifest.version}: table {table} has {count} rows,"
-                f" the manifest says {info.row_count}"
-            )
+    try:
+        verify_row_counts(con, manifest)
+    except ManifestError as exc:
+        raise SnapshotError(str(exc)) from None
 
 
 class _Pin:

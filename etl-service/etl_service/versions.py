@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import Manifest, ManifestError
+from analytics_shared.manifest import Manifest, ManifestError, verify_row_counts
 from analytics_shared.object_store import ObjectNotFound, StoreError
 from etl_service.publisher import Publisher
 from etl_service.settings import EtlSettings
@@ -36,15 +36,7 @@ def probe_snapshot(path: Path, manifest: Manifest) -> None:
     """Open read-only and check every table's row count against the manifest."""
     con = duckdb.connect(str(path), read_only=True)
     try:
-        for table, info in manifest.tables.items():
-            quoted = '"' + table.replace('"', '""') + '"'
-            row = con.execute(f"SELECT count(*) FROM {quoted}").fetchone()
-            count = int(row[0]) if row else -1
-            if count != info.row_count:
-                raise ManifestError(
-                    f"snapshot {manifest.version}: table {table} has {count} rows,"
-                    f" the manifest says {info.row_count}"
-                )
+        verify_row_counts(con, manifest)
     finally:
         con.close()
 
