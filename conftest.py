@@ -79,11 +79,7 @@ def issuer() -> Iterator[DevIssuer]:
 
 @pytest.fixture
 def auth_env(issuer: DevIssuer) -> dict[str, str]:
-    return {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": AUDIENCE,
-    }
+    return issuer.settings_env()
 
 
 @pytest.fixture

@@ -314,11 +314,7 @@ def main() -> int:
         db = build_and_publish(work)
         print(f"snapshot built and published in {time.perf_counter() - started:.1f} s "
               f"({db.stat().st_size / 1e6:.0f} MB)", flush=True)  # fmt: skip
-        auth = {
-            "AUTH0_JWKS_URL": issuer.jwks_url,
-            "AUTH0_ISSUER": issuer.issuer,
-            "AUTH0_API_AUDIENCE": AUDIENCE,
-        }
+        auth = issuer.settings_env()
         token = issuer.mint(sub="bench", ttl=7200)
         if args.overhead_only:
             numbers = overhead_only(work, db, auth, token, args.duration, args.rounds)

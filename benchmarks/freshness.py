@@ -83,9 +83,7 @@ def main() -> int:
             "LOG_LEVEL": "WARNING",
             "ETL_METRICS_PORT": "0",
             "RATE_LIMIT_REQUESTS": "1000000000",
-            "AUTH0_JWKS_URL": issuer.jwks_url,
-            "AUTH0_ISSUER": issuer.issuer,
-            "AUTH0_API_AUDIENCE": AUDIENCE,
+            **issuer.settings_env(),
         }
         if args.store == "s3":
             weed = SeaweedFS(work / "seaweedfs").start()

@@ -102,9 +102,7 @@ def api_env(root: Path, issuer: Any, whitelist: dict[str, Any], **extra: str) ->
     publish_test_snapshot(root / "store")
     path = write_whitelist(root / "whitelist.json", whitelist)
     return {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": issuer.audience,
+        **issuer.settings_env(),
         "STORAGE_URL": (root / "store").as_uri(),
         "DATA_DIR": str(root / "var"),
         "QUERY_WHITELIST_PATH": str(path),

@@ -68,6 +68,14 @@ class DevIssuer:
         self.jwks_url = self.url + "/.well-known/jwks.json"
         self._thread: threading.Thread | None = None
 
+    def settings_env(self) -> dict[str, str]:
+        """The API settings that make it trust this issuer (AUTH0_* variables)."""
+        return {
+            "AUTH0_JWKS_URL": self.jwks_url,
+            "AUTH0_ISSUER": self.issuer,
+            "AUTH0_API_AUDIENCE": self.audience,
+        }
+
     def start(self) -> DevIssuer:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -18,11 +18,7 @@ SLOW = (
 def test_slow_query_does_not_stall_fast_ones(tmp_path, issuer):
     db = build_database(tmp_path / "source.db", inventory_rows=3000)
     publish(db, tmp_path / "store", tmp_path / "work")
-    auth = {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": issuer.audience,
-    }
+    auth = issuer.settings_env()
     settings = {"QUERY_TIMEOUT_SECONDS": "4", "QUERY_WORKERS": "4", "DUCKDB_THREADS": "1"}
     with serving_client(tmp_path / "store", tmp_path / "data", auth, **settings) as client:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='concurrency')}"}
@@ -62,11 +58,7 @@ def test_slow_query_does_not_stall_fast_ones(tmp_path, issuer):
 def test_parallel_queries_share_the_pool(tmp_path, issuer):
     db = build_database(tmp_path / "source.db")
     publish(db, tmp_path / "store", tmp_path / "work")
-    auth = {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": issuer.audience,
-    }
+    auth = issuer.settings_env()
     with serving_client(tmp_path / "store", tmp_path / "data", auth, QUERY_WORKERS="3") as client:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='parallel')}"}
         results: list[int] = []

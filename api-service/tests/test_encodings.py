@@ -35,11 +35,7 @@ def served(tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("encodings")
     db = build_database(root / "source.db")
     publish(db, root / "store", root / "work")
-    auth = {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": issuer.audience,
-    }
+    auth = issuer.settings_env()
     with serving_client(root / "store", root / "data", auth) as client:
         client.headers["Authorization"] = f"Bearer {issuer.mint(sub='encodings')}"
         yield client, db

@@ -25,11 +25,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 def auth_env(issuer) -> dict[str, str]:
-    return {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": issuer.audience,
-    }
+    return issuer.settings_env()
 
 
 def test_metrics_report_requests_queries_cache_and_data(tmp_path, issuer):

@@ -17,11 +17,7 @@ SQL = "SELECT warehouse, sum(quantity) AS total FROM inventory GROUP BY 1 ORDER 
 def platform(tmp_path, issuer):
     db = build_database(tmp_path / "v1.db", marker=0)
     publish(db, tmp_path / "store", tmp_path / "work")
-    auth = {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": issuer.audience,
-    }
+    auth = issuer.settings_env()
     return tmp_path, auth
 
 

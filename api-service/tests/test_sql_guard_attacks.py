@@ -332,9 +332,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, issuer):
         },
     )
     env = {
-        "AUTH0_JWKS_URL": issuer.jwks_url,
-        "AUTH0_ISSUER": issuer.issuer,
-        "AUTH0_API_AUDIENCE": issuer.audience,
+        **issuer.settings_env(),
         "STORAGE_URL": (root / "store").as_uri(),
         "DATA_DIR": str(root / "var"),
         "QUERY_WHITELIST_PATH": str(whitelist),
