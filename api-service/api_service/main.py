@@ -32,13 +32,13 @@ log = get_logger(__name__)
 
 
 async def _poll_snapshots(manager: SnapshotManager, interval: float) -> None:
-    """Refresh now (start-up readiness), then every interval; never dies."""
+    """Refresh every interval (start-up did the first one); never dies."""
     while True:
+        await asyncio.sleep(manager.next_poll_delay(interval))
         try:
             await run_in_threadpool(manager.refresh)
         except Exception:  # refresh() reports its own failures; this is a last guard
             log.exception("snapshot_poll_failed")
-        await asyncio.sleep(manager.next_poll_delay(interval))
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -63,6 +63,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             leeway=settings.jwt_leeway_seconds,
         )
         manager = app.state.snapshots
+        # Uvicorn accepts connections only once start-up is done, so loading here
+        # keeps Gunicorn from handing requests to a worker that has no data yet
+        # while its siblings do. refresh() never raises; on failure the poller retries.
+        await run_in_threadpool(manager.refresh)
         poller = asyncio.create_task(_poll_snapshots(manager, settings.snapshot_poll_seconds))
         try:
             yield
