@@ -186,12 +186,22 @@ def _escaped(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray | N
 
 def _iso(values: pa.ChunkedArray | pa.Array, pa_type: pa.DataType) -> pa.Array | pa.ChunkedArray:
     """Python's isoformat(): 'T' separator, fraction only when non-zero, UTC as +00:00."""
-    if pa_type.tz is not None:
-        values = pc.cast(values, pa.timestamp(pa_type.unit, tz="UTC"))
+    tz = "UTC" if pa_type.tz is not None else None
+    # Milliseconds print as microseconds (".500000", as isoformat() does).
+    unit = "us" if pa_type.unit == "ms" else pa_type.unit
+    if tz or unit != pa_type.unit:
+        values = pc.cast(values, pa.timestamp(unit, tz=tz))
+    zeros = None
+    if unit != "s":
+        try:
+            # Whole seconds throughout (the common case): a shorter text and no
+            # fraction to strip. The safe cast refuses if any value has a fraction.
+            values = pc.cast(values, pa.timestamp("s", tz=tz))
+        except pa.ArrowInvalid:
+            zeros = "." + "0" * {"us": 6, "ns": 9}[unit]
     text = pc.cast(values, pa.string())
     text = pc.replace_substring(text, " ", "T", max_replacements=1)
-    if pa_type.unit in ("ms", "us", "ns"):
-        zeros = "." + "0" * {"ms": 3, "us": 6, "ns": 9}[pa_type.unit]
+    if zeros:
         text = pc.replace_substring(text, zeros, "", max_replacements=1)
     if pa_type.tz is not None:
         text = pc.replace_substring(text, "Z", "+00:00", max_replacements=1)

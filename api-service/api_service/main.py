@@ -16,6 +16,7 @@ from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
 from api_service.auth import JwksCache, TokenValidator
 from api_service.errors import install_error_handlers
+from api_service.malloc_tuning import retain_freed_memory
 from api_service.metrics import RequestMetricsMiddleware
 from api_service.named_queries import check_whitelist
 from api_service.query_executor import QueryExecutor
@@ -131,4 +132,5 @@ def app_factory() -> FastAPI:
     """Entry point for Gunicorn/Uvicorn (`api_service.main:app_factory()`)."""
     settings = load_settings(ApiSettings)
     configure_logging(settings.log_level, service="api-service", json=settings.log_json)
+    retain_freed_memory()  # large response bodies reuse heap memory (malloc_tuning.py)
     return create_app(settings)

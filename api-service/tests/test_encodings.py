@@ -10,7 +10,7 @@ import io
 import json
 import math
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -430,3 +430,22 @@ def test_duplicate_column_names_keep_both_values():
         execution_time_ms=0.0,
     )
     assert b'{"a":1,"a":2}' in body
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+@pytest.mark.parametrize("tz", [None, "Europe/Amsterdam"])
+@pytest.mark.parametrize("fractions", [False, True])
+def test_timestamp_text_is_python_isoformat(unit, tz, fractions):
+    # Whole-second columns take a shorter route than columns with fractions;
+    # both must write what Python's isoformat() writes (UTC for time zones).
+    from api_service.encodings import _iso
+
+    values = [datetime(2026, 3, 1, 12, 34, 56), datetime(1999, 12, 31, 23, 59, 59), None]
+    if fractions and unit != "s":
+        values[1] = values[1].replace(microsecond=500_000)
+    if tz:
+        values = [v and v.replace(tzinfo=UTC) for v in values]
+    column = pa.array(values, pa.timestamp(unit, tz=tz))
+    got = _iso(column, column.type).to_pylist()
+    want = [None if v is None else v.isoformat() for v in values]
+    assert got == want
