@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from analytics_shared.settings import CommonSettings
@@ -23,6 +23,15 @@ class EtlSettings(CommonSettings):
     mssql_database: str | None = Field(None, validation_alias="MSSQL_DATABASE")
     mssql_username: str | None = Field(None, validation_alias="MSSQL_USERNAME")
     mssql_password: SecretStr | None = Field(None, validation_alias="MSSQL_PASSWORD")
+    # TLS to SQL Server (docs/deployment-guide.md): required by default. ConnectorX
+    # (the rows) checks the certificate against the system trust store, or
+    # MSSQL_CA_FILE; MSSQL_TRUST_SERVER_CERTIFICATE skips the check (self-signed
+    # development servers only).
+    mssql_encrypt: bool = Field(True, validation_alias="MSSQL_ENCRYPT")
+    mssql_trust_server_certificate: bool = Field(
+        False, validation_alias="MSSQL_TRUST_SERVER_CERTIFICATE"
+    )
+    mssql_ca_file: FilePath | None = Field(None, validation_alias="MSSQL_CA_FILE")
 
     # State store (watermarks, run history, dead letters): SQLite file by default.
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
@@ -112,11 +121,13 @@ class EtlSettings(CommonSettings):
                 " MSSQL_USERNAME and MSSQL_PASSWORD"
             )
         password = self.mssql_password.get_secret_value() if self.mssql_password else ""
-        # pymssql (FreeTDS inside its wheel) for SQLAlchemy's reflection; no query
-        # string: SQLAlchemy hands every query key to pymssql.connect() as a keyword.
+        # pymssql (FreeTDS inside its wheel) for SQLAlchemy's reflection. SQLAlchemy
+        # hands every query key to pymssql.connect() as a keyword: only
+        # `encryption` goes here (connectorx_url() reads it too).
         return (
             f"mssql+pymssql://{quote(self.mssql_username, safe='')}:{quote(password, safe='')}"
             f"@{self.mssql_host}:{self.mssql_port}/{self.mssql_database}"
+            f"?encryption={'require' if self.mssql_encrypt else 'request'}"
         )
 
     @property

@@ -25,6 +25,7 @@ from etl_service.type_mapping import duckdb_type, is_timestamp, text_extract
 
 __all__ = [
     "ColumnInfo",
+    "MssqlTls",
     "Source",
     "SourceError",
     "SourceSnapshot",
@@ -61,7 +62,16 @@ class SourceError(RuntimeError):
         return cls(f"{what}: {text.strip()}", transient=transient)
 
 
-def connectorx_url(url: str | URL) -> str:
+@dataclass(frozen=True)
+class MssqlTls:
+    """How ConnectorX checks SQL Server's certificate. Whether TLS is required
+    comes from the URL (pymssql's `encryption=require`), so both drivers agree."""
+
+    trust_server_certificate: bool = False
+    ca_file: Path | None = None
+
+
+def connectorx_url(url: str | URL, tls: MssqlTls | None = None) -> str:
     """Translate a SQLAlchemy URL into the form ConnectorX expects."""
     u = make_url(url) if isinstance(url, str) else url
     backend = u.get_backend_name()
@@ -72,10 +82,15 @@ def connectorx_url(url: str | URL) -> str:
     if backend == "postgresql":
         return u.set(drivername="postgresql").render_as_string(hide_password=False)
     if backend == "mssql":
-        plain = u.set(drivername="mssql", query={})
-        trust = str(u.query.get("TrustServerCertificate", "no")).lower() in ("yes", "true", "1")
-        rendered = plain.render_as_string(hide_password=False)
-        return rendered + ("?trust_server_certificate=true" if trust else "")
+        tls = tls or MssqlTls()
+        query: dict[str, str] = {}
+        if str(u.query.get("encryption", "")).lower() == "require":
+            query["encrypt"] = "true"
+        if tls.trust_server_certificate:
+            query["trust_server_certificate"] = "true"
+        elif tls.ca_file is not None:
+            query["trust_server_certificate_ca"] = str(tls.ca_file)
+        return u.set(drivername="mssql", query=query).render_as_string(hide_password=False)
     raise SourceError(f"unsupported source database {backend!r}")
 
 
@@ -144,12 +159,12 @@ class SourceSnapshot:
 
 
 class Source:
-    def __init__(self, url: str, *, timezone: str = "UTC") -> None:
+    def __init__(self, url: str, *, timezone: str = "UTC", tls: MssqlTls | None = None) -> None:
         self.url = make_url(url)
         self.backend = self.url.get_backend_name()
         self.engine = sa.create_engine(self.url, pool_pre_ping=True)
         self.timezone = timezone
-        self._cx_url = connectorx_url(self.url)
+        self._cx_url = connectorx_url(self.url, tls)
         if self.backend == "sqlite" and timezone.upper() != "UTC":
             raise SourceError("a SQLite source keeps naive UTC timestamps: SOURCE_TIMEZONE=UTC")
 

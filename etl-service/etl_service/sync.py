@@ -28,7 +28,7 @@ from etl_service.publisher import Publisher
 from etl_service.retry import RetryError, RetryPolicy, retry
 from etl_service.settings import EtlSettings
 from etl_service.snapshot import export_snapshot
-from etl_service.source import Source, SourceSnapshot
+from etl_service.source import MssqlTls, Source, SourceSnapshot
 from etl_service.state import StateStore, TableUpdate
 from etl_service.tables import TableSpec, table_specs
 from etl_service.warehouse import Warehouse
@@ -58,7 +58,11 @@ class SyncEngine:
     def __init__(self, settings: EtlSettings, *, progress: bool | None = None) -> None:
         self.settings = settings
         self.specs = table_specs(settings.tables_to_sync, settings.table_config)
-        self.source = Source(settings.resolved_source_url, timezone=settings.source_timezone)
+        self.source = Source(
+            settings.resolved_source_url,
+            timezone=settings.source_timezone,
+            tls=MssqlTls(settings.mssql_trust_server_certificate, settings.mssql_ca_file),
+        )
         self.state = StateStore(settings.resolved_database_url)
         self.warehouse = Warehouse(settings.working_db_path)
         self.publisher = Publisher.from_settings(settings)
