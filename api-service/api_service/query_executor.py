@@ -33,8 +33,7 @@ __all__ = [
     "QueryResult",
     "QueryTimeout",
     "ResultStream",
-    "RowsResult",
-    "execute",
+    "ResultTooLarge",
 ]
 
 T = TypeVar("T")
@@ -55,6 +54,12 @@ _AS_TEXT_PREFIXES = (
 
 class QueryTimeout(RuntimeError):
     pass
+
+
+class ResultTooLarge(RuntimeError):
+    """The result passed MAX_RESULT_BYTES (Arrow bytes): refused before any
+    encoding, so one query cannot take a worker's memory (e.g. `list()` of a
+    whole table in one row)."""
 
 
 @dataclass
@@ -132,22 +137,35 @@ def _relation(
     return _text_projection(relation, types), columns
 
 
-def _capped_table(relation: duckdb.DuckDBPyRelation, max_rows: int) -> pa.Table:
-    """At most `max_rows + 1` rows (one more tells that there were more).
+def _too_large(max_bytes: int) -> ResultTooLarge:
+    return ResultTooLarge(
+        f"the result is larger than {max_bytes:,} bytes (MAX_RESULT_BYTES): select fewer"
+        " rows or columns, or aggregate; format=ndjson or csv stream larger results"
+    )
 
-    Read from DuckDB's streaming result, which stops the query once the cap is
+
+def _capped_table(
+    relation: duckdb.DuckDBPyRelation, max_rows: int, max_bytes: int | None = None
+) -> pa.Table:
+    """At most `max_rows + 1` rows (one more tells that there were more), and at
+    most `max_bytes` of Arrow data (ResultTooLarge past it).
+
+    Read from DuckDB's streaming result, which stops the query once a cap is
     passed; `relation.limit()` would do the same but binds the query a second
     time (~0.5 ms for a small query, more for aggregates).
     """
     reader = relation.to_arrow_reader(max_rows + 1)
     try:
         batches: list[pa.RecordBatch] = []
-        rows = 0
+        rows = size = 0
         while rows <= max_rows:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
+            size += batch.nbytes
+            if max_bytes is not None and size > max_bytes:
+                raise _too_large(max_bytes)
             batches.append(batch)
             rows += batch.num_rows
         return pa.Table.from_batches(batches, schema=reader.schema)
@@ -164,18 +182,23 @@ class ResultStream:
         reader: pa.RecordBatchReader,
         columns: list[Column],
         data_version: str,
+        max_batch_bytes: int | None = None,
     ) -> None:
         self._cursor = cursor
         self._reader = reader
         self.columns = columns
         self.data_version = data_version
+        self.max_batch_bytes = max_batch_bytes
 
     def next_batch(self) -> pa.Table | None:
-        """Blocking; None at the end."""
+        """Blocking; None at the end. A single batch past `max_batch_bytes` (a few
+        huge values) raises ResultTooLarge: each batch is encoded in memory."""
         try:
             batch = self._reader.read_next_batch()
         except StopIteration:
             return None
+        if self.max_batch_bytes is not None and batch.nbytes > self.max_batch_bytes:
+            raise _too_large(self.max_batch_bytes)
         return pa.Table.from_batches([batch])
 
     def close(self) -> None:
@@ -223,6 +246,7 @@ class QueryExecutor:
         sql: str,
         params: dict[str, Any] | list[Any] | None,
         max_rows: int,
+        max_bytes: int | None,
         then: Callable[[QueryResult], Any] | None,
         prepare: Callable[[], str] | None = None,
     ) -> Any:
@@ -235,7 +259,7 @@ class QueryExecutor:
         job.start(cursor)
         try:
             relation, columns = _relation(cursor, sql, params)
-            table = _capped_table(relation, max_rows)
+            table = _capped_table(relation, max_rows, max_bytes)
         except duckdb.Error:
             if job.timed_out:
                 self._forget_cursor()  # an interrupted cursor is not reused
@@ -263,6 +287,7 @@ class QueryExecutor:
         sql: str,
         params: dict[str, Any] | list[Any] | None,
         max_rows: int,
+        max_batch_bytes: int | None,
         batch_rows: int,
     ) -> ResultStream:
         cursor = snapshot.con.cursor()  # private: the stream outlives this call
@@ -275,7 +300,7 @@ class QueryExecutor:
             raise
         finally:
             job.finish()
-        return ResultStream(cursor, reader, columns, snapshot.version)
+        return ResultStream(cursor, reader, columns, snapshot.version, max_batch_bytes)
 
     # -- event-loop side ----------------------------------------------------
     async def _submit(self, job: _Job, fn: Callable[..., T], *args: Any) -> T:
@@ -290,22 +315,6 @@ class QueryExecutor:
             timer.cancel()
             self.active -= 1
 
-    async def run(
-        self,
-        snapshot: Snapshot,
-        sql: str,
-        params: dict[str, Any] | list[Any] | None,
-        *,
-        max_rows: int,
-        timeout_seconds: float,
-    ) -> QueryResult:
-        """Run on the pool; the caller holds the snapshot's lease until this returns."""
-        job = _Job(timeout_seconds)
-        result: QueryResult = await self._submit(
-            job, self._execute, snapshot, sql, params, max_rows, None
-        )
-        return result
-
     async def run_then(
         self,
         snapshot: Snapshot,
@@ -314,6 +323,7 @@ class QueryExecutor:
         then: Callable[[QueryResult], T],
         *,
         max_rows: int,
+        max_bytes: int | None = None,
         timeout_seconds: float,
         prepare: Callable[[], str] | None = None,
     ) -> tuple[QueryResult, T]:
@@ -323,7 +333,7 @@ class QueryExecutor:
         for both): it returns the SQL to run, or raises and nothing runs."""
         job = _Job(timeout_seconds)
         pair: tuple[QueryResult, T] = await self._submit(
-            job, self._execute, snapshot, sql, params, max_rows, then, prepare
+            job, self._execute, snapshot, sql, params, max_rows, max_bytes, then, prepare
         )
         return pair
 
@@ -334,13 +344,14 @@ class QueryExecutor:
         params: dict[str, Any] | list[Any] | None,
         *,
         max_rows: int,
+        max_batch_bytes: int | None = None,
         timeout_seconds: float,
         batch_rows: int = 10_000,
     ) -> ResultStream:
         """Start a streamed result; the caller holds the lease until it closes it."""
         job = _Job(timeout_seconds)
         return await self._submit(
-            job, self._open_stream, snapshot, sql, params, max_rows, batch_rows
+            job, self._open_stream, snapshot, sql, params, max_rows, max_batch_bytes, batch_rows
         )
 
     async def next_batch(self, stream: ResultStream, *, timeout_seconds: float) -> pa.Table | None:
@@ -363,49 +374,3 @@ class QueryExecutor:
         """Run CPU-heavy work (encoding, compression) on the pool, not the loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
-
-
-# -- row tuples, blocking (kept for callers that build Python rows themselves) --
-@dataclass
-class RowsResult:
-    columns: list[dict[str, str]]
-    rows: list[tuple[Any, ...]]
-    truncated: bool
-    data_version: str
-    execution_time_ms: float
-
-
-def execute(
-    snapshot: Snapshot,
-    sql: str,
-    params: dict[str, Any] | list[Any] | None,
-    *,
-    max_rows: int,
-    timeout_seconds: float,
-) -> RowsResult:
-    """Blocking, one private cursor per call; prefer QueryExecutor.run (pooled, Arrow)."""
-    started = time.perf_counter()
-    cursor = snapshot.con.cursor()
-    job = _Job(timeout_seconds)
-    timer = threading.Timer(timeout_seconds, job.expire)
-    timer.start()
-    try:
-        job.start(cursor)
-        cursor.execute(sql, params)
-        rows = cursor.fetchmany(max_rows + 1)
-        description = cursor.description or []
-    except duckdb.Error:
-        if job.timed_out:
-            raise job.error() from None
-        raise
-    finally:
-        job.finish()
-        timer.cancel()
-        cursor.close()
-    return RowsResult(
-        columns=[{"name": d[0], "type": str(d[1])} for d in description],
-        rows=rows[:max_rows],
-        truncated=len(rows) > max_rows,
-        data_version=snapshot.version,
-        execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
-    )

@@ -19,8 +19,9 @@ from fastapi.responses import Response, StreamingResponse
 from analytics_shared.logging_config import get_logger
 from api_service import encodings
 from api_service.encodings import Column, Encoding
+from api_service.errors import ApiError
 from api_service.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
-from api_service.query_executor import QueryExecutor, QueryResult
+from api_service.query_executor import QueryExecutor, QueryResult, ResultTooLarge
 from api_service.responses import StreamCompressor, accepted_encoding, compress
 from api_service.result_cache import CachedResponse, ResultCache, query_key
 from api_service.settings import ApiSettings
@@ -148,15 +149,19 @@ async def answer_query(
                 headers={**headers, **hit.headers, "X-Cache": "hit"},
             )
         CACHE_REQUESTS.labels("miss").inc()
-        result, (body, coded) = await executor.run_then(
-            snap,
-            sql,
-            params,
-            _materialise(encoding, content_coding, settings.compress_min_bytes),
-            max_rows=settings.max_result_rows,
-            timeout_seconds=settings.query_timeout_seconds,
-            prepare=guard,  # a guard not yet run goes in the same pool task, first
-        )
+        try:
+            result, (body, coded) = await executor.run_then(
+                snap,
+                sql,
+                params,
+                _materialise(encoding, content_coding, settings.compress_min_bytes),
+                max_rows=settings.max_result_rows,
+                max_bytes=settings.max_result_bytes,
+                timeout_seconds=settings.query_timeout_seconds,
+                prepare=guard,  # a guard not yet run goes in the same pool task, first
+            )
+        except ResultTooLarge as exc:
+            raise ApiError(400, "result_too_large", str(exc)) from None
     QUERY_SECONDS.observe(result.execution_time_ms / 1000)
     ROWS_RETURNED.observe(result.row_count)
     request.state.rows = result.row_count
@@ -189,7 +194,12 @@ async def _stream(
     max_rows, max_bytes = settings.stream_max_rows, settings.stream_max_bytes
     timeout = settings.query_timeout_seconds
     stream = await executor.open_stream(
-        snap, sql, params, max_rows=max_rows, timeout_seconds=timeout
+        snap,
+        sql,
+        params,
+        max_rows=max_rows,
+        max_batch_bytes=settings.max_result_bytes,
+        timeout_seconds=timeout,
     )
     columns = stream.columns
     lease = stack.pop_all()  # the stream owns the lease now; it releases it when done
@@ -206,7 +216,11 @@ async def _stream(
         first = True
         try:
             while True:
-                batch = await executor.next_batch(stream, timeout_seconds=timeout)
+                try:
+                    batch = await executor.next_batch(stream, timeout_seconds=timeout)
+                except ResultTooLarge as exc:  # one batch of huge values
+                    log.warning("stream_cap_reached", rows=rows, bytes=sent, format=encoding.name)
+                    raise StreamTooLarge(str(exc)) from None
                 if batch is None:
                     break
                 rows += batch.num_rows

@@ -73,6 +73,9 @@ class ApiSettings(CommonSettings):
     snapshot_poll_seconds: float = Field(10.0, validation_alias="SNAPSHOT_POLL_SECONDS", gt=0)
     query_timeout_seconds: float = Field(10.0, validation_alias="QUERY_TIMEOUT_SECONDS", gt=0)
     max_result_rows: int = Field(10_000, validation_alias="MAX_RESULT_ROWS", ge=1)
+    # Arrow bytes of a buffered result (json/arrow/parquet), and of each batch of
+    # a streamed one: a query past it is refused before it is encoded.
+    max_result_bytes: int = Field(32_000_000, validation_alias="MAX_RESULT_BYTES", ge=1024)
     max_sql_length: int = Field(20_000, validation_alias="MAX_SQL_LENGTH", ge=100)
     duckdb_memory_limit: str = Field("1GB", validation_alias="DUCKDB_MEMORY_LIMIT")
     # Serving: DuckDB threads per worker process default to the cores shared
