@@ -6,9 +6,10 @@ SeaweedFS and the JWKS endpoint are started here on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 
 from analytics_shared.object_store import LocalObjectStore, ObjectStore
 from api_service.dev_issuer import DevIssuer
+from testsupport.disk import SmallDisk, can_mount, small_disk
 from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from testsupport.snapshots import store_from_env
 
@@ -80,6 +82,15 @@ def issuer() -> Iterator[DevIssuer]:
 @pytest.fixture
 def auth_env(issuer: DevIssuer) -> dict[str, str]:
     return issuer.settings_env()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Callable[[str, int], SmallDisk]]:
+    """Mounts small tmpfs filesystems to fill up (skips where mounting needs root)."""
+    if not can_mount():
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    with contextlib.ExitStack() as stack:
+        yield lambda name, size_mb: stack.enter_context(small_disk(tmp_path / name, size_mb))
 
 
 @pytest.fixture

@@ -141,6 +141,7 @@ class SyncEngine:
     ) -> CycleResult:
         started_at = datetime.now(UTC)
         run_id: int = self._retry(lambda: self.state.start_run(kind), "state: start run")
+        self.warehouse.ensure_usable()
         result = CycleResult(run_id=run_id, status="running")
         try:
             snapshot = self._retry(

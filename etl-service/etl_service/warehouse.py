@@ -11,6 +11,7 @@ counts (a `count(*)` after deletes scans the table).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,11 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from analytics_shared.logging_config import get_logger
+
 __all__ = ["MergeResult", "Warehouse", "ident"]
+
+log = get_logger(__name__)
 
 Columns = Sequence[tuple[str, str | None]]
 
@@ -72,6 +77,22 @@ class Warehouse:
     def close(self) -> None:
         self.con.close()
 
+    def ensure_usable(self) -> None:
+        """Reopen the file if DuckDB invalidated the connection.
+
+        After a fatal error (a checkpoint that found the disk full, say) DuckDB
+        refuses every statement until the database is opened again; opening
+        replays the WAL, so committed merges are kept. Called before each cycle,
+        so a long-running worker heals once the cause is gone."""
+        try:
+            self.con.execute("SELECT 1").fetchall()
+        except duckdb.FatalException as exc:
+            log.warning("warehouse_reopening", error=str(exc).splitlines()[0])
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            self._rows.clear()
+            self.con = duckdb.connect(str(self.path))
+
     # -- inspection ---------------------------------------------------------
 
     def has_table(self, table: str) -> bool:
@@ -116,7 +137,10 @@ class Warehouse:
                 results.append(rows[0][0] if rows and rows[0] else None)
             self.con.execute("COMMIT").fetchall()
         except BaseException:
-            self.con.execute("ROLLBACK").fetchall()
+            # A failed COMMIT (e.g. no space left for the WAL) has already ended
+            # the transaction: keep its error, not ROLLBACK's "no transaction".
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK").fetchall()
             raise
         finally:
             self.con.unregister("__incoming")
