@@ -35,7 +35,7 @@ def test_source_url_from_mssql_parts_escapes_the_password(monkeypatch):
     }.items():
         monkeypatch.setenv(k, v)
     url = load_settings(EtlSettings).resolved_source_url
-    assert url == "mssql+pymssql://etl:p%40ss%2Fword@db:1433/ops"
+    assert url == "mssql+pymssql://etl:p%40ss%2Fword@db:1433/ops?encryption=require"
 
 
 def test_storage_url_falls_back_to_seed_s3_bucket(monkeypatch):
