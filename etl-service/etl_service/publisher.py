@@ -20,7 +20,7 @@ import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ __all__ = [
 
 HISTORY_PREFIX = "history/"
 LOGS_PREFIX = "logs/"
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 CONVENIENCE_KEY = "current/analytics.db"
 
 _HISTORY_KEY = re.compile(
@@ -102,6 +103,7 @@ class Publisher:
         *,
         grace_seconds: float = 900.0,
         compression: str = "zstd",
+        log_retention_days: int = 30,
     ) -> None:
         if compression not in ("zstd", "none"):
             raise ValueError(f"unknown snapshot compression {compression!r}")
@@ -109,6 +111,8 @@ class Publisher:
         self.retention = max(1, retention)
         self.grace_seconds = grace_seconds
         self.compression = compression
+        self.log_retention_days = log_retention_days  # 0: keep run logs forever
+        self._logs_pruned_on: date | None = None
         # True when the last publish() found nothing changed and wrote nothing.
         self.last_publish_skipped = False
 
@@ -119,6 +123,7 @@ class Publisher:
             retention=settings.snapshot_retention,
             grace_seconds=settings.snapshot_retention_grace_seconds,
             compression=settings.snapshot_compression,
+            log_retention_days=settings.run_log_retention_days,
         )
 
     # -- reading -----------------------------------------------------------
@@ -331,7 +336,32 @@ class Publisher:
         except (StoreError, OSError, TypeError, ValueError) as exc:
             log.warning("run_log_not_stored", key=key, error=str(exc))
             return None
+        if self._logs_pruned_on != now.date():
+            self.prune_run_logs(now.date())
         return key
+
+    def prune_run_logs(self, today: date) -> list[str]:
+        """Delete run logs in day folders older than `log_retention_days`; never raises.
+
+        Runs once per UTC day per process (one LIST of `logs/`). An S3 bucket
+        made by our Terraform expires them by a lifecycle rule as well; a local
+        folder store has only this."""
+        self._logs_pruned_on = today
+        if self.log_retention_days <= 0:
+            return []
+        cutoff = (today - timedelta(days=self.log_retention_days)).isoformat()
+        removed: list[str] = []
+        try:
+            for obj in self.store.list(f"{LOGS_PREFIX}etl_sync_"):
+                day = obj.key[len(LOGS_PREFIX) + len("etl_sync_") :][:10]
+                if _DAY.fullmatch(day) and day < cutoff:
+                    self.store.delete(obj.key)
+                    removed.append(obj.key)
+        except (StoreError, OSError) as exc:
+            log.warning("run_logs_not_pruned", error=str(exc))
+        if removed:
+            log.info("run_logs_pruned", removed=len(removed), older_than=cutoff)
+        return removed
 
     # -- rollback ----------------------------------------------------------
     def fetch_verified(self, manifest: Manifest, workdir: Path) -> Path:

@@ -48,6 +48,9 @@ class EtlSettings(CommonSettings):
     snapshot_retention_grace_seconds: float = Field(
         900.0, validation_alias="SNAPSHOT_RETENTION_GRACE_SECONDS", ge=0
     )
+    # Per-run JSON logs under logs/etl_sync_<date>/ are deleted after this many
+    # days (0: kept forever); checked once a day.
+    run_log_retention_days: int = Field(30, validation_alias="RUN_LOG_RETENTION_DAYS", ge=0)
     # "zstd" (default) or "none"; DuckDB files compress well (mostly empty blocks).
     snapshot_compression: Literal["zstd", "none"] = Field(
         "zstd", validation_alias="SNAPSHOT_COMPRESSION"

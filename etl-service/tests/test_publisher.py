@@ -214,6 +214,33 @@ def test_run_logs_land_under_a_dated_folder(tmp_path):
     assert doc["status"] == "success" and doc["started_at"] == started.isoformat()
 
 
+def test_run_logs_older_than_the_retention_are_pruned_once_a_day(store, monkeypatch):
+    today = datetime.now(UTC).date()
+
+    def day_key(days_ago: int) -> str:
+        return f"logs/etl_sync_{today - timedelta(days=days_ago):%Y-%m-%d}/run_x_{days_ago}.json"
+
+    for days_ago in (40, 31, 30, 1):
+        store.put_bytes(day_key(days_ago), b"{}")
+    store.put_bytes("logs/etl_sync_notes/readme.txt", b"not a day folder")
+    publisher = Publisher(store, log_retention_days=30)
+    lists = []
+    real_list = store.list
+    monkeypatch.setattr(store, "list", lambda prefix="": lists.append(prefix) or real_list(prefix))
+
+    new_key = publisher.write_run_log({"run_id": 7})
+    publisher.write_run_log({"run_id": 8})  # same day: no second LIST
+    keys = {o.key for o in real_list("logs/")}
+    assert day_key(40) not in keys and day_key(31) not in keys
+    assert {day_key(30), day_key(1), new_key, "logs/etl_sync_notes/readme.txt"} <= keys
+    assert len(lists) == 1
+
+    keep_all = Publisher(store, log_retention_days=0)
+    store.put_bytes(day_key(400), b"{}")
+    keep_all.write_run_log({"run_id": 9})
+    assert day_key(400) in {o.key for o in real_list("logs/")}
+
+
 def test_run_log_failures_never_raise(tmp_path):
     class Broken(LocalObjectStore):
         def put_bytes(self, *args, **kwargs):
