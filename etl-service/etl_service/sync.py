@@ -141,9 +141,9 @@ class SyncEngine:
     ) -> CycleResult:
         started_at = datetime.now(UTC)
         run_id: int = self._retry(lambda: self.state.start_run(kind), "state: start run")
-        self.warehouse.ensure_usable()
         result = CycleResult(run_id=run_id, status="running")
         try:
+            self._retry(self.warehouse.ensure_usable, "warehouse: open")
             snapshot = self._retry(
                 lambda: self.source.open_snapshot(self.settings.sync_settle_seconds),
                 "source: open snapshot",

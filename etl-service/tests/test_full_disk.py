@@ -46,6 +46,9 @@ def test_a_full_disk_fails_the_cycle_and_the_worker_heals(
     if leave == 0:  # the merge never committed: the watermark did not move
         assert etl.state.table("inventory")["watermark"] == watermark  # type: ignore[index]
 
+    # Every failed cycle is on record as finished, none left "running".
+    assert all(run["status"] != "running" for run in etl.state.recent_runs(3))
+
     disk.release()
     healed = etl.run_cycle()
     assert healed.status == "success" and healed.published, healed.error
