@@ -3,6 +3,8 @@ Gunicorn (2 workers) and a real SeaweedFS store."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -190,3 +192,47 @@ def test_corrupted_objects_are_refused_and_the_previous_version_keeps_serving(
     finally:
         api.stop()
         warehouse.close()
+
+
+def worker_pids(client: httpx.Client, tries: int = 40) -> set[int]:
+    """The pids of the workers answering /health (a new connection each time, so
+    the kernel spreads them over the workers)."""
+    headers = {"Connection": "close"}
+    return {client.get("/health", headers=headers).json()["worker_pid"] for _ in range(tries)}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_serving_goes_on(api_env, warehouse, issuer, tmp_path):
+    first = warehouse.publish(1)
+    api = start_api(api_env, poll=0.3, log_path=tmp_path / "api.log")
+    load = QueryLoad(api.url, [issuer.mint(sub=f"kill-{i}") for i in range(4)])
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as health:
+            before = wait_for(lambda: len(p := worker_pids(health)) == 2 and p, 30, what="2 pids")
+            load.start()
+            wait_for(lambda: len(load.snapshot()) > 50, timeout=30, what="load running")
+            victim = min(before)
+            os.kill(victim, signal.SIGKILL)
+            # Gunicorn forks a replacement, which loads the snapshot before it accepts.
+            after = wait_for(
+                lambda: (p := worker_pids(health)) - before and p, 60, what="a new worker"
+            )
+            assert victim not in after
+            # The replacement follows new versions like any worker.
+            second = warehouse.publish(2)
+            with httpx.Client(base_url=api.url, timeout=30) as client:
+                client.headers["Authorization"] = f"Bearer {issuer.mint(sub='kill-check')}"
+                wait_for(lambda: all_answers_are(client, second.version), 60, what="version 2")
+            time.sleep(0.5)
+    finally:
+        load.stop()
+        api.stop()
+
+    results = load.snapshot()
+    failures = [r for r in results if r[0] != 200]
+    # Only a request in flight on the killed worker may fail, at most one per
+    # client, and only as a dropped connection: never an error answer (no 503
+    # from a replacement that has no data yet).
+    assert len(failures) <= len(load.tokens), failures
+    assert all(status == 0 for status, *_ in failures), failures
+    assert {r[1] for r in results if r[0] == 200} <= {first.version, second.version}
