@@ -202,6 +202,16 @@ async def _stream(
         timeout_seconds=timeout,
     )
     columns = stream.columns
+    try:
+        # The first batch is read before answering, so that its failures (a batch
+        # past MAX_RESULT_BYTES, a timeout) are still a proper error response.
+        batch = await executor.next_batch(stream, timeout_seconds=timeout)
+    except ResultTooLarge as exc:
+        stream.close()
+        raise ApiError(400, "result_too_large", str(exc)) from None
+    except BaseException:
+        stream.close()
+        raise
     lease = stack.pop_all()  # the stream owns the lease now; it releases it when done
     request.state.cache = "stream"
 
@@ -210,19 +220,12 @@ async def _stream(
             return encodings.csv_batch(batch, columns, header=first)
         return encodings.ndjson_batch(batch, columns)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body(batch: pa.Table | None) -> AsyncIterator[bytes]:
         compressor = StreamCompressor(content_coding) if content_coding else None
         rows = sent = 0
         first = True
         try:
-            while True:
-                try:
-                    batch = await executor.next_batch(stream, timeout_seconds=timeout)
-                except ResultTooLarge as exc:  # one batch of huge values
-                    log.warning("stream_cap_reached", rows=rows, bytes=sent, format=encoding.name)
-                    raise StreamTooLarge(str(exc)) from None
-                if batch is None:
-                    break
+            while batch is not None:
                 rows += batch.num_rows
                 chunk = b"" if rows > max_rows else await executor.call(encode, batch, first)
                 first = False
@@ -233,6 +236,11 @@ async def _stream(
                         f"the result passed the stream cap ({max_rows} rows, {max_bytes} bytes)"
                     )
                 yield compressor.feed(chunk) if compressor else chunk
+                try:
+                    batch = await executor.next_batch(stream, timeout_seconds=timeout)
+                except ResultTooLarge as exc:  # one batch of huge values
+                    log.warning("stream_cap_reached", rows=rows, bytes=sent, format=encoding.name)
+                    raise StreamTooLarge(str(exc)) from None
             if first and encoding.name == "csv":
                 chunk = encode(_empty(columns), True)
                 yield compressor.feed(chunk) if compressor else chunk
@@ -246,7 +254,7 @@ async def _stream(
     out = {**headers, "X-Columns": _columns_header(columns), "X-Cache": "stream"}
     if content_coding:
         out["Content-Encoding"] = content_coding
-    return StreamingResponse(body(), media_type=encoding.media_type, headers=out)
+    return StreamingResponse(body(batch), media_type=encoding.media_type, headers=out)
 
 
 def _empty(columns: list[Column]) -> pa.Table:

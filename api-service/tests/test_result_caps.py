@@ -58,14 +58,23 @@ def streamed_lines(client: httpx.Client, sql: str) -> tuple[int, bool]:
     return lines, True
 
 
+NO_BYTE_CAP = {"MAX_RESULT_BYTES": "32000000"}
+# The first 10,000-row batch is small; the second carries ~1 MB of text.
+LATE_HUGE_BATCH = (
+    "SELECT id, CASE WHEN id > 10000 THEN repeat('x', 100) ELSE '' END AS pad"
+    " FROM inventory ORDER BY id"
+)
+
+
 @pytest.mark.parametrize(
     ("settings", "sql"),
     [
-        ({"STREAM_MAX_ROWS": "5000"}, "SELECT * FROM inventory"),
-        ({"STREAM_MAX_BYTES": "100000"}, "SELECT * FROM inventory"),
-        ({}, ONE_HUGE_ROW),  # a single batch past MAX_RESULT_BYTES
+        # Each cap alone: the others far away.
+        ({"STREAM_MAX_ROWS": "5000", **NO_BYTE_CAP}, "SELECT * FROM inventory"),
+        ({"STREAM_MAX_BYTES": "100000", **NO_BYTE_CAP}, "SELECT * FROM inventory"),
+        ({}, LATE_HUGE_BATCH),  # a later batch past MAX_RESULT_BYTES (200 kB)
     ],
-    ids=["rows", "bytes", "one-huge-batch"],
+    ids=["rows", "bytes", "huge-batch"],
 )
 def test_streams_are_cut_at_their_caps(store, issuer, settings, sql):
     with client_for(store, issuer, "stream-" + "-".join(settings) or "batch", **settings) as client:
@@ -75,3 +84,14 @@ def test_streams_are_cut_at_their_caps(store, issuer, settings, sql):
         # Within the caps the stream is complete, on the same worker.
         lines, complete = streamed_lines(client, "SELECT * FROM inventory WHERE id <= 1000")
         assert complete and lines == 1000
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_a_stream_whose_first_batch_is_too_large_is_refused_before_it_starts(store, issuer, fmt):
+    with client_for(store, issuer, f"first-{fmt}") as client:
+        client.headers["Authorization"] = f"Bearer {issuer.mint(sub='caps')}"
+        r = client.get("/query", params={"q": ONE_HUGE_ROW, "format": fmt})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "result_too_large"
+        lines, complete = streamed_lines(client, "SELECT * FROM inventory WHERE id <= 10")
+        assert complete and lines == 10
