@@ -1,7 +1,7 @@
 """The one logging setup for both services: structlog rendering JSON lines.
 
 Standard-library loggers (uvicorn, gunicorn, apscheduler, botocore) are routed
-through the same processors, so every line on stdout is one JSON object.
+through the same processors, so every line on stderr is one JSON object.
 """
 
 from __future__ import annotations
@@ -46,13 +46,15 @@ def configure_logging(level: str = "INFO", *, service: str, json: bool = True) -
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    # stderr: stdout stays for what a command prints (`analytics-etl status` JSON),
+    # and containers collect both.
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Chatty libraries stay at WARNING unless asked for DEBUG.
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore"):
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(
             logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
         )
