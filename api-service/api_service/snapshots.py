@@ -305,6 +305,11 @@ class SnapshotManager:
             new = self._load(manifest)
         except (SnapshotError, duckdb.Error) as exc:
             self._refuse(manifest, exc)
+            if self._current is None:
+                # Starting while the current version is refused (a sibling worker
+                # may already serve the previous one): the newest version this
+                # host verified before answers meanwhile, marked degraded.
+                self._serve_cached()
             raise
         self._swap(new)
         self._manifest_etag = etag
@@ -461,7 +466,8 @@ class SnapshotManager:
             log.info("snapshot_files_deleted", versions=deleted)
 
     def _serve_cached(self) -> None:
-        """Store down at start-up: serve the newest version this host verified before."""
+        """Nothing in service yet and the store is down or its current version is
+        refused: serve the newest version this host verified before."""
         markers = sorted(self.cache_dir.glob("*.ok"), key=lambda p: p.stat().st_mtime, reverse=True)
         for marker in markers:
             pin: _Pin | None = None

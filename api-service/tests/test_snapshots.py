@@ -288,6 +288,28 @@ def test_a_worker_starting_while_the_store_is_down_serves_the_hosts_verified_cop
     assert quantity(second) == (v2.version, 2) and not second.status()["serving_cached"]
 
 
+def test_a_worker_starting_while_the_current_version_is_refused_serves_the_hosts_copy(
+    managers, source
+):
+    first = managers()
+    v1 = source.publish(quantity=1)
+    first.refresh()
+    v2 = source.publish(quantity=2)
+    path = source.object_path(v2)
+    path.write_bytes(path.read_bytes()[:-7])  # damaged in the store
+    assert first.refresh() is False and quantity(first) == (v1.version, 1)
+    second = managers()  # e.g. a Gunicorn worker (re)started now
+    assert second.refresh() is False
+    # It answers from the version its sibling serves, flagged, instead of 503.
+    assert quantity(second) == (v1.version, 1)
+    status = second.status()
+    assert status["ready"] and status["serving_cached"] and status["last_refresh_failed"]
+    assert "failed verification" in status["last_refresh_error"]
+    v3 = source.publish(quantity=3)
+    assert second.refresh() is True
+    assert quantity(second) == (v3.version, 3) and not second.status()["serving_cached"]
+
+
 def test_health_reports_readiness_freshness_and_failures(managers, source, store):
     manager = managers()
     app = FastAPI()
