@@ -377,52 +377,27 @@ def json_body(
 
     Small results go through Python values and orjson, larger ones through
     Arrow kernels; both give the same document (tests/test_encodings.py)."""
+    tail = {
+        "columns": [c.as_dict() for c in columns],
+        "row_count": table.num_rows,
+        "truncated": truncated,
+        "data_version": data_version,
+        "execution_time_ms": execution_time_ms,
+    }
     if table.num_rows * max(1, table.num_columns) <= SMALL_JSON_CELLS:
-        body = _small_json_body(
-            table,
-            columns,
-            compact=compact,
-            tail={
-                "columns": [c.as_dict() for c in columns],
-                "row_count": table.num_rows,
-                "truncated": truncated,
-                "data_version": data_version,
-                "execution_time_ms": execution_time_ms,
-            },
-        )
+        body = _small_json_body(table, columns, compact=compact, tail=tail)
         if body is not None:
             return body
-    return _arrow_json_body(
-        table,
-        columns,
-        compact=compact,
-        truncated=truncated,
-        data_version=data_version,
-        execution_time_ms=execution_time_ms,
-    )
+    return _arrow_json_body(table, columns, compact=compact, tail=tail)
 
 
 def _arrow_json_body(
-    table: pa.Table,
-    columns: list[Column],
-    *,
-    compact: bool,
-    truncated: bool,
-    data_version: str,
-    execution_time_ms: float,
+    table: pa.Table, columns: list[Column], *, compact: bool, tail: dict[str, Any]
 ) -> bytes:
     rows = _rows(table, columns, shape="arrays" if compact else "objects", row_sep=",")
-    tail = orjson.dumps(
-        {
-            "columns": [c.as_dict() for c in columns],
-            "row_count": table.num_rows,
-            "truncated": truncated,
-            "data_version": data_version,
-            "execution_time_ms": execution_time_ms,
-        }
-    )
+    end = orjson.dumps(tail)
     # One copy of the rows into the body (bytes.join takes the Arrow buffer as is).
-    return b"".join((b'{"success":true,"data":[', memoryview(rows), b"],", memoryview(tail)[1:]))
+    return b"".join((b'{"success":true,"data":[', memoryview(rows), b"],", memoryview(end)[1:]))
 
 
 def ndjson_batch(batch: pa.Table, columns: list[Column]) -> bytes:

@@ -340,13 +340,9 @@ def _both_paths(
     from api_service.encodings import _arrow_json_body, _small_json_body
 
     meta = {"truncated": False, "data_version": "v", "execution_time_ms": 1.5}
-    small = _small_json_body(
-        table,
-        columns,
-        compact=compact,
-        tail={"columns": [c.as_dict() for c in columns], "row_count": table.num_rows, **meta},
-    )
-    return small, _arrow_json_body(table, columns, compact=compact, **meta)
+    tail = {"columns": [c.as_dict() for c in columns], "row_count": table.num_rows, **meta}
+    small = _small_json_body(table, columns, compact=compact, tail=tail)
+    return small, _arrow_json_body(table, columns, compact=compact, tail=tail)
 
 
 def _same_json(a: Any, b: Any) -> bool:
