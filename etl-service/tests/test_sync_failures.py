@@ -128,3 +128,31 @@ def test_a_failing_table_dead_letters_and_the_others_sync(pg_url, make_engine, m
     assert etl.state.dead_letters() == []
     assert etl.state.dead_letters("resolved")[0]["id"] == entry["id"]
     source.dispose()
+
+
+def test_a_lost_state_store_fails_the_cycle_cleanly_and_the_next_one_catches_up(
+    pg_url, pg_proxy, make_engine, same_rows
+):
+    # The state store (watermarks, runs, dead letters, the advisory lock) sits
+    # behind the proxy; the source does not.
+    proxy, proxied_url = pg_proxy
+    source = create_demo_source(pg_url)
+    etl = make_engine(DATABASE_URL=proxied_url, TABLES_TO_SYNC="inventory,orders")
+    first = etl.run_cycle()
+    assert first.status == "success"
+
+    with source.begin() as conn:
+        conn.execute(sa.text("UPDATE inventory SET quantity = 7, updated_at = now() WHERE id <= 10"))
+    proxy.drop()
+    lost = etl.run_cycle()  # retries, then gives up without raising
+    assert lost.status == "failed" and not lost.published and lost.error
+    assert etl.publisher.current().version == first.version  # type: ignore[union-attr]
+
+    proxy.restore()
+    back = etl.run_cycle()
+    assert back.status == "success" and back.published, back.error
+    assert back.rows["inventory"]["changed"] == 10
+    same_rows(source, etl.warehouse.con, "inventory")
+    statuses = [run["status"] for run in etl.state.recent_runs(5)]
+    assert "running" not in statuses
+    source.dispose()
