@@ -142,7 +142,9 @@ def test_a_lost_state_store_fails_the_cycle_cleanly_and_the_next_one_catches_up(
     assert first.status == "success"
 
     with source.begin() as conn:
-        conn.execute(sa.text("UPDATE inventory SET quantity = 7, updated_at = now() WHERE id <= 10"))
+        conn.execute(
+            sa.text("UPDATE inventory SET quantity = 7, updated_at = now() WHERE id <= 10")
+        )
     proxy.drop()
     lost = etl.run_cycle()  # retries, then gives up without raising
     assert lost.status == "failed" and not lost.published and lost.error
