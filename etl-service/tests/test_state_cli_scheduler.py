@@ -149,6 +149,31 @@ def test_cli_sync_status_dlq_and_backfill(pg_url, data_dir, monkeypatch, capsys)
     source.dispose()
 
 
+def test_cli_output_is_clean_json_on_stdout_and_logs_go_to_stderr(pg_url, data_dir):
+    """`analytics-etl sync | jq` and `status | jq` work at the default log level."""
+    create_demo_source(pg_url).dispose()
+    env = {
+        **os.environ,
+        "SOURCE_URL": pg_url,
+        "DATABASE_URL": pg_url,
+        "DATA_DIR": str(data_dir),
+        "STORAGE_URL": (data_dir / "store").resolve().as_uri(),
+        "TABLES_TO_SYNC": "inventory",
+        "LOG_LEVEL": "INFO",
+    }
+    etl = str(Path(sys.executable).parent / "analytics-etl")
+    outputs = {}
+    for command in ("sync", "status"):
+        done = subprocess.run(
+            [etl, command], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        outputs[command] = json.loads(done.stdout)  # all of stdout is one JSON document
+        if command == "sync":
+            assert '"event": "sync_cycle_finished"' in done.stderr  # INFO lines: stderr
+    assert outputs["sync"]["status"] == "success"
+    assert outputs["status"]["runs"][0]["status"] == "success"
+
+
 def test_scheduler_stops_cleanly_on_sigterm(pg_url, data_dir):
     source = create_demo_source(pg_url)
     env = {
