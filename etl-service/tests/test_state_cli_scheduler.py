@@ -95,6 +95,17 @@ def test_postgres_types_land_as_declared(pg_url, make_engine):
     engine.dispose()
 
 
+def _cli_env(pg_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The ETL's settings for a PostgreSQL source and state store, plus `extra`."""
+    return {
+        "SOURCE_URL": pg_url,
+        "DATABASE_URL": pg_url,
+        "DATA_DIR": str(data_dir),
+        "STORAGE_URL": (data_dir / "store").resolve().as_uri(),
+        **extra,
+    }
+
+
 def _cli(env: dict[str, str], *args: str, monkeypatch, capsys) -> tuple[int, str]:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -104,16 +115,14 @@ def _cli(env: dict[str, str], *args: str, monkeypatch, capsys) -> tuple[int, str
 
 def test_cli_sync_status_dlq_and_backfill(pg_url, data_dir, monkeypatch, capsys):
     source = create_demo_source(pg_url)
-    env = {
-        "SOURCE_URL": pg_url,
-        "DATABASE_URL": pg_url,
-        "DATA_DIR": str(data_dir),
-        "STORAGE_URL": (data_dir / "store").resolve().as_uri(),
-        "TABLES_TO_SYNC": "inventory,ghost",
-        "RETRY_ATTEMPTS": "2",
-        "RETRY_BASE_SECONDS": "0.01",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = _cli_env(
+        pg_url,
+        data_dir,
+        TABLES_TO_SYNC="inventory,ghost",
+        RETRY_ATTEMPTS="2",
+        RETRY_BASE_SECONDS="0.01",
+        LOG_LEVEL="WARNING",
+    )
     code, out = _cli(env, "sync", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 1  # "ghost" does not exist: partial
     result = json.loads(out.strip().splitlines()[-1])
@@ -152,16 +161,8 @@ def test_cli_sync_status_dlq_and_backfill(pg_url, data_dir, monkeypatch, capsys)
 def test_cli_output_is_clean_json_on_stdout_and_logs_go_to_stderr(pg_url, data_dir):
     """`analytics-etl sync | jq` and `status | jq` work at the default log level."""
     create_demo_source(pg_url).dispose()
-    env = {
-        **os.environ,
-        "SOURCE_URL": pg_url,
-        "DATABASE_URL": pg_url,
-        "DATA_DIR": str(data_dir),
-        "STORAGE_URL": (data_dir / "store").resolve().as_uri(),
-        "TABLES_TO_SYNC": "inventory",
-        "LOG_LEVEL": "INFO",
-    }
-    etl = str(Path(sys.executable).parent / "analytics-etl")
+    env = {**os.environ, **_cli_env(pg_url, data_dir, TABLES_TO_SYNC="inventory", LOG_LEVEL="INFO")}
+    etl = str(BIN / "analytics-etl")
     outputs = {}
     for command in ("sync", "status"):
         done = subprocess.run(
@@ -178,13 +179,13 @@ def test_scheduler_stops_cleanly_on_sigterm(pg_url, data_dir):
     source = create_demo_source(pg_url)
     env = {
         **os.environ,
-        "SOURCE_URL": pg_url,
-        "DATABASE_URL": pg_url,
-        "DATA_DIR": str(data_dir),
-        "STORAGE_URL": (data_dir / "store").resolve().as_uri(),
-        "TABLES_TO_SYNC": "inventory,orders",
-        "SYNC_INTERVAL_SECONDS": "1",
-        "ETL_METRICS_PORT": "0",
+        **_cli_env(
+            pg_url,
+            data_dir,
+            TABLES_TO_SYNC="inventory,orders",
+            SYNC_INTERVAL_SECONDS="1",
+            ETL_METRICS_PORT="0",
+        ),
     }
     proc = subprocess.Popen(
         [str(BIN / "analytics-etl"), "run"],
