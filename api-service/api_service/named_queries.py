@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from typing import Any
 
 from analytics_shared.whitelist import NamedQuery, QueryParameter, Whitelist, WhitelistError
@@ -21,6 +22,13 @@ __all__ = ["ParameterError", "bind_parameters", "check_whitelist"]
 
 class ParameterError(ValueError):
     """A caller's parameter value is missing, unknown or invalid (-> 422)."""
+
+
+# ISO text parameters: the parser and what the error says is expected.
+_ISO_KINDS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "date": (dt.date.fromisoformat, "a date (YYYY-MM-DD)"),
+    "timestamp": (dt.datetime.fromisoformat, "an ISO 8601 timestamp"),
+}
 
 
 def _coerce(name: str, spec: QueryParameter, value: Any) -> Any:
@@ -45,20 +53,14 @@ def _coerce(name: str, spec: QueryParameter, value: Any) -> Any:
             raise ParameterError(f"parameter {name!r} contains a NUL character")
         if spec.max_length is not None and len(value) > spec.max_length:
             raise ParameterError(f"parameter {name!r} is longer than {spec.max_length} characters")
-    elif kind == "date":
-        if not isinstance(value, str):
-            raise ParameterError(f"parameter {name!r} must be a date (YYYY-MM-DD)")
+    elif kind in _ISO_KINDS:
+        parse, expected = _ISO_KINDS[kind]
         try:
-            value = dt.date.fromisoformat(value)
+            if not isinstance(value, str):
+                raise ValueError
+            value = parse(value)
         except ValueError:
-            raise ParameterError(f"parameter {name!r} must be a date (YYYY-MM-DD)") from None
-    elif kind == "timestamp":
-        if not isinstance(value, str):
-            raise ParameterError(f"parameter {name!r} must be an ISO 8601 timestamp")
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise ParameterError(f"parameter {name!r} must be an ISO 8601 timestamp") from None
+            raise ParameterError(f"parameter {name!r} must be {expected}") from None
     if kind in ("integer", "number"):
         if spec.minimum is not None and value < spec.minimum:
             raise ParameterError(f"parameter {name!r} must be at least {spec.minimum:g}")
