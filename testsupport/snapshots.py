@@ -20,10 +20,11 @@ import duckdb
 import httpx
 import sqlalchemy as sa
 
-from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_file
+from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo
 from analytics_shared.object_store import ObjectStore, open_store
+from analytics_shared.snapshot_file import fetch_verified, probe
 from etl_service.publisher import Publisher
-from etl_service.snapshot import decompress_file, export_snapshot
+from etl_service.snapshot import export_snapshot
 
 __all__ = [
     "ETL",
@@ -65,22 +66,15 @@ def store_from_env(env: dict[str, str]) -> ObjectStore:
 def fetch_current_verified(store: ObjectStore, workdir: Path) -> tuple[Manifest, Path]:
     """The manifest and a plain local copy of the snapshot it names.
 
-    Fails (AssertionError) unless the object's size and sha256 match the
+    Fails (SnapshotFileError) unless the object's size and sha256 match the
     manifest and the file opens with the row counts the manifest states.
     """
     manifest = Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0])
     workdir.mkdir(parents=True, exist_ok=True)
-    raw = Path(tempfile.mkdtemp(dir=workdir)) / "object"
-    store.get_file(manifest.snapshot_key, raw)
-    assert raw.stat().st_size == manifest.size, f"{manifest.version}: size differs"
-    assert sha256_file(raw) == manifest.sha256, f"{manifest.version}: sha256 differs"
-    plain = decompress_file(raw, raw.with_name("snapshot.db"), manifest.compression)
-    raw.unlink()
+    plain = fetch_verified(store, manifest, Path(tempfile.mkdtemp(dir=workdir)) / "snapshot.db")
     con = duckdb.connect(str(plain), read_only=True)
     try:
-        for table, info in manifest.tables.items():
-            row = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-            assert row == (info.row_count,), f"{manifest.version}: {table} row count differs"
+        probe(con, manifest)
     finally:
         con.close()
     return manifest, plain

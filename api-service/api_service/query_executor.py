@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
+from analytics_shared.snapshot_file import quote_ident
 from api_service.encodings import Column
 from api_service.snapshots import Snapshot
 
@@ -116,7 +117,7 @@ def _text_projection(
     names = relation.columns
     exprs = []
     for i, (name, type_) in enumerate(zip(names, types, strict=True)):
-        alias = '"' + name.replace('"', '""') + '"'
+        alias = quote_ident(name)
         ref = f"#{i + 1}"
         exprs.append(
             f"CAST({ref} AS VARCHAR) AS {alias}"

@@ -33,18 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import zstandard
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import (
-    MANIFEST_KEY,
-    Manifest,
-    ManifestError,
-    sha256_file,
-    verify_row_counts,
-)
+from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError
 from analytics_shared.object_store import (
     NotModified,
     ObjectNotFound,
@@ -52,6 +45,7 @@ from analytics_shared.object_store import (
     StoreError,
     StoreUnavailable,
 )
+from analytics_shared.snapshot_file import SnapshotFileError, fetch_verified, probe
 
 __all__ = ["NoSnapshot", "Snapshot", "SnapshotError", "SnapshotManager", "open_sandboxed"]
 
@@ -88,15 +82,6 @@ def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.Duc
     if not (row and row[0]):
         con.execute("SET lock_configuration = true")
     return con
-
-
-def probe(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
-    """The file answers queries and holds what the manifest says it holds."""
-    con.execute("SELECT 1").fetchall()
-    try:
-        verify_row_counts(con, manifest)
-    except ManifestError as exc:
-        raise SnapshotError(str(exc)) from None
 
 
 class _Pin:
@@ -275,7 +260,7 @@ class SnapshotManager:
     def _failed(self, exc: Exception) -> None:
         self.refresh_failures += 1
         self.last_refresh_error = f"{type(exc).__name__}: {exc}"
-        known = (StoreError, ManifestError, SnapshotError, duckdb.Error, OSError)
+        known = (StoreError, ManifestError, SnapshotError, SnapshotFileError, duckdb.Error, OSError)
         if isinstance(exc, known):
             log.warning("snapshot_refresh_failed", error=self.last_refresh_error)
         else:
@@ -303,7 +288,7 @@ class SnapshotManager:
             )
         try:
             new = self._load(manifest)
-        except (SnapshotError, duckdb.Error) as exc:
+        except (SnapshotError, SnapshotFileError, duckdb.Error) as exc:
             self._refuse(manifest, exc)
             if self._current is None:
                 # Starting while the current version is refused (a sibling worker
@@ -353,7 +338,7 @@ class SnapshotManager:
             except BaseException:
                 con.close()
                 raise
-        except (SnapshotError, duckdb.Error):
+        except (SnapshotError, SnapshotFileError, duckdb.Error):
             pin.release()
             self._discard(manifest.version)  # unusable: no worker should trust it
             raise
@@ -400,23 +385,7 @@ class SnapshotManager:
                 # garbage collection can slip in between.
                 return path, _Pin(path.with_suffix(".pin"))
             ok_marker.unlink(missing_ok=True)
-            download = path.with_suffix(".download")
-            try:
-                self.store.get_file(manifest.snapshot_key, download)
-                size = download.stat().st_size
-                digest = sha256_file(download)
-                if size != manifest.size or digest != manifest.sha256:
-                    raise SnapshotError(
-                        f"snapshot {manifest.version} failed verification"
-                        f" (size {size} vs {manifest.size},"
-                        f" sha256 {digest[:12]} vs {manifest.sha256[:12]})"
-                    )
-                _decompress(download, path, manifest.compression)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
-            finally:
-                download.unlink(missing_ok=True)
+            fetch_verified(self.store, manifest, path)
             tmp = ok_marker.with_suffix(".ok.tmp")
             tmp.write_bytes(manifest.to_json())
             os.replace(tmp, ok_marker)
@@ -437,7 +406,7 @@ class SnapshotManager:
             except BlockingIOError:
                 return False  # some worker (maybe this one) still reads it
             # Marker first: a half-deleted version is never taken as verified.
-            for suffix in (".ok", ".db", ".db.tmp", ".download", ".ok.tmp"):
+            for suffix in (".ok", ".db", ".db.tmp", ".db.download", ".ok.tmp"):
                 (self.cache_dir / f"{version}{suffix}").unlink(missing_ok=True)
             pin_path.unlink(missing_ok=True)
             return True
@@ -484,7 +453,7 @@ class SnapshotManager:
                 except BaseException:
                     con.close()
                     raise
-            except (OSError, ManifestError, SnapshotError, duckdb.Error) as exc:
+            except (OSError, ManifestError, SnapshotError, SnapshotFileError, duckdb.Error) as exc:
                 if pin is not None:
                     pin.release()
                 log.warning("cached_snapshot_unusable", marker=marker.name, error=str(exc))
@@ -505,7 +474,7 @@ class _Deferred(Exception):
     """A refused version's retry is not due yet (not counted as a new failure)."""
 
 
-_SUFFIXES = (".db.tmp", ".ok.tmp", ".download", ".db", ".ok", ".pin")
+_SUFFIXES = (".db.tmp", ".ok.tmp", ".db.download", ".db", ".ok", ".pin")
 
 
 def _version_of(name: str) -> str | None:
@@ -524,21 +493,3 @@ def _marker_matches(marker: Path, manifest: Manifest) -> bool:
     except (OSError, ManifestError):
         return False
     return verified.sha256 == manifest.sha256 and verified.size == manifest.size
-
-
-def _decompress(src: Path, dest: Path, compression: str | None) -> None:
-    if compression not in (None, "none", "zstd"):
-        raise SnapshotError(f"unknown snapshot compression {compression!r}")
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        if compression == "zstd":
-            with src.open("rb") as fin, tmp.open("wb") as fout:
-                try:
-                    zstandard.ZstdDecompressor().copy_stream(fin, fout)
-                except zstandard.ZstdError as exc:
-                    raise SnapshotError(f"cannot decompress snapshot: {exc}") from None
-            os.replace(tmp, dest)
-        else:
-            os.replace(src, dest)
-    finally:
-        tmp.unlink(missing_ok=True)

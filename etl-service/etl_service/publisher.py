@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -39,7 +38,8 @@ from analytics_shared.object_store import (
     PreconditionFailed,
     StoreError,
 )
-from etl_service.snapshot import SnapshotFile, compress_snapshot, decompress_file
+from analytics_shared.snapshot_file import COMPRESSIONS, fetch_verified
+from etl_service.snapshot import SnapshotFile, compress_snapshot
 
 if TYPE_CHECKING:
     from etl_service.settings import EtlSettings
@@ -105,7 +105,7 @@ class Publisher:
         compression: str = "zstd",
         log_retention_days: int = 30,
     ) -> None:
-        if compression not in ("zstd", "none"):
+        if compression not in COMPRESSIONS:
             raise ValueError(f"unknown snapshot compression {compression!r}")
         self.store = store
         self.retention = max(1, retention)
@@ -365,23 +365,9 @@ class Publisher:
 
     # -- rollback ----------------------------------------------------------
     def fetch_verified(self, manifest: Manifest, workdir: Path) -> Path:
-        """Download a version's snapshot, check size and sha256, return the plain file."""
-        from analytics_shared.manifest import sha256_file
-
+        """Download a version's snapshot, verify it, return the plain file."""
         workdir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            download = Path(tmp) / "download"
-            self.store.get_file(manifest.snapshot_key, download)
-            size, digest = download.stat().st_size, sha256_file(download)
-            if size != manifest.size or digest != manifest.sha256:
-                raise ManifestError(
-                    f"snapshot {manifest.version} failed verification"
-                    f" (size {size} vs {manifest.size},"
-                    f" sha256 {digest[:12]} vs {manifest.sha256[:12]})"
-                )
-            plain = workdir / f"{manifest.version}.db"
-            plain.unlink(missing_ok=True)
-            return decompress_file(download, plain, manifest.compression)
+        return fetch_verified(self.store, manifest, workdir / f"{manifest.version}.db")
 
 
 def _safe(text: str) -> str:

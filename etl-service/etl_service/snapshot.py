@@ -18,17 +18,15 @@ import duckdb
 import zstandard
 
 from analytics_shared.manifest import sha256_file
+from analytics_shared.snapshot_file import quote_ident
 
 __all__ = [
-    "COMPRESSIONS",
     "SnapshotFile",
     "compress_snapshot",
     "content_fingerprint",
-    "decompress_file",
     "export_snapshot",
 ]
 
-COMPRESSIONS = ("zstd", "none")
 ZSTD_LEVEL = 3  # fast; higher levels gain little on DuckDB's already-encoded blocks
 
 
@@ -41,10 +39,6 @@ class SnapshotFile:
     size: int
     fingerprint: str | None = None
     compression: str | None = None  # None: a plain DuckDB file
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
@@ -69,7 +63,7 @@ def content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
         ).fetchall()
         row = con.execute(
             "SELECT count(*), coalesce(bit_xor(hash(t)), 0), coalesce(bit_xor(hash(t, 'fp')), 0)"
-            f" FROM {_ident(schema)}.{_ident(table)} AS t"
+            f" FROM {quote_ident(schema)}.{quote_ident(table)} AS t"
         ).fetchone()
         digest.update(repr((schema, table, columns, row)).encode())
     return digest.hexdigest()
@@ -95,7 +89,7 @@ def export_snapshot(con: duckdb.DuckDBPyConnection, dest: Path) -> SnapshotFile:
     source_db = row[0] if row else "memory"
     con.execute(f"ATTACH '{tmp.as_posix()}' AS __snapshot")
     try:
-        con.execute(f"COPY FROM DATABASE {_ident(source_db)} TO __snapshot")
+        con.execute(f"COPY FROM DATABASE {quote_ident(source_db)} TO __snapshot")
     finally:
         con.execute("DETACH __snapshot")  # checkpoints: the file is self-contained
     if tmp.with_name(tmp.name + ".wal").exists():
@@ -121,18 +115,3 @@ def compress_snapshot(snapshot: SnapshotFile, level: int = ZSTD_LEVEL) -> Snapsh
         size=dest.stat().st_size,
         compression="zstd",
     )
-
-
-def decompress_file(src: Path, dest: Path, compression: str | None) -> Path:
-    """Write the plain DuckDB file for a stored object (a copy when uncompressed)."""
-    if compression not in (None, "none", "zstd"):
-        raise ValueError(f"unknown snapshot compression {compression!r}")
-    tmp = dest.with_name(dest.name + ".tmp")
-    with src.open("rb") as fin, tmp.open("wb") as fout:
-        if compression == "zstd":
-            zstandard.ZstdDecompressor().copy_stream(fin, fout)
-        else:
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
-    os.replace(tmp, dest)
-    return dest

@@ -18,8 +18,9 @@ from pathlib import Path
 import duckdb
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import Manifest, ManifestError, verify_row_counts
+from analytics_shared.manifest import Manifest, ManifestError
 from analytics_shared.object_store import ObjectNotFound, StoreError
+from analytics_shared.snapshot_file import SnapshotFileError, probe
 from etl_service.publisher import Publisher
 from etl_service.settings import EtlSettings
 
@@ -36,7 +37,7 @@ def probe_snapshot(path: Path, manifest: Manifest) -> None:
     """Open read-only and check every table's row count against the manifest."""
     con = duckdb.connect(str(path), read_only=True)
     try:
-        verify_row_counts(con, manifest)
+        probe(con, manifest)
     finally:
         con.close()
 
@@ -60,7 +61,7 @@ def rollback(publisher: Publisher, version: str, workdir: Path) -> Manifest:
             probe_snapshot(plain, target)
         except ObjectNotFound:
             raise RollbackError(f"version {version}: its snapshot is gone from the store") from None
-        except (ManifestError, duckdb.Error) as exc:
+        except (SnapshotFileError, duckdb.Error) as exc:
             raise RollbackError(f"version {version} failed verification: {exc}") from None
         # The newest data the operator moved away from: the ETL will not publish
         # that same data over the rollback (see Publisher.is_unchanged).

@@ -20,8 +20,9 @@ import duckdb
 import pyarrow as pa
 
 from analytics_shared.logging_config import get_logger
+from analytics_shared.snapshot_file import quote_ident
 
-__all__ = ["MergeResult", "Warehouse", "ident"]
+__all__ = ["MergeResult", "Warehouse"]
 
 log = get_logger(__name__)
 
@@ -31,24 +32,21 @@ Columns = Sequence[tuple[str, str | None]]
 _WRITTEN = "__delta WHERE __write AND __found"
 
 
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _select(columns: Columns, source: str = "__incoming") -> str:
     cols = ", ".join(
-        f"CAST({ident(n)} AS {t}) AS {ident(n)}" if t else ident(n) for n, t in columns
+        f"CAST({quote_ident(n)} AS {t}) AS {quote_ident(n)}" if t else quote_ident(n)
+        for n, t in columns
     )
     return f"SELECT {cols} FROM {source}"
 
 
 def _join(pk: Sequence[str], left: str, right: str) -> str:
-    return " AND ".join(f"{left}.{ident(c)} = {right}.{ident(c)}" for c in pk)
+    return " AND ".join(f"{left}.{quote_ident(c)} = {right}.{quote_ident(c)}" for c in pk)
 
 
 def _gone(soft_delete: str, columns: Columns, alias: str) -> str:
     """True for a soft-deleted row: a set boolean flag, or any value in another type."""
-    sd = f"{alias}.{ident(soft_delete)}"
+    sd = f"{alias}.{quote_ident(soft_delete)}"
     if dict(columns).get(soft_delete) == "BOOLEAN":
         return f"coalesce(CAST({sd} AS BOOLEAN), FALSE)"
     return f"{sd} IS NOT NULL"
@@ -100,7 +98,7 @@ class Warehouse:
 
     def row_count(self, table: str) -> int:
         if table not in self._rows:
-            rows = self.con.execute(f"SELECT count(*) FROM {ident(table)}").fetchall()
+            rows = self.con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()
             self._rows[table] = int(rows[0][0])
         return self._rows[table]
 
@@ -117,7 +115,7 @@ class Warehouse:
 
     def max_value(self, table: str, column: str) -> str | None:
         row = self.con.execute(
-            f"SELECT max({ident(column)})::VARCHAR FROM {ident(table)}"
+            f"SELECT max({quote_ident(column)})::VARCHAR FROM {quote_ident(table)}"
         ).fetchall()
         return None if not row or row[0][0] is None else str(row[0][0])
 
@@ -161,7 +159,7 @@ class Warehouse:
         Returns (rows, changed); `changed` compares with the old contents
         only when asked (it costs a pass over both copies).
         """
-        staging = ident(f"__load_{table}")
+        staging, target = quote_ident(f"__load_{table}"), quote_ident(table)
         held = [n for n, _ in self.columns(table)]
         same_shape = bool(held) and held == [n for n, _ in columns]
         statements = [
@@ -172,13 +170,13 @@ class Warehouse:
         if detect_changes and same_shape:
             statements.append(
                 "SELECT EXISTS (SELECT 1 FROM ("
-                f"(SELECT * FROM {staging} EXCEPT ALL SELECT * FROM {ident(table)})"
-                f" UNION ALL (SELECT * FROM {ident(table)} EXCEPT ALL SELECT * FROM {staging})"
+                f"(SELECT * FROM {staging} EXCEPT ALL SELECT * FROM {target})"
+                f" UNION ALL (SELECT * FROM {target} EXCEPT ALL SELECT * FROM {staging})"
                 "))"
             )
         statements += [
-            f"DROP TABLE IF EXISTS {ident(table)}",
-            f"ALTER TABLE {staging} RENAME TO {ident(table)}",
+            f"DROP TABLE IF EXISTS {target}",
+            f"ALTER TABLE {staging} RENAME TO {target}",
         ]
         self._rows.pop(table, None)
         # The stream comes from one extractor thread, and one DuckDB thread
@@ -219,17 +217,19 @@ class Warehouse:
         are unique (they are the primary key), so each delta row matches at
         most one row.
         """
-        t = ident(table)
+        t = quote_ident(table)
         names = [n for n, _ in columns]
-        cols = ", ".join(ident(n) for n in names)
-        pk = ", ".join(ident(c) for c in primary_key)
-        order = f"ORDER BY {ident(cursor)} DESC" if cursor else ""
+        cols = ", ".join(quote_ident(n) for n in names)
+        pk = ", ".join(quote_ident(c) for c in primary_key)
+        order = f"ORDER BY {quote_ident(cursor)} DESC" if cursor else ""
         gone = _gone(soft_delete, columns, "d") if soft_delete else "FALSE"
         # IS DISTINCT FROM compares NULLs as equal (as EXCEPT does).
-        differs = " OR ".join(f"d.{ident(n)} IS DISTINCT FROM t.{ident(n)}" for n in names)
+        differs = " OR ".join(
+            f"d.{quote_ident(n)} IS DISTINCT FROM t.{quote_ident(n)}" for n in names
+        )
         # A column named rowid hides DuckDB's pseudo-column: delete by key then.
         by_rowid = "rowid" not in {n.lower() for n in names}
-        found = "t.rowid" if by_rowid else f"t.{ident(primary_key[0])}"
+        found = "t.rowid" if by_rowid else f"t.{quote_ident(primary_key[0])}"
         rowid = " t.rowid AS __rowid," if by_rowid else ""
         if by_rowid:
             delete = f"DELETE FROM {t} WHERE rowid IN (SELECT __rowid FROM {_WRITTEN})"
@@ -265,7 +265,7 @@ class Warehouse:
 
         `primary_key` gives each key column's DuckDB type (None: keep the Arrow type).
         """
-        t = ident(table)
+        t = quote_ident(table)
         names = [n for n, _ in primary_key]
         results = self._run(
             keys,

@@ -9,15 +9,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_file
+from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo
 from analytics_shared.object_store import LocalObjectStore, ObjectStore
+from analytics_shared.snapshot_file import fetch_verified
 from etl_service.publisher import (
     CONVENIENCE_KEY,
     ManifestConflict,
     Publisher,
     manifest_key_for,
 )
-from etl_service.snapshot import content_fingerprint, decompress_file, export_snapshot
+from etl_service.snapshot import content_fingerprint, export_snapshot
 
 
 class Working:
@@ -49,11 +50,7 @@ def working(tmp_path) -> Working:
 
 
 def _download_plain(store: ObjectStore, manifest: Manifest, dest_dir: Path) -> Path:
-    raw = dest_dir / "raw"
-    store.get_file(manifest.snapshot_key, raw)
-    assert raw.stat().st_size == manifest.size
-    assert sha256_file(raw) == manifest.sha256
-    return decompress_file(raw, dest_dir / "plain.db", manifest.compression)
+    return fetch_verified(store, manifest, dest_dir / "plain.db")
 
 
 def test_publish_writes_history_then_manifest_and_convenience_copy(store, working, tmp_path):

@@ -22,7 +22,6 @@ __all__ = [
     "TableInfo",
     "new_version_id",
     "sha256_file",
-    "verify_row_counts",
 ]
 
 MANIFEST_KEY = "current/manifest.json"
@@ -130,17 +129,3 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def verify_row_counts(con: Any, manifest: Manifest) -> None:
-    """Check an open snapshot (a DuckDB connection) holds the rows the manifest
-    promises; a mismatch means the file is not the version it claims to be."""
-    for table, info in manifest.tables.items():
-        quoted = '"' + table.replace('"', '""') + '"'
-        row = con.execute(f"SELECT count(*) FROM {quoted}").fetchone()
-        count = int(row[0]) if row else -1
-        if count != info.row_count:
-            raise ManifestError(
-                f"snapshot {manifest.version}: table {table} has {count} rows,"
-                f" the manifest says {info.row_count}"
-            )

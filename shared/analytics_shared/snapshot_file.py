@@ -1,0 +1,113 @@
+"""The published snapshot file, as both services handle it.
+
+The ETL writes a DuckDB file (optionally zstd-compressed) and the manifest
+records its size and sha256; every reader - the API, `analytics-etl
+rollback`, the tests - checks those, decompresses, opens the file and probes
+its row counts with the code below, so writer and readers can never disagree
+on what "verified" means.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from analytics_shared.manifest import Manifest, sha256_file
+from analytics_shared.object_store import ObjectStore
+
+__all__ = [
+    "COMPRESSIONS",
+    "SnapshotFileError",
+    "decompress",
+    "fetch_verified",
+    "probe",
+    "quote_ident",
+    "verify_bytes",
+]
+
+# What `Manifest.compression` may say; None (or "none") is a plain DuckDB file.
+COMPRESSIONS = ("zstd", "none")
+
+
+class SnapshotFileError(ValueError):
+    """A snapshot file is not the one its manifest describes, or cannot be read."""
+
+
+def quote_ident(name: str) -> str:
+    """A DuckDB (and ANSI SQL) quoted identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def verify_bytes(path: Path, manifest: Manifest) -> None:
+    """The stored object at `path` has the manifest's size and sha256."""
+    size = path.stat().st_size
+    if size != manifest.size:  # no need to hash a file of the wrong size
+        raise SnapshotFileError(
+            f"snapshot {manifest.version} failed verification (size {size} vs {manifest.size})"
+        )
+    digest = sha256_file(path)
+    if digest != manifest.sha256:
+        raise SnapshotFileError(
+            f"snapshot {manifest.version} failed verification"
+            f" (sha256 {digest[:12]} vs {manifest.sha256[:12]})"
+        )
+
+
+def decompress(src: Path, dest: Path, compression: str | None) -> Path:
+    """Turn the stored object `src` into the plain DuckDB file `dest`.
+
+    `src` is consumed (moved when uncompressed, so no second copy is written);
+    `dest` appears whole or not at all.
+    """
+    if compression not in (None, *COMPRESSIONS):
+        raise SnapshotFileError(f"unknown snapshot compression {compression!r}")
+    if compression != "zstd":
+        os.replace(src, dest)
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        with src.open("rb") as fin, tmp.open("wb") as fout:
+            try:
+                zstandard.ZstdDecompressor().copy_stream(fin, fout)
+            except zstandard.ZstdError as exc:
+                raise SnapshotFileError(f"cannot decompress snapshot: {exc}") from None
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+        src.unlink(missing_ok=True)
+    return dest
+
+
+def fetch_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Path:
+    """Download the snapshot `manifest` names, verify it and write the plain file `dest`.
+
+    Nothing is left at `dest` (or beside it) when any step fails.
+    """
+    download = dest.with_name(dest.name + ".download")
+    try:
+        store.get_file(manifest.snapshot_key, download)
+        verify_bytes(download, manifest)
+        return decompress(download, dest, manifest.compression)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    finally:
+        download.unlink(missing_ok=True)
+
+
+def probe(con: Any, manifest: Manifest) -> None:
+    """An open snapshot (a DuckDB connection) answers queries and holds the
+    rows the manifest promises; a mismatch means it is not the version it
+    claims to be."""
+    con.execute("SELECT 1").fetchall()
+    for table, info in manifest.tables.items():
+        row = con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()
+        count = int(row[0]) if row else -1
+        if count != info.row_count:
+            raise SnapshotFileError(
+                f"snapshot {manifest.version}: table {table} has {count} rows,"
+                f" the manifest says {info.row_count}"
+            )
