@@ -43,8 +43,8 @@ from analytics_shared.manifest import TableInfo
 from analytics_shared.object_store import LocalObjectStore
 from api_service.dev_issuer import DevIssuer
 from benchmarks.api_loadgen import LoadResult, get_request, run_load
+from etl_service.export import export_snapshot
 from etl_service.publisher import Publisher
-from etl_service.snapshot import export_snapshot
 from testsupport.api_server import ApiServer
 from testsupport.ports import free_port
 from testsupport.processes import stop_process

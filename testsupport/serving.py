@@ -23,8 +23,8 @@ from analytics_shared.manifest import Manifest, TableInfo
 from analytics_shared.object_store import LocalObjectStore
 from api_service.main import create_app
 from api_service.settings import ApiSettings
+from etl_service.export import export_snapshot
 from etl_service.publisher import Publisher
-from etl_service.snapshot import export_snapshot
 from testsupport.ports import free_port
 
 __all__ = ["build_database", "publish", "serving_client"]

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo
 from analytics_shared.object_store import ObjectStore, open_store
 from analytics_shared.snapshot_file import fetch_verified, probe
+from etl_service.export import export_snapshot
 from etl_service.publisher import Publisher
-from etl_service.snapshot import export_snapshot
 
 __all__ = [
     "ETL",

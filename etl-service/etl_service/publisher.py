@@ -39,7 +39,7 @@ from analytics_shared.object_store import (
     StoreError,
 )
 from analytics_shared.snapshot_file import COMPRESSIONS, fetch_verified
-from etl_service.snapshot import SnapshotFile, compress_snapshot
+from etl_service.export import SnapshotFile, compress_snapshot
 
 if TYPE_CHECKING:
     from etl_service.settings import EtlSettings

@@ -22,12 +22,12 @@ from typing import Any
 
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import ColumnSchema, TableInfo
+from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryError, RetryPolicy, retry
 from etl_service.settings import EtlSettings
-from etl_service.snapshot import export_snapshot
 from etl_service.source import MssqlTls, Source, SourceSnapshot
 from etl_service.state import StateStore, TableUpdate
 from etl_service.tables import TableSpec, table_specs

@@ -12,13 +12,13 @@ import pytest
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo
 from analytics_shared.object_store import LocalObjectStore, ObjectStore
 from analytics_shared.snapshot_file import fetch_verified
+from etl_service.export import content_fingerprint, export_snapshot
 from etl_service.publisher import (
     CONVENIENCE_KEY,
     ManifestConflict,
     Publisher,
     manifest_key_for,
 )
-from etl_service.snapshot import content_fingerprint, export_snapshot
 
 
 class Working:

@@ -11,8 +11,8 @@ import pytest
 from analytics_shared.manifest import TableInfo
 from analytics_shared.object_store import LocalObjectStore
 from etl_service import cli
+from etl_service.export import export_snapshot
 from etl_service.publisher import Publisher
-from etl_service.snapshot import export_snapshot
 from etl_service.versions import RollbackError, rollback
 
 

@@ -1,5 +1,7 @@
-"""Code both services share: manifest, object store, settings, logging, whitelist."""
+"""Code both services share: errors, manifest, snapshot files, object store, settings,
+logging, whitelist."""
 
+from analytics_shared.errors import AnalyticsError, ConfigurationError, TransientError
 from analytics_shared.logging_config import configure_logging, get_logger
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError, TableInfo
 from analytics_shared.object_store import (
@@ -19,7 +21,9 @@ from analytics_shared.whitelist import Whitelist, WhitelistError, load_whitelist
 
 __all__ = [
     "MANIFEST_KEY",
+    "AnalyticsError",
     "CommonSettings",
+    "ConfigurationError",
     "LocalObjectStore",
     "Manifest",
     "ManifestError",
@@ -33,6 +37,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TableInfo",
+    "TransientError",
     "Whitelist",
     "WhitelistError",
     "configure_logging",

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from analytics_shared.errors import AnalyticsError
+
 __all__ = [
     "MANIFEST_KEY",
     "ColumnSchema",
@@ -28,7 +30,7 @@ MANIFEST_KEY = "current/manifest.json"
 FORMAT_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(AnalyticsError, ValueError):
     """The manifest is missing required fields, has wrong types or is not JSON."""
 
 

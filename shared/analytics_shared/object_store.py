@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
+from analytics_shared.errors import AnalyticsError, TransientError
+
 __all__ = [
     "LocalObjectStore",
     "NotModified",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(AnalyticsError):
     """Base class for object-store failures."""
 
 
@@ -47,7 +49,7 @@ class ObjectNotFound(StoreError, KeyError):
         return str(self.args[0]) if self.args else "object not found"
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, TransientError):
     """The store could not be reached or failed transiently; retrying may help."""
 
 

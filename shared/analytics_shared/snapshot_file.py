@@ -15,6 +15,7 @@ from typing import Any
 
 import zstandard
 
+from analytics_shared.errors import AnalyticsError
 from analytics_shared.manifest import Manifest, sha256_file
 from analytics_shared.object_store import ObjectStore
 
@@ -32,7 +33,7 @@ __all__ = [
 COMPRESSIONS = ("zstd", "none")
 
 
-class SnapshotFileError(ValueError):
+class SnapshotFileError(AnalyticsError, ValueError):
     """A snapshot file is not the one its manifest describes, or cannot be read."""
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from analytics_shared.errors import ConfigurationError
+
 __all__ = [
     "DEFAULT_WHITELIST_PATH",
     "ApiKeyEntry",
@@ -31,7 +33,7 @@ DEFAULT_WHITELIST_PATH = SCHEMA_DIR / "query_whitelist.json"
 SCHEMA_PATH = SCHEMA_DIR / "query_whitelist.schema.json"
 
 
-class WhitelistError(ValueError):
+class WhitelistError(ConfigurationError, ValueError):
     pass
 
 
