@@ -111,12 +111,12 @@ def child(mode: str) -> dict[str, float]:
     if mode == "ours":
         from etl_service.sync import SyncEngine
 
-        engine = SyncEngine(etl_settings(workdir), progress=False)
+        engine = SyncEngine.from_settings(etl_settings(workdir), progress=False)
         spec = engine.specs[0]
         started = time.perf_counter()
-        snap = engine.source.open_snapshot(0)
-        outcome = engine.syncer.sync(spec, snap, None, full_refresh=True)
-        snap.close()
+        source_read = engine.source.begin_read(0)
+        outcome = engine.syncer.sync(spec, source_read, None, full_refresh=True)
+        source_read.close()
         engine.warehouse.checkpoint()
         result["seconds"] = time.perf_counter() - started
         result["rows"] = outcome.row_count
@@ -124,7 +124,7 @@ def child(mode: str) -> dict[str, float]:
     elif mode == "ours_cycle":
         from etl_service.sync import SyncEngine
 
-        engine = SyncEngine(etl_settings(workdir), progress=False)
+        engine = SyncEngine.from_settings(etl_settings(workdir), progress=False)
         started = time.perf_counter()
         cycle = engine.run_cycle()
         result["seconds"] = time.perf_counter() - started

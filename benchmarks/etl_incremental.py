@@ -47,7 +47,7 @@ def measure(rows: int) -> dict[str, float]:
     from etl_service.sync import SyncEngine
 
     workdir = Path(tempfile.mkdtemp(prefix="etl-bench-inc-"))
-    engine = SyncEngine(
+    engine = SyncEngine.from_settings(
         etl_settings(workdir, SYNC_LOOKBACK_SECONDS="0", SYNC_SETTLE_SECONDS="0"),
         progress=False,
     )
@@ -56,9 +56,9 @@ def measure(rows: int) -> dict[str, float]:
     fulls = []
     for _ in range(3):
         started = time.perf_counter()
-        snap = engine.source.open_snapshot(0)
-        outcome = engine.syncer.sync(spec, snap, None, full_refresh=True)
-        snap.close()
+        source_read = engine.source.begin_read(0)
+        outcome = engine.syncer.sync(spec, source_read, None, full_refresh=True)
+        source_read.close()
         fulls.append(time.perf_counter() - started)
     watermark = outcome.watermark
 
@@ -67,9 +67,9 @@ def measure(rows: int) -> dict[str, float]:
         time.sleep(0.01)
         touch_rows(rows, seed)
         started = time.perf_counter()
-        snap = engine.source.open_snapshot(0)
-        outcome = engine.syncer.sync(spec, snap, watermark)
-        snap.close()
+        source_read = engine.source.begin_read(0)
+        outcome = engine.syncer.sync(spec, source_read, watermark)
+        source_read.close()
         incremental.append(time.perf_counter() - started)
         watermark, changed = outcome.watermark, outcome.changed
     touch_rows(rows, 6)

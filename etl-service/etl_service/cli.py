@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from analytics_shared.logging_config import configure_logging
 from analytics_shared.settings import load_settings
-from etl_service import versions
+from etl_service.ops import versions
 from etl_service.settings import EtlSettings
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ __all__ = ["main"]
 def _engine(settings: EtlSettings) -> SyncEngine:
     from etl_service.sync import SyncEngine
 
-    return SyncEngine(settings)
+    return SyncEngine.from_settings(settings)
 
 
 def _print(document: object) -> None:
@@ -31,7 +32,7 @@ def _print(document: object) -> None:
 
 
 def cmd_run(settings: EtlSettings, _args: argparse.Namespace) -> int:
-    from etl_service.monitoring import CycleMonitor
+    from etl_service.ops.monitoring import CycleMonitor
     from etl_service.scheduler import run_scheduler
 
     engine = _engine(settings)
@@ -103,8 +104,9 @@ def cmd_status(settings: EtlSettings, _args: argparse.Namespace) -> int:
     try:
         now = datetime.now(UTC)
         tables = []
-        for row in state.table_states():
-            synced = row.get("last_synced_at")
+        for table in state.table_states():
+            synced = table.last_synced_at
+            row = asdict(table)
             row["lag_seconds"] = round((now - synced).total_seconds(), 1) if synced else None
             tables.append(row)
         last = state.last_success()

@@ -5,9 +5,10 @@ The rules (docs/architecture.md, ETL section):
 - first run, `--full-refresh`, a table without a cursor, a lost working
   database or a changed column set: stream the whole table in batches of
   BATCH_SIZE and swap it in;
-- otherwise read `cursor >= watermark - lookback` in the cycle's snapshot and
-  merge it by primary key; the new watermark is the source's clock at the
-  snapshot minus the settle lag, kept as the source's own text (full precision);
+- otherwise read `cursor >= watermark - lookback` in the cycle's read
+  transaction and merge it by primary key; the new watermark is the source's
+  clock at its start minus the settle lag, kept as the source's own text
+  (full precision);
 - when reconciliation is due, read the primary keys and delete the rows the
   source no longer has (hard deletes).
 """
@@ -18,24 +19,29 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
 from analytics_shared.logging_config import get_logger
-from etl_service.source import Source, SourceSnapshot, TableShape
+from etl_service.source import Source, SourceRead, TableShape
 from etl_service.tables import TableSpec, resolve_spec
 from etl_service.warehouse import Warehouse
 
-__all__ = ["TableOutcome", "TableSyncer"]
+__all__ = ["LoadMode", "TableOutcome", "TableSyncer"]
 
 log = get_logger(__name__)
 
 
+LoadMode = Literal["full", "incremental"]
+
+
 @dataclass(frozen=True)
 class TableOutcome:
+    """What syncing one table did; `summary()` is its record in runs and run logs."""
+
     table: str
-    mode: str  # "full" | "incremental"
+    mode: LoadMode
     rows_read: int
     changed: int  # rows inserted, updated or deleted in the working DuckDB
     row_count: int
@@ -105,18 +111,18 @@ class TableSyncer:
             self._shapes[table] = self.source.shape(table)
         return self._shapes[table]
 
-    def _watermark(self, spec: TableSpec, shape: TableShape, snap: SourceSnapshot) -> str | None:
+    def _watermark(self, spec: TableSpec, shape: TableShape, cycle_read: SourceRead) -> str | None:
         if spec.cursor_column is None:
             return None
         cursor = shape.column(spec.cursor_column)
         if cursor.is_timestamp:
-            return snap.now_aware if cursor.has_timezone else snap.now_naive
+            return cycle_read.now_aware if cursor.has_timezone else cycle_read.now_naive
         return self.warehouse.max_value(spec.name, spec.cursor_column)
 
     def sync(
         self,
         spec: TableSpec,
-        snap: SourceSnapshot,
+        cycle_read: SourceRead,
         watermark: str | None,
         *,
         full_refresh: bool = False,
@@ -138,21 +144,21 @@ class TableSyncer:
             elif held != shape.names:
                 reason = "columns changed"
         if reason:
-            return self._full_load(resolved, shape, snap, reason)
+            return self._full_load(resolved, shape, cycle_read, reason)
 
         if self.source.column_names(spec.name) != shape.names:
             # A column was added, dropped or renamed: reflect again and reload,
             # so existing rows get the new column's values too.
             shape = self.shape(spec.name, refresh=True)
             resolved = resolve_spec(spec, shape.names, shape.primary_key)
-            return self._full_load(resolved, shape, snap, "columns changed", reflected=True)
+            return self._full_load(resolved, shape, cycle_read, "columns changed", reflected=True)
         assert resolved.cursor_column is not None and watermark is not None
         cursor = shape.column(resolved.cursor_column)
         lower = self.source.lower_bound_sql(watermark, cursor, self.lookback_seconds)
         sql = self.source.select_sql(
             spec.name, shape.columns, f"{self.source.quote(cursor.name)} >= {lower}"
         )
-        reader = self.source.read(sql, self.batch_size, snap)
+        reader = self.source.read(sql, self.batch_size, cycle_read)
         columns = [(c.name, c.duckdb_type) for c in shape.columns]
         merged = self.warehouse.merge(
             spec.name,
@@ -162,14 +168,14 @@ class TableSyncer:
             cursor=resolved.cursor_column,
             soft_delete=resolved.soft_delete_column,
         )
-        removed = self._reconcile(resolved, snap) if reconcile else 0
+        removed = self._reconcile(resolved, cycle_read) if reconcile else 0
         return TableOutcome(
             table=spec.name,
             mode="incremental",
             rows_read=merged.read,
             changed=merged.changed + removed,
             row_count=self.warehouse.row_count(spec.name),
-            watermark=_later(watermark, self._watermark(resolved, shape, snap)),
+            watermark=_later(watermark, self._watermark(resolved, shape, cycle_read)),
             reconciled=reconcile,
             full_load=False,
         )
@@ -178,7 +184,7 @@ class TableSyncer:
         self,
         spec: TableSpec,
         shape: TableShape,
-        snap: SourceSnapshot,
+        cycle_read: SourceRead,
         reason: str,
         *,
         reflected: bool = False,
@@ -188,7 +194,7 @@ class TableSyncer:
         if not reflected and self.source.column_names(spec.name) != shape.names:
             shape = self.shape(spec.name, refresh=True)  # changed since reflection
         reader = self.source.read(
-            self.source.select_sql(spec.name, shape.columns), self.batch_size, snap
+            self.source.select_sql(spec.name, shape.columns), self.batch_size, cycle_read
         )
         if self.progress:
             reader = _with_progress(reader, f"full load {spec.name}")
@@ -212,16 +218,16 @@ class TableSyncer:
             rows_read=rows,
             changed=rows if changed else 0,
             row_count=rows,
-            watermark=self._watermark(spec, shape, snap),
+            watermark=self._watermark(spec, shape, cycle_read),
             reconciled=True,
             full_load=True,
             reason=reason,
         )
 
-    def _reconcile(self, spec: TableSpec, snap: SourceSnapshot) -> int:
+    def _reconcile(self, spec: TableSpec, cycle_read: SourceRead) -> int:
         shape = self.shape(spec.name)
         pk = [shape.column(c) for c in spec.primary_key or ()]
-        keys = self.source.read(self.source.select_sql(spec.name, pk), self.batch_size, snap)
+        keys = self.source.read(self.source.select_sql(spec.name, pk), self.batch_size, cycle_read)
         removed = self.warehouse.reconcile(spec.name, keys, [(c.name, c.duckdb_type) for c in pk])
         log.info("table_reconciled", table=spec.name, deleted=removed)
         return removed

@@ -10,18 +10,17 @@ Order matters (see docs/architecture.md, "Snapshot lifecycle"):
    orphaned (retention removes it); a second writer loses with `ManifestConflict`;
 3. best effort afterwards: the `current/analytics.db` convenience copy and retention.
 
-Readers only ever follow the manifest.
+Readers only ever follow the manifest. Run logs are not published here
+(etl_service.run_logs).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import (
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CONVENIENCE_KEY",
     "HISTORY_PREFIX",
-    "LOGS_PREFIX",
     "ManifestConflict",
     "PublishedVersion",
     "Publisher",
@@ -56,8 +54,6 @@ __all__ = [
 ]
 
 HISTORY_PREFIX = "history/"
-LOGS_PREFIX = "logs/"
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 CONVENIENCE_KEY = "current/analytics.db"
 
 _HISTORY_KEY = re.compile(
@@ -103,7 +99,6 @@ class Publisher:
         *,
         grace_seconds: float = 900.0,
         compression: str = "zstd",
-        log_retention_days: int = 30,
     ) -> None:
         if compression not in COMPRESSIONS:
             raise ValueError(f"unknown snapshot compression {compression!r}")
@@ -111,19 +106,16 @@ class Publisher:
         self.retention = max(1, retention)
         self.grace_seconds = grace_seconds
         self.compression = compression
-        self.log_retention_days = log_retention_days  # 0: keep run logs forever
-        self._logs_pruned_on: date | None = None
         # True when the last publish() found nothing changed and wrote nothing.
         self.last_publish_skipped = False
 
     @classmethod
-    def from_settings(cls, settings: EtlSettings) -> Publisher:
+    def from_settings(cls, settings: EtlSettings, store: ObjectStore | None = None) -> Publisher:
         return cls(
-            settings.open_store(),
+            store or settings.open_store(),
             retention=settings.snapshot_retention,
             grace_seconds=settings.snapshot_retention_grace_seconds,
             compression=settings.snapshot_compression,
-            log_retention_days=settings.run_log_retention_days,
         )
 
     # -- reading -----------------------------------------------------------
@@ -318,69 +310,8 @@ class Publisher:
             log.info("snapshots_pruned", removed=len(removed), kept=len(keep))
         return removed
 
-    def write_run_log(self, record: Mapping[str, Any]) -> str | None:
-        """Store one run's JSON record under `logs/etl_sync_<date>/`; never raises.
-
-        `record` should carry `run_id` and `started_at`/`finished_at`; any
-        JSON-able values (datetimes become ISO strings).
-        """
-        now = datetime.now(UTC)
-        run_id = record.get("run_id", "x")
-        key = (
-            f"{LOGS_PREFIX}etl_sync_{now:%Y-%m-%d}/"
-            f"run_{now:%Y%m%dT%H%M%S%fZ}_{_safe(str(run_id))}.json"
-        )
-        try:
-            body = json.dumps(dict(record), default=_json_default, indent=2, sort_keys=True)
-            self.store.put_bytes(key, body.encode())
-        except (StoreError, OSError, TypeError, ValueError) as exc:
-            log.warning("run_log_not_stored", key=key, error=str(exc))
-            return None
-        if self._logs_pruned_on != now.date():
-            self.prune_run_logs(now.date())
-        return key
-
-    def prune_run_logs(self, today: date) -> list[str]:
-        """Delete run logs in day folders older than `log_retention_days`; never raises.
-
-        Runs once per UTC day per process (one LIST of `logs/`). An S3 bucket
-        made by our Terraform expires them by a lifecycle rule as well; a local
-        folder store has only this."""
-        self._logs_pruned_on = today
-        if self.log_retention_days <= 0:
-            return []
-        cutoff = (today - timedelta(days=self.log_retention_days)).isoformat()
-        removed: list[str] = []
-        try:
-            for obj in self.store.list(f"{LOGS_PREFIX}etl_sync_"):
-                day = obj.key[len(LOGS_PREFIX) + len("etl_sync_") :][:10]
-                if _DAY.fullmatch(day) and day < cutoff:
-                    self.store.delete(obj.key)
-                    removed.append(obj.key)
-        except (StoreError, OSError) as exc:
-            log.warning("run_logs_not_pruned", error=str(exc))
-        if removed:
-            log.info("run_logs_pruned", removed=len(removed), older_than=cutoff)
-        return removed
-
     # -- rollback ----------------------------------------------------------
     def fetch_verified(self, manifest: Manifest, workdir: Path) -> Path:
         """Download a version's snapshot, verify it, return the plain file."""
         workdir.mkdir(parents=True, exist_ok=True)
         return fetch_verified(self.store, manifest, workdir / f"{manifest.version}.db")
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]", "_", text)[:64] or "x"
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)

@@ -13,24 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import duckdb
 import sqlalchemy as sa
 
+from analytics_shared.errors import TransientError
 from analytics_shared.logging_config import get_logger
-from analytics_shared.object_store import StoreUnavailable
-from etl_service.source import _TRANSIENT, SourceError
+from etl_service.errors import RetryError, describe, is_connection_trouble
 
 __all__ = ["RetryError", "RetryPolicy", "is_transient", "retry"]
 
 T = TypeVar("T")
 log = get_logger(__name__)
-
-
-class RetryError(Exception):
-    """The last attempt failed; `__cause__` is its error."""
-
-    def __init__(self, message: str, attempts: int) -> None:
-        super().__init__(message)
-        self.attempts = attempts
 
 
 @dataclass(frozen=True)
@@ -46,19 +39,21 @@ class RetryPolicy:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Connection-level trouble with the source, the state DB or the store."""
-    if isinstance(exc, SourceError):
-        return exc.transient
-    if isinstance(exc, StoreUnavailable | ConnectionError | TimeoutError):
+    """Connection-level trouble with the source, the state DB or the store.
+
+    Our own errors say so by type (etl_service.errors); the rest are the
+    third-party types that reach here unwrapped.
+    """
+    if isinstance(exc, TransientError | ConnectionError | TimeoutError):
         return True
-    if isinstance(exc, sa.exc.DBAPIError):
+    if isinstance(exc, sa.exc.DBAPIError):  # the state store, through SQLAlchemy
         return exc.connection_invalidated or isinstance(
             exc, sa.exc.OperationalError | sa.exc.InterfaceError
         )
     # Errors raised while DuckDB pulls the Arrow stream arrive as DuckDB
-    # errors carrying the driver's message.
-    if type(exc).__module__.startswith(("duckdb", "_duckdb")):
-        return bool(_TRANSIENT.search(str(exc)))
+    # errors carrying the extractor's message.
+    if isinstance(exc, duckdb.Error):
+        return is_connection_trouble(str(exc))
     return False
 
 
@@ -84,14 +79,14 @@ def retry(
         except Exception as exc:
             transient = is_transient(exc)
             if not transient or attempt >= policy.attempts or should_stop():
-                raise RetryError(f"{what}: {type(exc).__name__}: {exc}", attempt) from exc
+                raise RetryError(f"{what}: {describe(exc)}", attempt) from exc
             delay = policy.delay(attempt)
             log.warning(
                 "retrying",
                 what=what,
                 attempt=attempt,
                 delay_s=round(delay, 3),
-                error=f"{type(exc).__name__}: {exc}",
+                error=describe(exc),
             )
             if on_retry is not None:
                 on_retry(exc)

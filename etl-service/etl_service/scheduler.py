@@ -15,7 +15,7 @@ from types import FrameType
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from analytics_shared.logging_config import get_logger
-from etl_service.monitoring import CycleMonitor
+from etl_service.ops.monitoring import CycleMonitor
 from etl_service.sync import SyncEngine
 
 __all__ = ["build_scheduler", "run_scheduler"]

@@ -12,13 +12,21 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-__all__ = ["StateStore", "TableUpdate", "dead_letters", "sync_runs", "table_state"]
+__all__ = [
+    "RunStatus",
+    "StateStore",
+    "TableState",
+    "TableUpdate",
+    "dead_letters",
+    "sync_runs",
+    "table_state",
+]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key serialising concurrent migrations ("etl_migr").
@@ -65,6 +73,10 @@ dead_letters = sa.Table(
     sa.Column("closed_at", TZ),
 )
 
+# What `sync_runs.status` holds: "running" until the run is recorded, then
+# success | partial (some tables failed) | failed | abandoned (shutdown mid-cycle).
+RunStatus = Literal["running", "success", "partial", "failed", "abandoned"]
+
 CYCLE = "*cycle*"  # how a whole-cycle dead letter is shown
 
 
@@ -77,6 +89,22 @@ def _aware(value: Any) -> Any:
 
 def _row(r: sa.Row[Any]) -> dict[str, Any]:
     return {k: _aware(v) for k, v in r._mapping.items()}
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One row of `table_state`: what the last committed cycles left for a table."""
+
+    table_name: str
+    watermark: str | None = None
+    last_synced_at: datetime | None = None
+    last_reconciled_at: datetime | None = None
+    last_full_load_at: datetime | None = None
+    row_count: int | None = None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> TableState:
+        return cls(**_row(row))
 
 
 @dataclass(frozen=True)
@@ -129,7 +157,7 @@ class StateStore:
     def finish_run(
         self,
         run_id: int,
-        status: str,
+        status: RunStatus,
         rows: dict[str, Any],
         version: str | None = None,
         error: str | None = None,
@@ -182,15 +210,15 @@ class StateStore:
 
     # -- tables --------------------------------------------------------------
 
-    def table_states(self) -> list[dict[str, Any]]:
+    def table_states(self) -> list[TableState]:
         with self.engine.connect() as conn:
             rows = conn.execute(table_state.select().order_by(table_state.c.table_name))
-            return [_row(r) for r in rows]
+            return [TableState.from_row(r) for r in rows]
 
-    def table(self, name: str) -> dict[str, Any] | None:
+    def table(self, name: str) -> TableState | None:
         with self.engine.connect() as conn:
             row = conn.execute(table_state.select().where(table_state.c.table_name == name)).first()
-            return _row(row) if row else None
+            return TableState.from_row(row) if row else None
 
     def forget_table(self, name: str) -> None:
         """Drop a table's watermark so its next sync is a full load (backfill)."""

@@ -1,10 +1,11 @@
 """One sync cycle: source -> working DuckDB -> snapshot -> store -> state.
 
-A cycle holds the sync lock (one replica at a time), opens one snapshot of the
-source, syncs each table (etl_service.incremental) with retries on transient
-errors, publishes when something changed, and records the run and the new
-watermarks last. A table that still fails after its retries goes to the
-dead-letter queue; the other tables carry on and the next cycle runs as usual.
+A cycle holds the sync lock (one replica at a time), begins one read
+transaction on the source (etl_service.source), syncs each table
+(etl_service.incremental) with retries on transient errors, publishes when
+something changed, and records the run and the new watermarks last. A table
+that still fails after its retries goes to the dead-letter queue; the other
+tables carry on and the next cycle runs as usual.
 
 Crash safety: watermarks are committed after the publish, so a crash anywhere
 before re-reads the same delta and the merge makes that harmless. A marker
@@ -15,70 +16,142 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import ColumnSchema, TableInfo
+from analytics_shared.manifest import ColumnSchema, Manifest, TableInfo
+from etl_service.errors import RetryError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
 from etl_service.publisher import Publisher
-from etl_service.retry import RetryError, RetryPolicy, retry
+from etl_service.retry import RetryPolicy, retry
+from etl_service.run_logs import RunLogStore
 from etl_service.settings import EtlSettings
-from etl_service.source import MssqlTls, Source, SourceSnapshot
+from etl_service.source import MssqlTls, Source, SourceRead
 from etl_service.state import StateStore, TableUpdate
 from etl_service.tables import TableSpec, table_specs
 from etl_service.warehouse import Warehouse
 
-__all__ = ["CycleResult", "SyncEngine"]
+__all__ = ["CycleResult", "CycleStatus", "SyncEngine"]
 
 log = get_logger(__name__)
+T = TypeVar("T")
+
+# running (until recorded) | success | partial (some tables failed) | failed |
+# skipped (the lock is held elsewhere) | abandoned (shutdown mid-cycle)
+CycleStatus = Literal["running", "success", "partial", "failed", "skipped", "abandoned"]
 
 
 @dataclass
 class CycleResult:
     run_id: int | None
-    # success | partial (some tables failed) | failed | skipped (lock held
-    # elsewhere) | abandoned (shutdown mid-cycle)
-    status: str
-    rows: dict[str, Any] = field(default_factory=dict)
+    status: CycleStatus
+    outcomes: dict[str, TableOutcome] = field(default_factory=dict)
     version: str | None = None
     published: bool = False
     error: str | None = None
     failed_tables: dict[str, str] = field(default_factory=dict)
     duration_seconds: float = 0.0
 
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Each synced table's summary, as the CLI, the run history and run logs show it."""
+        return {name: outcome.summary() for name, outcome in self.outcomes.items()}
+
+
+class _CycleRead:
+    """The cycle's read transaction; a dropped connection renews it for the next attempt."""
+
+    def __init__(self, source: Source, settle_seconds: float, first: SourceRead) -> None:
+        self.source = source
+        self.settle_seconds = settle_seconds
+        self.current = first
+
+    def get(self) -> SourceRead:
+        if self.current.broken:
+            self.current = self.source.begin_read(self.settle_seconds)
+        return self.current
+
+    def renew(self, _exc: BaseException) -> None:
+        # A dropped connection loses the read transaction: later attempts begin a new one.
+        self.current.broken = True
+        self.current.close()
+        self.current = self.source.begin_read(self.settle_seconds)
+
+    def close(self) -> None:
+        self.current.close()
+
 
 class SyncEngine:
-    """Owns the long-lived pieces of the ETL; `run_cycle` is one scheduled tick."""
+    """Owns the long-lived pieces of the ETL; `run_cycle` is one scheduled tick.
 
-    def __init__(self, settings: EtlSettings, *, progress: bool | None = None) -> None:
+    `from_settings` builds the collaborators; tests may pass their own.
+    """
+
+    def __init__(
+        self,
+        settings: EtlSettings,
+        *,
+        source: Source,
+        state: StateStore,
+        warehouse: Warehouse,
+        publisher: Publisher,
+        run_logs: RunLogStore,
+        specs: list[TableSpec] | None = None,
+        lock: SyncLock | None = None,
+        progress: bool | None = None,
+    ) -> None:
         self.settings = settings
-        self.specs = table_specs(settings.tables_to_sync, settings.table_config)
-        self.source = Source(
-            settings.resolved_source_url,
-            timezone=settings.source_timezone,
-            tls=MssqlTls(settings.mssql_trust_server_certificate, settings.mssql_ca_file),
+        self.specs = (
+            specs
+            if specs is not None
+            else table_specs(settings.tables_to_sync, settings.table_config)
         )
-        self.state = StateStore(settings.resolved_database_url)
-        self.warehouse = Warehouse(settings.working_db_path)
-        self.publisher = Publisher.from_settings(settings)
-        self.lock = SyncLock(self.state.engine, Path(settings.data_dir) / "etl_sync.lock")
+        self.source = source
+        self.state = state
+        self.warehouse = warehouse
+        self.publisher = publisher
+        self.run_logs = run_logs
+        self.lock = lock or SyncLock(state.engine, Path(settings.data_dir) / "etl_sync.lock")
         self.policy = RetryPolicy(
             settings.retry_attempts, settings.retry_base_seconds, settings.retry_max_seconds
         )
         self.syncer = TableSyncer(
-            self.source,
-            self.warehouse,
+            source,
+            warehouse,
             batch_size=settings.batch_size,
             lookback_seconds=settings.sync_lookback_seconds,
             progress=progress,
         )
         # Set by the scheduler on SIGTERM/SIGINT: the cycle stops between tables.
         self.stop_requested = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: EtlSettings, *, progress: bool | None = None) -> SyncEngine:
+        specs = table_specs(settings.tables_to_sync, settings.table_config)  # fails first
+        source = Source(
+            settings.resolved_source_url,
+            timezone=settings.source_timezone,
+            tls=MssqlTls(settings.mssql_trust_server_certificate, settings.mssql_ca_file),
+        )
+        state = StateStore(settings.resolved_database_url)
+        warehouse = Warehouse(settings.working_db_path)
+        store = settings.open_store()
+        return cls(
+            settings,
+            source=source,
+            state=state,
+            warehouse=warehouse,
+            publisher=Publisher.from_settings(settings, store),
+            run_logs=RunLogStore.from_settings(settings, store),
+            specs=specs,
+            progress=progress,
+        )
 
     def close(self) -> None:
         self.warehouse.close()
@@ -112,7 +185,7 @@ class SyncEngine:
                 result = self._locked_cycle(specs, full_refresh, reconcile, kind)
         except Exception as exc:  # the state store itself is unreachable
             log.exception("sync_cycle_crashed")
-            result = CycleResult(run_id=None, status="failed", error=_describe(exc))
+            result = CycleResult(run_id=None, status="failed", error=describe(exc))
         result.duration_seconds = time.monotonic() - started
         log.info(
             "sync_cycle_finished",
@@ -125,14 +198,13 @@ class SyncEngine:
         )
         return result
 
-    def _retry(self, fn: Any, what: str, **kwargs: Any) -> Any:
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
         value, _ = retry(
             fn,
             self.policy,
             what=what,
             should_stop=self.stop_requested.is_set,
             sleep=self.stop_requested.wait,
-            **kwargs,
         )
         return value
 
@@ -140,109 +212,77 @@ class SyncEngine:
         self, specs: list[TableSpec], full_refresh: bool, reconcile: bool, kind: str
     ) -> CycleResult:
         started_at = datetime.now(UTC)
-        run_id: int = self._retry(lambda: self.state.start_run(kind), "state: start run")
+        run_id = self._retry(lambda: self.state.start_run(kind), "state: start run")
         result = CycleResult(run_id=run_id, status="running")
         try:
-            self._retry(self.warehouse.ensure_usable, "warehouse: open")
-            snapshot = self._retry(
-                lambda: self.source.open_snapshot(self.settings.sync_settle_seconds),
-                "source: open snapshot",
-            )
+            cycle_read = self._begin_read()
         except RetryError as err:
             return self._fail_cycle(result, err, started_at)
         marker = self.warehouse.unpublished_marker
         unpublished_before = marker.exists()
         marker.touch()
-        outcomes: dict[str, TableOutcome] = {}
-        holder = [snapshot]
+        self._sync_tables(result, specs, cycle_read, full_refresh, reconcile)
+        if result.status == "abandoned":
+            return self._abandon(result)
+        try:
+            self._publish_if_changed(result, unpublished_before)
+        except RetryError as err:
+            return self._fail_cycle(result, err, started_at)
+        marker.unlink(missing_ok=True)
+        self._record_run(result, started_at)
+        return result
+
+    # -- the cycle's steps ---------------------------------------------------------
+
+    def _begin_read(self) -> _CycleRead:
+        self._retry(self.warehouse.ensure_usable, "warehouse: open")
+        settle = self.settings.sync_settle_seconds
+        first = self._retry(lambda: self.source.begin_read(settle), "source: open snapshot")
+        return _CycleRead(self.source, settle, first)
+
+    def _sync_tables(
+        self,
+        result: CycleResult,
+        specs: list[TableSpec],
+        cycle_read: _CycleRead,
+        full_refresh: bool,
+        reconcile: bool,
+    ) -> None:
+        """Each table in turn; one that fails after its retries is dead-lettered."""
+        assert result.run_id is not None
         try:
             for spec in specs:
                 if self.stop_requested.is_set():
                     result.status = "abandoned"
                     break
                 try:
-                    outcomes[spec.name] = self._sync_table(spec, holder, full_refresh, reconcile)
+                    result.outcomes[spec.name] = self._sync_table(
+                        spec, cycle_read, full_refresh, reconcile
+                    )
                 except RetryError as err:
                     result.failed_tables[spec.name] = str(err)
-                    self.state.dead_letter(run_id, spec.name, str(err), err.attempts)
+                    self.state.dead_letter(result.run_id, spec.name, str(err), err.attempts)
                     log.error("table_dead_lettered", table=spec.name, error=str(err))
         finally:
-            holder[0].close()
-        result.rows = {name: o.summary() for name, o in outcomes.items()}
-        if result.status == "abandoned":
-            # Merged tables stay merged (the marker makes the next cycle publish);
-            # watermarks stay put, so the next cycle re-reads the same deltas.
-            self.state.finish_run(run_id, "abandoned", result.rows, error="shutdown")
-            log.warning("sync_cycle_abandoned", run_id=run_id, done=sorted(outcomes))
-            return result
-
-        changed = any(o.changed for o in outcomes.values())
-        try:
-            if outcomes and (changed or unpublished_before or self.publisher.current() is None):
-                manifest = self._retry(lambda: self._publish(outcomes), "store: publish snapshot")
-                result.version, result.published = manifest.version, True
-            else:
-                current = self.publisher.current()
-                result.version = current.version if current else None
-        except RetryError as err:
-            return self._fail_cycle(result, err, started_at)
-        marker.unlink(missing_ok=True)
-
-        result.status = "success" if not result.failed_tables else "partial"
-        if result.failed_tables and not outcomes:
-            result.status = "failed"
-        result.error = "; ".join(result.failed_tables.values()) or None
-        self._retry(
-            lambda: self.state.finish_run(
-                run_id,
-                result.status,
-                result.rows,
-                version=result.version if result.published else None,
-                error=result.error,
-                tables={
-                    name: TableUpdate(o.watermark, o.row_count, o.reconciled, o.full_load)
-                    for name, o in outcomes.items()
-                },
-            ),
-            "state: record run",
-        )
-        self.state.resolve_dead_letters(list(outcomes), cycle=not result.failed_tables)
-        self._write_run_log(result, started_at)
-        return result
+            cycle_read.close()
 
     def _sync_table(
-        self,
-        spec: TableSpec,
-        holder: list[SourceSnapshot],
-        full_refresh: bool,
-        reconcile: bool,
+        self, spec: TableSpec, cycle_read: _CycleRead, full_refresh: bool, reconcile: bool
     ) -> TableOutcome:
-        row = self.state.table(spec.name) or {}
-        due = reconcile or self._reconcile_due(row.get("last_reconciled_at"))
+        state = self.state.table(spec.name)
+        watermark = state.watermark if state else None
+        due = reconcile or self._reconcile_due(state.last_reconciled_at if state else None)
 
         def attempt() -> TableOutcome:
-            if holder[0].broken:
-                holder[0] = self.source.open_snapshot(self.settings.sync_settle_seconds)
             return self.syncer.sync(
-                spec,
-                holder[0],
-                row.get("watermark"),
-                full_refresh=full_refresh,
-                reconcile=due,
+                spec, cycle_read.get(), watermark, full_refresh=full_refresh, reconcile=due
             )
 
-        def reopen(_exc: BaseException) -> None:
-            # A dropped connection loses the snapshot: later attempts read a new one.
-            holder[0].broken = True
-            holder[0].close()
-            holder[0] = self.source.open_snapshot(self.settings.sync_settle_seconds)
-
-        outcome: TableOutcome
         outcome, attempts = retry(
             attempt,
             self.policy,
             what=f"table {spec.name}",
-            on_retry=lambda exc: _suppress(reopen, exc),
+            on_retry=lambda exc: _suppress(cycle_read.renew, exc),
             should_stop=self.stop_requested.is_set,
             sleep=self.stop_requested.wait,
         )
@@ -257,7 +297,27 @@ class SyncEngine:
         age = (datetime.now(UTC) - last).total_seconds()
         return age >= self.settings.reconcile_interval_seconds
 
-    def _publish(self, outcomes: dict[str, TableOutcome]) -> Any:
+    def _abandon(self, result: CycleResult) -> CycleResult:
+        # Merged tables stay merged (the marker makes the next cycle publish);
+        # watermarks stay put, so the next cycle re-reads the same deltas.
+        assert result.run_id is not None
+        self.state.finish_run(result.run_id, "abandoned", result.rows, error="shutdown")
+        log.warning("sync_cycle_abandoned", run_id=result.run_id, done=sorted(result.outcomes))
+        return result
+
+    def _publish_if_changed(self, result: CycleResult, unpublished_before: bool) -> None:
+        """Publish when a table changed, an earlier cycle left changes unpublished,
+        or nothing was ever published; otherwise report the current version."""
+        outcomes = result.outcomes
+        changed = any(o.changed for o in outcomes.values())
+        if outcomes and (changed or unpublished_before or self.publisher.current() is None):
+            manifest = self._retry(lambda: self._publish(outcomes), "store: publish snapshot")
+            result.version, result.published = manifest.version, True
+        else:
+            current = self.publisher.current()
+            result.version = current.version if current else None
+
+    def _publish(self, outcomes: dict[str, TableOutcome]) -> Manifest:
         self.warehouse.checkpoint()
         snapshot = export_snapshot(
             self.warehouse.con, Path(self.settings.data_dir) / "outgoing" / "snapshot.db"
@@ -273,7 +333,8 @@ class SyncEngine:
             if spec.name in outcomes:
                 watermark = outcomes[spec.name].watermark
             else:
-                watermark = (self.state.table(spec.name) or {}).get("watermark")
+                state = self.state.table(spec.name)
+                watermark = state.watermark if state else None
             infos[spec.name] = TableInfo(
                 row_count=self.warehouse.row_count(spec.name),
                 watermark=watermark,
@@ -282,6 +343,29 @@ class SyncEngine:
                 ],
             )
         return infos
+
+    def _record_run(self, result: CycleResult, started_at: datetime) -> None:
+        """The run, its tables' new watermarks (the last step), and the run log."""
+        assert result.run_id is not None
+        run_id = result.run_id
+        status = result.status = _final_status(result)
+        result.error = "; ".join(result.failed_tables.values()) or None
+        self._retry(
+            lambda: self.state.finish_run(
+                run_id,
+                status,
+                result.rows,
+                version=result.version if result.published else None,
+                error=result.error,
+                tables={
+                    name: TableUpdate(o.watermark, o.row_count, o.reconciled, o.full_load)
+                    for name, o in result.outcomes.items()
+                },
+            ),
+            "state: record run",
+        )
+        self.state.resolve_dead_letters(list(result.outcomes), cycle=not result.failed_tables)
+        self._write_run_log(result, started_at)
 
     def _fail_cycle(
         self, result: CycleResult, err: RetryError, started_at: datetime
@@ -295,7 +379,7 @@ class SyncEngine:
         return result
 
     def _write_run_log(self, result: CycleResult, started_at: datetime) -> None:
-        self.publisher.write_run_log(
+        self.run_logs.write(
             {
                 "run_id": result.run_id,
                 "started_at": started_at,
@@ -309,12 +393,14 @@ class SyncEngine:
         )
 
 
-def _suppress(fn: Any, exc: BaseException) -> None:
+def _final_status(result: CycleResult) -> Literal["success", "partial", "failed"]:
+    if not result.failed_tables:
+        return "success"
+    return "partial" if result.outcomes else "failed"
+
+
+def _suppress(fn: Callable[[BaseException], None], exc: BaseException) -> None:
     try:
         fn(exc)
     except Exception as again:  # the next attempt will fail and be retried
-        log.warning("snapshot_reopen_failed", error=_describe(again))
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+        log.warning("snapshot_reopen_failed", error=describe(again))

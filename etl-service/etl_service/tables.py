@@ -13,13 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from etl_service.errors import TableConfigError
+
 __all__ = ["SEED_TABLES", "TableConfigError", "TableSpec", "resolve_spec", "table_specs"]
 
 DEFAULT_CURSOR = "updated_at"
-
-
-class TableConfigError(ValueError):
-    """A table cannot be synced the way it is configured."""
 
 
 @dataclass(frozen=True)

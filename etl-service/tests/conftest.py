@@ -48,7 +48,7 @@ def make_engine(etl_settings: Callable[..., EtlSettings]) -> Iterator[Callable[.
     engines: list[SyncEngine] = []
 
     def build(**overrides: str) -> SyncEngine:
-        engine = SyncEngine(etl_settings(**overrides), progress=False)
+        engine = SyncEngine.from_settings(etl_settings(**overrides), progress=False)
         engines.append(engine)
         return engine
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from etl_service.alerts import AlertNotifier
+from etl_service.ops.alerts import AlertNotifier
 
 
 class Receiver:

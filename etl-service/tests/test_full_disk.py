@@ -31,7 +31,7 @@ def test_a_full_disk_fails_the_cycle_and_the_worker_heals(
     )
     first = etl.run_cycle()
     assert first.status == "success" and first.published
-    watermark = etl.state.table("inventory")["watermark"]  # type: ignore[index]
+    watermark = etl.state.table("inventory").watermark  # type: ignore[union-attr]
 
     with source.begin() as conn:
         conn.execute(sa.text("UPDATE inventory SET quantity = quantity + 1, updated_at = now()"))
@@ -44,7 +44,7 @@ def test_a_full_disk_fails_the_cycle_and_the_worker_heals(
         # Nothing half-made was published; the readers keep the last version.
         assert etl.publisher.current().version == first.version  # type: ignore[union-attr]
     if leave == 0:  # the merge never committed: the watermark did not move
-        assert etl.state.table("inventory")["watermark"] == watermark  # type: ignore[index]
+        assert etl.state.table("inventory").watermark == watermark  # type: ignore[union-attr]
 
     # Every failed cycle is on record as finished, none left "running".
     assert all(run["status"] != "running" for run in etl.state.recent_runs(3))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import httpx
 
-from etl_service.health_server import EtlMetrics, HealthServer
+from etl_service.ops.health_server import EtlMetrics, HealthServer
 
 
 def test_health_and_metrics_endpoints():

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from etl_service.demo_source import create_demo_source
-from etl_service.monitoring import CycleMonitor
+from etl_service.ops.monitoring import CycleMonitor
 from etl_service.settings import EtlSettings
 from etl_service.state import StateStore
 from etl_service.sync import CycleResult

@@ -16,8 +16,8 @@ from sqlalchemy.dialects import mssql, postgresql
 
 from etl_service import cli
 from etl_service.demo_source import create_demo_source
+from etl_service.source.type_mapping import duckdb_type
 from etl_service.state import StateStore
-from etl_service.type_mapping import duckdb_type
 
 BIN = Path(sys.executable).parent
 

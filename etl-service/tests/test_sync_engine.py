@@ -69,7 +69,9 @@ def test_watermark_is_the_source_clock_minus_settle_lag_at_full_precision(
     state = etl.state.table("inventory")
     with source.connect() as conn:
         now = conn.execute(sa.text("SELECT now() AT TIME ZONE 'UTC'")).scalar()
-    watermark = state["watermark"]
+    assert state is not None
+    watermark = state.watermark
+    assert watermark is not None
     from datetime import datetime
 
     parsed = datetime.fromisoformat(watermark)
@@ -100,7 +102,7 @@ def test_crash_between_publish_and_state_commit_rereads_and_stays_correct(
 ):
     etl = make_engine()
     etl.run_cycle()
-    before = etl.state.table("inventory")["watermark"]
+    before = etl.state.table("inventory").watermark
     _exec(source, f"UPDATE inventory SET quantity = 1, updated_at = {NOW} WHERE id <= 10")
 
     def crash(*_a, **_k):
@@ -110,7 +112,7 @@ def test_crash_between_publish_and_state_commit_rereads_and_stays_correct(
     crashed = etl.run_cycle()
     assert crashed.status == "failed" and "killed" in (crashed.error or "")
     monkeypatch.undo()
-    assert etl.state.table("inventory")["watermark"] == before  # not advanced
+    assert etl.state.table("inventory").watermark == before  # not advanced
 
     _exec(source, "DELETE FROM inventory WHERE id = 11")
     _exec(source, f"UPDATE inventory SET quantity = 2, updated_at = {NOW} WHERE id = 12")
@@ -157,7 +159,7 @@ def test_hard_deletes_need_reconciliation(source, make_engine):
     result = etl.run_cycle(reconcile=True)
     assert result.rows["inventory"]["changed"] == 3
     assert etl.warehouse.row_count("inventory") == 997
-    assert etl.state.table("inventory")["last_reconciled_at"] is not None
+    assert etl.state.table("inventory").last_reconciled_at is not None
 
 
 def test_periodic_reconciliation(source, make_engine):
@@ -275,7 +277,7 @@ def test_duplicate_keys_in_one_delta_collapse_to_the_latest(tmp_path):
 def test_one_snapshot_for_all_tables_of_a_cycle(source, pg_url):
     """ConnectorX reads through the exported snapshot, not the latest data."""
     src = Source(pg_url)
-    snap = src.open_snapshot(0)
+    snap = src.begin_read(0)
     try:
         _exec(source, "UPDATE inventory SET quantity = -99 WHERE id = 1")
         _exec(source, "DELETE FROM orders WHERE id = 1")

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from etl_service.demo_source import create_demo_source
 from etl_service.retry import RetryError, RetryPolicy, is_transient, retry
-from etl_service.source import Source, SourceError
+from etl_service.source import Source, SourceError, SourceUnavailable
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped():
@@ -27,7 +27,7 @@ def test_transient_errors_are_retried_and_permanent_ones_are_not():
     def flaky():
         calls.append(1)
         if len(calls) < 3:
-            raise SourceError("connection reset by peer", transient=True)
+            raise SourceUnavailable("connection reset by peer")
         return "ok"
 
     policy = RetryPolicy(attempts=5, base_seconds=0.01, max_seconds=0.01)
@@ -109,7 +109,7 @@ def test_a_failing_table_dead_letters_and_the_others_sync(pg_url, make_engine, m
 
     def orders_down(self, sql, batch_size, snapshot=None):
         if '"orders"' in sql or " orders" in sql:
-            raise SourceError("could not receive data from server", transient=True)
+            raise SourceUnavailable("could not receive data from server")
         return real_read(self, sql, batch_size, snapshot)
 
     monkeypatch.setattr(Source, "read", orders_down)

@@ -12,8 +12,8 @@ from analytics_shared.manifest import TableInfo
 from analytics_shared.object_store import LocalObjectStore
 from etl_service import cli
 from etl_service.export import export_snapshot
+from etl_service.ops.versions import RollbackError, rollback
 from etl_service.publisher import Publisher
-from etl_service.versions import RollbackError, rollback
 
 
 @pytest.fixture

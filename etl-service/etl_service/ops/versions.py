@@ -21,16 +21,13 @@ from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import Manifest, ManifestError
 from analytics_shared.object_store import ObjectNotFound, StoreError
 from analytics_shared.snapshot_file import SnapshotFileError, probe
+from etl_service.errors import RollbackError
 from etl_service.publisher import Publisher
 from etl_service.settings import EtlSettings
 
 __all__ = ["RollbackError", "cmd_rollback", "cmd_versions", "probe_snapshot", "rollback"]
 
 log = get_logger(__name__)
-
-
-class RollbackError(RuntimeError):
-    """The requested version cannot be made current (unknown, or fails verification)."""
 
 
 def probe_snapshot(path: Path, manifest: Manifest) -> None:

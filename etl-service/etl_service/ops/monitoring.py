@@ -9,18 +9,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from analytics_shared.logging_config import get_logger
-from etl_service.alerts import AlertNotifier
-from etl_service.health_server import EtlMetrics, HealthServer
+from etl_service.ops.alerts import AlertNotifier
+from etl_service.ops.health_server import EtlMetrics, HealthServer
 from etl_service.settings import EtlSettings
 from etl_service.state import StateStore
-from etl_service.sync import CycleResult
+from etl_service.sync import CycleResult, CycleStatus
 
 __all__ = ["CycleMonitor"]
 
 log = get_logger(__name__)
 
 # "skipped" means another replica holds the leader lock: healthy, just standing by.
-_OK = {"success", "skipped"}
+_OK: frozenset[CycleStatus] = frozenset({"success", "skipped"})
 
 
 class CycleMonitor:
@@ -57,19 +57,15 @@ class CycleMonitor:
         try:
             now = datetime.now(UTC)
             lags = {
-                str(row["table_name"]): (now - row["last_synced_at"]).total_seconds()
-                for row in self.state.table_states()
-                if row.get("last_synced_at")
+                table.table_name: (now - table.last_synced_at).total_seconds()
+                for table in self.state.table_states()
+                if table.last_synced_at
             }
             ok = result.status in _OK
             self.metrics.observe_cycle(
                 ok,
                 result.duration_seconds,
-                rows={
-                    t: int(summary.get("read", 0))
-                    for t, summary in result.rows.items()
-                    if isinstance(summary, dict)
-                },
+                rows={t: outcome.rows_read for t, outcome in result.outcomes.items()},
                 lag_seconds=lags,
                 dead_letters=len(self.state.dead_letters("open")),
                 error=result.error,

@@ -5,11 +5,12 @@ DECIMAL(p,s) to DECIMAL(38,10) and INTEGER to BIGINT, and leaves UUIDs as
 strings), so the declared source type decides the DuckDB column type.
 `None` means "keep the Arrow type". docs/architecture.md has the full table.
 
-`text_extract` says which columns the source should send as text: DECIMAL(p,s)
-columns. ConnectorX's decimal decoding gives DECIMAL(38,10) (digits past the
-tenth decimal place are lost) and DuckDB's rescale to (p,s) is slow (about a
-third of a full load's time on the benchmark table); the source's own text is
-exact, cheaper to decode, and DuckDB parses it straight into DECIMAL(p,s).
+`exact_decimal` says which columns the source should send as text: DECIMAL(p,s)
+columns (each dialect writes the SQL: `Dialect.text_extract`). ConnectorX's
+decimal decoding gives DECIMAL(38,10) (digits past the tenth decimal place are
+lost) and DuckDB's rescale to (p,s) is slow (about a third of a full load's
+time on the benchmark table); the source's own text is exact, cheaper to
+decode, and DuckDB parses it straight into DECIMAL(p,s).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, postgresql
 
-__all__ = ["duckdb_type", "is_timestamp", "text_extract"]
+__all__ = ["duckdb_type", "exact_decimal", "is_timestamp"]
 
 
 def duckdb_type(source_type: sa.types.TypeEngine) -> str | None:
@@ -74,21 +75,11 @@ def is_timestamp(source_type: sa.types.TypeEngine) -> tuple[bool, bool]:
     return False, False
 
 
-def text_extract(source_type: sa.types.TypeEngine, backend: str) -> str | None:
-    """SQL sending a column as exact text (`{}` is the quoted column), or None.
+def exact_decimal(source_type: sa.types.TypeEngine) -> bool:
+    """True when the column maps to a DuckDB DECIMAL(p,s): the source sends it as text.
 
-    Only for columns whose DuckDB type is a DECIMAL(p,s): the load casts the
-    text to that type (unbounded NUMERIC keeps the extractor's decoding).
+    Each dialect says how (`Dialect.text_extract`); unbounded NUMERIC keeps the
+    extractor's decoding.
     """
     target = duckdb_type(source_type)
-    if target is None or not target.startswith("DECIMAL("):
-        return None
-    if backend == "postgresql":
-        return "CAST({} AS text)"
-    if backend == "mssql":
-        if isinstance(source_type, mssql.MONEY | mssql.SMALLMONEY):
-            return "CONVERT(varchar(32), {}, 2)"  # style 2: all four decimals
-        return "CAST({} AS varchar(48))"
-    if backend == "sqlite":
-        return "CAST({} AS TEXT)"
-    return None
+    return target is not None and target.startswith("DECIMAL(")

@@ -1,0 +1,7 @@
+"""Operating the ETL: what runs beside the sync rather than in it.
+
+versions.py       `analytics-etl versions` and the verified `rollback`
+monitoring.py     after each scheduled cycle: metrics, lag, dead letters, alerts
+health_server.py  `/health` (JSON) and `/metrics` (Prometheus) on ETL_METRICS_PORT
+alerts.py         webhook alerts (Slack, PagerDuty, Opsgenie), one per incident
+"""
