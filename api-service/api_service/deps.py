@@ -16,12 +16,12 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from analytics_shared.logging_config import get_logger
 from analytics_shared.whitelist import AppPolicy, Whitelist
-from api_service.api_keys import API_KEY_HEADER, authenticate_api_key
-from api_service.auth import AuthError, AuthUnavailable, Principal, TokenValidator
+from api_service.auth.api_keys import API_KEY_HEADER, authenticate_api_key
+from api_service.auth.rate_limit import RateLimiter
+from api_service.auth.tokens import AuthError, AuthUnavailable, Principal, TokenValidator
+from api_service.data.snapshots import SnapshotManager
 from api_service.errors import ApiError
-from api_service.rate_limit import RateLimiter
 from api_service.settings import ApiSettings
-from api_service.snapshots import SnapshotManager
 
 __all__ = [
     "ManagerDep",

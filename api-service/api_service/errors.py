@@ -12,8 +12,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from analytics_shared.logging_config import get_logger
-from api_service.responses import json_response
-from api_service.snapshots import NoSnapshot
+from api_service.data.snapshots import NoSnapshot
+from api_service.http.responses import json_response
 
 __all__ = ["ApiError", "error_response", "install_error_handlers", "safe_message"]
 

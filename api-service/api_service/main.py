@@ -14,18 +14,18 @@ from analytics_shared.logging_config import configure_logging, get_logger
 from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
-from api_service.auth import JwksCache, TokenValidator
+from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
+from api_service.auth.tokens import JwksCache, TokenValidator
+from api_service.data.snapshots import SnapshotManager
 from api_service.errors import install_error_handlers
-from api_service.malloc_tuning import retain_freed_memory
-from api_service.metrics import RequestMetricsMiddleware
-from api_service.named_queries import check_whitelist
-from api_service.query_executor import QueryExecutor
-from api_service.rate_limit import build_rate_limiter, warn_if_per_process
-from api_service.request_log import RequestContextMiddleware
-from api_service.result_cache import ResultCache
+from api_service.http.request_log import RequestContextMiddleware
+from api_service.ops.malloc_tuning import retain_freed_memory
+from api_service.ops.metrics import RequestMetricsMiddleware
+from api_service.query.executor import QueryExecutor
+from api_service.query.named_queries import check_whitelist
+from api_service.query.result_cache import ResultCache
 from api_service.routes import health, metrics, queries, query, schema
 from api_service.settings import ApiSettings
-from api_service.snapshots import SnapshotManager
 
 __all__ = ["create_app"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from analytics_shared.whitelist import Whitelist
-from api_service.api_keys import authenticate_api_key, generate_api_key, hash_api_key
-from api_service.auth import AuthError
+from api_service.auth.api_keys import authenticate_api_key, generate_api_key, hash_api_key
+from api_service.auth.tokens import AuthError
 from testsupport.api_app import api_client, api_env
 
 KEY, KEY_HASH = generate_api_key("reporting")

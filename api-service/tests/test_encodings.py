@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from api_service import encodings
-from api_service.encodings import Column, json_body, negotiate_format
+from api_service.query import encodings
+from api_service.query.encodings import Column, json_body, negotiate_format
 from testsupport.serving import build_database, publish, serving_client
 
 SQL = "SELECT * FROM customers ORDER BY id"
@@ -322,7 +322,7 @@ SELECT * FROM (VALUES
 
 
 def _awkward_table(repeat: int) -> tuple[pa.Table, list[Column]]:
-    from api_service.query_executor import _capped_table, _relation
+    from api_service.query.executor import _capped_table, _relation
 
     con = duckdb.connect()
     try:
@@ -337,7 +337,7 @@ def _awkward_table(repeat: int) -> tuple[pa.Table, list[Column]]:
 def _both_paths(
     table: pa.Table, columns: list[Column], *, compact: bool
 ) -> tuple[bytes | None, bytes]:
-    from api_service.encodings import _arrow_json_body, _small_json_body
+    from api_service.query.encodings import _arrow_json_body, _small_json_body
 
     meta = {"truncated": False, "data_version": "v", "execution_time_ms": 1.5}
     tail = {"columns": [c.as_dict() for c in columns], "row_count": table.num_rows, **meta}
@@ -434,7 +434,7 @@ def test_duplicate_column_names_keep_both_values():
 def test_timestamp_text_is_python_isoformat(unit, tz, fractions):
     # Whole-second columns take a shorter route than columns with fractions;
     # both must write what Python's isoformat() writes (UTC for time zones).
-    from api_service.encodings import _iso
+    from api_service.query.encodings import _iso
 
     values = [datetime(2026, 3, 1, 12, 34, 56), datetime(1999, 12, 31, 23, 59, 59), None]
     if fractions and unit != "s":

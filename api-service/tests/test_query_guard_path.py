@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_service.sql_guard import clear_guard_cache
+from api_service.query.sql_guard import clear_guard_cache
 from testsupport.serving import build_database, publish, serving_client
 
 REFUSED = "SELECT getenv('HOME') AS home"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from api_service.rate_limit import LocalRateLimiter, RedisRateLimiter
+from api_service.auth.rate_limit import LocalRateLimiter, RedisRateLimiter
 from testsupport.api_app import api_client, write_whitelist
 from testsupport.api_server import ApiServer
 from testsupport.ports import free_port

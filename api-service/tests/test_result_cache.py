@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from api_service.result_cache import CachedResponse, ResultCache, normalise_sql, query_key
+from api_service.query.result_cache import CachedResponse, ResultCache, normalise_sql, query_key
 from testsupport.serving import build_database, publish, serving_client
 
 SQL = "SELECT warehouse, sum(quantity) AS total FROM inventory GROUP BY 1 ORDER BY 1"

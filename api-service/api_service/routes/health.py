@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from api_service import __version__
 from api_service.deps import ManagerDep
-from api_service.responses import json_response
+from api_service.http.responses import json_response
 
 router = APIRouter(tags=["health"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from api_service.deps import ManagerDep
-from api_service.metrics import CONTENT_TYPE_LATEST, render_metrics
+from api_service.ops.metrics import CONTENT_TYPE_LATEST, render_metrics
 
 router = APIRouter(tags=["metrics"])
 

@@ -14,15 +14,15 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api_service.auth import Principal
+from api_service.auth.tokens import Principal
+from api_service.data.snapshots import NoSnapshot
 from api_service.deps import ManagerDep, PolicyDep, SettingsDep, WhitelistDep, require_scope
-from api_service.encodings import UnsupportedFormat, negotiate_format
 from api_service.errors import ApiError
-from api_service.named_queries import ParameterError, bind_parameters
-from api_service.query_executor import QueryTimeout
-from api_service.query_response import answer_query
-from api_service.responses import json_response
-from api_service.snapshots import NoSnapshot
+from api_service.http.responses import json_response
+from api_service.query.encodings import UnsupportedFormat, negotiate_format
+from api_service.query.executor import QueryTimeout
+from api_service.query.named_queries import ParameterError, bind_parameters
+from api_service.query.service import answer_query
 
 router = APIRouter(tags=["named queries"])
 

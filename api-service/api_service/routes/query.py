@@ -13,15 +13,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api_service.auth import Principal
+from api_service.auth.tokens import Principal
+from api_service.data.snapshots import NoSnapshot, SnapshotManager
 from api_service.deps import policy_for, require_scope
-from api_service.encodings import Encoding, UnsupportedFormat, negotiate_format
 from api_service.errors import ApiError
-from api_service.query_executor import QueryTimeout
-from api_service.query_response import answer_query
+from api_service.query.encodings import Encoding, UnsupportedFormat, negotiate_format
+from api_service.query.executor import QueryTimeout
+from api_service.query.service import answer_query
+from api_service.query.sql_guard import QueryRejected, cached_decision, check_query
 from api_service.settings import ApiSettings
-from api_service.snapshots import NoSnapshot, SnapshotManager
-from api_service.sql_guard import QueryRejected, cached_decision, check_query
 
 router = APIRouter(tags=["query"])
 

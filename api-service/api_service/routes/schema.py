@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from api_service.auth import Principal
+from api_service.auth.tokens import Principal
 from api_service.deps import ManagerDep, WhitelistDep, policy_for, require_scope
 
 router = APIRouter(tags=["schema"])

@@ -17,15 +17,15 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from analytics_shared.logging_config import get_logger
-from api_service import encodings
-from api_service.encodings import Column, Encoding
+from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import ApiError
-from api_service.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
-from api_service.query_executor import QueryExecutor, QueryResult, ResultTooLarge
-from api_service.responses import StreamCompressor, accepted_encoding, compress
-from api_service.result_cache import CachedResponse, ResultCache, query_key
+from api_service.http.responses import StreamCompressor, accepted_encoding, compress
+from api_service.ops.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
+from api_service.query import encodings
+from api_service.query.encodings import Column, Encoding
+from api_service.query.executor import QueryExecutor, QueryResult, ResultTooLarge
+from api_service.query.result_cache import CachedResponse, ResultCache, query_key
 from api_service.settings import ApiSettings
-from api_service.snapshots import Snapshot, SnapshotManager
 
 __all__ = ["StreamTooLarge", "answer_query"]
 

@@ -26,8 +26,8 @@ import duckdb
 import pyarrow as pa
 
 from analytics_shared.snapshot_file import quote_ident
-from api_service.encodings import Column
-from api_service.snapshots import Snapshot
+from api_service.data.snapshots import Snapshot
+from api_service.query.encodings import Column
 
 __all__ = [
     "QueryExecutor",

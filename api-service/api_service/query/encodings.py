@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from api_service.negotiation import weighted_values
+from api_service.http.negotiation import weighted_values
 
 __all__ = [
     "FORMATS",

@@ -7,7 +7,7 @@ the entry (it is not secret), the hash of the whole key is compared in
 constant time. The secret has 256 bits of entropy, so a fast hash is enough
 (no password stretching needed). Make one with:
 
-    python -m api_service.api_keys new <id>
+    python -m api_service.auth.api_keys new <id>
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from datetime import UTC, datetime
 
 from analytics_shared.whitelist import ApiKeyEntry, Whitelist
-from api_service.auth import AuthError, Principal
+from api_service.auth.tokens import AuthError, Principal
 
 __all__ = ["API_KEY_HEADER", "authenticate_api_key", "generate_api_key", "hash_api_key"]
 
@@ -66,7 +66,7 @@ def authenticate_api_key(key: str, whitelist: Whitelist) -> Principal:
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "new":
-        print("usage: python -m api_service.api_keys new <id>", file=sys.stderr)
+        print("usage: python -m api_service.auth.api_keys new <id>", file=sys.stderr)
         return 2
     key, digest = generate_api_key(argv[1])
     print(f"key (give to the caller, shown once): {key}")

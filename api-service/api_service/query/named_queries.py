@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from analytics_shared.whitelist import NamedQuery, QueryParameter, Whitelist, WhitelistError
-from api_service.sql_guard import SAFE_TABLE_FUNCTIONS, QueryRejected, check_query
+from api_service.query.sql_guard import SAFE_TABLE_FUNCTIONS, QueryRejected, check_query
 
 __all__ = ["ParameterError", "bind_parameters", "check_whitelist"]
 
