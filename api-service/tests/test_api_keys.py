@@ -6,7 +6,7 @@ import pytest
 
 from analytics_shared.whitelist import Whitelist
 from api_service.auth.api_keys import authenticate_api_key, generate_api_key, hash_api_key
-from api_service.auth.tokens import AuthError
+from api_service.errors import AuthError
 from testsupport.api_app import api_client, api_env
 
 KEY, KEY_HASH = generate_api_key("reporting")

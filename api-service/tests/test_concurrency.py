@@ -80,4 +80,4 @@ def test_parallel_queries_share_the_pool(tmp_path, issuer):
         for t in threads:
             t.join(timeout=60)
         assert results == [200] * 120
-        assert client.app.state.executor.active == 0
+        assert client.app.state.query_service.executor.active == 0

@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from analytics_shared.whitelist import NamedQuery, Whitelist, WhitelistError
-from api_service.query.named_queries import ParameterError, bind_parameters, check_whitelist
+from api_service.errors import ParameterError
+from api_service.query.named_queries import bind_parameters, check_whitelist
 from testsupport.api_app import api_client, api_env
 
 QUERIES = {

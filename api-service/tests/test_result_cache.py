@@ -55,7 +55,7 @@ def test_a_new_data_version_never_serves_an_old_result(platform, issuer):
         assert after.json()["data"] != first.json()["data"]
         assert after.headers["etag"] != first.headers["etag"]
         # Old entries are gone, not merely unreachable.
-        cache: ResultCache = client.app.state.result_cache
+        cache: ResultCache = client.app.state.query_service.cache
         assert len(cache) == 1
 
 
@@ -109,7 +109,7 @@ def test_the_cache_stays_within_its_byte_bound(platform, issuer):
             "Authorization": f"Bearer {issuer.mint(sub='bound-user')}",
             "Accept-Encoding": "identity",  # ~6 KB per entry
         }
-        cache: ResultCache = client.app.state.result_cache
+        cache: ResultCache = client.app.state.query_service.cache
         for n in range(40):
             r = client.get(
                 "/query",

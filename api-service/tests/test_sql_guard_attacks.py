@@ -14,8 +14,9 @@ import pyarrow as pa
 import pytest
 
 from api_service.data.snapshots import open_sandboxed
+from api_service.errors import QueryRejected
 from api_service.query import sql_guard
-from api_service.query.sql_guard import QueryRejected, cached_decision, check_query
+from api_service.query.sql_guard import cached_decision, check_query
 from testsupport.api_app import api_client, publish_test_snapshot, write_whitelist
 
 CANARY_TEXT = f"CANARY-{uuid.uuid4().hex}"

@@ -19,7 +19,8 @@ import sys
 from datetime import UTC, datetime
 
 from analytics_shared.whitelist import ApiKeyEntry, Whitelist
-from api_service.auth.tokens import AuthError, Principal
+from api_service.auth.principal import Principal
+from api_service.errors import InvalidApiKey
 
 __all__ = ["API_KEY_HEADER", "authenticate_api_key", "generate_api_key", "hash_api_key"]
 
@@ -48,13 +49,13 @@ def authenticate_api_key(key: str, whitelist: Whitelist) -> Principal:
     expected = entry.sha256 if entry is not None else _DUMMY_HASH
     matches = hmac.compare_digest(hash_api_key(key[:256]), expected)
     if entry is None or not matches:
-        raise AuthError("invalid API key")
+        raise InvalidApiKey("invalid API key")
     if entry.expires_at is not None:
         expires = entry.expires_at
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
         if expires <= datetime.now(UTC):
-            raise AuthError("API key expired")
+            raise InvalidApiKey("API key expired")
     return Principal(
         sub=f"apikey:{key_id}",
         app=f"apikey:{key_id}",

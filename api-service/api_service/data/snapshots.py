@@ -46,20 +46,13 @@ from analytics_shared.object_store import (
     StoreUnavailable,
 )
 from analytics_shared.snapshot_file import SnapshotFileError, fetch_verified, probe
+from api_service.errors import NoSnapshot, SnapshotError
 
-__all__ = ["NoSnapshot", "Snapshot", "SnapshotError", "SnapshotManager", "open_sandboxed"]
+__all__ = ["Snapshot", "SnapshotManager", "open_sandboxed"]
 
 log = get_logger(__name__)
 
 _LOCK_NAME = ".cache.lock"
-
-
-class NoSnapshot(RuntimeError):
-    """No verified snapshot is loaded yet (-> 503)."""
-
-
-class SnapshotError(RuntimeError):
-    """A snapshot failed verification or could not be opened."""
 
 
 def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:

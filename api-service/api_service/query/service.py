@@ -1,52 +1,240 @@
-"""From a guarded query to an HTTP response: ETag and 304, the result cache,
-execution on the worker pool, encoding, compression, streaming.
+"""From a query the caller may run to an HTTP response: ETag and 304, the
+result cache, execution on the worker pool, encoding, compression, streaming.
 
-Call it only after authentication, the app policy, the rate limit and the
-SQL guard have passed: everything here assumes the caller may run `sql`.
+`QueryService` is built once per app (`create_app`) and owns the snapshots it
+reads, the worker pool and the result cache. A route hands it one frozen
+`PreparedQuery`; `answer()` takes one of four paths: not modified (304),
+cached, buffered (run, encode, cache) or streamed (NDJSON/CSV).
+
+What must always hold: call it only after authentication, the app policy, the
+rate limit and the SQL guard have passed, or with the guard still to run in
+`PreparedQuery.guard`: then nothing is answered from the cache, and no 304 is
+sent, before the guard has passed. DuckDB's own refusals become `QueryFailed`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import orjson
-import pyarrow as pa
+import duckdb
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
+from starlette.datastructures import State
 
-from analytics_shared.logging_config import get_logger
 from api_service.data.snapshots import Snapshot, SnapshotManager
-from api_service.errors import ApiError
-from api_service.http.responses import StreamCompressor, accepted_encoding, compress
+from api_service.errors import QueryFailed
+from api_service.http.responses import accepted_encoding, compress
 from api_service.ops.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
 from api_service.query import encodings
-from api_service.query.encodings import Column, Encoding
-from api_service.query.executor import QueryExecutor, QueryResult, ResultTooLarge
+from api_service.query.encodings import Encoding
+from api_service.query.executor import Params, QueryExecutor, QueryResult
 from api_service.query.result_cache import CachedResponse, ResultCache, query_key
+from api_service.query.streaming import StreamLimits, columns_header, stream_response
 from api_service.settings import ApiSettings
 
-__all__ = ["StreamTooLarge", "answer_query"]
-
-log = get_logger(__name__)
-
-Params = dict[str, Any] | list[Any] | None
+__all__ = ["PreparedQuery", "QueryService"]
 
 
-class StreamTooLarge(RuntimeError):
-    """A streamed result passed its cap: the connection is cut so that no
-    client mistakes a partial export for a complete one."""
+@dataclass(frozen=True)
+class PreparedQuery:
+    """Everything about one query that does not depend on the snapshot."""
+
+    sql: str
+    params: Params
+    encoding: Encoding
+    content_coding: str | None  # br/gzip for text encodings the client accepts
+    if_none_match: str | None  # a GET's conditional header (None for POST)
+    # The SQL guard still to run on `sql` (its decision was not cached): it
+    # returns the SQL to run or raises.
+    guard: Callable[[], str] | None = None
 
 
-def _columns_header(columns: list[Column]) -> str:
-    # ASCII-only JSON, so any column name survives as an HTTP header value.
-    return (
-        orjson.dumps([c.as_dict() for c in columns])
-        .decode()
-        .encode("ascii", "backslashreplace")
-        .decode()
-    )
+@dataclass(frozen=True)
+class _Variant:
+    """The answer's identity on one snapshot version."""
+
+    key: str
+    variant: str  # key plus content coding: what the cache stores
+    headers: dict[str, str]
+
+
+class QueryService:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        snapshots: SnapshotManager,
+        executor: QueryExecutor,
+        cache: ResultCache,
+    ) -> None:
+        self.settings = settings
+        self.snapshots = snapshots
+        self.executor = executor
+        self.cache = cache
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings, snapshots: SnapshotManager) -> QueryService:
+        # Queries run on a bounded pool, never on the event loop (see executor.py).
+        executor = QueryExecutor(settings.query_workers)
+        return cls(settings, snapshots, executor, ResultCache(settings.result_cache_bytes))
+
+    def close(self) -> None:
+        self.executor.shutdown()
+
+    def prepare(
+        self,
+        request: Request,
+        sql: str,
+        params: Params,
+        encoding: Encoding,
+        guard: Callable[[], str] | None = None,
+    ) -> PreparedQuery:
+        headers = request.headers
+        coding = accepted_encoding(headers.get("accept-encoding")) if encoding.text else None
+        conditional = headers.get("if-none-match") if request.method == "GET" else None
+        return PreparedQuery(sql, params, encoding, coding, conditional, guard)
+
+    async def answer(self, query: PreparedQuery, state: State) -> Response:
+        """`state` is the request's: the request log reads `cache` and `rows` from it."""
+        try:
+            return await self._answer(query, state)
+        except duckdb.Error as exc:
+            raise QueryFailed(str(exc)) from None
+
+    async def _answer(self, query: PreparedQuery, state: State) -> Response:
+        if query.guard is not None and len(query.sql) > self.settings.max_sql_length:
+            query = await self._guarded(query)  # refuses it before any work on the text
+        with contextlib.ExitStack() as lease:
+            snap = lease.enter_context(self.snapshots.lease())
+            target = self._variant(snap, query)
+            not_modified = _etag_matches(query.if_none_match, target.headers["ETag"])
+            if query.guard is not None and (
+                query.encoding.streamed
+                or not_modified
+                or self.cache.get(snap.version, target.variant) is not None
+            ):
+                # Something may be answered without running the query: guard first.
+                query = await self._guarded(query)
+            if not_modified:
+                return self._not_modified(target, state)
+            if query.encoding.streamed:
+                return await self._streamed(query, snap, lease, target, state)
+            hit = self._cached(snap, target, state) if query.guard is None else None
+            if hit is not None:
+                return hit
+            CACHE_REQUESTS.labels("miss").inc()
+            result, (body, coded) = await self._execute(query, snap)
+        return self._buffered(query, result, body, coded, target, state)
+
+    async def _guarded(self, query: PreparedQuery) -> PreparedQuery:
+        assert query.guard is not None
+        sql = await self.executor.call(query.guard)
+        return dataclasses.replace(query, sql=sql, guard=None)
+
+    def _variant(self, snap: Snapshot, query: PreparedQuery) -> _Variant:
+        settings = self.settings
+        limit = settings.stream_max_rows if query.encoding.streamed else settings.max_result_rows
+        key = query_key(snap.version, query.sql, query.params, f"{query.encoding.name}:{limit}")
+        headers = {
+            "ETag": f'W/"{key}"',
+            "X-Data-Version": snap.version,
+            "Vary": "Accept, Accept-Encoding",
+            "Cache-Control": "private, no-cache",
+        }
+        return _Variant(key, f"{key}:{query.content_coding or 'identity'}", headers)
+
+    # -- the four paths -----------------------------------------------------
+    def _not_modified(self, target: _Variant, state: State) -> Response:
+        CACHE_REQUESTS.labels("not_modified").inc()
+        state.cache = "not_modified"
+        return Response(status_code=304, headers=target.headers)
+
+    def _cached(self, snap: Snapshot, target: _Variant, state: State) -> Response | None:
+        hit = self.cache.get(snap.version, target.variant)
+        if hit is None:
+            return None
+        CACHE_REQUESTS.labels("hit").inc()
+        state.cache = "hit"
+        return Response(
+            hit.body,
+            media_type=hit.media_type,
+            headers={**target.headers, **hit.headers, "X-Cache": "hit"},
+        )
+
+    async def _execute(
+        self, query: PreparedQuery, snap: Snapshot
+    ) -> tuple[QueryResult, tuple[bytes, str | None]]:
+        settings = self.settings
+        return await self.executor.run_then(
+            snap,
+            query.sql,
+            query.params,
+            _materialise(query.encoding, query.content_coding, settings.compress_min_bytes),
+            max_rows=settings.max_result_rows,
+            max_bytes=settings.max_result_bytes,
+            timeout_seconds=settings.query_timeout_seconds,
+            prepare=query.guard,  # a guard not yet run goes in the same pool task, first
+        )
+
+    def _buffered(
+        self,
+        query: PreparedQuery,
+        result: QueryResult,
+        body: bytes,
+        coded: str | None,
+        target: _Variant,
+        state: State,
+    ) -> Response:
+        QUERY_SECONDS.observe(result.execution_time_ms / 1000)
+        ROWS_RETURNED.observe(result.row_count)
+        state.rows = result.row_count
+        state.cache = "miss"
+        encoding = query.encoding
+        extra = {"X-Row-Count": str(result.row_count), "X-Truncated": str(result.truncated).lower()}
+        if encoding.name not in ("json", "json_compact"):
+            extra["X-Columns"] = columns_header(result.columns)
+        if coded:
+            extra["Content-Encoding"] = coded
+        if self.cache.enabled:
+            cached = CachedResponse(body, encoding.media_type, extra)
+            self.cache.put(result.data_version, target.variant, cached)
+            CACHE_BYTES.set(self.cache.bytes)
+        return Response(
+            body,
+            media_type=encoding.media_type,
+            headers={**target.headers, **extra, "X-Cache": "miss"},
+        )
+
+    async def _streamed(
+        self,
+        query: PreparedQuery,
+        snap: Snapshot,
+        lease: contextlib.ExitStack,
+        target: _Variant,
+        state: State,
+    ) -> Response:
+        settings = self.settings
+        limits = StreamLimits(
+            max_rows=settings.stream_max_rows,
+            max_bytes=settings.stream_max_bytes,
+            max_batch_bytes=settings.max_result_bytes,
+            timeout_seconds=settings.query_timeout_seconds,
+        )
+        response = await stream_response(
+            self.executor,
+            snap,
+            lease,
+            query.sql,
+            query.params,
+            query.encoding,
+            query.content_coding,
+            limits,
+            target.headers,
+        )
+        state.cache = "stream"
+        return response
 
 
 def _materialise(
@@ -80,182 +268,3 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
         return True
     wanted = etag.removeprefix("W/")
     return any(tag.strip().removeprefix("W/") == wanted for tag in if_none_match.split(","))
-
-
-async def answer_query(
-    request: Request,
-    manager: SnapshotManager,
-    settings: ApiSettings,
-    sql: str,
-    params: Params,
-    encoding: Encoding,
-    guard: Callable[[], str] | None = None,
-) -> Response:
-    """`guard`, when given, is the SQL guard still to run on `sql` (its decision
-    was not cached): it returns the SQL to run or raises. Nothing is answered
-    from the cache, and no 304 is sent, before it has passed."""
-    executor: QueryExecutor = request.app.state.executor
-    cache: ResultCache = request.app.state.result_cache
-    content_coding = (
-        accepted_encoding(request.headers.get("accept-encoding")) if encoding.text else None
-    )
-    if guard is not None and len(sql) > settings.max_sql_length:
-        sql = await executor.call(guard)  # refuses it before any work on the text
-        guard = None
-    with contextlib.ExitStack() as stack:
-        snap = stack.enter_context(manager.lease())
-        limit = settings.stream_max_rows if encoding.streamed else settings.max_result_rows
-        key = query_key(snap.version, sql, params, f"{encoding.name}:{limit}")
-        headers = {
-            "ETag": f'W/"{key}"',
-            "X-Data-Version": snap.version,
-            "Vary": "Accept, Accept-Encoding",
-            "Cache-Control": "private, no-cache",
-        }
-        variant = f"{key}:{content_coding or 'identity'}"
-        not_modified = request.method == "GET" and _etag_matches(
-            request.headers.get("if-none-match"), headers["ETag"]
-        )
-        if guard is not None and (
-            encoding.streamed or not_modified or cache.get(snap.version, variant) is not None
-        ):
-            # Something may be answered without running the query: guard first.
-            sql = await executor.call(guard)
-            guard = None
-        if not_modified:
-            CACHE_REQUESTS.labels("not_modified").inc()
-            request.state.cache = "not_modified"
-            return Response(status_code=304, headers=headers)
-        if encoding.streamed:
-            return await _stream(
-                request,
-                executor,
-                snap,
-                stack,
-                sql,
-                params,
-                encoding,
-                content_coding,
-                settings,
-                headers,
-            )
-        hit = cache.get(snap.version, variant) if guard is None else None
-        if hit is not None:
-            CACHE_REQUESTS.labels("hit").inc()
-            request.state.cache = "hit"
-            return Response(
-                hit.body,
-                media_type=hit.media_type,
-                headers={**headers, **hit.headers, "X-Cache": "hit"},
-            )
-        CACHE_REQUESTS.labels("miss").inc()
-        try:
-            result, (body, coded) = await executor.run_then(
-                snap,
-                sql,
-                params,
-                _materialise(encoding, content_coding, settings.compress_min_bytes),
-                max_rows=settings.max_result_rows,
-                max_bytes=settings.max_result_bytes,
-                timeout_seconds=settings.query_timeout_seconds,
-                prepare=guard,  # a guard not yet run goes in the same pool task, first
-            )
-        except ResultTooLarge as exc:
-            raise ApiError(400, "result_too_large", str(exc)) from None
-    QUERY_SECONDS.observe(result.execution_time_ms / 1000)
-    ROWS_RETURNED.observe(result.row_count)
-    request.state.rows = result.row_count
-    request.state.cache = "miss"
-    extra = {"X-Row-Count": str(result.row_count), "X-Truncated": str(result.truncated).lower()}
-    if encoding.name not in ("json", "json_compact"):
-        extra["X-Columns"] = _columns_header(result.columns)
-    if coded:
-        extra["Content-Encoding"] = coded
-    if cache.enabled:
-        cache.put(result.data_version, variant, CachedResponse(body, encoding.media_type, extra))
-        CACHE_BYTES.set(cache.bytes)
-    return Response(
-        body, media_type=encoding.media_type, headers={**headers, **extra, "X-Cache": "miss"}
-    )
-
-
-async def _stream(
-    request: Request,
-    executor: QueryExecutor,
-    snap: Snapshot,
-    stack: contextlib.ExitStack,
-    sql: str,
-    params: Params,
-    encoding: Encoding,
-    content_coding: str | None,
-    settings: ApiSettings,
-    headers: dict[str, str],
-) -> Response:
-    max_rows, max_bytes = settings.stream_max_rows, settings.stream_max_bytes
-    timeout = settings.query_timeout_seconds
-    stream = await executor.open_stream(
-        snap,
-        sql,
-        params,
-        max_rows=max_rows,
-        max_batch_bytes=settings.max_result_bytes,
-        timeout_seconds=timeout,
-    )
-    columns = stream.columns
-    try:
-        # The first batch is read before answering, so that its failures (a batch
-        # past MAX_RESULT_BYTES, a timeout) are still a proper error response.
-        batch = await executor.next_batch(stream, timeout_seconds=timeout)
-    except ResultTooLarge as exc:
-        stream.close()
-        raise ApiError(400, "result_too_large", str(exc)) from None
-    except BaseException:
-        stream.close()
-        raise
-    lease = stack.pop_all()  # the stream owns the lease now; it releases it when done
-    request.state.cache = "stream"
-
-    def encode(batch: pa.Table, first: bool) -> bytes:
-        if encoding.name == "csv":
-            return encodings.csv_batch(batch, columns, header=first)
-        return encodings.ndjson_batch(batch, columns)
-
-    async def body(batch: pa.Table | None) -> AsyncIterator[bytes]:
-        compressor = StreamCompressor(content_coding) if content_coding else None
-        rows = sent = 0
-        first = True
-        try:
-            while batch is not None:
-                rows += batch.num_rows
-                chunk = b"" if rows > max_rows else await executor.call(encode, batch, first)
-                first = False
-                sent += len(chunk)
-                if rows > max_rows or sent > max_bytes:
-                    log.warning("stream_cap_reached", rows=rows, bytes=sent, format=encoding.name)
-                    raise StreamTooLarge(
-                        f"the result passed the stream cap ({max_rows} rows, {max_bytes} bytes)"
-                    )
-                yield compressor.feed(chunk) if compressor else chunk
-                try:
-                    batch = await executor.next_batch(stream, timeout_seconds=timeout)
-                except ResultTooLarge as exc:  # one batch of huge values
-                    log.warning("stream_cap_reached", rows=rows, bytes=sent, format=encoding.name)
-                    raise StreamTooLarge(str(exc)) from None
-            if first and encoding.name == "csv":
-                chunk = encode(_empty(columns), True)
-                yield compressor.feed(chunk) if compressor else chunk
-            if compressor:
-                yield compressor.finish()
-            ROWS_RETURNED.observe(rows)
-        finally:
-            stream.close()
-            lease.close()
-
-    out = {**headers, "X-Columns": _columns_header(columns), "X-Cache": "stream"}
-    if content_coding:
-        out["Content-Encoding"] = content_coding
-    return StreamingResponse(body(batch), media_type=encoding.media_type, headers=out)
-
-
-def _empty(columns: list[Column]) -> pa.Table:
-    return pa.table({f"c{i}": pa.array([], pa.null()) for i in range(len(columns))})
