@@ -24,7 +24,9 @@ import pytest
 
 from api_service.query import encodings
 from api_service.query.encodings import Column, json_body, negotiate_format
-from testsupport.serving import build_database, publish, serving_client
+from testsupport.api_app import make_app_client, serving_env
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 
 SQL = "SELECT * FROM customers ORDER BY id"
 JS_SAFE = 2**53 - 1
@@ -34,9 +36,9 @@ JS_SAFE = 2**53 - 1
 def served(tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("encodings")
     db = build_database(root / "source.db")
-    publish(db, root / "store", root / "work")
+    publish_file(db, root / "store", root / "work")
     auth = issuer.settings_env()
-    with serving_client(root / "store", root / "data", auth) as client:
+    with make_app_client(serving_env(root / "store", root / "data", auth)) as client:
         client.headers["Authorization"] = f"Bearer {issuer.mint(sub='encodings')}"
         yield client, db
 

@@ -9,7 +9,7 @@ import pytest
 from analytics_shared.whitelist import NamedQuery, Whitelist, WhitelistError
 from api_service.errors import ParameterError
 from api_service.query.named_queries import bind_parameters, check_whitelist
-from testsupport.api_app import api_client, api_env
+from testsupport.api_app import api_env, make_app_client
 
 QUERIES = {
     "low_stock": {
@@ -116,7 +116,7 @@ def test_the_bundled_whitelist_passes_the_start_up_check():
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, issuer):
     env = api_env(tmp_path_factory.mktemp("named"), issuer, WHITELIST)
-    with api_client(env) as c:
+    with make_app_client(env) as c:
         yield c
 
 
