@@ -307,12 +307,7 @@ class SnapshotManager:
     def _load(self, manifest: Manifest) -> Snapshot:
         path, pin = self.cache.fetch(manifest)
         try:
-            con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
-            try:
-                probe(con, manifest)
-            except BaseException:
-                con.close()
-                raise
+            con = self._open_probed(path, manifest)
         except (SnapshotError, SnapshotFileError, duckdb.Error):
             pin.release()
             self.cache.discard(manifest.version)  # unusable: no worker should trust it
@@ -321,6 +316,16 @@ class SnapshotManager:
             pin.release()
             raise
         return self._track(Snapshot(manifest, path, con, pin, self._closed))
+
+    def _open_probed(self, path: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:
+        """Open sandboxed; every table's row count must match the manifest."""
+        con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
+        try:
+            probe(con, manifest)
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def _track(self, snap: Snapshot) -> Snapshot:
         with self._swap_lock:
@@ -354,12 +359,7 @@ class SnapshotManager:
                 if pinned is None:
                     continue
                 manifest, path, pin = pinned
-                con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
-                try:
-                    probe(con, manifest)
-                except BaseException:
-                    con.close()
-                    raise
+                con = self._open_probed(path, manifest)
             except (OSError, ManifestError, SnapshotError, SnapshotFileError, duckdb.Error) as exc:
                 if pin is not None:
                     pin.release()
