@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from analytics_shared.object_store import LocalObjectStore, ObjectStore
-from api_service.dev_issuer import DevIssuer
+from api_service.dev.issuer import DevIssuer
 from testsupport.disk import SmallDisk, can_mount, small_disk
 from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from testsupport.snapshots import store_from_env

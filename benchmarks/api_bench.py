@@ -41,7 +41,7 @@ import httpx
 
 from analytics_shared.manifest import TableInfo
 from analytics_shared.object_store import LocalObjectStore
-from api_service.dev_issuer import DevIssuer
+from api_service.dev.issuer import DevIssuer
 from benchmarks.api_loadgen import LoadResult, get_request, run_load
 from etl_service.export import export_snapshot
 from etl_service.publisher import Publisher

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from api_service.dev_issuer import DevIssuer
+from api_service.dev.issuer import DevIssuer
 from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
 from testsupport.processes import stop_process

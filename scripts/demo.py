@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from api_service.dev_issuer import DevIssuer
+from api_service.dev.issuer import DevIssuer
 from etl_service.demo_source import create_demo_source, mutate_demo_rows
 
 ROOT = Path(__file__).resolve().parent.parent

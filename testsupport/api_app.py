@@ -1,10 +1,15 @@
-"""The API in-process over a small published snapshot, for fast HTTP-level tests.
+"""The one way tests start the API in-process (like Datasette's `make_app_client`).
 
-`publish_test_snapshot` writes a tiny DuckDB snapshot and its manifest into a
-local object store (the same layout the ETL publishes); `api_client` builds
-the real app with `create_app`, serves it with Uvicorn on a loopback port in a
-background thread (lifespan included) and hands back an httpx client, with the
-snapshot already loaded.
+`make_app_client(env)` builds the real app with `create_app(ApiSettings(**env))`,
+serves it with Uvicorn on a loopback port in a background thread (lifespan
+included, one worker as in production) and hands back an httpx client bound
+to it, once `/health` says a snapshot is in service (unless told not to wait).
+`client.app` is the app, for tests that look at its state.
+
+`api_env` and `serving_env` are the two settings presets (a tiny warehouse of
+four seed tables with a whitelist; a store the test publishes into itself).
+Real Gunicorn is `testsupport.api_server.ApiServer`; test snapshots are
+published with `testsupport.publishing`.
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +26,16 @@ import duckdb
 import httpx
 import uvicorn
 
-from analytics_shared.manifest import (
-    MANIFEST_KEY,
-    ColumnSchema,
-    Manifest,
-    TableInfo,
-    new_version_id,
-    sha256_file,
-)
+from analytics_shared.manifest import Manifest
 from analytics_shared.object_store import LocalObjectStore
 from testsupport.ports import free_port
+from testsupport.publishing import publish_database
 
 __all__ = [
-    "api_client",
     "api_env",
+    "make_app_client",
     "publish_test_snapshot",
-    "serve_in_thread",
+    "serving_env",
     "write_whitelist",
 ]
 
@@ -61,35 +59,16 @@ _TABLES = {
 
 
 def publish_test_snapshot(store_root: Path, rows: int = 200) -> Manifest:
-    store = LocalObjectStore(store_root)
-    work = store_root.parent / "snapshot-build.db"
-    work.unlink(missing_ok=True)
-    con = duckdb.connect(str(work))
-    tables: dict[str, TableInfo] = {}
-    for name, ddl in _TABLES.items():
-        con.execute(ddl.format(rows=rows))
-        count = con.execute(f"SELECT count(*) FROM {name}").fetchone()
-        columns = con.execute(f"DESCRIBE {name}").fetchall()
-        tables[name] = TableInfo(
-            row_count=int(count[0]) if count else 0,
-            columns=[ColumnSchema(name=c[0], type=c[1]) for c in columns],
-        )
-    con.execute("CHECKPOINT")
-    con.close()
-    version = new_version_id()
-    key = f"history/analytics_{version}.db"
-    store.put_file(key, work)
-    manifest = Manifest(
-        version=version,
-        created_at=datetime.now(UTC),
-        snapshot_key=key,
-        sha256=sha256_file(work),
-        size=work.stat().st_size,
-        tables=tables,
-    )
-    store.put_bytes(MANIFEST_KEY, manifest.to_json())
-    work.unlink()
-    return manifest
+    """The four seed tables with `rows` rows, published into a folder store."""
+    work = store_root.parent / "snapshot-build"
+    work.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(work / "tiny.duckdb"))
+    try:
+        for ddl in _TABLES.values():
+            con.execute(ddl.format(rows=rows))
+        return publish_database(con, LocalObjectStore(store_root), work)
+    finally:
+        con.close()
 
 
 def write_whitelist(path: Path, document: dict[str, Any]) -> Path:
@@ -111,34 +90,55 @@ def api_env(root: Path, issuer: Any, whitelist: dict[str, Any], **extra: str) ->
     }
 
 
+def serving_env(
+    store_root: Path, data_dir: Path, auth_env: dict[str, str], **overrides: object
+) -> dict[str, object]:
+    """Settings for an API over the store at `store_root` (the test publishes into it)."""
+    return {
+        **auth_env,
+        "STORAGE_URL": store_root.resolve().as_uri(),
+        "DATA_DIR": str(data_dir),
+        "SNAPSHOT_POLL_SECONDS": "0.2",
+        "RATE_LIMIT_REQUESTS": "1000000",
+        "LOG_JSON": "false",
+        **overrides,
+    }
+
+
 @contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """Uvicorn on 127.0.0.1 in a daemon thread; yields the base URL."""
+def make_app_client(
+    env: Mapping[str, object], *, wait_for_data: bool = True
+) -> Iterator[httpx.Client]:
+    """The app under Uvicorn in a daemon thread, with a client bound to it."""
+    from api_service.main import create_app
+    from api_service.settings import ApiSettings
+
+    app = create_app(ApiSettings(**env))  # type: ignore[arg-type]
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("in-process API server did not start")
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while not _ready(server, client, wait_for_data):
+                if time.monotonic() > deadline or not thread.is_alive():
+                    raise TimeoutError("the in-process API did not start (or load a snapshot)")
+                time.sleep(0.02)
+            client.app = app  # type: ignore[attr-defined] - tests reach app.state through it
+            yield client
     finally:
         server.should_exit = True
         thread.join(timeout=15)
 
 
-@contextmanager
-def api_client(env: dict[str, str], *, load_snapshot: bool = True) -> Iterator[httpx.Client]:
-    from api_service.main import create_app
-    from api_service.settings import ApiSettings
-
-    app = create_app(ApiSettings(**env))  # type: ignore[arg-type]
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        if load_snapshot:
-            app.state.snapshots.refresh()
-        client.app = app  # type: ignore[attr-defined] - tests reach app.state through it
-        yield client
+def _ready(server: uvicorn.Server, client: httpx.Client, wait_for_data: bool) -> bool:
+    if not server.started:
+        return False
+    if not wait_for_data:
+        return True
+    try:
+        return client.get("/health").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -20,11 +20,11 @@ import duckdb
 import httpx
 import sqlalchemy as sa
 
-from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo
+from analytics_shared.manifest import MANIFEST_KEY, Manifest
 from analytics_shared.object_store import ObjectStore, open_store
 from analytics_shared.snapshot_file import fetch_verified, probe
-from etl_service.export import export_snapshot
 from etl_service.publisher import Publisher
+from testsupport.publishing import publish_database
 
 __all__ = [
     "ETL",
@@ -112,7 +112,7 @@ def wait_for(
 
 
 class TinyWarehouse:
-    """A one-table working DuckDB published through the real Publisher.
+    """A one-table working DuckDB, published with `testsupport.publishing`.
 
     Version i has every `inventory.quantity` equal to i, so any answer can be
     checked against the version that claims to have produced it.
@@ -130,8 +130,9 @@ class TinyWarehouse:
         self.con.execute(
             "INSERT INTO inventory SELECT i, ? FROM range(?) t(i)", [quantity, self.rows]
         )
-        snap = export_snapshot(self.con, self.workdir / "outgoing" / "snapshot.db")
-        return self.publisher.publish(snap, {"inventory": TableInfo(row_count=self.rows)})
+        return publish_database(
+            self.con, self.publisher.store, self.workdir / "outgoing", publisher=self.publisher
+        )
 
     def close(self) -> None:
         self.con.close()

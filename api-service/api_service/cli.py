@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         from analytics_shared.settings import load_settings
         from analytics_shared.whitelist import WhitelistError, load_whitelist
-        from api_service.named_queries import check_whitelist
+        from api_service.query.named_queries import check_whitelist
         from api_service.settings import ApiSettings
 
         settings = load_settings(ApiSettings)
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("configuration ok")
         return 0
-    argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.gunicorn_conf"]
+    argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]
     if args.bind:
         argv_g += ["--bind", args.bind]
     if args.workers:

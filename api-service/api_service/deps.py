@@ -4,6 +4,10 @@ Every protected route runs, in order: authentication (Bearer JWT, or an API
 key when enabled) -> the caller's app policy -> the per-user rate limit ->
 the route's scope. So an unknown app is refused before it is counted, and a
 throttled caller learns it before anything else runs.
+
+What must always hold: only this module reads `app.state`; routes take
+`CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
+`SnapshotsDep`, `WhitelistDep`. The policy is resolved once, by `get_principal`.
 """
 
 from __future__ import annotations
@@ -14,27 +18,32 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from analytics_shared.logging_config import get_logger
 from analytics_shared.whitelist import AppPolicy, Whitelist
-from api_service.api_keys import API_KEY_HEADER, authenticate_api_key
-from api_service.auth import AuthError, AuthUnavailable, Principal, TokenValidator
-from api_service.errors import ApiError
-from api_service.rate_limit import RateLimiter
+from api_service.auth.api_keys import API_KEY_HEADER, authenticate_api_key
+from api_service.auth.principal import Principal, policy_for
+from api_service.auth.rate_limit import RateLimiter
+from api_service.auth.tokens import TokenValidator
+from api_service.data.snapshots import SnapshotManager
+from api_service.errors import (
+    InsufficientScope,
+    MalformedAuthorization,
+    MissingCredentials,
+    RateLimited,
+)
+from api_service.query.service import QueryService
 from api_service.settings import ApiSettings
-from api_service.snapshots import SnapshotManager
 
 __all__ = [
-    "ManagerDep",
+    "CurrentPrincipal",
     "PolicyDep",
-    "SettingsDep",
+    "QueryServiceDep",
+    "ReadAnalytics",
+    "ReadSchema",
+    "SnapshotsDep",
     "WhitelistDep",
-    "policy_for",
     "require_scope",
 ]
 
-log = get_logger(__name__)
-
-_BEARER_CHALLENGE = 'Bearer realm="analytics-api"'
 # auto_error=False: we answer in our own error shape; these document the schemes in OpenAPI.
 _bearer = HTTPBearer(auto_error=False, description="Auth0 access token (RS256 JWT)")
 _api_key = APIKeyHeader(
@@ -44,12 +53,7 @@ _api_key = APIKeyHeader(
 
 # `async def` on purpose: FastAPI runs a plain-`def` dependency on its thread
 # pool (one thread hop each); these only read the app state.
-async def get_settings(request: Request) -> ApiSettings:
-    settings: ApiSettings = request.app.state.settings
-    return settings
-
-
-async def get_manager(request: Request) -> SnapshotManager:
+async def get_snapshots(request: Request) -> SnapshotManager:
     manager: SnapshotManager = request.app.state.snapshots
     return manager
 
@@ -59,53 +63,29 @@ async def get_whitelist(request: Request) -> Whitelist:
     return whitelist
 
 
-SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
-ManagerDep = Annotated[SnapshotManager, Depends(get_manager)]
+async def get_query_service(request: Request) -> QueryService:
+    service: QueryService = request.app.state.query_service
+    return service
+
+
+SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
 WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
+QueryServiceDep = Annotated[QueryService, Depends(get_query_service)]
 
 
-def _unauthorized(code: str, message: str, error: str | None = None) -> ApiError:
-    challenge = _BEARER_CHALLENGE + (f', error="{error}"' if error else "")
-    return ApiError(401, code, message, {"WWW-Authenticate": challenge})
-
-
-async def _authenticate(
-    request: Request,
-    bearer: HTTPAuthorizationCredentials | None,
-    api_key: str | None,
-) -> Principal:
+async def _authenticate(request: Request, api_key: str | None) -> Principal:
     settings: ApiSettings = request.app.state.settings
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise _unauthorized(
-                "invalid_token", "use 'Authorization: Bearer <token>'", "invalid_request"
-            )
+            raise MalformedAuthorization("use 'Authorization: Bearer <token>'")
         validator: TokenValidator = request.app.state.validator
-        try:
-            return await validator.validate(token)
-        except AuthError as exc:
-            raise _unauthorized("invalid_token", str(exc), "invalid_token") from None
-        except AuthUnavailable as exc:
-            raise ApiError(503, "auth_unavailable", str(exc), {"Retry-After": "30"}) from None
+        return await validator.validate(token)  # AuthError, AuthUnavailable
     if api_key is not None and settings.api_keys_enabled:
-        try:
-            return authenticate_api_key(api_key, request.app.state.whitelist)
-        except AuthError as exc:
-            raise _unauthorized("invalid_api_key", str(exc)) from None
-    raise _unauthorized("unauthorized", "missing bearer token")
-
-
-def policy_for(principal: Principal, whitelist: Whitelist) -> AppPolicy:
-    if principal.policy is not None:
-        policy = whitelist.policies.get(principal.policy)
-    else:
-        policy = whitelist.policy_for(principal.app)
-    if policy is None:
-        raise ApiError(403, "unknown_application", "this application is not registered for the API")
-    return policy
+        return authenticate_api_key(api_key, request.app.state.whitelist)  # InvalidApiKey
+    raise MissingCredentials("missing bearer token")
 
 
 async def get_principal(
@@ -113,7 +93,7 @@ async def get_principal(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
-    principal = await _authenticate(request, bearer, api_key)
+    principal = await _authenticate(request, api_key)
     request.state.principal = principal
     policy = policy_for(principal, request.app.state.whitelist)
     request.state.policy = policy
@@ -125,19 +105,19 @@ async def get_principal(
     decision = await limiter.hit(principal.sub, limit, window)
     request.state.rate_limit = decision
     if not decision.allowed:
-        raise ApiError(
-            429,
-            "rate_limited",
+        raise RateLimited(
             f"rate limit of {limit} requests per {window} s exceeded;"
             f" retry after {decision.headers()['Retry-After']} s",
-            decision.headers(),
+            headers=decision.headers(),
         )
     return principal
 
 
-async def get_policy(
-    request: Request, principal: Annotated[Principal, Depends(get_principal)]
-) -> AppPolicy:
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_policy(request: Request, principal: CurrentPrincipal) -> AppPolicy:
+    """The policy `get_principal` resolved for this request (not looked up again)."""
     policy: AppPolicy = request.state.policy
     return policy
 
@@ -146,18 +126,13 @@ PolicyDep = Annotated[AppPolicy, Depends(get_policy)]
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
-    async def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def dependency(principal: CurrentPrincipal) -> Principal:
         if scope not in principal.scopes:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this endpoint needs the {scope!r} scope",
-                {
-                    "WWW-Authenticate": (
-                        f'{_BEARER_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
-                    )
-                },
-            )
+            raise InsufficientScope(scope)
         return principal
 
     return dependency
+
+
+ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
+ReadSchema = Annotated[Principal, Depends(require_scope("read:schema"))]

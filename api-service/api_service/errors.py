@@ -1,93 +1,226 @@
-"""One error shape for every failure:
-`{"success": false, "error": {"code", "message", "request_id"}}`."""
+"""Every error the API answers on purpose, each carrying its HTTP status and code.
+
+    AnalyticsError (analytics_shared.errors)
+    └── ApiError                    500 internal_error; base: status, code, headers
+        ├── AuthError               401 invalid_token    the bearer token is not accepted
+        │   ├── MalformedAuthorization 401 invalid_token (error="invalid_request")
+        │   ├── MissingCredentials  401 unauthorized     no token, no API key
+        │   └── InvalidApiKey       401 invalid_api_key
+        ├── AuthUnavailable         503 auth_unavailable no signing keys (also TransientError)
+        ├── Forbidden               403
+        │   ├── UnknownApplication  403 unknown_application
+        │   ├── InsufficientScope   403 insufficient_scope
+        │   └── AdHocSqlNotAllowed  403 ad_hoc_sql_not_allowed
+        ├── UnknownQuery            404 unknown_query    (missing and not-yours look alike)
+        ├── RateLimited             429 rate_limited     with the X-RateLimit-* headers
+        ├── BadRequest              400
+        │   ├── QueryRejected       400 <per refusal>    the SQL guard's code (syntax_error, ...)
+        │   ├── UnsupportedFormat   400 unsupported_format
+        │   ├── QueryTimeout        400 query_timeout
+        │   ├── ResultTooLarge      400 result_too_large
+        │   └── QueryFailed         400 query_error      DuckDB refused the query
+        ├── ParameterError          422 invalid_parameters
+        ├── DataUnavailable         503 no_data          (Retry-After: 5)
+        │   ├── NoSnapshot          503 no_data          nothing verified is loaded yet
+        │   └── SnapshotError       503 no_data          a version failed verification (caught
+        │                                                by the refresh; never reaches a client)
+        └── StreamTooLarge          a streamed result passed its cap after the answer began:
+                                    the connection is cut, no error body can be sent
+
+What must always hold: an error's status, code and message are what the API
+documents (docs/api-docs.md); `http/error_handlers.py` turns any `ApiError`
+into the one error shape, and nothing else builds error responses. Classes
+keep the builtin base callers caught before (`ValueError`, `RuntimeError`).
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from analytics_shared.errors import AnalyticsError, TransientError
 
-from analytics_shared.logging_config import get_logger
-from api_service.responses import json_response
-from api_service.snapshots import NoSnapshot
+__all__ = [
+    "AdHocSqlNotAllowed",
+    "ApiError",
+    "AuthError",
+    "AuthUnavailable",
+    "BadRequest",
+    "DataUnavailable",
+    "Forbidden",
+    "InsufficientScope",
+    "InvalidApiKey",
+    "MalformedAuthorization",
+    "MissingCredentials",
+    "NoSnapshot",
+    "ParameterError",
+    "QueryFailed",
+    "QueryRejected",
+    "QueryTimeout",
+    "RateLimited",
+    "ResultTooLarge",
+    "SnapshotError",
+    "StreamTooLarge",
+    "UnknownApplication",
+    "UnknownQuery",
+    "UnsupportedFormat",
+]
 
-__all__ = ["ApiError", "error_response", "install_error_handlers", "safe_message"]
-
-log = get_logger(__name__)
-
-# Absolute file paths (two or more segments) never leave the server in a message.
-_PATH = re.compile(r"(?<![\w:/.])(?:/[\w.@+~-]+){2,}/?")
-_STATUS_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-}
+BEARER_CHALLENGE = 'Bearer realm="analytics-api"'
 
 
-def safe_message(message: str, limit: int = 500) -> str:
-    """One line, bounded, with server paths replaced."""
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    first = _PATH.sub("<path>", first)
-    return first if len(first) <= limit else first[: limit - 3] + "..."
+class ApiError(AnalyticsError):
+    """Base: answered as `status` with `{"code": code, "message": str(self)}`."""
 
+    status: int = 500
+    code: str = "internal_error"
 
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
         self.message = message
-        self.headers = headers or {}
+        self.headers: dict[str, str] = {**self.default_headers(), **(headers or {})}
+
+    def default_headers(self) -> dict[str, str]:
+        return {}
 
 
-def error_response(
-    request: Request,
-    status: int,
-    code: str,
-    message: str,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    request_id = getattr(request.state, "request_id", None)
-    body = {"code": code, "message": safe_message(message), "request_id": request_id}
-    return json_response(
-        {"success": False, "error": body},
-        status,
-        headers,
-    )
+# -- authentication (401) -----------------------------------------------------
+class AuthError(ApiError):
+    """The token is invalid (-> 401). The message is safe to show."""
+
+    status = 401
+    code = "invalid_token"
+    challenge_error: str | None = "invalid_token"  # the `error=` of WWW-Authenticate
+
+    def default_headers(self) -> dict[str, str]:
+        error = self.challenge_error
+        return {"WWW-Authenticate": BEARER_CHALLENGE + (f', error="{error}"' if error else "")}
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+class MalformedAuthorization(AuthError):
+    challenge_error = "invalid_request"
 
-    @app.exception_handler(NoSnapshot)
-    async def _no_snapshot(request: Request, exc: NoSnapshot) -> Response:
-        # Any route that leases the snapshot before the first one is loaded.
-        return error_response(request, 503, "no_data", str(exc), {"Retry-After": "5"})
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail), exc.headers)
+class MissingCredentials(AuthError):
+    code = "unauthorized"
+    challenge_error = None
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        return error_response(request, 422, "invalid_request", problems)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled_error", path=request.url.path)
-        return error_response(request, 500, "internal_error", "internal error; see the server log")
+class InvalidApiKey(AuthError):
+    code = "invalid_api_key"
+    challenge_error = None
+
+
+class AuthUnavailable(ApiError, TransientError):
+    """No signing keys can be had: the identity provider is unreachable (-> 503)."""
+
+    status = 503
+    code = "auth_unavailable"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "30"}
+
+
+# -- authorisation (403, 404, 429) --------------------------------------------
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class UnknownApplication(Forbidden):
+    code = "unknown_application"
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(f"this endpoint needs the {scope!r} scope")
+
+    def default_headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                f'{BEARER_CHALLENGE}, error="insufficient_scope", scope="{self.scope}"'
+            )
+        }
+
+
+class AdHocSqlNotAllowed(Forbidden):
+    code = "ad_hoc_sql_not_allowed"
+
+
+class UnknownQuery(ApiError):
+    status = 404
+    code = "unknown_query"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+
+
+# -- the query (400, 422) -------------------------------------------------------
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class QueryRejected(BadRequest, ValueError):
+    """The SQL guard refused the query; the message tells a legitimate user why."""
+
+    def __init__(self, message: str, code: str = "query_rejected") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnsupportedFormat(BadRequest, ValueError):
+    code = "unsupported_format"
+
+
+class QueryTimeout(BadRequest, RuntimeError):
+    code = "query_timeout"
+
+
+class ResultTooLarge(BadRequest, RuntimeError):
+    """The result passed MAX_RESULT_BYTES (Arrow bytes): refused before any
+    encoding, so one query cannot take a worker's memory (e.g. `list()` of a
+    whole table in one row)."""
+
+    code = "result_too_large"
+
+
+class QueryFailed(BadRequest):
+    """DuckDB refused or failed the query (a binder error, a bad cast, ...)."""
+
+    code = "query_error"
+
+
+class ParameterError(ApiError, ValueError):
+    """A caller's parameter value is missing, unknown or invalid (-> 422)."""
+
+    status = 422
+    code = "invalid_parameters"
+
+
+# -- the data (503) -------------------------------------------------------------
+class DataUnavailable(ApiError, RuntimeError):
+    status = 503
+    code = "no_data"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class NoSnapshot(DataUnavailable):
+    """No verified snapshot is loaded yet (-> 503)."""
+
+
+class SnapshotError(DataUnavailable):
+    """A snapshot failed verification or could not be opened."""
+
+
+class StreamTooLarge(ApiError, RuntimeError):
+    """A streamed result passed its cap: the connection is cut so that no
+    client mistakes a partial export for a complete one."""
+
+    code = "result_too_large"

@@ -14,18 +14,17 @@ from analytics_shared.logging_config import configure_logging, get_logger
 from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
-from api_service.auth import JwksCache, TokenValidator
-from api_service.errors import install_error_handlers
-from api_service.malloc_tuning import retain_freed_memory
-from api_service.metrics import RequestMetricsMiddleware
-from api_service.named_queries import check_whitelist
-from api_service.query_executor import QueryExecutor
-from api_service.rate_limit import build_rate_limiter, warn_if_per_process
-from api_service.request_log import RequestContextMiddleware
-from api_service.result_cache import ResultCache
+from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
+from api_service.auth.tokens import JwksCache, TokenValidator
+from api_service.data.snapshots import SnapshotManager
+from api_service.http.error_handlers import install_error_handlers
+from api_service.http.request_log import RequestContextMiddleware
+from api_service.ops.malloc_tuning import retain_freed_memory
+from api_service.ops.metrics import RequestMetricsMiddleware
+from api_service.query.named_queries import check_whitelist
+from api_service.query.service import QueryService
 from api_service.routes import health, metrics, queries, query, schema
 from api_service.settings import ApiSettings
-from api_service.snapshots import SnapshotManager
 
 __all__ = ["create_app"]
 
@@ -75,7 +74,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            app.state.executor.shutdown()
+            app.state.query_service.close()
             manager.close()
             await jwks.aclose()
             await app.state.rate_limiter.aclose()
@@ -88,15 +87,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.whitelist = whitelist
-    app.state.snapshots = SnapshotManager(
+    snapshots = SnapshotManager(
         settings.open_store(),
         settings.cache_dir,
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
     )
-    # Queries run on a bounded pool, never on the event loop (see query_executor.py).
-    app.state.executor = QueryExecutor(settings.query_workers)
-    app.state.result_cache = ResultCache(settings.result_cache_bytes)
+    app.state.snapshots = snapshots
+    app.state.query_service = QueryService.from_settings(settings, snapshots)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from analytics_shared.whitelist import Whitelist
-from api_service.api_keys import authenticate_api_key, generate_api_key, hash_api_key
-from api_service.auth import AuthError
-from testsupport.api_app import api_client, api_env
+from api_service.auth.api_keys import authenticate_api_key, generate_api_key, hash_api_key
+from api_service.errors import AuthError
+from testsupport.api_app import api_env, make_app_client
 
 KEY, KEY_HASH = generate_api_key("reporting")
 SCHEMA_KEY, SCHEMA_KEY_HASH = generate_api_key("schema-only")
@@ -66,14 +66,14 @@ def root(tmp_path_factory):
 
 def test_api_keys_are_ignored_unless_enabled(root, issuer):
     env = api_env(root / "off", issuer, WHITELIST)
-    with api_client(env) as client:
+    with make_app_client(env) as client:
         r = client.get("/query", params={"q": "SELECT 1"}, headers={"X-API-Key": KEY})
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
 
 
 def test_enabled_api_keys_follow_their_policy_and_scopes(root, issuer):
     env = api_env(root / "on", issuer, WHITELIST, API_KEYS_ENABLED="true")
-    with api_client(env) as client:
+    with make_app_client(env) as client:
         ok = client.get(
             "/query", params={"q": "SELECT count(*) AS n FROM orders"}, headers={"X-API-Key": KEY}
         )

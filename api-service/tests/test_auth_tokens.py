@@ -17,8 +17,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from api_service.auth import AuthError, AuthUnavailable, JwksCache, Principal, TokenValidator
-from api_service.dev_issuer import DevIssuer, SigningKey
+from api_service.auth.principal import Principal
+from api_service.auth.tokens import JwksCache, TokenValidator
+from api_service.dev.issuer import DevIssuer, SigningKey
+from api_service.errors import AuthError, AuthUnavailable
 
 AUDIENCE = "https://analytics-api.test"
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
-from testsupport.serving import build_database, publish, serving_client
+from testsupport.api_app import make_app_client, serving_env
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 
 # ~2.7e10 row combinations: far longer than the timeout on any machine.
 SLOW = (
@@ -17,10 +19,12 @@ SLOW = (
 
 def test_slow_query_does_not_stall_fast_ones(tmp_path, issuer):
     db = build_database(tmp_path / "source.db", inventory_rows=3000)
-    publish(db, tmp_path / "store", tmp_path / "work")
+    publish_file(db, tmp_path / "store", tmp_path / "work")
     auth = issuer.settings_env()
     settings = {"QUERY_TIMEOUT_SECONDS": "4", "QUERY_WORKERS": "4", "DUCKDB_THREADS": "1"}
-    with serving_client(tmp_path / "store", tmp_path / "data", auth, **settings) as client:
+    with make_app_client(
+        serving_env(tmp_path / "store", tmp_path / "data", auth, **settings)
+    ) as client:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='concurrency')}"}
         slow: dict[str, object] = {}
 
@@ -57,9 +61,11 @@ def test_slow_query_does_not_stall_fast_ones(tmp_path, issuer):
 
 def test_parallel_queries_share_the_pool(tmp_path, issuer):
     db = build_database(tmp_path / "source.db")
-    publish(db, tmp_path / "store", tmp_path / "work")
+    publish_file(db, tmp_path / "store", tmp_path / "work")
     auth = issuer.settings_env()
-    with serving_client(tmp_path / "store", tmp_path / "data", auth, QUERY_WORKERS="3") as client:
+    with make_app_client(
+        serving_env(tmp_path / "store", tmp_path / "data", auth, QUERY_WORKERS="3")
+    ) as client:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='parallel')}"}
         results: list[int] = []
 
@@ -80,4 +86,4 @@ def test_parallel_queries_share_the_pool(tmp_path, issuer):
         for t in threads:
             t.join(timeout=60)
         assert results == [200] * 120
-        assert client.app.state.executor.active == 0
+        assert client.app.state.query_service.executor.active == 0

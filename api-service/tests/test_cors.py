@@ -6,7 +6,7 @@ import pytest
 
 from analytics_shared.settings import SettingsError, load_settings
 from api_service.settings import ApiSettings
-from testsupport.api_app import api_client, api_env
+from testsupport.api_app import api_env, make_app_client
 
 PREFLIGHT = {
     "Access-Control-Request-Method": "POST",
@@ -21,7 +21,7 @@ def test_configured_origins_only(tmp_path, issuer):
         {"policies": {"default": {"tables": ["*"]}}},
         CORS_ORIGINS="https://app.example.com",
     )
-    with api_client(env, load_snapshot=False) as client:
+    with make_app_client(env, wait_for_data=False) as client:
         ok = client.options("/query", headers={"Origin": "https://app.example.com", **PREFLIGHT})
         assert ok.status_code == 200
         assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
@@ -38,7 +38,7 @@ def test_configured_origins_only(tmp_path, issuer):
 
 def test_a_wildcard_never_comes_with_credentials(tmp_path, issuer):
     env = api_env(tmp_path, issuer, {"policies": {"default": {"tables": ["*"]}}}, CORS_ORIGINS="*")
-    with api_client(env, load_snapshot=False) as client:
+    with make_app_client(env, wait_for_data=False) as client:
         r = client.options("/query", headers={"Origin": "https://any.example.com", **PREFLIGHT})
         assert r.headers["Access-Control-Allow-Origin"] == "*"
         assert "Access-Control-Allow-Credentials" not in r.headers

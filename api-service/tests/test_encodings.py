@@ -22,9 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from api_service import encodings
-from api_service.encodings import Column, json_body, negotiate_format
-from testsupport.serving import build_database, publish, serving_client
+from api_service.query import encodings
+from api_service.query.encodings import Column, json_body, negotiate_format
+from testsupport.api_app import make_app_client, serving_env
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 
 SQL = "SELECT * FROM customers ORDER BY id"
 JS_SAFE = 2**53 - 1
@@ -34,9 +36,9 @@ JS_SAFE = 2**53 - 1
 def served(tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("encodings")
     db = build_database(root / "source.db")
-    publish(db, root / "store", root / "work")
+    publish_file(db, root / "store", root / "work")
     auth = issuer.settings_env()
-    with serving_client(root / "store", root / "data", auth) as client:
+    with make_app_client(serving_env(root / "store", root / "data", auth)) as client:
         client.headers["Authorization"] = f"Bearer {issuer.mint(sub='encodings')}"
         yield client, db
 
@@ -322,7 +324,7 @@ SELECT * FROM (VALUES
 
 
 def _awkward_table(repeat: int) -> tuple[pa.Table, list[Column]]:
-    from api_service.query_executor import _capped_table, _relation
+    from api_service.query.executor import _capped_table, _relation
 
     con = duckdb.connect()
     try:
@@ -337,7 +339,7 @@ def _awkward_table(repeat: int) -> tuple[pa.Table, list[Column]]:
 def _both_paths(
     table: pa.Table, columns: list[Column], *, compact: bool
 ) -> tuple[bytes | None, bytes]:
-    from api_service.encodings import _arrow_json_body, _small_json_body
+    from api_service.query.encodings import _arrow_json_body, _small_json_body
 
     meta = {"truncated": False, "data_version": "v", "execution_time_ms": 1.5}
     tail = {"columns": [c.as_dict() for c in columns], "row_count": table.num_rows, **meta}
@@ -434,7 +436,7 @@ def test_duplicate_column_names_keep_both_values():
 def test_timestamp_text_is_python_isoformat(unit, tz, fractions):
     # Whole-second columns take a shorter route than columns with fractions;
     # both must write what Python's isoformat() writes (UTC for time zones).
-    from api_service.encodings import _iso
+    from api_service.query.encodings import _iso
 
     values = [datetime(2026, 3, 1, 12, 34, 56), datetime(1999, 12, 31, 23, 59, 59), None]
     if fractions and unit != "s":

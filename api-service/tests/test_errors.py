@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from testsupport.api_app import api_client, api_env
+from testsupport.api_app import api_env, make_app_client
 
 WHITELIST = {"policies": {"default": {"tables": ["inventory"]}}}
 
@@ -13,7 +13,7 @@ WHITELIST = {"policies": {"default": {"tables": ["inventory"]}}}
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, issuer):
     env = api_env(tmp_path_factory.mktemp("errors"), issuer, WHITELIST, MAX_REQUEST_BYTES="4096")
-    with api_client(env) as c:
+    with make_app_client(env) as c:
         yield c
 
 

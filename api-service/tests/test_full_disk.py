@@ -4,7 +4,9 @@ poll after space is back swaps to the new version."""
 
 from __future__ import annotations
 
-from testsupport.serving import build_database, publish, serving_client
+from testsupport.api_app import make_app_client, serving_env
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 from testsupport.snapshots import wait_for
 
 SUM = "SELECT sum(quantity) AS total FROM inventory"
@@ -13,14 +15,14 @@ SUM = "SELECT sum(quantity) AS total FROM inventory"
 def test_a_full_disk_keeps_the_version_in_service_until_space_is_back(tmp_path, tiny_disk, issuer):
     disk = tiny_disk("api-data", 24)
     source, store, work = tmp_path / "source.db", tmp_path / "store", tmp_path / "work"
-    first = publish(build_database(source, inventory_rows=20_000), store, work)
-    with serving_client(store, disk.root, issuer.settings_env()) as client:
+    first = publish_file(build_database(source, inventory_rows=20_000), store, work)
+    with make_app_client(serving_env(store, disk.root, issuer.settings_env())) as client:
         client.headers["Authorization"] = f"Bearer {issuer.mint(sub='disk')}"
         total_v1 = client.get("/query", params={"q": SUM}).json()["data"][0]["total"]
         cached = sorted(p.name for p in disk.root.iterdir())
 
         disk.fill()
-        second = publish(build_database(source, inventory_rows=20_000, marker=1), store, work)
+        second = publish_file(build_database(source, inventory_rows=20_000, marker=1), store, work)
         health = wait_for(
             lambda: (h := client.get("/health").json())["last_refresh_failed"] and h,
             timeout=20,

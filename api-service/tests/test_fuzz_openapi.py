@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from testsupport.api_app import api_client, api_env
+from testsupport.api_app import api_env, make_app_client
 
 WHITELIST = {
     "policies": {"default": {"tables": ["inventory", "orders"], "named_queries": ["*"]}},
@@ -36,7 +36,7 @@ def live_api(tmp_path_factory, issuer):
         DUCKDB_THREADS="1",
         DUCKDB_MEMORY_LIMIT="256MB",
     )
-    with api_client(env) as client:
+    with make_app_client(env) as client:
         yield str(client.base_url).rstrip("/")
 
 

@@ -10,16 +10,16 @@ import sys
 
 import pytest
 
-from api_service.malloc_tuning import retain_freed_memory
+from api_service.ops.malloc_tuning import retain_freed_memory
 
 # Encodes the same 10,000-row JSON body as GET /query would, 60 times, and
 # prints the minor page faults of the last 60 bodies.
 PROBE = """
 import json, resource, sys
 import duckdb
-from api_service import encodings
-from api_service.malloc_tuning import retain_freed_memory
-from api_service.query_executor import _capped_table, _relation
+from api_service.query import encodings
+from api_service.ops.malloc_tuning import retain_freed_memory
+from api_service.query.executor import _capped_table, _relation
 
 tuned = retain_freed_memory() if sys.argv[1] == "tuned" else False
 con = duckdb.connect()

@@ -9,8 +9,10 @@ import re
 
 import httpx
 
+from testsupport.api_app import make_app_client, serving_env
 from testsupport.api_server import ApiServer
-from testsupport.serving import build_database, publish, serving_client
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -29,9 +31,13 @@ def auth_env(issuer) -> dict[str, str]:
 
 
 def test_metrics_report_requests_queries_cache_and_data(tmp_path, issuer):
-    manifest = publish(build_database(tmp_path / "db.db"), tmp_path / "store", tmp_path / "work")
-    with serving_client(
-        tmp_path / "store", tmp_path / "data", auth_env(issuer), RATE_LIMIT_REQUESTS="4"
+    manifest = publish_file(
+        build_database(tmp_path / "db.db"), tmp_path / "store", tmp_path / "work"
+    )
+    with make_app_client(
+        serving_env(
+            tmp_path / "store", tmp_path / "data", auth_env(issuer), RATE_LIMIT_REQUESTS="4"
+        )
     ) as client:
         before = client.get("/metrics").text
         headers = {"Authorization": f"Bearer {issuer.mint(sub='metrics-user')}"}
@@ -66,7 +72,7 @@ def test_metrics_report_requests_queries_cache_and_data(tmp_path, issuer):
 
 
 def test_metrics_add_up_across_gunicorn_workers(tmp_path, issuer):
-    publish(build_database(tmp_path / "db.db"), tmp_path / "store", tmp_path / "work")
+    publish_file(build_database(tmp_path / "db.db"), tmp_path / "store", tmp_path / "work")
     env = {
         **auth_env(issuer),
         "STORAGE_URL": (tmp_path / "store").resolve().as_uri(),

@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 
 from analytics_shared.whitelist import NamedQuery, Whitelist, WhitelistError
-from api_service.named_queries import ParameterError, bind_parameters, check_whitelist
-from testsupport.api_app import api_client, api_env
+from api_service.errors import ParameterError
+from api_service.query.named_queries import bind_parameters, check_whitelist
+from testsupport.api_app import api_env, make_app_client
 
 QUERIES = {
     "low_stock": {
@@ -115,7 +116,7 @@ def test_the_bundled_whitelist_passes_the_start_up_check():
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, issuer):
     env = api_env(tmp_path_factory.mktemp("named"), issuer, WHITELIST)
-    with api_client(env) as c:
+    with make_app_client(env) as c:
         yield c
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from api_service.sql_guard import clear_guard_cache
-from testsupport.serving import build_database, publish, serving_client
+from api_service.query.sql_guard import clear_guard_cache
+from testsupport.api_app import make_app_client, serving_env
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 
 REFUSED = "SELECT getenv('HOME') AS home"
 
@@ -16,9 +18,9 @@ REFUSED = "SELECT getenv('HOME') AS home"
 def served(tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("guard-path")
     db = build_database(root / "source.db")
-    publish(db, root / "store", root / "work")
+    publish_file(db, root / "store", root / "work")
     auth = issuer.settings_env()
-    with serving_client(root / "store", root / "data", auth) as client:
+    with make_app_client(serving_env(root / "store", root / "data", auth)) as client:
         client.headers["Authorization"] = f"Bearer {issuer.mint(sub='guard-path')}"
         yield client
 

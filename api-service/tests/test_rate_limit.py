@@ -13,8 +13,8 @@ import httpx
 import pytest
 import redis
 
-from api_service.rate_limit import LocalRateLimiter, RedisRateLimiter
-from testsupport.api_app import api_client, write_whitelist
+from api_service.auth.rate_limit import LocalRateLimiter, RedisRateLimiter
+from testsupport.api_app import make_app_client, write_whitelist
 from testsupport.api_server import ApiServer
 from testsupport.ports import free_port
 
@@ -101,7 +101,7 @@ def limited_env(tmp_path, auth_env) -> dict[str, str]:
 
 
 def test_limits_per_user_per_policy_and_uncounted_paths(limited_env, issuer):
-    with api_client(limited_env, load_snapshot=False) as client:
+    with make_app_client(limited_env, wait_for_data=False) as client:
         alice = {"Authorization": f"Bearer {issuer.mint(sub='rl-alice')}"}
         tight = {"Authorization": f"Bearer {issuer.mint(sub='rl-tina', azp='tight-app')}"}
         for _ in range(10):  # none of these count
@@ -137,7 +137,7 @@ def test_limits_per_user_per_policy_and_uncounted_paths(limited_env, issuer):
 
 
 def test_forged_identity_headers_do_not_change_the_bucket(limited_env, issuer):
-    with api_client(limited_env, load_snapshot=False) as client:
+    with make_app_client(limited_env, wait_for_data=False) as client:
         token = {"Authorization": f"Bearer {issuer.mint(sub='rl-dave')}"}
         statuses = [
             client.get(

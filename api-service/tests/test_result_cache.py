@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from api_service.result_cache import CachedResponse, ResultCache, normalise_sql, query_key
-from testsupport.serving import build_database, publish, serving_client
+from api_service.query.result_cache import CachedResponse, ResultCache, normalise_sql, query_key
+from testsupport.api_app import make_app_client, serving_env
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 
 SQL = "SELECT warehouse, sum(quantity) AS total FROM inventory GROUP BY 1 ORDER BY 1"
 
@@ -16,7 +18,7 @@ SQL = "SELECT warehouse, sum(quantity) AS total FROM inventory GROUP BY 1 ORDER 
 @pytest.fixture
 def platform(tmp_path, issuer):
     db = build_database(tmp_path / "v1.db", marker=0)
-    publish(db, tmp_path / "store", tmp_path / "work")
+    publish_file(db, tmp_path / "store", tmp_path / "work")
     auth = issuer.settings_env()
     return tmp_path, auth
 
@@ -30,7 +32,7 @@ def wait_for_version(client, version: str, timeout: float = 20) -> None:
 
 def test_a_new_data_version_never_serves_an_old_result(platform, issuer):
     root, auth = platform
-    with serving_client(root / "store", root / "data", auth) as client:
+    with make_app_client(serving_env(root / "store", root / "data", auth)) as client:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='cache-user')}"}
         first = client.get("/query", params={"q": SQL}, headers=headers)
         again = client.get(
@@ -46,7 +48,9 @@ def test_a_new_data_version_never_serves_an_old_result(platform, issuer):
         assert again.headers["etag"] == first.headers["etag"]
 
         # A publish in between: different data under the same query.
-        manifest = publish(build_database(root / "v2.db", marker=5), root / "store", root / "work")
+        manifest = publish_file(
+            build_database(root / "v2.db", marker=5), root / "store", root / "work"
+        )
         wait_for_version(client, manifest.version)
         after = client.get("/query", params={"q": SQL}, headers=headers)
         assert after.status_code == 200
@@ -55,13 +59,13 @@ def test_a_new_data_version_never_serves_an_old_result(platform, issuer):
         assert after.json()["data"] != first.json()["data"]
         assert after.headers["etag"] != first.headers["etag"]
         # Old entries are gone, not merely unreachable.
-        cache: ResultCache = client.app.state.result_cache
+        cache: ResultCache = client.app.state.query_service.cache
         assert len(cache) == 1
 
 
 def test_etag_answers_304_and_changes_with_the_version(platform, issuer):
     root, auth = platform
-    with serving_client(root / "store", root / "data", auth) as client:
+    with make_app_client(serving_env(root / "store", root / "data", auth)) as client:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='etag-user')}"}
         r = client.get("/query", params={"q": SQL}, headers=headers)
         etag = r.headers["etag"]
@@ -82,7 +86,9 @@ def test_etag_answers_304_and_changes_with_the_version(platform, issuer):
             bad = client.get("/query", params={"q": sql}, headers={**headers, "If-None-Match": "*"})
             assert bad.status_code in (400, 403), bad.text
 
-        manifest = publish(build_database(root / "v2.db", marker=3), root / "store", root / "work")
+        manifest = publish_file(
+            build_database(root / "v2.db", marker=3), root / "store", root / "work"
+        )
         wait_for_version(client, manifest.version)
         fresh = client.get("/query", params={"q": SQL}, headers={**headers, "If-None-Match": etag})
         assert fresh.status_code == 200 and fresh.headers["etag"] != etag
@@ -90,7 +96,9 @@ def test_etag_answers_304_and_changes_with_the_version(platform, issuer):
 
 def test_cache_hits_still_count_against_the_rate_limit(platform, issuer):
     root, auth = platform
-    with serving_client(root / "store", root / "data", auth, RATE_LIMIT_REQUESTS="3") as client:
+    with make_app_client(
+        serving_env(root / "store", root / "data", auth, RATE_LIMIT_REQUESTS="3")
+    ) as client:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='limited-user')}"}
         codes = [
             client.get("/query", params={"q": SQL}, headers=headers).status_code for _ in range(5)
@@ -102,14 +110,14 @@ def test_cache_hits_still_count_against_the_rate_limit(platform, issuer):
 def test_the_cache_stays_within_its_byte_bound(platform, issuer):
     root, auth = platform
     bound = 60_000
-    with serving_client(
-        root / "store", root / "data", auth, RESULT_CACHE_BYTES=str(bound)
+    with make_app_client(
+        serving_env(root / "store", root / "data", auth, RESULT_CACHE_BYTES=str(bound))
     ) as client:
         headers = {
             "Authorization": f"Bearer {issuer.mint(sub='bound-user')}",
             "Accept-Encoding": "identity",  # ~6 KB per entry
         }
-        cache: ResultCache = client.app.state.result_cache
+        cache: ResultCache = client.app.state.query_service.cache
         for n in range(40):
             r = client.get(
                 "/query",

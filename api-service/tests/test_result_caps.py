@@ -6,7 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from testsupport.serving import build_database, publish, serving_client
+from testsupport.api_app import make_app_client, serving_env
+from testsupport.publishing import publish_file
+from testsupport.serving import build_database
 
 ROWS = 20_000
 # One row holding the whole table (~0.5 MB of Arrow): the shape of query that
@@ -17,14 +19,18 @@ ONE_HUGE_ROW = "SELECT list(t) AS everything FROM inventory t"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("caps")
-    publish(build_database(root / "source.db", inventory_rows=ROWS), root / "store", root / "work")
+    publish_file(
+        build_database(root / "source.db", inventory_rows=ROWS), root / "store", root / "work"
+    )
     return root
 
 
 def client_for(store, issuer, name, **settings):
     # One pool thread, so every query below reuses the cursor a refused one used.
     env = {"QUERY_WORKERS": "1", "MAX_RESULT_BYTES": "200000", **settings}
-    return serving_client(store / "store", store / f"data-{name}", issuer.settings_env(), **env)
+    return make_app_client(
+        serving_env(store / "store", store / f"data-{name}", issuer.settings_env(), **env)
+    )
 
 
 @pytest.mark.parametrize("fmt", ["json", "arrow", "parquet"])

@@ -15,8 +15,9 @@ from fastapi import FastAPI
 
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_file
 from analytics_shared.object_store import LocalObjectStore, StoreUnavailable
+from api_service.data.snapshots import SnapshotManager
+from api_service.errors import NoSnapshot
 from api_service.routes import health
-from api_service.snapshots import NoSnapshot, SnapshotManager
 
 
 class FlakyStore(LocalObjectStore):

@@ -13,10 +13,11 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from api_service import sql_guard
-from api_service.snapshots import open_sandboxed
-from api_service.sql_guard import QueryRejected, cached_decision, check_query
-from testsupport.api_app import api_client, publish_test_snapshot, write_whitelist
+from api_service.data.snapshots import open_sandboxed
+from api_service.errors import QueryRejected
+from api_service.query import sql_guard
+from api_service.query.sql_guard import cached_decision, check_query
+from testsupport.api_app import make_app_client, publish_test_snapshot, write_whitelist
 
 CANARY_TEXT = f"CANARY-{uuid.uuid4().hex}"
 ALLOWED = {"inventory", "products", "orders"}
@@ -342,7 +343,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, issuer):
         "DUCKDB_THREADS": "1",
         "RATE_LIMIT_REQUESTS": "100000",
     }
-    with api_client(env) as c:
+    with make_app_client(env) as c:
         yield c
 
 

@@ -18,7 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from api_service.dev_issuer import DevIssuer
+from api_service.dev.issuer import DevIssuer
 
 DEFAULT_SCOPES = "read:analytics read:schema"
 

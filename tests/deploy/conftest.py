@@ -29,9 +29,9 @@ def settings_aliases(cls: type[BaseSettings]) -> dict[str, tuple[str, ...]]:
 
 
 def gunicorn_env_names() -> set[str]:
-    """Environment variables api_service.gunicorn_conf reads (they are not settings fields)."""
-    spec = importlib.util.find_spec("api_service.gunicorn_conf")
-    assert spec is not None and spec.origin, "api_service.gunicorn_conf not importable"
+    """Environment variables api_service.ops.gunicorn_conf reads (they are not settings fields)."""
+    spec = importlib.util.find_spec("api_service.ops.gunicorn_conf")
+    assert spec is not None and spec.origin, "api_service.ops.gunicorn_conf not importable"
     text = Path(spec.origin).read_text(encoding="utf-8")
     pattern = (
         r"""os\.(?:environ\.get|getenv)\(\s*["'](\w+)["']|os\.environ\[\s*["'](\w+)["']\s*\]"""

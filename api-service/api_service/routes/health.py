@@ -12,14 +12,14 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from api_service import __version__
-from api_service.deps import ManagerDep
-from api_service.responses import json_response
+from api_service.deps import SnapshotsDep
+from api_service.http.responses import json_response
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(manager: ManagerDep) -> Response:
+async def health(manager: SnapshotsDep) -> Response:
     status = manager.status()
     if not status["ready"]:
         state = "starting"

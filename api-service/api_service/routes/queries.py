@@ -9,24 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import duckdb
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api_service.auth import Principal
-from api_service.deps import ManagerDep, PolicyDep, SettingsDep, WhitelistDep, require_scope
-from api_service.encodings import UnsupportedFormat, negotiate_format
-from api_service.errors import ApiError
-from api_service.named_queries import ParameterError, bind_parameters
-from api_service.query_executor import QueryTimeout
-from api_service.query_response import answer_query
-from api_service.responses import json_response
-from api_service.snapshots import NoSnapshot
+from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics, WhitelistDep
+from api_service.errors import UnknownQuery
+from api_service.http.responses import json_response
+from api_service.query.encodings import negotiate_format
+from api_service.query.named_queries import bind_parameters
 
 router = APIRouter(tags=["named queries"])
-
-ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 
 
 class NamedQueryRequest(BaseModel):
@@ -65,31 +58,17 @@ async def run_named_query(
     principal: ReadAnalytics,
     policy: PolicyDep,
     whitelist: WhitelistDep,
-    manager: ManagerDep,
-    settings: SettingsDep,
+    service: QueryServiceDep,
     body: NamedQueryRequest | None = None,
 ) -> Response:
     query = whitelist.named_queries.get(name)
     if query is None or not policy.may_run(name):
         # Same answer for "does not exist" and "not yours": names are not disclosed.
-        raise ApiError(
-            404, "unknown_query", f"no named query {name!r} for this application (GET /queries)"
-        )
+        raise UnknownQuery(f"no named query {name!r} for this application (GET /queries)")
     request.state.named_query = name
     request.state.query_fingerprint = f"named:{name}"
-    try:
-        params = bind_parameters(query, body.params if body else None)
-        encoding = negotiate_format(body.format if body else None, request.headers.get("accept"))
-    except ParameterError as exc:
-        raise ApiError(422, "invalid_parameters", str(exc)) from None
-    except UnsupportedFormat as exc:
-        raise ApiError(400, "unsupported_format", str(exc)) from None
-    try:
-        # The same pipeline as POST /query (cache, encodings, timeout, row cap).
-        return await answer_query(request, manager, settings, query.sql, params or None, encoding)
-    except NoSnapshot as exc:
-        raise ApiError(503, "no_data", str(exc), {"Retry-After": "5"}) from None
-    except QueryTimeout as exc:
-        raise ApiError(400, "query_timeout", str(exc)) from None
-    except duckdb.Error as exc:
-        raise ApiError(400, "query_error", str(exc)) from None
+    params = bind_parameters(query, body.params if body else None)
+    encoding = negotiate_format(body.format if body else None, request.headers.get("accept"))
+    # The same pipeline as POST /query (cache, encodings, timeout, row cap).
+    prepared = service.prepare(request, query.sql, params or None, encoding)
+    return await service.answer(prepared, request.state)

@@ -1,31 +1,27 @@
 """`GET /query?q=` (the seed's form) and `POST /query` (JSON body).
 
 The encoding is chosen by `format=` or the Accept header (see encodings.py);
-query_response.py does caching, execution, encoding and compression.
+query/service.py does caching, execution, encoding and compression; errors
+become responses in http/error_handlers.py.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-import duckdb
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api_service.auth import Principal
-from api_service.deps import policy_for, require_scope
-from api_service.encodings import Encoding, UnsupportedFormat, negotiate_format
-from api_service.errors import ApiError
-from api_service.query_executor import QueryTimeout
-from api_service.query_response import answer_query
-from api_service.settings import ApiSettings
-from api_service.snapshots import NoSnapshot, SnapshotManager
-from api_service.sql_guard import QueryRejected, cached_decision, check_query
+from analytics_shared.whitelist import AppPolicy
+from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics
+from api_service.errors import AdHocSqlNotAllowed
+from api_service.query.encodings import negotiate_format
+from api_service.query.executor import Params
+from api_service.query.service import QueryService
+from api_service.query.sql_guard import cached_decision, check_query
 
 router = APIRouter(tags=["query"])
-
-ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 
 
 class QueryRequest(BaseModel):
@@ -46,77 +42,56 @@ class QueryRequest(BaseModel):
 FORMAT_DESCRIPTION = "json (default), json_compact, ndjson, csv, arrow, parquet"
 
 
-def _encoding(request: Request, requested: str | None) -> Encoding:
-    try:
-        return negotiate_format(requested, request.headers.get("accept"))
-    except UnsupportedFormat as exc:
-        raise ApiError(400, "unsupported_format", str(exc)) from None
-
-
 async def run_sql(
     request: Request,
+    service: QueryService,
+    policy: AppPolicy,
     sql: str,
-    params: dict[str, Any] | list[Any] | None,
-    principal: Principal,
-    encoding: Encoding,
+    params: Params,
+    requested_format: str | None,
 ) -> Response:
-    # Read from the app state directly: as dependencies they would cost FastAPI
-    # three more resolutions per request, and they carry no request input.
-    state = request.app.state
-    settings: ApiSettings = state.settings
-    manager: SnapshotManager = state.snapshots
-    policy = policy_for(principal, state.whitelist)
+    encoding = negotiate_format(requested_format, request.headers.get("accept"))
     if not policy.allow_ad_hoc_sql:
-        raise ApiError(
-            403,
-            "ad_hoc_sql_not_allowed",
-            "this application may only run named queries (see GET /queries)",
-        )
+        raise AdHocSqlNotAllowed("this application may only run named queries (see GET /queries)")
     tables = None if "*" in policy.tables else policy.tables
     functions = policy.allowed_table_functions
-    max_length = settings.max_sql_length
-    try:
-        # A repeated query's decision comes from the guard's cache, inline.
-        guarded = cached_decision(
+    max_length = service.settings.max_sql_length
+    # A repeated query's decision comes from the guard's cache, inline.
+    guarded = cached_decision(
+        sql, allowed_tables=tables, allowed_table_functions=functions, max_length=max_length
+    )
+    if guarded is not None:
+        request.state.query_fingerprint = guarded.fingerprint
+        # After auth, policy, rate limit and guard: cache, execute, encode.
+        query = service.prepare(request, guarded.sql, params, encoding)
+        return await service.answer(query, request.state)
+    # A new text is parsed with DuckDB (~1 ms) off the event loop, in the same
+    # pool task as the query (one thread hop): the guard runs first there and
+    # nothing else runs if it refuses; the service serves no cache hit or 304
+    # before it has passed.
+    request_state = request.state
+
+    def guard() -> str:
+        checked = check_query(
             sql, allowed_tables=tables, allowed_table_functions=functions, max_length=max_length
         )
-        if guarded is not None:
-            request.state.query_fingerprint = guarded.fingerprint
-            # After auth, policy, rate limit and guard: cache, execute, encode.
-            return await answer_query(request, manager, settings, guarded.sql, params, encoding)
-        # A new text is parsed with DuckDB (~1 ms) off the event loop, in the same
-        # pool task as the query (one thread hop): the guard runs first there and
-        # nothing else runs if it refuses; answer_query serves no cache hit or
-        # 304 before it has passed.
-        request_state = request.state
+        request_state.query_fingerprint = checked.fingerprint
+        return checked.sql
 
-        def guard() -> str:
-            checked = check_query(
-                sql, allowed_tables=tables, allowed_table_functions=functions, max_length=max_length
-            )
-            request_state.query_fingerprint = checked.fingerprint
-            return checked.sql
-
-        return await answer_query(request, manager, settings, sql, params, encoding, guard=guard)
-    except QueryRejected as exc:
-        raise ApiError(400, exc.code, str(exc)) from None
-    except NoSnapshot as exc:
-        raise ApiError(503, "no_data", str(exc), {"Retry-After": "5"}) from None
-    except QueryTimeout as exc:
-        raise ApiError(400, "query_timeout", str(exc)) from None
-    except duckdb.Error as exc:
-        raise ApiError(400, "query_error", str(exc).splitlines()[0]) from None
+    query = service.prepare(request, sql, params, encoding, guard=guard)
+    return await service.answer(query, request.state)
 
 
 @router.get("/query")
 async def query_get(
     request: Request,
     principal: ReadAnalytics,
+    policy: PolicyDep,
+    service: QueryServiceDep,
     q: Annotated[str, Query(min_length=1, description="One read-only SELECT statement")],
     format: Annotated[str | None, Query(description=FORMAT_DESCRIPTION)] = None,
 ) -> Response:
-    encoding = _encoding(request, format)
-    return await run_sql(request, q, None, principal, encoding)
+    return await run_sql(request, service, policy, q, None, format)
 
 
 @router.post("/query")
@@ -124,6 +99,7 @@ async def query_post(
     request: Request,
     body: QueryRequest,
     principal: ReadAnalytics,
+    policy: PolicyDep,
+    service: QueryServiceDep,
 ) -> Response:
-    encoding = _encoding(request, body.format)
-    return await run_sql(request, body.sql, body.params, principal, encoding)
+    return await run_sql(request, service, policy, body.sql, body.params, body.format)

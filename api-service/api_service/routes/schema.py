@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from api_service.auth import Principal
-from api_service.deps import ManagerDep, WhitelistDep, policy_for, require_scope
+from api_service.deps import PolicyDep, ReadSchema, SnapshotsDep
 
 router = APIRouter(tags=["schema"])
 
 
 @router.get("/schema")
 async def schema(
-    manager: ManagerDep,
-    whitelist: WhitelistDep,
-    principal: Annotated[Principal, Depends(require_scope("read:schema"))],
+    manager: SnapshotsDep,
+    principal: ReadSchema,
+    policy: PolicyDep,
 ) -> dict[str, object]:
-    policy = policy_for(principal, whitelist)
     with manager.lease() as snap:
         tables = {
             name: {

@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -44,16 +44,15 @@ import jwt
 from jwt import PyJWK
 
 from analytics_shared.logging_config import get_logger
+from api_service.auth.principal import Principal
+from api_service.errors import AuthError, AuthUnavailable
 
 __all__ = [
     "MAX_TOKEN_BYTES",
     "TOKEN_CACHE_ENTRIES",
     "TOKEN_CACHE_SECONDS",
-    "AuthError",
-    "AuthUnavailable",
     "JwksCache",
     "JwksKey",
-    "Principal",
     "TokenValidator",
 ]
 
@@ -66,25 +65,6 @@ MAX_JWKS_BYTES = 512 * 1024
 _ACCESS_TOKEN_TYPES = {"jwt", "at+jwt", "application/at+jwt"}
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
-
-
-class AuthError(Exception):
-    """The token is missing or invalid (-> 401). The message is safe to show."""
-
-
-class AuthUnavailable(Exception):
-    """No signing keys can be had: the identity provider is unreachable (-> 503)."""
-
-
-@dataclass(frozen=True)
-class Principal:
-    sub: str
-    app: str | None
-    scopes: frozenset[str] = field(default_factory=frozenset)
-    claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # Set for API keys: the policy the key is bound to (tokens use `app`).
-    policy: str | None = None
-    auth_method: str = "jwt"
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from analytics_shared.whitelist import NamedQuery, QueryParameter, Whitelist, WhitelistError
-from api_service.sql_guard import SAFE_TABLE_FUNCTIONS, QueryRejected, check_query
+from api_service.errors import ParameterError, QueryRejected
+from api_service.query.sql_guard import SAFE_TABLE_FUNCTIONS, check_query
 
-__all__ = ["ParameterError", "bind_parameters", "check_whitelist"]
-
-
-class ParameterError(ValueError):
-    """A caller's parameter value is missing, unknown or invalid (-> 422)."""
+__all__ = ["bind_parameters", "check_whitelist"]
 
 
 # ISO text parameters: the parser and what the error says is expected.

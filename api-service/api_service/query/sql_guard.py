@@ -42,6 +42,8 @@ from typing import Any
 
 import duckdb
 
+from api_service.errors import QueryRejected
+
 __all__ = [
     "AMPLIFYING_FUNCTIONS",
     "DENIED_FUNCTIONS",
@@ -49,7 +51,6 @@ __all__ = [
     "GUARD_CACHE_ENTRIES",
     "SAFE_TABLE_FUNCTIONS",
     "GuardedQuery",
-    "QueryRejected",
     "cached_decision",
     "check_query",
     "clear_guard_cache",
@@ -92,14 +93,6 @@ _QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NO
 _PLAIN_TABLE_REFS = frozenset({"JOIN", "SUBQUERY", "EXPRESSION_LIST", "EMPTY", "PIVOT"})
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYSTEM_TABLE_PREFIXES = ("duckdb_", "pragma_", "sqlite_", "pg_", "information_schema")
-
-
-class QueryRejected(ValueError):
-    """The query is not allowed; the message tells a legitimate user why."""
-
-    def __init__(self, message: str, code: str = "query_rejected") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api_service.snapshots import SnapshotManager
+from api_service.data.snapshots import SnapshotManager
 
 __all__ = [
     "CACHE_BYTES",

@@ -10,21 +10,17 @@ fails leaves the version in service untouched, and is logged and counted.
 
 Queries lease the snapshot they started on, so a swap never pulls data from
 under a running query; the old one closes when its last lease ends, and its
-file is deleted once no worker on the host has it open.
+file is deleted once no worker on the host has it open. The host's shared
+file cache (lock, pins, markers, downloads, deletions) is `SnapshotCache`
+(data/cache.py); this module decides which version serves.
 
-The cache directory, shared by the workers of one host:
-
-    .cache.lock        serialises downloads and deletions across workers
-    <version>.db       a verified, plain DuckDB file
-    <version>.ok       its manifest, written last: the file is verified
-    <version>.pin      every process with the version open holds a shared
-                       flock on it; deletion needs the exclusive one
+What must always hold: only a verified, probed snapshot is swapped in; a
+refresh never raises and never disturbs the version in service.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
 import time
@@ -33,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from filelock import FileLock
-from filelock import Timeout as LockTimeout
 
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, ManifestError
@@ -45,21 +39,13 @@ from analytics_shared.object_store import (
     StoreError,
     StoreUnavailable,
 )
-from analytics_shared.snapshot_file import SnapshotFileError, fetch_verified, probe
+from analytics_shared.snapshot_file import SnapshotFileError, probe
+from api_service.data.cache import Pin, SnapshotCache
+from api_service.errors import NoSnapshot, SnapshotError
 
-__all__ = ["NoSnapshot", "Snapshot", "SnapshotError", "SnapshotManager", "open_sandboxed"]
+__all__ = ["Snapshot", "SnapshotManager", "open_sandboxed"]
 
 log = get_logger(__name__)
-
-_LOCK_NAME = ".cache.lock"
-
-
-class NoSnapshot(RuntimeError):
-    """No verified snapshot is loaded yet (-> 503)."""
-
-
-class SnapshotError(RuntimeError):
-    """A snapshot failed verification or could not be opened."""
 
 
 def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
@@ -84,26 +70,13 @@ def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.Duc
     return con
 
 
-class _Pin:
-    """A shared flock on `<version>.pin`: this process has the version open."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_SH)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the lock
-            self.fd = None
-
-
 class Snapshot:
     def __init__(
         self,
         manifest: Manifest,
         path: Path,
         con: duckdb.DuckDBPyConnection,
-        pin: _Pin | None = None,
+        pin: Pin | None = None,
         on_closed: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self.manifest = manifest
@@ -165,11 +138,9 @@ class SnapshotManager:
         retry_max_seconds: float = 300.0,
     ) -> None:
         self.store = store
-        self.cache_dir = Path(cache_dir)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = SnapshotCache(store, cache_dir, lock_timeout=lock_timeout)
         self.memory_limit = memory_limit
         self.threads = threads
-        self.lock_timeout = lock_timeout
         self.retry_max_seconds = retry_max_seconds
         self._current: Snapshot | None = None
         self._open: dict[str, int] = {}  # version -> Snapshot objects not yet closed
@@ -186,6 +157,10 @@ class SnapshotManager:
         # Refused versions are not retried on every poll:
         # (version, sha256) -> (failures, retry_at, reason).
         self._refused: dict[tuple[str, str], tuple[int, float, str]] = {}
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache.directory
 
     # -- reading -----------------------------------------------------------
     @property
@@ -330,22 +305,27 @@ class SnapshotManager:
             old.retire()
 
     def _load(self, manifest: Manifest) -> Snapshot:
-        path, pin = self._fetch_verified(manifest)
+        path, pin = self.cache.fetch(manifest)
         try:
-            con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
-            try:
-                probe(con, manifest)
-            except BaseException:
-                con.close()
-                raise
+            con = self._open_probed(path, manifest)
         except (SnapshotError, SnapshotFileError, duckdb.Error):
             pin.release()
-            self._discard(manifest.version)  # unusable: no worker should trust it
+            self.cache.discard(manifest.version)  # unusable: no worker should trust it
             raise
         except BaseException:
             pin.release()
             raise
         return self._track(Snapshot(manifest, path, con, pin, self._closed))
+
+    def _open_probed(self, path: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:
+        """Open sandboxed; every table's row count must match the manifest."""
+        con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
+        try:
+            probe(con, manifest)
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def _track(self, snap: Snapshot) -> Snapshot:
         with self._swap_lock:
@@ -361,98 +341,25 @@ class SnapshotManager:
                 self._open.pop(snap.version, None)
         self._collect_garbage()
 
-    @contextlib.contextmanager
-    def _cache_lock(self, timeout: float) -> Iterator[None]:
-        lock = FileLock(str(self.cache_dir / _LOCK_NAME), timeout=timeout)
-        try:
-            lock.acquire()
-        except LockTimeout:
-            raise SnapshotError(
-                f"the snapshot cache is locked by another worker for over {timeout:g} s"
-            ) from None
-        try:
-            yield
-        finally:
-            lock.release()
-
-    def _fetch_verified(self, manifest: Manifest) -> tuple[Path, _Pin]:
-        """The verified local file for `manifest`, pinned; downloads it at most once per host."""
-        path = self.cache_dir / f"{manifest.version}.db"
-        ok_marker = path.with_suffix(".ok")
-        with self._cache_lock(self.lock_timeout):
-            if path.exists() and _marker_matches(ok_marker, manifest):
-                # Another worker verified it; pin before the lock goes so no
-                # garbage collection can slip in between.
-                return path, _Pin(path.with_suffix(".pin"))
-            ok_marker.unlink(missing_ok=True)
-            fetch_verified(self.store, manifest, path)
-            tmp = ok_marker.with_suffix(".ok.tmp")
-            tmp.write_bytes(manifest.to_json())
-            os.replace(tmp, ok_marker)
-            log.info("snapshot_downloaded", version=manifest.version, size=manifest.size)
-            return path, _Pin(path.with_suffix(".pin"))
-
-    def _discard(self, version: str) -> None:
-        with contextlib.suppress(SnapshotError), self._cache_lock(self.lock_timeout):
-            self._delete_if_unused(version)
-
-    def _delete_if_unused(self, version: str) -> bool:
-        """Delete a version's files unless a process still has it open (caller holds the lock)."""
-        pin_path = self.cache_dir / f"{version}.pin"
-        fd = os.open(pin_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # some worker (maybe this one) still reads it
-            # Marker first: a half-deleted version is never taken as verified.
-            for suffix in (".ok", ".db", ".db.tmp", ".db.download", ".ok.tmp"):
-                (self.cache_dir / f"{version}{suffix}").unlink(missing_ok=True)
-            pin_path.unlink(missing_ok=True)
-            return True
-        finally:
-            os.close(fd)
-
     def _collect_garbage(self) -> None:
         """Delete cached versions that no worker on this host has open. Best effort."""
         with self._swap_lock:
             keep = set(self._open)
         if self.latest_version_seen:
             keep.add(self.latest_version_seen)
-        versions = {_version_of(p.name) for p in self.cache_dir.iterdir()}
-        stale = {v for v in versions if v and v not in keep}
-        if not stale:
-            return
-        try:
-            with self._cache_lock(timeout=0):
-                deleted = [v for v in sorted(stale) if self._delete_if_unused(v)]
-        except SnapshotError:
-            return  # a download is in progress; the next refresh tries again
-        except OSError as exc:
-            log.warning("snapshot_cache_cleanup_failed", error=str(exc))
-            return
-        if deleted:
-            log.info("snapshot_files_deleted", versions=deleted)
+        self.cache.collect_garbage(keep)
 
     def _serve_cached(self) -> None:
         """Nothing in service yet and the store is down or its current version is
         refused: serve the newest version this host verified before."""
-        markers = sorted(self.cache_dir.glob("*.ok"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for marker in markers:
-            pin: _Pin | None = None
+        for marker in self.cache.markers():
+            pin: Pin | None = None
             try:
-                manifest = Manifest.from_json(marker.read_bytes())
-                with self._cache_lock(timeout=5):
-                    path = marker.with_suffix(".db")
-                    if not (path.exists() and _marker_matches(marker, manifest)):
-                        continue
-                    pin = _Pin(path.with_suffix(".pin"))
-                con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
-                try:
-                    probe(con, manifest)
-                except BaseException:
-                    con.close()
-                    raise
+                pinned = self.cache.pin_verified(marker)
+                if pinned is None:
+                    continue
+                manifest, path, pin = pinned
+                con = self._open_probed(path, manifest)
             except (OSError, ManifestError, SnapshotError, SnapshotFileError, duckdb.Error) as exc:
                 if pin is not None:
                     pin.release()
@@ -472,24 +379,3 @@ class SnapshotManager:
 
 class _Deferred(Exception):
     """A refused version's retry is not due yet (not counted as a new failure)."""
-
-
-_SUFFIXES = (".db.tmp", ".ok.tmp", ".db.download", ".db", ".ok", ".pin")
-
-
-def _version_of(name: str) -> str | None:
-    """The version a cache file belongs to (None for the lock and foreign files)."""
-    if name.startswith("."):
-        return None
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)] or None
-    return None
-
-
-def _marker_matches(marker: Path, manifest: Manifest) -> bool:
-    try:
-        verified = Manifest.from_json(marker.read_bytes())
-    except (OSError, ManifestError):
-        return False
-    return verified.sha256 == manifest.sha256 and verified.size == manifest.size

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analytics_shared.logging_config import get_logger
-from api_service.responses import json_bytes
+from api_service.http.responses import json_bytes
 
 __all__ = ["RequestContextMiddleware"]
 

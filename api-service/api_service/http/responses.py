@@ -13,7 +13,7 @@ import brotli
 import orjson
 from fastapi.responses import Response
 
-from api_service.negotiation import weighted_values
+from api_service.http.negotiation import weighted_values
 
 __all__ = [
     "StreamCompressor",

@@ -30,13 +30,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from api_service.negotiation import weighted_values
+from api_service.errors import UnsupportedFormat
+from api_service.http.negotiation import weighted_values
 
 __all__ = [
     "FORMATS",
     "Column",
     "Encoding",
-    "UnsupportedFormat",
     "arrow_ipc_bytes",
     "csv_batch",
     "json_body",
@@ -47,10 +47,6 @@ __all__ = [
 
 JS_SAFE_INT = 2**53 - 1
 _BIG_INT_TYPES = frozenset({"BIGINT", "UBIGINT", "HUGEINT", "UHUGEINT"})
-
-
-class UnsupportedFormat(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

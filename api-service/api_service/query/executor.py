@@ -26,18 +26,21 @@ import duckdb
 import pyarrow as pa
 
 from analytics_shared.snapshot_file import quote_ident
-from api_service.encodings import Column
-from api_service.snapshots import Snapshot
+from api_service.data.snapshots import Snapshot
+from api_service.errors import QueryTimeout, ResultTooLarge
+from api_service.query.encodings import Column
 
 __all__ = [
+    "Params",
     "QueryExecutor",
     "QueryResult",
-    "QueryTimeout",
     "ResultStream",
-    "ResultTooLarge",
 ]
 
 T = TypeVar("T")
+
+# Values for `$name` or `?` placeholders, bound by DuckDB (never interpolated).
+Params = dict[str, Any] | list[Any] | None
 
 # Types Arrow (or Parquet) cannot carry faithfully are sent as DuckDB's text form;
 # the column's DuckDB type still says what they are. UHUGEINT above 2**127
@@ -51,16 +54,6 @@ _AS_TEXT_PREFIXES = (
     "VARINT",
     "UNION",
 )
-
-
-class QueryTimeout(RuntimeError):
-    pass
-
-
-class ResultTooLarge(RuntimeError):
-    """The result passed MAX_RESULT_BYTES (Arrow bytes): refused before any
-    encoding, so one query cannot take a worker's memory (e.g. `list()` of a
-    whole table in one row)."""
 
 
 @dataclass
@@ -128,7 +121,7 @@ def _text_projection(
 
 
 def _relation(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | list[Any] | None
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: Params
 ) -> tuple[duckdb.DuckDBPyRelation, list[Column]]:
     relation = cursor.sql(sql, params=params) if params else cursor.sql(sql)
     if relation is None:  # the guard only lets SELECTs through; belt and braces
@@ -245,7 +238,7 @@ class QueryExecutor:
         job: _Job,
         snapshot: Snapshot,
         sql: str,
-        params: dict[str, Any] | list[Any] | None,
+        params: Params,
         max_rows: int,
         max_bytes: int | None,
         then: Callable[[QueryResult], Any] | None,
@@ -286,7 +279,7 @@ class QueryExecutor:
         job: _Job,
         snapshot: Snapshot,
         sql: str,
-        params: dict[str, Any] | list[Any] | None,
+        params: Params,
         max_rows: int,
         max_batch_bytes: int | None,
         batch_rows: int,
@@ -320,7 +313,7 @@ class QueryExecutor:
         self,
         snapshot: Snapshot,
         sql: str,
-        params: dict[str, Any] | list[Any] | None,
+        params: Params,
         then: Callable[[QueryResult], T],
         *,
         max_rows: int,
@@ -342,7 +335,7 @@ class QueryExecutor:
         self,
         snapshot: Snapshot,
         sql: str,
-        params: dict[str, Any] | list[Any] | None,
+        params: Params,
         *,
         max_rows: int,
         max_batch_bytes: int | None = None,

@@ -7,7 +7,7 @@ the entry (it is not secret), the hash of the whole key is compared in
 constant time. The secret has 256 bits of entropy, so a fast hash is enough
 (no password stretching needed). Make one with:
 
-    python -m api_service.api_keys new <id>
+    python -m api_service.auth.api_keys new <id>
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import sys
 from datetime import UTC, datetime
 
 from analytics_shared.whitelist import ApiKeyEntry, Whitelist
-from api_service.auth import AuthError, Principal
+from api_service.auth.principal import Principal
+from api_service.errors import InvalidApiKey
 
 __all__ = ["API_KEY_HEADER", "authenticate_api_key", "generate_api_key", "hash_api_key"]
 
@@ -48,13 +49,13 @@ def authenticate_api_key(key: str, whitelist: Whitelist) -> Principal:
     expected = entry.sha256 if entry is not None else _DUMMY_HASH
     matches = hmac.compare_digest(hash_api_key(key[:256]), expected)
     if entry is None or not matches:
-        raise AuthError("invalid API key")
+        raise InvalidApiKey("invalid API key")
     if entry.expires_at is not None:
         expires = entry.expires_at
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
         if expires <= datetime.now(UTC):
-            raise AuthError("API key expired")
+            raise InvalidApiKey("API key expired")
     return Principal(
         sub=f"apikey:{key_id}",
         app=f"apikey:{key_id}",
@@ -66,7 +67,7 @@ def authenticate_api_key(key: str, whitelist: Whitelist) -> Principal:
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "new":
-        print("usage: python -m api_service.api_keys new <id>", file=sys.stderr)
+        print("usage: python -m api_service.auth.api_keys new <id>", file=sys.stderr)
         return 2
     key, digest = generate_api_key(argv[1])
     print(f"key (give to the caller, shown once): {key}")

@@ -1,0 +1,1 @@
+"""Development and test aids, never used by the product: a local token issuer."""
