@@ -97,9 +97,7 @@ def client_whitelist() -> dict[str, Any]:
 class ClientTestApi:
     """The API under Gunicorn over a test snapshot, plus an empty one (503)."""
 
-    def __init__(
-        self, root: Path, cors_origins: list[str] | None = None, workers: int = 2
-    ) -> None:
+    def __init__(self, root: Path, cors_origins: list[str] | None = None, workers: int = 2) -> None:
         self.root = root
         self.store = root / "store"
         self.issuer = DevIssuer(audience=AUDIENCE)
@@ -199,19 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cors-origin", action="append", default=[])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="client-api-") as tmp:
-        with ClientTestApi(Path(tmp), cors_origins=args.cors_origin, workers=args.workers) as api:
-            print(json.dumps(api.describe()), flush=True)
-            for line in sys.stdin:
-                command, *rest = line.split()
-                if command == "publish":
-                    answer: dict[str, Any] = {"data_version": api.publish()}
-                elif command == "token":
-                    azp = rest[1] if len(rest) > 1 else None
-                    answer = {"token": api.token(rest[0], **({"azp": azp} if azp else {}))}
-                else:
-                    answer = {"error": f"unknown command {command!r}"}
-                print(json.dumps(answer), flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="client-api-") as tmp,
+        ClientTestApi(Path(tmp), cors_origins=args.cors_origin, workers=args.workers) as api,
+    ):
+        print(json.dumps(api.describe()), flush=True)
+        for line in sys.stdin:
+            command, *rest = line.split()
+            if command == "publish":
+                answer: dict[str, Any] = {"data_version": api.publish()}
+            elif command == "token":
+                azp = rest[1] if len(rest) > 1 else None
+                answer = {"token": api.token(rest[0], **({"azp": azp} if azp else {}))}
+            else:
+                answer = {"error": f"unknown command {command!r}"}
+            print(json.dumps(answer), flush=True)
     return 0
 
 

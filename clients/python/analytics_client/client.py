@@ -160,9 +160,7 @@ class AnalyticsClient:
     ) -> Iterator[QueryResult]:
         return self._follow(lambda cursor: self.named_query(name, params, cursor=cursor))
 
-    def data_versions(
-        self, interval: float = 15.0, timeout: float | None = None
-    ) -> Iterator[str]:
+    def data_versions(self, interval: float = 15.0, timeout: float | None = None) -> Iterator[str]:
         """Yields the current data version, then each new one as the API serves it.
 
         EXTENSION POINT (API pass, events): polls GET /health today; switch to
@@ -201,7 +199,7 @@ class AnalyticsClient:
             return QueryResult.from_arrow_bytes(answer.content, answer.headers)
         body = answer.json()
         if not isinstance(body, dict) or "data" not in body or "columns" not in body:
-            raise AnalyticsError(answer.status, "invalid_response", "the answer has no data/columns")
+            raise AnalyticsError(answer.status, "invalid_response", "no data/columns in the answer")
         rows = normalize_rows(
             [dict(r) for r in body["data"]] if answer.from_cache else body["data"],
             body["columns"],

@@ -77,7 +77,9 @@ class QueryResult:
         table = pa.ipc.open_stream(data).read_all()
         meta = table.schema.metadata or {}
         types = meta.get(b"duckdb_types") or headers.get("x-columns", "").encode()
-        columns = json.loads(types) if types else [{"name": n, "type": ""} for n in table.column_names]
+        columns = (
+            json.loads(types) if types else [{"name": n, "type": ""} for n in table.column_names]
+        )
         return cls(
             columns=columns,
             row_count=table.num_rows,

@@ -1,7 +1,7 @@
 """Exact numbers from JSON answers.
 
 The API sends DECIMAL values as strings and BIGINT/UBIGINT/HUGEINT values as
-numbers when they fit in ±(2^53 − 1), as strings otherwise (UHUGEINT always
+numbers when they fit in +/-(2^53 - 1), as strings otherwise (UHUGEINT always
 as strings). Python's `int` and `Decimal` hold them all exactly, so the
 client turns wide-integer columns into `int` and, by default, DECIMAL
 columns into `decimal.Decimal` (`decimals="str"` keeps the strings).

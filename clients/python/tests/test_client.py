@@ -127,10 +127,10 @@ def test_429_waits_for_retry_after_then_succeeds(client_api):
 
 def test_429_without_retries_surfaces_retry_after(client_api):
     token = client_api.token(azp=LIMITED_APP)
-    with AnalyticsClient(client_api.url, token, retry=RetryPolicy.disabled()) as client:
-        with pytest.raises(AnalyticsError) as e:  # noqa: PT012 - the limit is hit inside the loop
-            for _ in range(RATE_LIMIT["requests"] + 1):
-                client.named_query("low_stock", {"limit": 1})
+    client = AnalyticsClient(client_api.url, token, retry=RetryPolicy.disabled())
+    with client, pytest.raises(AnalyticsError) as e:  # the limit is hit inside the loop
+        for _ in range(RATE_LIMIT["requests"] + 1):
+            client.named_query("low_stock", {"limit": 1})
     assert (e.value.status, e.value.code, e.value.retryable) == (429, "rate_limited", True)
     assert e.value.retry_after is not None and 1 <= e.value.retry_after <= 2
 
@@ -140,9 +140,9 @@ def test_503_honours_retry_after_within_max_delay(client_api):
     assert client_api.empty_api is not None
     url = client_api.empty_api.url
     token = client_api.token()
-    with AnalyticsClient(url, token, retry=RetryPolicy(max_delay=1)) as impatient:
-        with pytest.raises(AnalyticsError) as quick:
-            impatient.query("SELECT 1")
+    impatient = AnalyticsClient(url, token, retry=RetryPolicy(max_delay=1))
+    with impatient, pytest.raises(AnalyticsError) as quick:
+        impatient.query("SELECT 1")
     assert (quick.value.status, quick.value.code, quick.value.attempts) == (503, "no_data", 1)
     assert quick.value.retry_after == 5
 

@@ -48,9 +48,9 @@ def test_pages_refuse_a_repeated_cursor():
         return httpx.Response(200, json=_page([1], "same"))
 
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    with AnalyticsClient("http://api.test", "t", http=http) as client:
-        with pytest.raises(AnalyticsError, match="cursor twice"):
-            list(client.pages("SELECT 1", {"a": 1}))
+    client = AnalyticsClient("http://api.test", "t", http=http)
+    with client, pytest.raises(AnalyticsError, match="cursor twice"):
+        list(client.pages("SELECT 1", {"a": 1}))
 
 
 class _Clock:
