@@ -170,7 +170,9 @@ class AnalyticsClient:
         last = None
         while deadline is None or time.monotonic() < deadline:
             version = self.health().get("data_version")
-            if version and version != last:
+            # Versions are sortable UTC timestamps; while workers swap one by one
+            # polls can alternate old/new, so only a newer version is news.
+            if version and (last is None or version > last):
                 last = version
                 yield version
             self._sleep(interval)

@@ -187,6 +187,12 @@ def test_data_versions_follow_a_publish_and_old_etags_stop_matching(client_api, 
     assert next(versions) == before.data_version
     published = client_api.publish()
     assert next(versions) == published
+    # Each Gunicorn worker swaps on its own poll: ask until one serves the new version.
     after = client.query(sql)
+    for _ in range(50):
+        if after.data_version == published:
+            break
+        time.sleep(0.1)
+        after = client.query(sql)
     assert not after.from_cache
     assert after.data_version == published and after.rows == [{"n": 250}]

@@ -30,7 +30,11 @@ export function pollDataVersion(
   const poll = async () => {
     try {
       const version = (await health()).data_version;
-      if (!stopped && version && version !== last) {
+      // Versions are UTC timestamps (sortable). While Gunicorn workers swap one
+      // by one, polls can alternate between the new and the old version:
+      // only a newer one is news. (A rollback to an older version is not
+      // announced by polling; /events will carry it.)
+      if (!stopped && version && (last === null || version > last)) {
         last = version;
         callback(version);
       }
