@@ -6,17 +6,34 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PIP     = $(BIN)/python -m pip
 STAMP   = $(VENV)/.installed
+TS      = clients/typescript
+TS_STAMP = $(TS)/node_modules/.installed
 
-.PHONY: demo demo-check test lint typecheck install clean
+.PHONY: demo demo-check test lint typecheck install clean ts-client browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
 # Reinstall when any package definition or pin changes.
-$(STAMP): $(BIN)/python constraints.txt requirements-dev.txt shared/pyproject.toml etl-service/pyproject.toml api-service/pyproject.toml
-	$(PIP) install --quiet -c constraints.txt -e shared -e etl-service -e api-service -r requirements-dev.txt
+$(STAMP): $(BIN)/python constraints.txt requirements-dev.txt shared/pyproject.toml etl-service/pyproject.toml api-service/pyproject.toml clients/python/pyproject.toml
+	$(PIP) install --quiet -c constraints.txt -e shared -e etl-service -e api-service -e "clients/python[arrow,pandas,polars]" -r requirements-dev.txt
 	touch $(STAMP)
+
+# The TypeScript client's test toolchain (exact pins in its package.json, no
+# lock file) and its build. Skipped with a warning where npm is missing; the
+# tests that need it then skip and say so.
+$(TS_STAMP): $(TS)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(TS) && npm install --no-audit --no-fund --no-package-lock --loglevel=error && touch node_modules/.installed; \
+	else echo "make: npm not found; the TypeScript client tests will skip" >&2; fi
+
+ts-client: $(TS_STAMP)
+	@if [ -x $(TS)/node_modules/.bin/tsc ]; then cd $(TS) && npm run --silent build; fi
+
+# Debian's chromium + chromium-driver for tests/browser (as root, when missing).
+browser:
+	@sh scripts/install_browser.sh
 
 install: $(STAMP)
 
@@ -26,7 +43,7 @@ demo: $(STAMP)
 demo-check: $(STAMP)
 	$(BIN)/python scripts/demo.py --check
 
-test: $(STAMP)
+test: $(STAMP) ts-client browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -34,7 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service
+	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service clients/python/analytics_client
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist
