@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from api_service.dev_issuer import DevIssuer
+from api_service.dev.issuer import DevIssuer
 from testsupport.api_app import publish_test_snapshot, write_whitelist
 from testsupport.api_server import ApiServer
 
