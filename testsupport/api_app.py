@@ -62,7 +62,9 @@ def publish_test_snapshot(store_root: Path, rows: int = 200) -> Manifest:
     """The four seed tables with `rows` rows, published into a folder store."""
     work = store_root.parent / "snapshot-build"
     work.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(work / "tiny.duckdb"))
+    db = work / "tiny.duckdb"
+    db.unlink(missing_ok=True)  # each call publishes a new version from scratch
+    con = duckdb.connect(str(db))
     try:
         for ddl in _TABLES.values():
             con.execute(ddl.format(rows=rows))

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from analytics_shared.logging_config import configure_logging
 from api_service.dev.issuer import DevIssuer
 from testsupport.api_app import publish_test_snapshot, write_whitelist
 from testsupport.api_server import ApiServer
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cors-origin", action="append", default=[])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    # stdout carries the JSON protocol only; publishing logs go to stderr.
+    configure_logging("WARNING", service="client-test-api")
     with (
         tempfile.TemporaryDirectory(prefix="client-api-") as tmp,
         ClientTestApi(Path(tmp), cors_origins=args.cors_origin, workers=args.workers) as api,
