@@ -28,26 +28,22 @@ def _tree(tmp_path: Path, cgroup: str, files: dict[str, str], mem_kib: int = 8 *
     return tmp_path
 
 
-def test_cgroup_v2_limit_of_the_process_own_group(tmp_path):
-    root = _tree(
-        tmp_path,
-        "0::/app/api\n",
-        {"sys/fs/cgroup/memory.max": "max\n", "sys/fs/cgroup/app/api/memory.max": f"{512 * MIB}\n"},
-    )
-    assert detect_memory_limit(root=root) == MemoryLimit(512 * MIB, "cgroup v2")
-
-
-def test_cgroup_v2_parent_limit_is_tighter(tmp_path):
+@pytest.mark.parametrize(
+    "parent, own, expected",
+    [("max", str(512 * MIB), 512 * MIB), (str(256 * MIB), "max", 256 * MIB)],
+    ids=["own-group", "parent-tighter"],
+)
+def test_cgroup_v2_the_tightest_limit_up_the_hierarchy(tmp_path, parent, own, expected):
     root = _tree(
         tmp_path,
         "0::/app/api\n",
         {
             "sys/fs/cgroup/memory.max": "max\n",
-            "sys/fs/cgroup/app/memory.max": f"{256 * MIB}\n",
-            "sys/fs/cgroup/app/api/memory.max": "max\n",
+            "sys/fs/cgroup/app/memory.max": f"{parent}\n",
+            "sys/fs/cgroup/app/api/memory.max": f"{own}\n",
         },
     )
-    assert detect_memory_limit(root=root) == MemoryLimit(256 * MIB, "cgroup v2")
+    assert detect_memory_limit(root=root) == MemoryLimit(expected, "cgroup v2")
 
 
 def test_cgroup_v1_limit(tmp_path):
