@@ -71,6 +71,7 @@ def test_the_api_holds_512_mb_under_a_mixed_load(
             timeout=30,
         )
         health = httpx.get(server.url + "/health", timeout=10).json()
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
         usage = server.usage()
         still = server.processes()
     summary = f"{report.summary()}; peak {usage.peak_mb:.0f} MB, {usage.oom_kills} OOM kills"
@@ -84,6 +85,7 @@ def test_the_api_holds_512_mb_under_a_mixed_load(
     memory = health["memory"]
     assert memory["limit"] == 512 * MIB and memory["limit_source"] == "cgroup v1"
     assert memory["workers"] == 1 and memory["heavy_reserved"] == 0
+    assert f'api_memory_budget_bytes{{part="duckdb"}} {float(memory["duckdb"])}' in metrics
 
 
 @pytest.mark.parametrize(

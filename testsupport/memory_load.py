@@ -166,10 +166,12 @@ class CgroupServer:
             out[f"worker {i}"] = child
         return out
 
-    def rss(self) -> dict[str, tuple[int, int]]:
-        """(RSS, PSS) bytes per process of the tree."""
+    def rss(self) -> dict[str, tuple[int, int, int]]:
+        """(RSS, PSS, anonymous RSS) bytes per process of the tree."""
+        tree = self.processes().items()
         return {
-            name: (process_rss(pid), process_pss(pid)) for name, pid in self.processes().items()
+            name: (process_rss(pid), process_pss(pid), process_rss(pid, "RssAnon"))
+            for name, pid in tree
         }
 
     def current_bytes(self) -> int:

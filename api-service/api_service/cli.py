@@ -66,9 +66,8 @@ def _check_memory_budget(workers: int | None) -> bool:
             os.environ["WEB_CONCURRENCY"] = str(workers)
         elif not os.environ.get("WEB_CONCURRENCY"):
             limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
-            reserve = int(os.environ.get("ANALYTICS_ETL_RESERVE_BYTES") or 0)
             cores = cpu_workers(multiprocessing.cpu_count())
-            os.environ["WEB_CONCURRENCY"] = str(plan_workers(limit, cores, reserve))
+            os.environ["WEB_CONCURRENCY"] = str(plan_workers(limit, cores))
         # Loaded after WEB_CONCURRENCY is known: the thread defaults follow it.
         settings = load_settings(ApiSettings)
         _, budget = memory_budget(settings)

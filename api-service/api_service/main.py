@@ -49,8 +49,7 @@ def memory_budget(settings: ApiSettings) -> tuple[ApiSettings, MemoryBudget]:
     the kernel enforces, split among WEB_CONCURRENCY workers (1 in-process)."""
     limit = detect_memory_limit(settings.memory_limit)
     workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
-    reserve = int(os.environ.get("ANALYTICS_ETL_RESERVE_BYTES") or 0)
-    return apply_budget(settings, limit, workers, reserve)
+    return apply_budget(settings, limit, workers)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

@@ -27,8 +27,7 @@ def _workers() -> int:
     from api_service.ops.memory_budget import cpu_workers, plan_workers
 
     limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
-    reserve = int(os.environ.get("ANALYTICS_ETL_RESERVE_BYTES") or 0)
-    return plan_workers(limit, cpu_workers(multiprocessing.cpu_count()), reserve)
+    return plan_workers(limit, cpu_workers(multiprocessing.cpu_count()))
 
 
 workers = _workers()
