@@ -259,60 +259,46 @@ class QueryExecutor:
         prepare: Callable[[], str] | None = None,
         heavy_bytes: int = 0,
     ) -> Any:
-        with contextlib.ExitStack() as held:  # an admission reservation, until encoded
-            on_heavy: Callable[[], object] | None = None
-            if self.admission is not None and heavy_bytes:
-                gate = self.admission
+        # A large result holds an admission reservation until it is encoded.
+        held = contextlib.ExitStack()
+        on_heavy: Callable[[], object] | None = None
+        if self.admission is not None and heavy_bytes:
+            gate = self.admission
 
-                def reserve() -> object:
-                    return held.enter_context(gate.reserve(heavy_bytes, "a large result"))
+            def reserve() -> object:
+                return held.enter_context(gate.reserve(heavy_bytes, "a large result"))
 
-                on_heavy = reserve
-            return self._execute_held(
-                job, snapshot, sql, params, max_rows, max_bytes, then, prepare, on_heavy
+            on_heavy = reserve
+        with held:
+            if prepare is not None:
+                # The caller's last check (the SQL guard), in this same pool task:
+                # it returns the SQL to run or raises, and then nothing runs.
+                sql = prepare()
+            started = time.perf_counter()
+            cursor = self._cursor(snapshot)
+            job.start(cursor)
+            try:
+                relation, columns = _relation(cursor, sql, params)
+                table = _capped_table(relation, max_rows, max_bytes, on_heavy)
+            except duckdb.Error:
+                if job.timed_out:
+                    self._forget_cursor()  # an interrupted cursor is not reused
+                    raise job.error() from None
+                raise
+            finally:
+                job.finish()
+            truncated = table.num_rows > max_rows
+            if truncated:
+                table = table.slice(0, max_rows)
+            result = QueryResult(
+                table=table,
+                columns=columns,
+                truncated=truncated,
+                data_version=snapshot.version,
+                execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
             )
-
-    def _execute_held(
-        self,
-        job: _Job,
-        snapshot: Snapshot,
-        sql: str,
-        params: Params,
-        max_rows: int,
-        max_bytes: int | None,
-        then: Callable[[QueryResult], Any] | None,
-        prepare: Callable[[], str] | None,
-        on_heavy: Callable[[], object] | None,
-    ) -> Any:
-        if prepare is not None:
-            # The caller's last check (the SQL guard), in this same pool task:
-            # it returns the SQL to run or raises, and then nothing runs.
-            sql = prepare()
-        started = time.perf_counter()
-        cursor = self._cursor(snapshot)
-        job.start(cursor)
-        try:
-            relation, columns = _relation(cursor, sql, params)
-            table = _capped_table(relation, max_rows, max_bytes, on_heavy)
-        except duckdb.Error:
-            if job.timed_out:
-                self._forget_cursor()  # an interrupted cursor is not reused
-                raise job.error() from None
-            raise
-        finally:
-            job.finish()
-        truncated = table.num_rows > max_rows
-        if truncated:
-            table = table.slice(0, max_rows)
-        result = QueryResult(
-            table=table,
-            columns=columns,
-            truncated=truncated,
-            data_version=snapshot.version,
-            execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        # Encoding in the same pool task saves a second thread hop per request.
-        return (result, then(result)) if then is not None else result
+            # Encoding in the same pool task saves a second thread hop per request.
+            return (result, then(result)) if then is not None else result
 
     def _open_stream(
         self,
