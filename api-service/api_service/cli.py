@@ -37,12 +37,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("configuration ok")
         return 0
+    if not _check_memory_budget(args.workers):
+        return 2
     argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]
     if args.bind:
         argv_g += ["--bind", args.bind]
     if args.workers:
         argv_g += ["--workers", str(args.workers)]
     os.execv(sys.executable, argv_g)  # noqa: S606 - replace this process: signals go straight to Gunicorn
+
+
+def _check_memory_budget(workers: int | None) -> bool:
+    """Choose the worker count from the memory (unless given), check that the
+    budget fits, and log it once for the server; False (with the reason on
+    stderr) when the settings cannot fit the container."""
+    import multiprocessing
+
+    from analytics_shared.errors import ConfigurationError
+    from analytics_shared.logging_config import configure_logging, get_logger
+    from analytics_shared.memory_limit import detect_memory_limit
+    from analytics_shared.settings import load_settings
+    from api_service.main import memory_budget
+    from api_service.ops.memory_budget import cpu_workers, plan_workers
+    from api_service.settings import ApiSettings
+
+    try:
+        if workers:
+            os.environ["WEB_CONCURRENCY"] = str(workers)
+        elif not os.environ.get("WEB_CONCURRENCY"):
+            limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
+            cores = cpu_workers(multiprocessing.cpu_count())
+            os.environ["WEB_CONCURRENCY"] = str(plan_workers(limit, cores))
+        # Loaded after WEB_CONCURRENCY is known: the thread defaults follow it.
+        settings = load_settings(ApiSettings)
+        _, budget = memory_budget(settings)
+    except ConfigurationError as exc:
+        print(f"analytics-api: {exc}", file=sys.stderr)
+        return False
+    configure_logging(settings.log_level, service="api-service", json=settings.log_json)
+    get_logger("api_service.memory").info("memory_budget", **budget.as_dict())
+    return True
 
 
 if __name__ == "__main__":

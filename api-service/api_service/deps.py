@@ -7,7 +7,7 @@ throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
-`SnapshotsDep`, `WhitelistDep`. The policy is resolved once, by `get_principal`.
+`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`. The policy is resolved once, by `get_principal`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from api_service.settings import ApiSettings
 
 __all__ = [
     "CurrentPrincipal",
+    "MemoryStatusDep",
     "PolicyDep",
     "QueryServiceDep",
     "ReadAnalytics",
@@ -68,7 +69,14 @@ async def get_query_service(request: Request) -> QueryService:
     return service
 
 
+async def get_memory_status(request: Request) -> dict[str, object] | None:
+    """The worker's memory budget and its use; None in an app without queries."""
+    service: QueryService | None = getattr(request.app.state, "query_service", None)
+    return service.memory_status() if service is not None else None
+
+
 SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
+MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
 WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
 QueryServiceDep = Annotated[QueryService, Depends(get_query_service)]
 

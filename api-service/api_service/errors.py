@@ -24,6 +24,8 @@
         │   ├── NoSnapshot          503 no_data          nothing verified is loaded yet
         │   └── SnapshotError       503 no_data          a version failed verification (caught
         │                                                by the refresh; never reaches a client)
+        ├── Busy                    503 busy             the worker's memory budget for large
+        │                                                results is taken (Retry-After: 2)
         └── StreamTooLarge          a streamed result passed its cap after the answer began:
                                     the connection is cut, no error body can be sent
 
@@ -45,6 +47,7 @@ __all__ = [
     "AuthError",
     "AuthUnavailable",
     "BadRequest",
+    "Busy",
     "DataUnavailable",
     "Forbidden",
     "InsufficientScope",
@@ -217,6 +220,17 @@ class NoSnapshot(DataUnavailable):
 
 class SnapshotError(DataUnavailable):
     """A snapshot failed verification or could not be opened."""
+
+
+class Busy(ApiError, TransientError):
+    """The worker's budget for large results and streams is taken for longer
+    than the admission wait (query/admission.py): try again shortly (-> 503)."""
+
+    status = 503
+    code = "busy"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
 
 
 class StreamTooLarge(ApiError, RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -11,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from analytics_shared.logging_config import configure_logging, get_logger
+from analytics_shared.memory_limit import detect_memory_limit
 from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
@@ -20,6 +22,7 @@ from api_service.data.snapshots import SnapshotManager
 from api_service.http.error_handlers import install_error_handlers
 from api_service.http.request_log import RequestContextMiddleware
 from api_service.ops.malloc_tuning import retain_freed_memory
+from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
 from api_service.query.named_queries import check_whitelist
 from api_service.query.service import QueryService
@@ -41,8 +44,16 @@ async def _poll_snapshots(manager: SnapshotManager, interval: float) -> None:
             log.exception("snapshot_poll_failed")
 
 
+def memory_budget(settings: ApiSettings) -> tuple[ApiSettings, MemoryBudget]:
+    """This worker's share of the container (ops/memory_budget.py): the limit
+    the kernel enforces, split among WEB_CONCURRENCY workers (1 in-process)."""
+    limit = detect_memory_limit(settings.memory_limit)
+    workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
+    return apply_budget(settings, limit, workers)
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    settings = settings or load_settings(ApiSettings)
+    settings, budget = memory_budget(settings or load_settings(ApiSettings))
     whitelist = check_whitelist(load_whitelist(settings.query_whitelist_path))
 
     @contextlib.asynccontextmanager
@@ -92,9 +103,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         settings.cache_dir,
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
+        spill_dir=settings.data_dir.resolve() / "duckdb-tmp",
+        max_spill_size=settings.duckdb_max_temp_directory_size,
     )
     app.state.snapshots = snapshots
-    app.state.query_service = QueryService.from_settings(settings, snapshots)
+    app.state.query_service = QueryService.from_settings(settings, snapshots, budget)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -130,5 +143,6 @@ def app_factory() -> FastAPI:
     """Entry point for Gunicorn/Uvicorn (`api_service.main:app_factory()`)."""
     settings = load_settings(ApiSettings)
     configure_logging(settings.log_level, service="api-service", json=settings.log_json)
-    retain_freed_memory()  # large response bodies reuse heap memory (malloc_tuning.py)
+    # Large response bodies reuse heap memory (malloc_tuning.py), as much as the budget allows.
+    retain_freed_memory(memory_budget(settings)[1].malloc_retain_per_arena)
     return create_app(settings)

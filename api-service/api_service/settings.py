@@ -77,7 +77,17 @@ class ApiSettings(CommonSettings):
     # a streamed one: a query past it is refused before it is encoded.
     max_result_bytes: int = Field(32_000_000, validation_alias="MAX_RESULT_BYTES", ge=1024)
     max_sql_length: int = Field(20_000, validation_alias="MAX_SQL_LENGTH", ge=100)
+    # DUCKDB_MEMORY_LIMIT, RESULT_CACHE_BYTES and MAX_RESULT_BYTES are derived from the
+    # container's memory at start-up unless set (ops/memory_budget.py); these
+    # defaults are what an unset value means before that.
     duckdb_memory_limit: str = Field("1GB", validation_alias="DUCKDB_MEMORY_LIMIT")
+    # DuckDB spills sorts and joins past its memory limit to DATA_DIR, up to this.
+    duckdb_max_temp_directory_size: str = Field(
+        "2GB", validation_alias="DUCKDB_MAX_TEMP_DIRECTORY_SIZE"
+    )
+    # How long a large result or export waits for the worker's memory budget
+    # before it is answered 503 busy (query/admission.py).
+    admission_wait_seconds: float = Field(5.0, validation_alias="ADMISSION_WAIT_SECONDS", ge=0)
     # Serving: DuckDB threads per worker process default to the cores shared
     # among WEB_CONCURRENCY Gunicorn workers; the pool bounds concurrent queries
     # per worker (more than the threads, so a slow query never stalls fast ones).

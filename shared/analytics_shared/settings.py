@@ -34,6 +34,8 @@ class CommonSettings(BaseSettings):
     log_json: bool = Field(True, validation_alias="LOG_JSON")
     # Where local working files live (state DB, working DuckDB, API cache).
     data_dir: Path = Field(Path("var"), validation_alias="DATA_DIR")
+    # The container's memory when the cgroup does not say it (analytics_shared.memory_limit).
+    memory_limit: str | None = Field(None, validation_alias="MEMORY_LIMIT")
 
     storage_url: str | None = Field(None, validation_alias="STORAGE_URL")
     s3_bucket: str | None = Field(None, validation_alias="S3_BUCKET")

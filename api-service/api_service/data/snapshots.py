@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,20 +49,32 @@ __all__ = ["Snapshot", "SnapshotManager", "open_sandboxed"]
 log = get_logger(__name__)
 
 
-def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
-    """Read-only connection that cannot reach files, the network or extensions."""
-    con = duckdb.connect(
-        str(path),
-        read_only=True,
-        config={
-            "enable_external_access": False,
-            "autoload_known_extensions": False,
-            "autoinstall_known_extensions": False,
-            "python_enable_replacements": False,
-            "memory_limit": memory_limit,
-            "threads": threads,
-        },
-    )
+def open_sandboxed(
+    path: Path,
+    *,
+    memory_limit: str,
+    threads: int,
+    temp_directory: Path | None = None,
+    max_temp_directory_size: str | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Read-only connection that cannot reach files, the network or extensions.
+
+    With `temp_directory`, sorts and joins past `memory_limit` spill there (up
+    to `max_temp_directory_size`) instead of failing or growing."""
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "enable_external_access": False,
+        "autoload_known_extensions": False,
+        "autoinstall_known_extensions": False,
+        "python_enable_replacements": False,
+        "memory_limit": memory_limit,
+        "threads": threads,
+    }
+    if temp_directory is not None:
+        temp_directory.mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = str(temp_directory)
+        if max_temp_directory_size:
+            config["max_temp_directory_size"] = max_temp_directory_size
+    con = duckdb.connect(str(path), read_only=True, config=config)
     # One process may open a file twice (a rollback to a version whose last
     # queries still run): DuckDB then shares the instance, already locked.
     row = con.execute("SELECT current_setting('lock_configuration')").fetchone()
@@ -117,7 +130,7 @@ class Snapshot:
 
     def _close(self) -> None:
         try:
-            self.con.close()
+            self.con.close()  # DuckDB deletes its temp files
         finally:
             if self._pin is not None:
                 self._pin.release()
@@ -136,8 +149,15 @@ class SnapshotManager:
         threads: int = 2,
         lock_timeout: float = 600.0,
         retry_max_seconds: float = 300.0,
+        spill_dir: Path | None = None,
+        max_spill_size: str | None = None,
     ) -> None:
         self.store = store
+        # DuckDB's temp files: one directory per worker process and version.
+        self.spill_dir = spill_dir
+        self.max_spill_size = max_spill_size
+        if spill_dir is not None:
+            _remove_orphan_spill_dirs(spill_dir)
         self.cache = SnapshotCache(store, cache_dir, lock_timeout=lock_timeout)
         self.memory_limit = memory_limit
         self.threads = threads
@@ -319,7 +339,14 @@ class SnapshotManager:
 
     def _open_probed(self, path: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:
         """Open sandboxed; every table's row count must match the manifest."""
-        con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
+        spill = self.spill_dir / f"{os.getpid()}-{manifest.version}" if self.spill_dir else None
+        con = open_sandboxed(
+            path,
+            memory_limit=self.memory_limit,
+            threads=self.threads,
+            temp_directory=spill,
+            max_temp_directory_size=self.max_spill_size,
+        )
         try:
             probe(con, manifest)
         except BaseException:
@@ -339,6 +366,8 @@ class SnapshotManager:
                 self._open[snap.version] = left
             else:
                 self._open.pop(snap.version, None)
+        if self.spill_dir is not None and not left:
+            shutil.rmtree(self.spill_dir / f"{os.getpid()}-{snap.version}", ignore_errors=True)
         self._collect_garbage()
 
     def _collect_garbage(self) -> None:
@@ -375,6 +404,17 @@ class SnapshotManager:
             snap, self._current = self._current, None
         if snap is not None:
             snap.retire()
+
+
+def _remove_orphan_spill_dirs(root: Path) -> None:
+    """Temp directories of worker processes that are gone (killed, restarted)."""
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 class _Deferred(Exception):

@@ -14,9 +14,24 @@ from typing import Any
 
 # Railway and most PaaS set PORT; API_BIND wins when given.
 bind = os.environ.get("API_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+
+
 # Each worker holds its own read-only DuckDB connection and thread pool; DuckDB
-# parallelises inside a query, so one or two workers per core is plenty.
-workers = int(os.environ.get("WEB_CONCURRENCY", max(2, min(4, multiprocessing.cpu_count()))))
+# parallelises inside a query, so one or two workers per core is plenty, and
+# no more than the container's memory holds (ops/memory_budget.py). Workers
+# read WEB_CONCURRENCY to size their share of the memory.
+def _workers() -> int:
+    if os.environ.get("WEB_CONCURRENCY"):
+        return int(os.environ["WEB_CONCURRENCY"])
+    from analytics_shared.memory_limit import detect_memory_limit
+    from api_service.ops.memory_budget import cpu_workers, plan_workers
+
+    limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
+    return plan_workers(limit, cpu_workers(multiprocessing.cpu_count()))
+
+
+workers = _workers()
+os.environ["WEB_CONCURRENCY"] = str(workers)
 worker_class = "uvicorn_worker.UvicornWorker"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))

@@ -26,8 +26,11 @@ MMAP_THRESHOLD = 16 * 1024 * 1024
 TRIM_THRESHOLD = 16 * 1024 * 1024
 
 
-def retain_freed_memory() -> bool:
-    """True when the thresholds were set (glibc, not overridden by the environment)."""
+def retain_freed_memory(threshold: int = TRIM_THRESHOLD) -> bool:
+    """True when the thresholds were set (glibc, not overridden by the environment).
+
+    `threshold` is both: the memory budget passes a smaller one when a worker's
+    share of the container is small (ops/memory_budget.py)."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
         return False
     try:
@@ -35,6 +38,6 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mallopt(_M_MMAP_THRESHOLD, min(threshold, MMAP_THRESHOLD))) and bool(
+        mallopt(_M_TRIM_THRESHOLD, threshold)
     )

@@ -116,7 +116,40 @@ class _DataFreshness(Collector):
             yield family
 
 
-def render_metrics(manager: SnapshotManager | None) -> bytes:
+class _MemoryBudget(Collector):
+    """The answering worker's memory budget (ops/memory_budget.py) and its use."""
+
+    _PARTS = ("limit", "headroom", "python", "malloc_retained", "duckdb", "heavy", "cache")
+
+    def __init__(self, memory: dict[str, object] | None) -> None:
+        self.memory = memory
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.memory:
+            return
+        m = self.memory
+        budget = GaugeMetricFamily(
+            "api_memory_budget_bytes", "This worker's memory budget by part", labels=["part"]
+        )
+        for part in self._PARTS:
+            budget.add_metric([part], float(m[part]))  # type: ignore[arg-type]
+        budget.add_metric(["max_result_bytes"], float(m["max_result_bytes"]))  # type: ignore[arg-type]
+        yield budget
+        yield GaugeMetricFamily(
+            "api_memory_heavy_reserved_bytes",
+            "Bytes of the large-result budget reserved now (this worker)",
+            value=float(m["heavy_reserved"]),  # type: ignore[arg-type]
+        )
+        yield CounterMetricFamily(
+            "api_busy_refusals",
+            "Requests answered 503 busy by admission control (this worker)",
+            value=float(m["busy_refusals_total"]),  # type: ignore[arg-type]
+        )
+
+
+def render_metrics(
+    manager: SnapshotManager | None, memory: dict[str, object] | None = None
+) -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -124,6 +157,7 @@ def render_metrics(manager: SnapshotManager | None) -> bytes:
         registry = REGISTRY
     freshness = CollectorRegistry()
     freshness.register(_DataFreshness(manager))
+    freshness.register(_MemoryBudget(memory))
     return generate_latest(registry) + generate_latest(freshness)
 
 

@@ -28,6 +28,8 @@ import pyarrow as pa
 from analytics_shared.snapshot_file import quote_ident
 from api_service.data.snapshots import Snapshot
 from api_service.errors import QueryTimeout, ResultTooLarge
+from api_service.ops.memory_budget import LIGHT_RESULT_BYTES
+from api_service.query.admission import AdmissionGate, Reservation
 from api_service.query.encodings import Column
 
 __all__ = [
@@ -139,10 +141,14 @@ def _too_large(max_bytes: int) -> ResultTooLarge:
 
 
 def _capped_table(
-    relation: duckdb.DuckDBPyRelation, max_rows: int, max_bytes: int | None = None
+    relation: duckdb.DuckDBPyRelation,
+    max_rows: int,
+    max_bytes: int | None = None,
+    on_heavy: Callable[[], object] | None = None,
 ) -> pa.Table:
     """At most `max_rows + 1` rows (one more tells that there were more), and at
-    most `max_bytes` of Arrow data (ResultTooLarge past it).
+    most `max_bytes` of Arrow data (ResultTooLarge past it). `on_heavy` is
+    called once when the data passes LIGHT_RESULT_BYTES (admission.py).
 
     Read from DuckDB's streaming result, which stops the query once a cap is
     passed; `relation.limit()` would do the same but binds the query a second
@@ -160,6 +166,9 @@ def _capped_table(
             size += batch.nbytes
             if max_bytes is not None and size > max_bytes:
                 raise _too_large(max_bytes)
+            if on_heavy is not None and size > LIGHT_RESULT_BYTES:
+                on_heavy()
+                on_heavy = None
             batches.append(batch)
             rows += batch.num_rows
         return pa.Table.from_batches(batches, schema=reader.schema)
@@ -177,7 +186,9 @@ class ResultStream:
         columns: list[Column],
         data_version: str,
         max_batch_bytes: int | None = None,
+        reservation: Reservation | None = None,
     ) -> None:
+        self._reservation = reservation  # released when the stream closes
         self._cursor = cursor
         self._reader = reader
         self.columns = columns
@@ -200,11 +211,14 @@ class ResultStream:
             self._reader.close()
         with contextlib.suppress(Exception):
             self._cursor.close()
+        if self._reservation is not None:
+            self._reservation.release()
 
 
 class QueryExecutor:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, admission: AdmissionGate | None = None) -> None:
         self.workers = workers
+        self.admission = admission
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._local = threading.local()
         self.active = 0  # queries submitted and not finished (for metrics/tests)
@@ -243,36 +257,48 @@ class QueryExecutor:
         max_bytes: int | None,
         then: Callable[[QueryResult], Any] | None,
         prepare: Callable[[], str] | None = None,
+        heavy_bytes: int = 0,
     ) -> Any:
-        if prepare is not None:
-            # The caller's last check (the SQL guard), in this same pool task:
-            # it returns the SQL to run or raises, and then nothing runs.
-            sql = prepare()
-        started = time.perf_counter()
-        cursor = self._cursor(snapshot)
-        job.start(cursor)
-        try:
-            relation, columns = _relation(cursor, sql, params)
-            table = _capped_table(relation, max_rows, max_bytes)
-        except duckdb.Error:
-            if job.timed_out:
-                self._forget_cursor()  # an interrupted cursor is not reused
-                raise job.error() from None
-            raise
-        finally:
-            job.finish()
-        truncated = table.num_rows > max_rows
-        if truncated:
-            table = table.slice(0, max_rows)
-        result = QueryResult(
-            table=table,
-            columns=columns,
-            truncated=truncated,
-            data_version=snapshot.version,
-            execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        # Encoding in the same pool task saves a second thread hop per request.
-        return (result, then(result)) if then is not None else result
+        # A large result holds an admission reservation until it is encoded.
+        held = contextlib.ExitStack()
+        on_heavy: Callable[[], object] | None = None
+        if self.admission is not None and heavy_bytes:
+            gate = self.admission
+
+            def reserve() -> object:
+                return held.enter_context(gate.reserve(heavy_bytes, "a large result"))
+
+            on_heavy = reserve
+        with held:
+            if prepare is not None:
+                # The caller's last check (the SQL guard), in this same pool task:
+                # it returns the SQL to run or raises, and then nothing runs.
+                sql = prepare()
+            started = time.perf_counter()
+            cursor = self._cursor(snapshot)
+            job.start(cursor)
+            try:
+                relation, columns = _relation(cursor, sql, params)
+                table = _capped_table(relation, max_rows, max_bytes, on_heavy)
+            except duckdb.Error:
+                if job.timed_out:
+                    self._forget_cursor()  # an interrupted cursor is not reused
+                    raise job.error() from None
+                raise
+            finally:
+                job.finish()
+            truncated = table.num_rows > max_rows
+            if truncated:
+                table = table.slice(0, max_rows)
+            result = QueryResult(
+                table=table,
+                columns=columns,
+                truncated=truncated,
+                data_version=snapshot.version,
+                execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            # Encoding in the same pool task saves a second thread hop per request.
+            return (result, then(result)) if then is not None else result
 
     def _open_stream(
         self,
@@ -283,6 +309,7 @@ class QueryExecutor:
         max_rows: int,
         max_batch_bytes: int | None,
         batch_rows: int,
+        reservation: Reservation | None = None,
     ) -> ResultStream:
         cursor = snapshot.con.cursor()  # private: the stream outlives this call
         try:
@@ -294,7 +321,7 @@ class QueryExecutor:
             raise
         finally:
             job.finish()
-        return ResultStream(cursor, reader, columns, snapshot.version, max_batch_bytes)
+        return ResultStream(cursor, reader, columns, snapshot.version, max_batch_bytes, reservation)
 
     # -- event-loop side ----------------------------------------------------
     async def _submit(self, job: _Job, fn: Callable[..., T], *args: Any) -> T:
@@ -320,14 +347,25 @@ class QueryExecutor:
         max_bytes: int | None = None,
         timeout_seconds: float,
         prepare: Callable[[], str] | None = None,
+        heavy_bytes: int = 0,
     ) -> tuple[QueryResult, T]:
         """Like run(), then `then(result)` (e.g. encoding) in the same pool thread.
 
         `prepare()`, when given, runs first in that same task (one thread hop
-        for both): it returns the SQL to run, or raises and nothing runs."""
+        for both): it returns the SQL to run, or raises and nothing runs. A
+        result past LIGHT_RESULT_BYTES reserves `heavy_bytes` (admission.py)."""
         job = _Job(timeout_seconds)
         pair: tuple[QueryResult, T] = await self._submit(
-            job, self._execute, snapshot, sql, params, max_rows, max_bytes, then, prepare
+            job,
+            self._execute,
+            snapshot,
+            sql,
+            params,
+            max_rows,
+            max_bytes,
+            then,
+            prepare,
+            heavy_bytes,
         )
         return pair
 
@@ -341,12 +379,30 @@ class QueryExecutor:
         max_batch_bytes: int | None = None,
         timeout_seconds: float,
         batch_rows: int = 10_000,
+        buffer_bytes: int = 0,
     ) -> ResultStream:
-        """Start a streamed result; the caller holds the lease until it closes it."""
+        """Start a streamed result; the caller holds the lease until it closes it.
+        The stream holds `buffer_bytes` of the admission budget until it closes."""
+        reservation = None
+        if self.admission is not None and buffer_bytes:
+            reservation = await self.admission.areserve(buffer_bytes, "an export")
         job = _Job(timeout_seconds)
-        return await self._submit(
-            job, self._open_stream, snapshot, sql, params, max_rows, max_batch_bytes, batch_rows
-        )
+        try:
+            return await self._submit(
+                job,
+                self._open_stream,
+                snapshot,
+                sql,
+                params,
+                max_rows,
+                max_batch_bytes,
+                batch_rows,
+                reservation,
+            )
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
 
     async def next_batch(self, stream: ResultStream, *, timeout_seconds: float) -> pa.Table | None:
         job = _Job(timeout_seconds)

@@ -27,8 +27,10 @@ from starlette.datastructures import State
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import QueryFailed
 from api_service.http.responses import accepted_encoding, compress
+from api_service.ops.memory_budget import ENCODE_FACTOR, STREAM_FACTOR, MemoryBudget
 from api_service.ops.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
 from api_service.query import encodings
+from api_service.query.admission import AdmissionGate
 from api_service.query.encodings import Encoding
 from api_service.query.executor import Params, QueryExecutor, QueryResult
 from api_service.query.result_cache import CachedResponse, ResultCache, query_key
@@ -68,17 +70,40 @@ class QueryService:
         snapshots: SnapshotManager,
         executor: QueryExecutor,
         cache: ResultCache,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.executor = executor
         self.cache = cache
+        self.budget = budget
 
     @classmethod
-    def from_settings(cls, settings: ApiSettings, snapshots: SnapshotManager) -> QueryService:
-        # Queries run on a bounded pool, never on the event loop (see executor.py).
-        executor = QueryExecutor(settings.query_workers)
-        return cls(settings, snapshots, executor, ResultCache(settings.result_cache_bytes))
+    def from_settings(
+        cls, settings: ApiSettings, snapshots: SnapshotManager, budget: MemoryBudget | None = None
+    ) -> QueryService:
+        # Queries run on a bounded pool, never on the event loop (see executor.py);
+        # large results and streams take their memory from the budget (admission.py).
+        gate = (
+            AdmissionGate(budget.heavy, settings.admission_wait_seconds)
+            if budget is not None
+            else None
+        )
+        executor = QueryExecutor(settings.query_workers, gate)
+        cache = ResultCache(settings.result_cache_bytes)
+        return cls(settings, snapshots, executor, cache, budget)
+
+    def memory_status(self) -> dict[str, object] | None:
+        """The worker's budget and what of it is in use (for /health and /metrics)."""
+        if self.budget is None:
+            return None
+        gate = self.executor.admission
+        return {
+            **self.budget.as_dict(),
+            "heavy_reserved": gate.reserved if gate else 0,
+            "busy_refusals_total": gate.refused if gate else 0,
+            "cache_bytes_used": self.cache.bytes,
+        }
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -176,6 +201,7 @@ class QueryService:
             max_bytes=settings.max_result_bytes,
             timeout_seconds=settings.query_timeout_seconds,
             prepare=query.guard,  # a guard not yet run goes in the same pool task, first
+            heavy_bytes=int(settings.max_result_bytes * ENCODE_FACTOR[query.encoding.name]),
         )
 
     def _buffered(
@@ -221,6 +247,7 @@ class QueryService:
             max_bytes=settings.stream_max_bytes,
             max_batch_bytes=settings.max_result_bytes,
             timeout_seconds=settings.query_timeout_seconds,
+            buffer_bytes=int(settings.max_result_bytes * STREAM_FACTOR),
         )
         response = await stream_response(
             self.executor,

@@ -37,6 +37,7 @@ class StreamLimits:
     max_bytes: int
     max_batch_bytes: int
     timeout_seconds: float
+    buffer_bytes: int = 0  # the stream's admission reservation (admission.py)
 
 
 def columns_header(columns: list[Column]) -> str:
@@ -68,6 +69,7 @@ async def stream_response(
         max_rows=limits.max_rows,
         max_batch_bytes=limits.max_batch_bytes,
         timeout_seconds=limits.timeout_seconds,
+        buffer_bytes=limits.buffer_bytes,
     )
     try:
         # The first batch is read before answering, so that its failures (a batch

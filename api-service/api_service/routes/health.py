@@ -12,15 +12,16 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from api_service import __version__
-from api_service.deps import SnapshotsDep
+from api_service.deps import MemoryStatusDep, SnapshotsDep
 from api_service.http.responses import json_response
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(manager: SnapshotsDep) -> Response:
+async def health(manager: SnapshotsDep, memory: MemoryStatusDep) -> Response:
     status = manager.status()
+    status["memory"] = memory  # this worker's budget (ops/memory_budget.py)
     if not status["ready"]:
         state = "starting"
         status["message"] = "no verified data snapshot is loaded yet; queries answer 503"

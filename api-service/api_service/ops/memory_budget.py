@@ -1,0 +1,236 @@
+"""The API's memory budget: the container's limit split among its parts, once.
+
+At start-up (the Gunicorn master to choose the worker count, each worker to
+size itself) the limit the kernel will enforce (`analytics_shared.memory_limit`)
+is divided:
+
+    limit = headroom + master + reserve (an ETL in the same container)
+            + workers x (python + malloc retained + DuckDB + heavy work + cache)
+
+- python: a worker's own footprint with its libraries and a snapshot open
+  (measured: benchmarks/README.md, "Memory");
+- malloc retained: freed heap glibc keeps per arena (ops/malloc_tuning.py);
+- DuckDB: `memory_limit` of the worker's database (it spills sorts and
+  joins to `temp_directory` beyond it);
+- heavy work: the admission budget (query/admission.py) for results past
+  LIGHT_RESULT_BYTES and open streams: their Arrow data, encoded bodies and
+  compression buffers. MAX_RESULT_BYTES follows from it;
+- cache: the result cache (RESULT_CACHE_BYTES).
+
+Explicit settings win (DUCKDB_MEMORY_LIMIT, RESULT_CACHE_BYTES,
+MAX_RESULT_BYTES, WEB_CONCURRENCY); what is left is shared by the others. A
+combination that cannot fit raises `ConfigurationError` naming the settings
+to change. Pure arithmetic: no I/O, so the unit tests cover every case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from analytics_shared.errors import ConfigurationError
+from analytics_shared.memory_limit import MemoryLimit, format_size, parse_size
+
+if TYPE_CHECKING:  # the Gunicorn master imports this module without the app's settings
+    from api_service.settings import ApiSettings
+
+__all__ = [
+    "ENCODE_FACTOR",
+    "LIGHT_RESULT_BYTES",
+    "STREAM_FACTOR",
+    "MemoryBudget",
+    "apply_budget",
+    "cpu_workers",
+    "plan_budget",
+    "plan_workers",
+]
+
+MIB = 2**20
+# Measured (benchmarks/memory_fit.py, idle, a 2M-row snapshot open): the
+# Gunicorn master without the app, and a worker with it.
+MASTER_BYTES = 40 * MIB
+PYTHON_WORKER_BYTES = 150 * MIB
+HEADROOM_FRACTION = 0.10
+MIN_HEADROOM = 32 * MIB
+MIN_DUCKDB = 64 * MIB
+MIN_HEAVY = 24 * MIB
+# Below this DuckDB gets, a worker is not worth its footprint.
+MIN_WORKER_BYTES = PYTHON_WORKER_BYTES + MIN_DUCKDB + MIN_HEAVY
+# Freed heap glibc keeps per arena; a tight worker keeps less (malloc_tuning).
+RETAIN_PER_ARENA = 16 * MIB
+RETAIN_PER_ARENA_TIGHT = 2 * MIB
+# A buffered result whose Arrow data passes this takes an admission
+# reservation; smaller ones (a 10,000-row page of a narrow table) do not.
+LIGHT_RESULT_BYTES = 2 * MIB
+# Peak bytes per Arrow byte while a buffered result is encoded (the Arrow
+# table, the per-column texts, the body, a compressed copy) and for a stream
+# (one batch, its encoded chunk, the compressor's buffers).
+ENCODE_FACTOR = {"json": 5.0, "json_compact": 4.0, "arrow": 2.0, "parquet": 3.0}
+STREAM_FACTOR = 3.0
+DEFAULT_MAX_RESULT_BYTES = 32_000_000
+DEFAULT_CACHE_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Bytes, per worker unless named otherwise."""
+
+    limit: int
+    limit_source: str
+    workers: int
+    headroom: int
+    master: int
+    reserve: int  # for an ETL sharing the container (all-in-one), 0 otherwise
+    python: int
+    malloc_retained: int
+    malloc_retain_per_arena: int
+    duckdb: int
+    heavy: int
+    cache: int
+    max_result_bytes: int
+    explicit: tuple[str, ...]
+
+    @property
+    def per_worker(self) -> int:
+        return self.python + self.malloc_retained + self.duckdb + self.heavy + self.cache
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["explicit"] = list(self.explicit)
+        out["per_worker"] = self.per_worker
+        return out
+
+
+def _headroom(limit: int) -> int:
+    return max(MIN_HEADROOM, int(limit * HEADROOM_FRACTION))
+
+
+def cpu_workers(cores: int) -> int:
+    """Workers the cores call for: one or two per core, 2 to 4."""
+    return max(2, min(4, cores))
+
+
+def plan_workers(limit: MemoryLimit, cpu_workers: int, reserve: int = 0) -> int:
+    """How many workers the limit holds (at most `cpu_workers`, at least 1)."""
+    room = limit.bytes - _headroom(limit.bytes) - MASTER_BYTES - reserve
+    return max(1, min(cpu_workers, room // MIN_WORKER_BYTES))
+
+
+def plan_budget(
+    limit: MemoryLimit,
+    *,
+    workers: int,
+    query_workers: int,
+    duckdb_memory_limit: int | None = None,
+    result_cache_bytes: int | None = None,
+    max_result_bytes: int | None = None,
+    reserve: int = 0,
+) -> MemoryBudget:
+    """Split `limit` (see the module docstring); `None` settings are derived."""
+    explicit = tuple(
+        name
+        for name, value in (
+            ("DUCKDB_MEMORY_LIMIT", duckdb_memory_limit),
+            ("RESULT_CACHE_BYTES", result_cache_bytes),
+            ("MAX_RESULT_BYTES", max_result_bytes),
+        )
+        if value is not None
+    )
+    headroom = _headroom(limit.bytes)
+    per_worker = (limit.bytes - headroom - MASTER_BYTES - reserve) // max(1, workers)
+    # Every query thread may own a malloc arena, plus the event loop's.
+    arenas = query_workers + 1
+    retain = RETAIN_PER_ARENA if per_worker >= 768 * MIB else RETAIN_PER_ARENA_TIGHT
+    fixed = PYTHON_WORKER_BYTES + arenas * retain
+    free = per_worker - fixed
+    fix = f"the memory limit is {limit.bytes // MIB} MiB ({limit.source})" + (
+        f" for {workers} workers: lower WEB_CONCURRENCY" if workers > 1 else ""
+    )
+    if free < MIN_DUCKDB + MIN_HEAVY:
+        raise ConfigurationError(
+            f"{fix}, or raise MEMORY_LIMIT / the container's memory (each worker needs"
+            f" at least {(fixed + MIN_DUCKDB + MIN_HEAVY) // MIB} MiB, it would get"
+            f" {max(0, per_worker) // MIB} MiB)"
+        )
+    # Shares of what is free: DuckDB 45%, heavy work 35%, cache 20%; an explicit
+    # value takes its bytes and the others share the rest in proportion.
+    shares = {"duckdb": 0.45, "heavy": 0.35, "cache": 0.20}
+    given: dict[str, int] = {}
+    if duckdb_memory_limit is not None:
+        given["duckdb"] = duckdb_memory_limit
+    if result_cache_bytes is not None:
+        given["cache"] = result_cache_bytes
+    rest = free - sum(given.values())
+    weight = sum(share for part, share in shares.items() if part not in given)
+    parts = {part: given.get(part, int(rest * share / weight)) for part, share in shares.items()}
+    if parts["cache"] > DEFAULT_CACHE_BYTES and result_cache_bytes is None:
+        # A larger cache helps little; DuckDB (or large results) gets the rest.
+        parts["duckdb" if duckdb_memory_limit is None else "heavy"] += (
+            parts["cache"] - DEFAULT_CACHE_BYTES
+        )
+        parts["cache"] = DEFAULT_CACHE_BYTES
+    if parts["duckdb"] < MIN_DUCKDB or parts["heavy"] < MIN_HEAVY:
+        raise ConfigurationError(
+            f"{fix}, or lower DUCKDB_MEMORY_LIMIT / RESULT_CACHE_BYTES (each worker has"
+            f" {free // MIB} MiB after Python's own; DuckDB needs at least"
+            f" {MIN_DUCKDB // MIB} MiB and large results {MIN_HEAVY // MIB} MiB)"
+        )
+    # Two of the largest buffered JSON results fit the heavy budget at once.
+    largest = max(ENCODE_FACTOR.values())
+    fitting = int(parts["heavy"] / (2 * largest))
+    if max_result_bytes is None:
+        max_result_bytes = min(DEFAULT_MAX_RESULT_BYTES, fitting)
+    elif max_result_bytes * largest > parts["heavy"]:
+        raise ConfigurationError(
+            f"MAX_RESULT_BYTES={max_result_bytes} needs {int(max_result_bytes * largest) // MIB}"
+            f" MiB to encode one result as JSON, more than the {parts['heavy'] // MIB} MiB"
+            f" per worker for large results: lower MAX_RESULT_BYTES, {fix}, or lower"
+            " DUCKDB_MEMORY_LIMIT / RESULT_CACHE_BYTES"
+        )
+    return MemoryBudget(
+        limit=limit.bytes,
+        limit_source=limit.source,
+        workers=workers,
+        headroom=headroom,
+        master=MASTER_BYTES,
+        reserve=reserve,
+        python=PYTHON_WORKER_BYTES,
+        malloc_retained=arenas * retain,
+        malloc_retain_per_arena=retain,
+        duckdb=parts["duckdb"],
+        heavy=parts["heavy"],
+        cache=parts["cache"],
+        max_result_bytes=max_result_bytes,
+        explicit=explicit,
+    )
+
+
+def apply_budget(
+    settings: ApiSettings, limit: MemoryLimit, workers: int, reserve: int = 0
+) -> tuple[ApiSettings, MemoryBudget]:
+    """The settings with the derived values filled in, and the budget.
+
+    A setting counts as explicit when it came from the environment (or the
+    caller), not from its default."""
+    given = settings.model_fields_set
+    budget = plan_budget(
+        limit,
+        workers=workers,
+        query_workers=settings.query_workers,
+        duckdb_memory_limit=(
+            parse_size(settings.duckdb_memory_limit, "DUCKDB_MEMORY_LIMIT")
+            if "duckdb_memory_limit" in given
+            else None
+        ),
+        result_cache_bytes=settings.result_cache_bytes if "result_cache_bytes" in given else None,
+        max_result_bytes=settings.max_result_bytes if "max_result_bytes" in given else None,
+        reserve=reserve,
+    )
+    derived = settings.model_copy(
+        update={
+            "duckdb_memory_limit": format_size(budget.duckdb),
+            "result_cache_bytes": budget.cache,
+            "max_result_bytes": budget.max_result_bytes,
+        }
+    )
+    return derived, budget

@@ -1,0 +1,188 @@
+"""The memory budget: the container's limit (cgroup v1, v2, none) split per
+worker, explicit settings winning, impossible combinations refused by name;
+and the admission gate that hands the large-result share out."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from analytics_shared.errors import ConfigurationError
+from analytics_shared.memory_limit import MemoryLimit, detect_memory_limit, parse_size
+from api_service.errors import Busy
+from api_service.ops.memory_budget import (
+    ENCODE_FACTOR,
+    MASTER_BYTES,
+    apply_budget,
+    plan_budget,
+    plan_workers,
+)
+from api_service.query.admission import AdmissionGate
+from api_service.settings import ApiSettings
+
+MIB = 2**20
+AUTH = {"AUTH0_API_AUDIENCE": "https://api.test", "AUTH0_DOMAIN": "tenant.test"}
+
+
+def _limit_from(tmp_path: Path, cgroup: str, files: dict[str, str]) -> MemoryLimit:
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/meminfo").write_text(f"MemTotal: {16 * 2**20} kB\n")
+    (tmp_path / "proc/self/cgroup").write_text(cgroup)
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return detect_memory_limit(root=tmp_path)
+
+
+def _fits(budget, limit: int) -> None:
+    total = budget.headroom + budget.master + budget.reserve + budget.workers * budget.per_worker
+    assert total <= limit
+
+
+def test_a_512_mb_cgroup_v2_container_gets_one_worker_and_a_budget_that_adds_up(tmp_path):
+    limit = _limit_from(tmp_path, "0::/app\n", {"sys/fs/cgroup/app/memory.max": f"{512 * MIB}\n"})
+    assert limit == MemoryLimit(512 * MIB, "cgroup v2")
+    workers = plan_workers(limit, cpu_workers=4)
+    assert workers == 1
+    budget = plan_budget(limit, workers=workers, query_workers=4)
+    _fits(budget, 512 * MIB)
+    assert 64 * MIB <= budget.duckdb <= 160 * MIB
+    assert budget.cache > 0 and budget.heavy >= 2 * ENCODE_FACTOR["json"] * budget.max_result_bytes
+    assert budget.explicit == ()
+
+
+def test_a_1_gb_cgroup_v1_container_gets_two_workers(tmp_path):
+    limit = _limit_from(
+        tmp_path,
+        "4:memory:/docker/abc\n0::/\n",
+        {
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": f"{1024 * MIB}\n",
+        },
+    )
+    assert limit.source == "cgroup v1"
+    assert plan_workers(limit, cpu_workers=2) == 2
+    budget = plan_budget(limit, workers=2, query_workers=4)
+    _fits(budget, 1024 * MIB)
+
+
+def test_no_cgroup_limit_budgets_the_machine_and_the_cores_bound_the_workers(tmp_path):
+    limit = _limit_from(tmp_path, "0::/\n", {"sys/fs/cgroup/memory.max": "max\n"})
+    assert limit == MemoryLimit(16 * 2**30, "machine")
+    assert plan_workers(limit, cpu_workers=3) == 3
+    budget = plan_budget(limit, workers=3, query_workers=4)
+    _fits(budget, limit.bytes)
+    assert budget.cache == 100_000_000  # the default cap; DuckDB gets the rest
+    assert budget.max_result_bytes == 32_000_000
+    assert budget.duckdb > 2 * 2**30
+
+
+def test_explicit_settings_win_and_the_others_share_the_rest():
+    limit = MemoryLimit(1024 * MIB, "MEMORY_LIMIT")
+    derived = plan_budget(limit, workers=1, query_workers=4)
+    budget = plan_budget(
+        limit, workers=1, query_workers=4, duckdb_memory_limit=100 * MIB, result_cache_bytes=0
+    )
+    assert (budget.duckdb, budget.cache) == (100 * MIB, 0)
+    assert budget.heavy > derived.heavy  # what the two gave up
+    assert set(budget.explicit) == {"DUCKDB_MEMORY_LIMIT", "RESULT_CACHE_BYTES"}
+    _fits(budget, limit.bytes)
+
+
+def test_settings_from_the_environment_count_as_explicit(monkeypatch):
+    for name, value in {
+        **AUTH,
+        "DUCKDB_MEMORY_LIMIT": "96MiB",
+        "MAX_RESULT_BYTES": "4000000",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RESULT_CACHE_BYTES", raising=False)
+    settings, budget = apply_budget(ApiSettings(), MemoryLimit(512 * MIB, "cgroup v1"), 1)
+    assert settings.duckdb_memory_limit == "96MiB" and budget.duckdb == 96 * MIB
+    assert settings.max_result_bytes == 4_000_000
+    assert settings.result_cache_bytes == budget.cache < 100_000_000  # derived, not the default
+    assert parse_size(settings.duckdb_memory_limit) == budget.duckdb
+
+
+@pytest.mark.parametrize(
+    ("limit_mb", "workers", "kwargs", "names"),
+    [
+        # The guide's old advice: 2 workers x 512 MB of DuckDB in 512 MB.
+        (512, 2, {"duckdb_memory_limit": 512 * MIB}, ["WEB_CONCURRENCY"]),
+        (512, 1, {"duckdb_memory_limit": 512 * MIB}, ["DUCKDB_MEMORY_LIMIT"]),
+        (512, 1, {"result_cache_bytes": 400 * MIB}, ["RESULT_CACHE_BYTES"]),
+        (1024, 1, {"max_result_bytes": 200 * MIB}, ["MAX_RESULT_BYTES"]),
+        (200, 1, {}, ["MEMORY_LIMIT"]),
+    ],
+)
+def test_a_combination_that_cannot_fit_is_refused_naming_what_to_change(
+    limit_mb, workers, kwargs, names
+):
+    with pytest.raises(ConfigurationError) as caught:
+        plan_budget(
+            MemoryLimit(limit_mb * MIB, "cgroup v1"), workers=workers, query_workers=4, **kwargs
+        )
+    for name in names:
+        assert name in str(caught.value)
+    assert f"{limit_mb} MiB" in str(caught.value)
+
+
+def test_an_etl_in_the_same_container_takes_its_reserve_first():
+    limit = MemoryLimit(1024 * MIB, "cgroup v1")
+    alone = plan_budget(limit, workers=1, query_workers=4)
+    shared = plan_budget(limit, workers=1, query_workers=4, reserve=300 * MIB)
+    assert shared.per_worker <= alone.per_worker - 300 * MIB + 16 * MIB * 5
+    _fits(shared, limit.bytes)
+    assert plan_workers(limit, cpu_workers=4, reserve=300 * MIB) == 2
+    assert plan_workers(limit, cpu_workers=4) == 3
+    assert MASTER_BYTES < 64 * MIB
+
+
+# -- the admission gate ------------------------------------------------------------
+def test_the_gate_never_hands_out_more_than_its_capacity_and_releases_once():
+    gate = AdmissionGate(100, wait_seconds=0.05)
+    first = gate.reserve(60, "a")
+    with pytest.raises(Busy) as caught:
+        gate.reserve(60, "b")
+    assert caught.value.status == 503 and caught.value.code == "busy"
+    assert caught.value.headers["Retry-After"]
+    first.release()
+    first.release()  # a second release gives nothing back twice
+    assert gate.reserved == 0
+    with gate.reserve(100, "c"):
+        assert gate.reserved == 100
+    assert gate.reserved == 0 and gate.refused == 1
+
+
+def test_a_waiting_reservation_gets_in_when_memory_is_released():
+    gate = AdmissionGate(100, wait_seconds=5)
+    held = gate.reserve(80, "a")
+    threading.Timer(0.2, held.release).start()
+    started = time.monotonic()
+    with gate.reserve(50, "b"):
+        assert 0.1 < time.monotonic() - started < 4
+
+
+def test_the_event_loop_side_waits_without_blocking_the_loop():
+    gate = AdmissionGate(100, wait_seconds=2)
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        held = await gate.areserve(100, "a")
+
+        async def other() -> None:
+            order.append("loop runs")
+            await asyncio.sleep(0.1)
+            held.release()
+
+        waiting = asyncio.create_task(gate.areserve(100, "b"))
+        await other()
+        (await waiting).release()
+        order.append("admitted")
+        return order
+
+    assert asyncio.run(scenario()) == ["loop runs", "admitted"]
