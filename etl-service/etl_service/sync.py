@@ -24,10 +24,11 @@ from typing import Any, Literal, TypeVar
 
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import ColumnSchema, Manifest, TableInfo
-from etl_service.errors import RetryError, describe
+from etl_service.errors import ModelBuildError, RetryError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
+from etl_service.models import ModelBuilder, ModelDefinition, configured_models
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
 from etl_service.run_logs import RunLogStore
@@ -57,6 +58,7 @@ class CycleResult:
     error: str | None = None
     failed_tables: dict[str, str] = field(default_factory=dict)
     duration_seconds: float = 0.0
+    models_rebuilt: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -105,6 +107,7 @@ class SyncEngine:
         specs: list[TableSpec] | None = None,
         lock: SyncLock | None = None,
         progress: bool | None = None,
+        models: list[ModelDefinition] | None = None,
     ) -> None:
         self.settings = settings
         self.specs = (
@@ -112,6 +115,10 @@ class SyncEngine:
             if specs is not None
             else table_specs(settings.tables_to_sync, settings.table_config)
         )
+        table_names = [s.name for s in self.specs]
+        if models is None:
+            models = configured_models(settings.models_dir, table_names)
+        self.models = ModelBuilder(models, table_names)
         self.source = source
         self.state = state
         self.warehouse = warehouse
@@ -134,6 +141,7 @@ class SyncEngine:
     @classmethod
     def from_settings(cls, settings: EtlSettings, *, progress: bool | None = None) -> SyncEngine:
         specs = table_specs(settings.tables_to_sync, settings.table_config)  # fails first
+        models = configured_models(settings.models_dir, [s.name for s in specs])
         source = Source(
             settings.resolved_source_url,
             timezone=settings.source_timezone,
@@ -151,6 +159,7 @@ class SyncEngine:
             run_logs=RunLogStore.from_settings(settings, store),
             specs=specs,
             progress=progress,
+            models=models,
         )
 
     def close(self) -> None:
@@ -225,8 +234,9 @@ class SyncEngine:
         if result.status == "abandoned":
             return self._abandon(result)
         try:
-            self._publish_if_changed(result, unpublished_before)
-        except RetryError as err:
+            models_changed = self._build_models(result, force=unpublished_before)
+            self._publish_if_changed(result, unpublished_before or models_changed)
+        except (RetryError, ModelBuildError) as err:
             return self._fail_cycle(result, err, started_at)
         marker.unlink(missing_ok=True)
         self._record_run(result, started_at)
@@ -305,6 +315,15 @@ class SyncEngine:
         log.warning("sync_cycle_abandoned", run_id=result.run_id, done=sorted(result.outcomes))
         return result
 
+    def _build_models(self, result: CycleResult, *, force: bool) -> bool:
+        """Models over the merged tables, before anything is exported; True when
+        the model files themselves changed (so the snapshot must be published)."""
+        changed = [name for name, o in result.outcomes.items() if o.changed]
+        present = [s.name for s in self.specs if self.warehouse.has_table(s.name)]
+        build = self.models.build(self.warehouse.con, changed, present_tables=present, force=force)
+        result.models_rebuilt = build.rebuilt
+        return build.changed
+
     def _publish_if_changed(self, result: CycleResult, unpublished_before: bool) -> None:
         """Publish when a table changed, an earlier cycle left changes unpublished,
         or nothing was ever published; otherwise report the current version."""
@@ -322,7 +341,9 @@ class SyncEngine:
         snapshot = export_snapshot(
             self.warehouse.con, Path(self.settings.data_dir) / "outgoing" / "snapshot.db"
         )
-        return self.publisher.publish(snapshot, self._table_infos(outcomes))
+        return self.publisher.publish(
+            snapshot, self._table_infos(outcomes), models=self.models.infos(self.warehouse.con)
+        )
 
     def _table_infos(self, outcomes: dict[str, TableOutcome]) -> dict[str, TableInfo]:
         """Every synced table in the working DuckDB, failed ones with their old state."""
@@ -368,12 +389,13 @@ class SyncEngine:
         self._write_run_log(result, started_at)
 
     def _fail_cycle(
-        self, result: CycleResult, err: RetryError, started_at: datetime
+        self, result: CycleResult, err: RetryError | ModelBuildError, started_at: datetime
     ) -> CycleResult:
         result.status, result.error = "failed", str(err)
         log.error("sync_cycle_dead_lettered", run_id=result.run_id, error=str(err))
         assert result.run_id is not None
-        self.state.dead_letter(result.run_id, None, str(err), err.attempts)
+        attempts = err.attempts if isinstance(err, RetryError) else 1
+        self.state.dead_letter(result.run_id, None, str(err), attempts)
         self.state.finish_run(result.run_id, "failed", result.rows, error=str(err))
         self._write_run_log(result, started_at)
         return result
@@ -388,6 +410,7 @@ class SyncEngine:
                 "published_version": result.version if result.published else None,
                 "tables": result.rows,
                 "failed_tables": result.failed_tables,
+                "models_rebuilt": result.models_rebuilt,
                 "error": result.error,
             }
         )
