@@ -119,6 +119,7 @@ def cmd_status(settings: EtlSettings, _args: argparse.Namespace) -> int:
                     else None
                 ),
                 "open_dead_letters": len(state.dead_letters("open")),
+                "schema_changes": state.schema_changes(10),
                 "runs": state.recent_runs(10),
             }
         )

@@ -105,7 +105,13 @@ class ModelBuildError(EtlError, RuntimeError):
 
 
 class SchemaContractError(EtlError, RuntimeError):
-    """A source table's columns changed and its contract (`freeze`) refuses the change."""
+    """A source table's columns changed and its contract (`freeze`) refuses the change.
+
+    `change` is the `analytics_shared.manifest.SchemaChange` that was refused."""
+
+    def __init__(self, message: str, change: object) -> None:
+        super().__init__(message)
+        self.change = change
 
 
 class RetryError(EtlError):

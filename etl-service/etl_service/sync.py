@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import ColumnSchema, Manifest, TableInfo
-from etl_service.errors import ModelBuildError, RetryError, describe
+from analytics_shared.manifest import ColumnSchema, Manifest, SchemaChange, TableInfo
+from etl_service.errors import ModelBuildError, RetryError, SchemaContractError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
@@ -59,6 +59,8 @@ class CycleResult:
     failed_tables: dict[str, str] = field(default_factory=dict)
     duration_seconds: float = 0.0
     models_rebuilt: list[str] = field(default_factory=list)
+    # Source schema changes first seen in this cycle (alerts go out for these).
+    schema_changes: list[SchemaChange] = field(default_factory=list)
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -273,8 +275,27 @@ class SyncEngine:
                     result.failed_tables[spec.name] = str(err)
                     self.state.dead_letter(result.run_id, spec.name, str(err), err.attempts)
                     log.error("table_dead_lettered", table=spec.name, error=str(err))
+                    if isinstance(err.__cause__, SchemaContractError):
+                        self._record_schema_change(result, err.__cause__.change)  # type: ignore[arg-type]
+                else:
+                    change = result.outcomes[spec.name].schema_change
+                    if change is not None:
+                        self._record_schema_change(result, change)
         finally:
             cycle_read.close()
+
+    def _record_schema_change(self, result: CycleResult, change: SchemaChange) -> None:
+        """Into the state store (once per distinct change), the cycle's result,
+        and so the run log, the manifest and the alert webhook."""
+        details = change.model_dump(mode="json", include={"added", "removed", "retyped"})
+        new = self._retry(
+            lambda: self.state.record_schema_change(
+                result.run_id, change.table, change.contract, change.action, details
+            ),
+            "state: record schema change",
+        )
+        if new:
+            result.schema_changes.append(change)
 
     def _sync_table(
         self, spec: TableSpec, cycle_read: _CycleRead, full_refresh: bool, reconcile: bool
@@ -342,8 +363,26 @@ class SyncEngine:
             self.warehouse.con, Path(self.settings.data_dir) / "outgoing" / "snapshot.db"
         )
         return self.publisher.publish(
-            snapshot, self._table_infos(outcomes), models=self.models.infos(self.warehouse.con)
+            snapshot,
+            self._table_infos(outcomes),
+            models=self.models.infos(self.warehouse.con),
+            schema_changes=self._schema_changes_since_current(),
         )
+
+    def _schema_changes_since_current(self) -> list[SchemaChange]:
+        """Schema changes recorded after the current version was published."""
+        current = self.publisher.current()
+        rows = self.state.schema_changes(100, since=current.created_at if current else None)
+        return [
+            SchemaChange(
+                table=r["table_name"],
+                detected_at=r["detected_at"],
+                contract=r["contract"],
+                action=r["action"],
+                **r["change"],
+            )
+            for r in reversed(rows)
+        ]
 
     def _table_infos(self, outcomes: dict[str, TableOutcome]) -> dict[str, TableInfo]:
         """Every synced table in the working DuckDB, failed ones with their old state."""
@@ -411,6 +450,7 @@ class SyncEngine:
                 "tables": result.rows,
                 "failed_tables": result.failed_tables,
                 "models_rebuilt": result.models_rebuilt,
+                "schema_changes": [c.model_dump(mode="json") for c in result.schema_changes],
                 "error": result.error,
             }
         )

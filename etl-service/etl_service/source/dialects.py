@@ -50,6 +50,10 @@ class Dialect(Protocol):
     """What the reading code asks of a source database."""
 
     name: ClassVar[str]  # SQLAlchemy's backend name
+    # True when the driver's cursor.description tells column types apart
+    # precisely (psycopg: type OID, precision, scale), so a `WHERE 1 = 0`
+    # query is enough to notice a retyped column; otherwise reflect.
+    describes_column_types: ClassVar[bool]
 
     def check_timezone(self, timezone: str) -> None:
         """Refuse a SOURCE_TIMEZONE the database cannot honour."""
@@ -95,6 +99,7 @@ class _AnyTimezone:
 
 
 class PostgresDialect(_AnyTimezone):
+    describes_column_types: ClassVar[bool] = True
     name: ClassVar[str] = "postgresql"
 
     def extractor_url(self, url: URL, tls: MssqlTls | None) -> str:
@@ -165,6 +170,8 @@ def _plain_extractor_url(conn: sa.Connection, url: URL, extractor_url: str) -> s
 class MssqlDialect(_ClockOnlyRead, _AnyTimezone):
     """SQL Server: see docs/architecture.md (SNAPSHOT isolation)."""
 
+    describes_column_types: ClassVar[bool] = False
+
     name: ClassVar[str] = "mssql"
 
     def extractor_url(self, url: URL, tls: MssqlTls | None) -> str:
@@ -201,6 +208,7 @@ class MssqlDialect(_ClockOnlyRead, _AnyTimezone):
 
 
 class SqliteDialect(_ClockOnlyRead):
+    describes_column_types: ClassVar[bool] = False
     name: ClassVar[str] = "sqlite"
 
     def check_timezone(self, timezone: str) -> None:

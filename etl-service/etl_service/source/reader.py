@@ -73,20 +73,19 @@ class Source:
             infos.append(ColumnInfo(c["name"], duckdb_type(c["type"]), ts, tz, extract))
         return TableShape(tuple(infos), tuple(pk.get("constrained_columns") or ()))
 
-    def column_names(self, table: str) -> list[str]:
-        """The table's current column names, in order (one cheap query, no reflection).
-
-        Reads select their columns explicitly (some as text), so a column
-        added, dropped or renamed since reflection is noticed here.
-        """
+    def column_signature(self, table: str) -> tuple[tuple[object, ...], ...]:
+        """Names and types of the table's columns, as cheaply as the driver allows:
+        equal signatures mean no column was added, dropped, renamed or retyped."""
+        if not self.dialect.describes_column_types:
+            return tuple((c.name, c.duckdb_type) for c in self.shape(table).columns)
         try:
             with self.engine.connect() as conn:
                 result = conn.execute(sa.text(f"SELECT * FROM {self.quote(table)} WHERE 1 = 0"))
-                names = list(result.keys())
+                description = result.cursor.description if result.cursor else ()
                 result.close()
         except sa.exc.DBAPIError as exc:
             raise source_failure(f"cannot read the columns of {table!r}", exc) from exc
-        return names
+        return tuple(tuple(d[:2]) + tuple(d[3:6]) for d in description or ())
 
     def columns(self, table: str) -> list[tuple[str, str | None]]:
         """(name, DuckDB type or None to keep the extractor's) for each column."""
