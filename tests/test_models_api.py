@@ -60,7 +60,9 @@ def _check_models_through_the_api(source, pg_url, tmp_path, auth_env, issuer) ->
         assert schema["tables"] == {}  # no table is allowed, only the two models
         assert set(schema["models"]) == {"v_inventory_summary", "order_revenue_daily"}
         summary = schema["models"]["v_inventory_summary"]
-        assert summary["kind"] == "view" and summary["description"].startswith("The whole inventory")
+        assert summary["kind"] == "view" and summary["description"].startswith(
+            "The whole inventory"
+        )
         assert [c["name"] for c in summary["columns"]][:2] == ["total_items", "total_quantity"]
 
         r = client.post(

@@ -61,11 +61,7 @@ class TableOutcome:
             "changed": self.changed,
             "rows": self.row_count,
             **({"reason": self.reason} if self.reason else {}),
-            **(
-                {"schema_change": f"{change.action}: {describe_change(change)}"}
-                if change
-                else {}
-            ),
+            **({"schema_change": f"{change.action}: {describe_change(change)}"} if change else {}),
         }
 
 

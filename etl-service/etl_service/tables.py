@@ -47,7 +47,6 @@ SEED_TABLES: dict[str, TableSpec] = {
 _OVERRIDABLE = {"primary_key", "cursor_column", "soft_delete_column", "schema_contract"}
 
 
-
 def _override(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
     unknown = set(config) - _OVERRIDABLE
     if unknown:

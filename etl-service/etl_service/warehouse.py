@@ -115,7 +115,7 @@ class Warehouse:
         return [(str(n), str(t)) for n, t in rows]
 
     def canonical_type(self, type_name: str) -> str:
-        """DuckDB's own spelling of a type (REAL -> FLOAT, TIMESTAMPTZ -> TIMESTAMP WITH TIME ZONE)."""
+        """DuckDB's own spelling of a type name (REAL is FLOAT), so types compare."""
         if type_name not in self._type_names:
             rows = self.con.execute(f"SELECT typeof(CAST(NULL AS {type_name}))").fetchall()
             self._type_names[type_name] = str(rows[0][0])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from etl_service.ops.alerts import AlertNotifier
 from testsupport.webhook import Receiver
 

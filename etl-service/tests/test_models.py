@@ -72,7 +72,10 @@ def test_dependencies_come_from_the_parser_and_set_the_build_order(tmp_path):
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        ({"a": "SELECT * FROM b", "b": "SELECT * FROM c", "c": "SELECT * FROM a"}, "a -> b -> c -> a"),
+        (
+            {"a": "SELECT * FROM b", "b": "SELECT * FROM c", "c": "SELECT * FROM a"},
+            "a -> b -> c -> a",
+        ),
         ({"a": "SELECT 1; SELECT 2"}, "exactly one SELECT"),
         ({"a": "DELETE FROM orders"}, "exactly one SELECT"),
         ({"a": "-- materialized: index\nSELECT 1"}, "'view' or 'table'"),
@@ -91,7 +94,9 @@ def test_operator_models_must_read_synced_tables_bundled_ones_are_left_out(tmp_p
     _write(tmp_path, "by_customer", "SELECT customer_id, count(*) FROM orders GROUP BY 1")
     with pytest.raises(ModelDefinitionError, match=r"reads \['orders'\]"):
         usable_models(load_models(tmp_path), ["inventory"], strict=True)
-    bundled = usable_models(load_models(BUNDLED_MODELS_DIR), ["inventory", "products"], strict=False)
+    bundled = usable_models(
+        load_models(BUNDLED_MODELS_DIR), ["inventory", "products"], strict=False
+    )
     assert [m.name for m in bundled] == ["stock_by_warehouse_product", "v_inventory_summary"]
 
 
@@ -181,7 +186,9 @@ def test_bundled_models_equal_the_same_select_on_the_source_after_updates_and_de
     _assert_models_match_source(_published(etl, tmp_path), source)
 
     # Updates, inserts, soft-irrelevant status moves and hard deletes on both inputs.
-    _exec(source, f"UPDATE inventory SET quantity = quantity + 7, updated_at = {NOW} WHERE id % 9 = 0")
+    _exec(
+        source, f"UPDATE inventory SET quantity = quantity + 7, updated_at = {NOW} WHERE id % 9 = 0"
+    )
     _exec(source, "DELETE FROM inventory WHERE id % 13 = 0")
     _exec(source, f"INSERT INTO inventory VALUES (9001, 3, 'AMS-1', 5, 10, {NOW}, {NOW})")
     _exec(source, f"UPDATE orders SET status = 'refunded', updated_at = {NOW} WHERE id % 7 = 0")
@@ -212,7 +219,11 @@ def test_a_failing_model_fails_the_cycle_names_itself_and_publishes_nothing(
     source, make_engine, tmp_path
 ):
     folder = tmp_path / "models"
-    _write(folder, "stock", "-- materialized: table\nSELECT warehouse, sum(quantity) AS q FROM inventory GROUP BY 1")
+    _write(
+        folder,
+        "stock",
+        "-- materialized: table\nSELECT warehouse, sum(quantity) AS q FROM inventory GROUP BY 1",
+    )
     etl = make_engine(MODELS_DIR=str(folder))
     first = etl.run_cycle()
     assert first.published and set(etl.publisher.current().models) == {"stock"}

@@ -73,9 +73,9 @@ def _references(tree: Any) -> frozenset[str]:
             continue
         if not isinstance(node, dict):
             continue
-        if node.get("type") == "BASE_TABLE" and not node.get("catalog_name"):
-            if str(node.get("schema_name") or "main").lower() == "main":
-                tables.add(str(node.get("table_name", "")).lower())
+        in_main = str(node.get("schema_name") or "main").lower() == "main"
+        if node.get("type") == "BASE_TABLE" and not node.get("catalog_name") and in_main:
+            tables.add(str(node.get("table_name", "")).lower())
         if node.get("type") == "RECURSIVE_CTE_NODE" and node.get("cte_name"):
             ctes.add(str(node["cte_name"]).lower())
         cte_map = node.get("cte_map")
@@ -157,7 +157,9 @@ def build_order(models: Sequence[ModelDefinition]) -> list[ModelDefinition]:
             return
         if model.name in visiting:
             loop = [*visiting[visiting.index(model.name) :], model.name]
-            raise ModelDefinitionError(f"models depend on each other in a cycle: {' -> '.join(loop)}")
+            raise ModelDefinitionError(
+                f"models depend on each other in a cycle: {' -> '.join(loop)}"
+            )
         visiting.append(model.name)
         for dep in sorted(model.depends_on(by_name)):
             visit(by_name[dep])

@@ -126,8 +126,7 @@ class AlertNotifier:
                 body["payload"] = {
                     "summary": summary,
                     "source": self.source,
-                    "severity": severity
-                    or ("error" if name == "sync_failing" else "warning"),
+                    "severity": severity or ("error" if name == "sync_failing" else "warning"),
                     "custom_details": details,
                 }
             return body
