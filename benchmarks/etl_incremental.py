@@ -6,10 +6,11 @@ updated_at), then time one incremental sync of the table (snapshot, clock,
 delta read, merge; median of 5) and, separately, the whole cycle including
 snapshot export and publish. The load average is printed: the machine is shared.
 
-Models: the whole incremental cycle (1,000 changed rows; median of 3) and an
-unchanged cycle, each without models (`MODELS_DIR` empty) and with two models
-over `inventory` (a summary view and a per-warehouse-and-product rollup
-materialized as a table), in the same run, as a ratio.
+Models: the whole incremental cycle (1,000 changed rows; median of 7, the
+two engines interleaved) and an unchanged cycle, without models (`MODELS_DIR`
+empty) and with two models over `inventory` (a summary view and a
+per-warehouse-and-product rollup materialized as a table), in the same run,
+as a ratio.
 
 Run: .venv/bin/python benchmarks/etl_incremental.py --rows 500000 --rows 2000000
 """
@@ -103,49 +104,46 @@ MODELS = {
 }
 
 
-def measure_cycles(rows: int, models_dir: str) -> dict[str, float]:
-    """Whole cycles (median of 3 with 1,000 changed rows) and one unchanged cycle."""
+def measure_models(rows: int, repeat: int = 7) -> dict[str, float]:
+    """Whole cycles with 1,000 changed rows, without and with models, interleaved
+    (so a change in the machine's load hits both alike; median of `repeat`),
+    then one unchanged cycle of each."""
     from etl_service.sync import SyncEngine
 
-    workdir = Path(tempfile.mkdtemp(prefix="etl-bench-models-"))
-    engine = SyncEngine.from_settings(
-        etl_settings(
-            workdir, SYNC_LOOKBACK_SECONDS="0", SYNC_SETTLE_SECONDS="0", MODELS_DIR=models_dir
-        ),
-        progress=False,
-    )
-    assert engine.run_cycle().status == "success"
-    cycles = []
-    for seed in (11, 12, 13):
-        time.sleep(0.01)
-        touch_rows(rows, seed)
-        started = time.perf_counter()
-        result = engine.run_cycle()
-        cycles.append(time.perf_counter() - started)
-        assert result.published, result
-    started = time.perf_counter()
-    quiet = engine.run_cycle()
-    quiet_s = time.perf_counter() - started
-    assert not quiet.published and not quiet.models_rebuilt
-    engine.close()
-    shutil.rmtree(workdir, ignore_errors=True)
-    return {"cycle_s": statistics.median(cycles), "quiet_s": quiet_s}
-
-
-def measure_models(rows: int) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="etl-bench-model-files-"))
     for name, sql in MODELS.items():
         (folder / f"{name}.sql").write_text(sql)
-    try:
-        without = measure_cycles(rows, "")
-        with_models = measure_cycles(rows, str(folder))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return {
-        "rows": rows,
-        **{f"without_{k}": v for k, v in without.items()},
-        **{f"with_{k}": v for k, v in with_models.items()},
-    }
+    engines = {}
+    for label, models_dir in (("without", ""), ("with", str(folder))):
+        workdir = folder / label
+        engines[label] = SyncEngine.from_settings(
+            etl_settings(
+                workdir, SYNC_LOOKBACK_SECONDS="0", SYNC_SETTLE_SECONDS="0", MODELS_DIR=models_dir
+            ),
+            progress=False,
+        )
+        assert engines[label].run_cycle().status == "success"
+    times: dict[str, list[float]] = {label: [] for label in engines}
+    seed = 100
+    for _ in range(repeat):
+        for label, engine in engines.items():
+            seed += 1
+            time.sleep(0.01)
+            touch_rows(rows, seed)
+            started = time.perf_counter()
+            result = engine.run_cycle()
+            times[label].append(time.perf_counter() - started)
+            assert result.published, result
+    result_row: dict[str, float] = {"rows": rows}
+    for label, engine in engines.items():
+        started = time.perf_counter()
+        quiet = engine.run_cycle()
+        result_row[f"{label}_quiet_s"] = time.perf_counter() - started
+        assert not quiet.published and not quiet.models_rebuilt
+        result_row[f"{label}_cycle_s"] = statistics.median(times[label])
+        engine.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return result_row
 
 
 def main() -> int:
