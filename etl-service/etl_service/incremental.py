@@ -15,10 +15,12 @@ The rules (docs/architecture.md, ETL section):
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -65,10 +67,16 @@ class TableOutcome:
         }
 
 
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
 def _later(old: str | None, new: str | None) -> str | None:
-    """Watermarks never move back (same textual format: lexicographic order)."""
+    """Watermarks never move back: numbers compare as numbers ("999" < "1000"),
+    timestamps as text (the same format, so lexicographic order is time order)."""
     if old is None or new is None:
         return new or old
+    if _NUMBER.fullmatch(old) and _NUMBER.fullmatch(new):
+        return max(old, new, key=Decimal)
     return max(old, new)
 
 
@@ -157,6 +165,10 @@ class TableSyncer:
         cursor = shape.column(spec.cursor_column)
         if cursor.is_timestamp:
             return cycle_read.now_aware if cursor.has_timezone else cycle_read.now_naive
+        if cursor.is_rowversion and cycle_read.active_rowversion is not None:
+            # Every rowversion below MIN_ACTIVE_ROWVERSION() (read before the
+            # table) is committed; one above may belong to an open transaction.
+            return cycle_read.active_rowversion
         return self.warehouse.max_value(spec.name, spec.cursor_column)
 
     def sync(
@@ -186,7 +198,9 @@ class TableSyncer:
             return self._full_load(resolved, shape, cycle_read, reason, change)
         assert resolved.cursor_column is not None and watermark is not None
         cursor = shape.column(resolved.cursor_column)
-        lower = self.source.lower_bound_sql(watermark, cursor, self.lookback_seconds)
+        lower = self.source.lower_bound_sql(
+            watermark, cursor, self.lookback_seconds, resolved.cursor_lookback
+        )
         sql = self.source.select_sql(
             spec.name, shape.columns, f"{self.source.quote(cursor.name)} >= {lower}"
         )

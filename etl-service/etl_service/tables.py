@@ -33,6 +33,11 @@ class TableSpec:
     soft_delete_column: str | None = None
     # What a changed source column set or type does (etl_service.contracts).
     schema_contract: str = "evolve"
+    # Integer cursors: the next delta starts this many values below the
+    # largest one seen, so rows whose values were taken before a commit that
+    # came later are read again (date/time cursors use SYNC_LOOKBACK_SECONDS;
+    # SQL Server rowversions are bounded by MIN_ACTIVE_ROWVERSION() instead).
+    cursor_lookback: int = 0
 
     @property
     def incremental(self) -> bool:
@@ -44,7 +49,13 @@ SEED_TABLES: dict[str, TableSpec] = {
     for name in ("inventory", "products", "orders", "transactions", "customers")
 }
 
-_OVERRIDABLE = {"primary_key", "cursor_column", "soft_delete_column", "schema_contract"}
+_OVERRIDABLE = {
+    "primary_key",
+    "cursor_column",
+    "soft_delete_column",
+    "schema_contract",
+    "cursor_lookback",
+}
 
 
 def _override(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
@@ -59,6 +70,11 @@ def _override(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
         raise TableConfigError(
             f"TABLE_CONFIG[{spec.name!r}]: schema_contract must be one of {list(CONTRACTS)}"
             f" (got {changes['schema_contract']!r})"
+        )
+    lookback = changes.get("cursor_lookback", 0)
+    if isinstance(lookback, bool) or not isinstance(lookback, int) or lookback < 0:
+        raise TableConfigError(
+            f"TABLE_CONFIG[{spec.name!r}]: cursor_lookback must be a whole number >= 0"
         )
     if "primary_key" in changes and changes["primary_key"] is not None:
         pk = changes["primary_key"]

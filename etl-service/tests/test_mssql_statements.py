@@ -28,6 +28,7 @@ AWARE = ColumnInfo("changed_at", "TIMESTAMPTZ", True, True)
 PRICE = ColumnInfo("unit_price", "DECIMAL(12,2)", False, False, "CAST({} AS varchar(48))")
 MONEY = ColumnInfo("balance", "DECIMAL(19,4)", False, False, "CONVERT(varchar(32), {}, 2)")
 ID = ColumnInfo("id", "INTEGER", False, False)
+ROWVERSION = ColumnInfo("row_ver", "BIGINT", False, False, "CAST({} AS bigint)", True)
 
 
 def parse_tsql(sql: str) -> list[exp.Expression]:
@@ -48,6 +49,7 @@ def generated_statements() -> dict[str, str]:
     text = {
         "decimal as text": dialect.text_extract(sa.Numeric(12, 2)),
         "money as text": dialect.text_extract(mssql.MONEY()),
+        "rowversion as integer": dialect.text_extract(mssql.ROWVERSION()),
     }
     assert all(text.values())
     statements = {
@@ -66,6 +68,11 @@ def generated_statements() -> dict[str, str]:
             f"{dialect.lower_bound_sql(aware_watermark, AWARE, 1.5)}",
         ),
         "primary keys (reconcile)": source.select_sql("inventory", [ID]),
+        "delta, rowversion cursor": source.select_sql(
+            "inventory",
+            [ID, ROWVERSION],
+            f"{source.quote('row_ver')} >= {source.lower_bound_sql('81234', ROWVERSION, 60)}",
+        ),
     }
     statements.update(
         {
