@@ -103,62 +103,42 @@ def test_operator_models_must_read_synced_tables_bundled_ones_are_left_out(tmp_p
 # -- the cycle -----------------------------------------------------------------
 
 
-def _summary_in_postgres(source: sa.Engine) -> tuple:
+def _pg_rows(source: sa.Engine, sql: str) -> set[tuple]:
     with source.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                "SELECT count(*), coalesce(sum(i.quantity), 0), avg(p.unit_price),"
-                " min(i.updated_at), max(i.updated_at)"
-                " FROM inventory i LEFT JOIN products p ON p.id = i.product_id"
-            )
-        ).one()
-    return tuple(row)
+        return {tuple(r) for r in conn.execute(sa.text(sql)).all()}
 
 
-def _revenue_in_postgres(source: sa.Engine) -> set[tuple]:
-    with source.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT created_at::date, status, currency, count(*), sum(total_amount)"
-                " FROM orders GROUP BY 1, 2, 3"
-            )
-        ).all()
-    return {tuple(r) for r in rows}
-
-
-def _stock_in_postgres(source: sa.Engine) -> set[tuple]:
-    with source.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT i.warehouse, i.product_id, p.sku, sum(i.quantity)"
-                " FROM inventory i LEFT JOIN products p ON p.id = i.product_id"
-                " GROUP BY 1, 2, 3"
-            )
-        ).all()
-    return {tuple(r) for r in rows}
+def _duck_rows(con: duckdb.DuckDBPyConnection, sql: str) -> set[tuple]:
+    return {tuple(r) for r in con.execute(sql).fetchall()}
 
 
 def _assert_models_match_source(con: duckdb.DuckDBPyConnection, source: sa.Engine) -> None:
-    items, quantity, price, oldest, latest = con.execute(
-        "SELECT * FROM v_inventory_summary"
-    ).fetchone()
-    pg = _summary_in_postgres(source)
+    """Each bundled model equals the same question asked of PostgreSQL directly."""
+    [(items, quantity, price, oldest, latest)] = _duck_rows(
+        con, "SELECT * FROM v_inventory_summary"
+    )
+    [pg] = _pg_rows(
+        source,
+        "SELECT count(*), coalesce(sum(i.quantity), 0), avg(p.unit_price),"
+        " min(i.updated_at), max(i.updated_at)"
+        " FROM inventory i LEFT JOIN products p ON p.id = i.product_id",
+    )
     assert (items, quantity, oldest, latest) == (pg[0], pg[1], pg[3], pg[4])
     assert abs(decimal.Decimal(str(price)) - pg[2]) < decimal.Decimal("1e-9")
-    revenue = {
-        tuple(r)
-        for r in con.execute(
-            "SELECT order_date, status, currency, orders, revenue FROM order_revenue_daily"
-        ).fetchall()
-    }
-    assert revenue == _revenue_in_postgres(source)
-    stock = {
-        tuple(r)
-        for r in con.execute(
-            "SELECT warehouse, product_id, sku, quantity FROM stock_by_warehouse_product"
-        ).fetchall()
-    }
-    assert stock == _stock_in_postgres(source)
+    assert _duck_rows(
+        con, "SELECT order_date, status, currency, orders, revenue FROM order_revenue_daily"
+    ) == _pg_rows(
+        source,
+        "SELECT created_at::date, status, currency, count(*), sum(total_amount)"
+        " FROM orders GROUP BY 1, 2, 3",
+    )
+    assert _duck_rows(
+        con, "SELECT warehouse, product_id, sku, quantity FROM stock_by_warehouse_product"
+    ) == _pg_rows(
+        source,
+        "SELECT i.warehouse, i.product_id, p.sku, sum(i.quantity)"
+        " FROM inventory i LEFT JOIN products p ON p.id = i.product_id GROUP BY 1, 2, 3",
+    )
 
 
 def test_bundled_models_equal_the_same_select_on_the_source_after_updates_and_deletes(

@@ -1,18 +1,18 @@
 """Models: views and rollups defined as SQL files, built into every snapshot.
 
-`definitions` reads the files (front matter, one SELECT, dependencies from
-DuckDB's parser, build order); `builder` builds them into the working DuckDB
-after the merges, in one transaction; `sql/` holds the bundled models.
+definitions.py  reading the files: front matter, one SELECT, dependencies from
+                DuckDB's parser, build order, which models fit the synced tables
+builder.py      building them into the working DuckDB after the merges, in one
+                transaction; table models only when an input changed
+sql/            the bundled models
 """
 
 from etl_service.models.builder import ModelBuild, ModelBuilder
 from etl_service.models.definitions import (
     BUNDLED_MODELS_DIR,
     ModelDefinition,
-    build_order,
     configured_models,
     load_models,
-    parse_model,
     usable_models,
 )
 
@@ -21,9 +21,7 @@ __all__ = [
     "ModelBuild",
     "ModelBuilder",
     "ModelDefinition",
-    "build_order",
     "configured_models",
     "load_models",
-    "parse_model",
     "usable_models",
 ]
