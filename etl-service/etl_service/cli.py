@@ -55,6 +55,8 @@ def _report(result: CycleResult) -> int:
                 "published": result.published,
                 "rows": result.rows,
                 "failed_tables": result.failed_tables,
+                "models_rebuilt": result.models_rebuilt,
+                "schema_changes": [c.model_dump(mode="json") for c in result.schema_changes],
                 "error": result.error,
             }
         )
