@@ -112,10 +112,8 @@ def main() -> int:
         children.append(api)
         _wait_ready(api_url, api)
         token = issuer.mint(sub="demo-user", ttl=12 * 3600)
-        sql = (
-            "SELECT warehouse, sum(quantity) AS units FROM inventory"
-            " GROUP BY warehouse ORDER BY warehouse"
-        )
+        # v_inventory_summary is a model the ETL builds into every snapshot.
+        sql = "SELECT * FROM v_inventory_summary"
         response = httpx.get(
             api_url + "/query",
             params={"q": sql},

@@ -55,6 +55,8 @@ def _report(result: CycleResult) -> int:
                 "published": result.published,
                 "rows": result.rows,
                 "failed_tables": result.failed_tables,
+                "models_rebuilt": result.models_rebuilt,
+                "schema_changes": [c.model_dump(mode="json") for c in result.schema_changes],
                 "error": result.error,
             }
         )
@@ -119,6 +121,7 @@ def cmd_status(settings: EtlSettings, _args: argparse.Namespace) -> int:
                     else None
                 ),
                 "open_dead_letters": len(state.dead_letters("open")),
+                "schema_changes": state.schema_changes(10),
                 "runs": state.recent_runs(10),
             }
         )

@@ -6,7 +6,8 @@
     │   ├── SourceUnavailable            also a SourceError (below)
     │   └── StoreUnavailable             analytics_shared.object_store (also a StoreError)
     ├── ConfigurationError
-    │   └── TableConfigError             a table cannot be synced as configured (ValueError)
+    │   ├── TableConfigError             a table cannot be synced as configured (ValueError)
+    │   └── ModelDefinitionError         a model file is malformed, or its dependencies cycle
     ├── StoreError                       analytics_shared.object_store
     │   └── ManifestConflict             etl_service.publisher: another writer published
     └── EtlError                         base of the errors below
@@ -14,6 +15,8 @@
         │   └── SourceUnavailable        ... because of the connection or the server:
         │                                a new read transaction may work
         ├── RollbackError                a version cannot be made current (RuntimeError)
+        ├── ModelBuildError              a model failed to build: the cycle publishes nothing
+        ├── SchemaContractError          a source table's shape broke its `freeze` contract
         └── RetryError                   the last attempt failed; `__cause__` is its error
 
 A failure is classified once, where it is caught: `source_failure()` turns a
@@ -38,8 +41,11 @@ from analytics_shared.errors import AnalyticsError, ConfigurationError, Transien
 
 __all__ = [
     "EtlError",
+    "ModelBuildError",
+    "ModelDefinitionError",
     "RetryError",
     "RollbackError",
+    "SchemaContractError",
     "SourceError",
     "SourceUnavailable",
     "TableConfigError",
@@ -84,6 +90,28 @@ class TableConfigError(EtlError, ConfigurationError, ValueError):
 
 class RollbackError(EtlError, RuntimeError):
     """The requested version cannot be made current (unknown, or fails verification)."""
+
+
+class ModelDefinitionError(EtlError, ConfigurationError, ValueError):
+    """A model file cannot be used: bad front matter, not one SELECT, a dependency cycle."""
+
+
+class ModelBuildError(EtlError, RuntimeError):
+    """DuckDB refused to build a model; the message names the model."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r} failed to build: {message}")
+        self.model = model
+
+
+class SchemaContractError(EtlError, RuntimeError):
+    """A source table's columns changed and its contract (`freeze`) refuses the change.
+
+    `change` is the `analytics_shared.manifest.SchemaChange` that was refused."""
+
+    def __init__(self, message: str, change: object) -> None:
+        super().__init__(message)
+        self.change = change
 
 
 class RetryError(EtlError):

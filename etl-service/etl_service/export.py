@@ -42,7 +42,8 @@ class SnapshotFile:
 
 
 def content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
-    """A hash of every table's schema and rows, independent of row order.
+    """A hash of every table's schema and rows (independent of row order) and of
+    every view's definition.
 
     Two 64-bit row hashes (different seeds) are xor-ed per table with the row
     count and column types; a changed, added or removed row changes it. DuckDB
@@ -50,11 +51,11 @@ def content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
     """
     digest = hashlib.sha256()
     tables = con.execute(
-        "SELECT schema_name, table_name FROM duckdb_tables()"
+        "SELECT schema_name, table_name, comment FROM duckdb_tables()"
         " WHERE database_name = current_database() AND NOT temporary"
         " ORDER BY schema_name, table_name"
     ).fetchall()
-    for schema, table in tables:
+    for schema, table, comment in tables:
         columns = con.execute(
             "SELECT column_name, data_type FROM duckdb_columns()"
             " WHERE database_name = current_database() AND schema_name = ? AND table_name = ?"
@@ -66,6 +67,16 @@ def content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
             f" FROM {quote_ident(schema)}.{quote_ident(table)} AS t"
         ).fetchone()
         digest.update(repr((schema, table, columns, row)).encode())
+        if comment:  # a model's comment names its SQL file's hash
+            digest.update(repr(comment).encode())
+    # Views (models) hold no rows: their definitions are the content.
+    views = con.execute(
+        "SELECT schema_name, view_name, sql, comment FROM duckdb_views()"
+        " WHERE database_name = current_database() AND NOT internal AND NOT temporary"
+        " ORDER BY schema_name, view_name"
+    ).fetchall()
+    for view in views:
+        digest.update(repr(view).encode())
     return digest.hexdigest()
 
 

@@ -15,15 +15,19 @@ The rules (docs/architecture.md, ETL section):
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 import pyarrow as pa
 
 from analytics_shared.logging_config import get_logger
+from analytics_shared.manifest import SchemaChange
+from etl_service.contracts import apply_contract, describe_change, diff_shape
 from etl_service.source import Source, SourceRead, TableShape
 from etl_service.tables import TableSpec, resolve_spec
 from etl_service.warehouse import Warehouse
@@ -49,21 +53,30 @@ class TableOutcome:
     reconciled: bool
     full_load: bool
     reason: str = ""
+    schema_change: SchemaChange | None = None  # the source's columns changed (contracts)
 
     def summary(self) -> dict[str, Any]:
+        change = self.schema_change
         return {
             "mode": self.mode,
             "read": self.rows_read,
             "changed": self.changed,
             "rows": self.row_count,
             **({"reason": self.reason} if self.reason else {}),
+            **({"schema_change": f"{change.action}: {describe_change(change)}"} if change else {}),
         }
 
 
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
 def _later(old: str | None, new: str | None) -> str | None:
-    """Watermarks never move back (same textual format: lexicographic order)."""
+    """Watermarks never move back: numbers compare as numbers ("999" < "1000"),
+    timestamps as text (the same format, so lexicographic order is time order)."""
     if old is None or new is None:
         return new or old
+    if _NUMBER.fullmatch(old) and _NUMBER.fullmatch(new):
+        return max(old, new, key=Decimal)
     return max(old, new)
 
 
@@ -103,13 +116,48 @@ class TableSyncer:
         self.batch_size = batch_size
         self.lookback_seconds = lookback_seconds
         self.progress = sys.stderr.isatty() if progress is None else progress
-        # Reflection is cached; the delta's Arrow schema tells when it is stale.
+        # Reflection is cached until the column signature (one cheap query) changes.
         self._shapes: dict[str, TableShape] = {}
+        self._signatures: dict[str, tuple[tuple[object, ...], ...]] = {}
 
     def shape(self, table: str, *, refresh: bool = False) -> TableShape:
         if refresh or table not in self._shapes:
             self._shapes[table] = self.source.shape(table)
         return self._shapes[table]
+
+    def current_shape(self, table: str) -> TableShape:
+        """The source table's shape now: reflected again when its columns changed."""
+        signature = self.source.column_signature(table)
+        stale = self._signatures.get(table) != signature
+        self._signatures[table] = signature
+        return self.shape(table, refresh=stale)
+
+    def _contract(
+        self, spec: TableSpec, shape: TableShape
+    ) -> tuple[TableShape, SchemaChange | None, bool]:
+        """(shape to read, the change if any, reload?) under the table's schema contract;
+        raises SchemaContractError when the contract refuses the change."""
+        held = self.warehouse.columns(spec.name)
+        if not held:
+            return shape, None, False
+        change = diff_shape(
+            spec.name,
+            spec.schema_contract,
+            held,
+            [(c.name, c.duckdb_type) for c in shape.columns],
+            self.warehouse.canonical_type,
+        )
+        if change is None:
+            return shape, None, False
+        decision = apply_contract(change, shape, [n for n, _ in held])
+        log.warning(
+            "schema_change",
+            table=spec.name,
+            contract=spec.schema_contract,
+            action=decision.change.action,
+            change=describe_change(change),
+        )
+        return decision.shape, decision.change, decision.reload
 
     def _watermark(self, spec: TableSpec, shape: TableShape, cycle_read: SourceRead) -> str | None:
         if spec.cursor_column is None:
@@ -117,6 +165,10 @@ class TableSyncer:
         cursor = shape.column(spec.cursor_column)
         if cursor.is_timestamp:
             return cycle_read.now_aware if cursor.has_timezone else cycle_read.now_naive
+        if cursor.is_rowversion and cycle_read.active_rowversion is not None:
+            # Every rowversion below MIN_ACTIVE_ROWVERSION() (read before the
+            # table) is committed; one above may belong to an open transaction.
+            return cycle_read.active_rowversion
         return self.warehouse.max_value(spec.name, spec.cursor_column)
 
     def sync(
@@ -128,7 +180,7 @@ class TableSyncer:
         full_refresh: bool = False,
         reconcile: bool = False,
     ) -> TableOutcome:
-        shape = self.shape(spec.name)
+        shape, change, reload = self._contract(spec, self.current_shape(spec.name))
         resolved = resolve_spec(spec, shape.names, shape.primary_key)
         reason = ""
         if full_refresh:
@@ -137,24 +189,18 @@ class TableSyncer:
             reason = "no cursor column"
         elif watermark is None:
             reason = "first run"
-        else:
-            held = [n for n, _ in self.warehouse.columns(spec.name)]
-            if not held:
-                reason = "working table missing"
-            elif held != shape.names:
-                reason = "columns changed"
+        elif not self.warehouse.has_table(spec.name):
+            reason = "working table missing"
+        elif reload:
+            # evolve: reload, so existing rows get a new column's values too.
+            reason = "columns changed"
         if reason:
-            return self._full_load(resolved, shape, cycle_read, reason)
-
-        if self.source.column_names(spec.name) != shape.names:
-            # A column was added, dropped or renamed: reflect again and reload,
-            # so existing rows get the new column's values too.
-            shape = self.shape(spec.name, refresh=True)
-            resolved = resolve_spec(spec, shape.names, shape.primary_key)
-            return self._full_load(resolved, shape, cycle_read, "columns changed", reflected=True)
+            return self._full_load(resolved, shape, cycle_read, reason, change)
         assert resolved.cursor_column is not None and watermark is not None
         cursor = shape.column(resolved.cursor_column)
-        lower = self.source.lower_bound_sql(watermark, cursor, self.lookback_seconds)
+        lower = self.source.lower_bound_sql(
+            watermark, cursor, self.lookback_seconds, resolved.cursor_lookback
+        )
         sql = self.source.select_sql(
             spec.name, shape.columns, f"{self.source.quote(cursor.name)} >= {lower}"
         )
@@ -178,6 +224,7 @@ class TableSyncer:
             watermark=_later(watermark, self._watermark(resolved, shape, cycle_read)),
             reconciled=reconcile,
             full_load=False,
+            schema_change=change,
         )
 
     def _full_load(
@@ -186,13 +233,10 @@ class TableSyncer:
         shape: TableShape,
         cycle_read: SourceRead,
         reason: str,
-        *,
-        reflected: bool = False,
+        change: SchemaChange | None = None,
     ) -> TableOutcome:
         started = time.monotonic()
         existed = self.warehouse.has_table(spec.name)
-        if not reflected and self.source.column_names(spec.name) != shape.names:
-            shape = self.shape(spec.name, refresh=True)  # changed since reflection
         reader = self.source.read(
             self.source.select_sql(spec.name, shape.columns), self.batch_size, cycle_read
         )
@@ -222,6 +266,7 @@ class TableSyncer:
             reconciled=True,
             full_load=True,
             reason=reason,
+            schema_change=change,
         )
 
     def _reconcile(self, spec: TableSpec, cycle_read: SourceRead) -> int:

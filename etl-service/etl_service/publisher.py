@@ -27,6 +27,8 @@ from analytics_shared.manifest import (
     MANIFEST_KEY,
     Manifest,
     ManifestError,
+    ModelInfo,
+    SchemaChange,
     TableInfo,
     new_version_id,
 )
@@ -198,7 +200,14 @@ class Publisher:
         return result
 
     # -- writing -----------------------------------------------------------
-    def publish(self, snapshot: SnapshotFile, tables: dict[str, TableInfo]) -> Manifest:
+    def publish(
+        self,
+        snapshot: SnapshotFile,
+        tables: dict[str, TableInfo],
+        *,
+        models: dict[str, ModelInfo] | None = None,
+        schema_changes: list[SchemaChange] | None = None,
+    ) -> Manifest:
         """Publish `snapshot` (a plain DuckDB file) and return the current manifest.
 
         When its fingerprint equals the current version's, nothing is uploaded
@@ -226,6 +235,8 @@ class Publisher:
             previous_version=previous.version if previous else None,
             tables=tables,
             content_fingerprint=snapshot.fingerprint,
+            models=models or {},
+            schema_changes=schema_changes or [],
         )
         info = self.store.put_file(key, stored.path)
         if info.size != stored.size:

@@ -72,6 +72,9 @@ class EtlSettings(CommonSettings):
     table_config: dict[str, dict[str, Any]] = Field(
         default_factory=dict, validation_alias="TABLE_CONFIG"
     )
+    # Models (views and rollups as *.sql files) built into every snapshot:
+    # unset = the bundled models, empty = none, a path = that folder.
+    models_dir: str | None = Field(None, validation_alias="MODELS_DIR")
 
     # Retries on transient errors (exponential backoff, full jitter).
     retry_attempts: int = Field(4, validation_alias="RETRY_ATTEMPTS", ge=1, le=20)

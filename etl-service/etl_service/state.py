@@ -24,6 +24,7 @@ __all__ = [
     "TableState",
     "TableUpdate",
     "dead_letters",
+    "schema_changes",
     "sync_runs",
     "table_state",
 ]
@@ -71,6 +72,18 @@ dead_letters = sa.Table(
     sa.Column("first_failed_at", TZ, nullable=False),
     sa.Column("last_failed_at", TZ, nullable=False),
     sa.Column("closed_at", TZ),
+)
+
+schema_changes = sa.Table(
+    "schema_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("table_name", sa.String(255), nullable=False),
+    sa.Column("detected_at", TZ, nullable=False),
+    sa.Column("contract", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("change", sa.JSON, nullable=False),
 )
 
 # What `sync_runs.status` holds: "running" until the run is recorded, then
@@ -192,6 +205,42 @@ class StateStore:
                 )
                 if updated.rowcount == 0:
                     conn.execute(table_state.insert().values(table_name=table, **values))
+
+    def record_schema_change(
+        self, run_id: int | None, table: str, contract: str, action: str, change: dict[str, Any]
+    ) -> bool:
+        """Record a schema change unless it repeats the table's last record (a
+        refused change is seen again every cycle); True when it is new."""
+        with self.engine.begin() as conn:
+            last = conn.execute(
+                sa.select(schema_changes.c.action, schema_changes.c.change)
+                .where(schema_changes.c.table_name == table)
+                .order_by(schema_changes.c.id.desc())
+                .limit(1)
+            ).first()
+            if last is not None and (last.action, last.change) == (action, change):
+                return False
+            conn.execute(
+                schema_changes.insert().values(
+                    run_id=run_id,
+                    table_name=table,
+                    detected_at=datetime.now(UTC),
+                    contract=contract,
+                    action=action,
+                    change=change,
+                )
+            )
+        return True
+
+    def schema_changes(
+        self, limit: int = 20, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest schema changes first (those after `since`, when given)."""
+        query = schema_changes.select().order_by(schema_changes.c.id.desc()).limit(limit)
+        if since is not None:
+            query = query.where(schema_changes.c.detected_at > since)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query)]
 
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import ColumnSchema, Manifest, TableInfo
-from etl_service.errors import RetryError, describe
+from analytics_shared.manifest import ColumnSchema, Manifest, SchemaChange, TableInfo
+from etl_service.errors import ModelBuildError, RetryError, SchemaContractError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
+from etl_service.models import ModelBuilder, ModelDefinition, configured_models
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
 from etl_service.run_logs import RunLogStore
@@ -57,6 +58,9 @@ class CycleResult:
     error: str | None = None
     failed_tables: dict[str, str] = field(default_factory=dict)
     duration_seconds: float = 0.0
+    models_rebuilt: list[str] = field(default_factory=list)
+    # Source schema changes first seen in this cycle (alerts go out for these).
+    schema_changes: list[SchemaChange] = field(default_factory=list)
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -105,6 +109,7 @@ class SyncEngine:
         specs: list[TableSpec] | None = None,
         lock: SyncLock | None = None,
         progress: bool | None = None,
+        models: list[ModelDefinition] | None = None,
     ) -> None:
         self.settings = settings
         self.specs = (
@@ -112,6 +117,10 @@ class SyncEngine:
             if specs is not None
             else table_specs(settings.tables_to_sync, settings.table_config)
         )
+        table_names = [s.name for s in self.specs]
+        if models is None:
+            models = configured_models(settings.models_dir, table_names)
+        self.models = ModelBuilder(models, table_names)
         self.source = source
         self.state = state
         self.warehouse = warehouse
@@ -134,6 +143,7 @@ class SyncEngine:
     @classmethod
     def from_settings(cls, settings: EtlSettings, *, progress: bool | None = None) -> SyncEngine:
         specs = table_specs(settings.tables_to_sync, settings.table_config)  # fails first
+        models = configured_models(settings.models_dir, [s.name for s in specs])
         source = Source(
             settings.resolved_source_url,
             timezone=settings.source_timezone,
@@ -151,6 +161,7 @@ class SyncEngine:
             run_logs=RunLogStore.from_settings(settings, store),
             specs=specs,
             progress=progress,
+            models=models,
         )
 
     def close(self) -> None:
@@ -225,8 +236,9 @@ class SyncEngine:
         if result.status == "abandoned":
             return self._abandon(result)
         try:
-            self._publish_if_changed(result, unpublished_before)
-        except RetryError as err:
+            models_changed = self._build_models(result, force=unpublished_before)
+            self._publish_if_changed(result, unpublished_before or models_changed)
+        except (RetryError, ModelBuildError) as err:
             return self._fail_cycle(result, err, started_at)
         marker.unlink(missing_ok=True)
         self._record_run(result, started_at)
@@ -263,8 +275,27 @@ class SyncEngine:
                     result.failed_tables[spec.name] = str(err)
                     self.state.dead_letter(result.run_id, spec.name, str(err), err.attempts)
                     log.error("table_dead_lettered", table=spec.name, error=str(err))
+                    if isinstance(err.__cause__, SchemaContractError):
+                        self._record_schema_change(result, err.__cause__.change)  # type: ignore[arg-type]
+                else:
+                    change = result.outcomes[spec.name].schema_change
+                    if change is not None:
+                        self._record_schema_change(result, change)
         finally:
             cycle_read.close()
+
+    def _record_schema_change(self, result: CycleResult, change: SchemaChange) -> None:
+        """Into the state store (once per distinct change), the cycle's result,
+        and so the run log, the manifest and the alert webhook."""
+        details = change.model_dump(mode="json", include={"added", "removed", "retyped"})
+        new = self._retry(
+            lambda: self.state.record_schema_change(
+                result.run_id, change.table, change.contract, change.action, details
+            ),
+            "state: record schema change",
+        )
+        if new:
+            result.schema_changes.append(change)
 
     def _sync_table(
         self, spec: TableSpec, cycle_read: _CycleRead, full_refresh: bool, reconcile: bool
@@ -305,6 +336,15 @@ class SyncEngine:
         log.warning("sync_cycle_abandoned", run_id=result.run_id, done=sorted(result.outcomes))
         return result
 
+    def _build_models(self, result: CycleResult, *, force: bool) -> bool:
+        """Models over the merged tables, before anything is exported; True when
+        the model files themselves changed (so the snapshot must be published)."""
+        changed = [name for name, o in result.outcomes.items() if o.changed]
+        present = [s.name for s in self.specs if self.warehouse.has_table(s.name)]
+        build = self.models.build(self.warehouse.con, changed, present_tables=present, force=force)
+        result.models_rebuilt = build.rebuilt
+        return build.changed
+
     def _publish_if_changed(self, result: CycleResult, unpublished_before: bool) -> None:
         """Publish when a table changed, an earlier cycle left changes unpublished,
         or nothing was ever published; otherwise report the current version."""
@@ -322,7 +362,27 @@ class SyncEngine:
         snapshot = export_snapshot(
             self.warehouse.con, Path(self.settings.data_dir) / "outgoing" / "snapshot.db"
         )
-        return self.publisher.publish(snapshot, self._table_infos(outcomes))
+        return self.publisher.publish(
+            snapshot,
+            self._table_infos(outcomes),
+            models=self.models.infos(self.warehouse.con),
+            schema_changes=self._schema_changes_since_current(),
+        )
+
+    def _schema_changes_since_current(self) -> list[SchemaChange]:
+        """Schema changes recorded after the current version was published."""
+        current = self.publisher.current()
+        rows = self.state.schema_changes(100, since=current.created_at if current else None)
+        return [
+            SchemaChange(
+                table=r["table_name"],
+                detected_at=r["detected_at"],
+                contract=r["contract"],
+                action=r["action"],
+                **r["change"],
+            )
+            for r in reversed(rows)
+        ]
 
     def _table_infos(self, outcomes: dict[str, TableOutcome]) -> dict[str, TableInfo]:
         """Every synced table in the working DuckDB, failed ones with their old state."""
@@ -368,12 +428,13 @@ class SyncEngine:
         self._write_run_log(result, started_at)
 
     def _fail_cycle(
-        self, result: CycleResult, err: RetryError, started_at: datetime
+        self, result: CycleResult, err: RetryError | ModelBuildError, started_at: datetime
     ) -> CycleResult:
         result.status, result.error = "failed", str(err)
         log.error("sync_cycle_dead_lettered", run_id=result.run_id, error=str(err))
         assert result.run_id is not None
-        self.state.dead_letter(result.run_id, None, str(err), err.attempts)
+        attempts = err.attempts if isinstance(err, RetryError) else 1
+        self.state.dead_letter(result.run_id, None, str(err), attempts)
         self.state.finish_run(result.run_id, "failed", result.rows, error=str(err))
         self._write_run_log(result, started_at)
         return result
@@ -388,6 +449,8 @@ class SyncEngine:
                 "published_version": result.version if result.published else None,
                 "tables": result.rows,
                 "failed_tables": result.failed_tables,
+                "models_rebuilt": result.models_rebuilt,
+                "schema_changes": [c.model_dump(mode="json") for c in result.schema_changes],
                 "error": result.error,
             }
         )

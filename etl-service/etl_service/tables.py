@@ -4,7 +4,8 @@ The one place for per-table configuration. The five seed tables have
 defaults; any other table named in TABLES_TO_SYNC is resolved against the
 source: its primary key is reflected, and `updated_at` is its cursor when the
 column exists (otherwise the table is fully refreshed every cycle).
-`TABLE_CONFIG` (JSON) overrides any of the three per table.
+`TABLE_CONFIG` (JSON) overrides any of these per table, and sets its schema
+contract (etl_service.contracts).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from etl_service.contracts import CONTRACTS
 from etl_service.errors import TableConfigError
 
 __all__ = ["SEED_TABLES", "TableConfigError", "TableSpec", "resolve_spec", "table_specs"]
@@ -29,6 +31,13 @@ class TableSpec:
     cursor_column: str | None = DEFAULT_CURSOR
     # A boolean (true = deleted) or nullable timestamp (set = deleted) column.
     soft_delete_column: str | None = None
+    # What a changed source column set or type does (etl_service.contracts).
+    schema_contract: str = "evolve"
+    # Integer cursors: the next delta starts this many values below the
+    # largest one seen, so rows whose values were taken before a commit that
+    # came later are read again (date/time cursors use SYNC_LOOKBACK_SECONDS;
+    # SQL Server rowversions are bounded by MIN_ACTIVE_ROWVERSION() instead).
+    cursor_lookback: int = 0
 
     @property
     def incremental(self) -> bool:
@@ -40,7 +49,13 @@ SEED_TABLES: dict[str, TableSpec] = {
     for name in ("inventory", "products", "orders", "transactions", "customers")
 }
 
-_OVERRIDABLE = {"primary_key", "cursor_column", "soft_delete_column"}
+_OVERRIDABLE = {
+    "primary_key",
+    "cursor_column",
+    "soft_delete_column",
+    "schema_contract",
+    "cursor_lookback",
+}
 
 
 def _override(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
@@ -51,6 +66,16 @@ def _override(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
             f" (allowed: {sorted(_OVERRIDABLE)})"
         )
     changes: dict[str, Any] = dict(config)
+    if "schema_contract" in changes and changes["schema_contract"] not in CONTRACTS:
+        raise TableConfigError(
+            f"TABLE_CONFIG[{spec.name!r}]: schema_contract must be one of {list(CONTRACTS)}"
+            f" (got {changes['schema_contract']!r})"
+        )
+    lookback = changes.get("cursor_lookback", 0)
+    if isinstance(lookback, bool) or not isinstance(lookback, int) or lookback < 0:
+        raise TableConfigError(
+            f"TABLE_CONFIG[{spec.name!r}]: cursor_lookback must be a whole number >= 0"
+        )
     if "primary_key" in changes and changes["primary_key"] is not None:
         pk = changes["primary_key"]
         changes["primary_key"] = (pk,) if isinstance(pk, str) else tuple(pk)

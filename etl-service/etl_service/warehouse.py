@@ -71,6 +71,7 @@ class Warehouse:
         # Where a crash between merging and publishing is remembered.
         self.unpublished_marker = self.path.with_name(self.path.name + ".unpublished")
         self._rows: dict[str, int] = {}  # row counts known from the last write
+        self._type_names: dict[str, str] = {}
 
     def close(self) -> None:
         self.con.close()
@@ -112,6 +113,13 @@ class Warehouse:
             [table],
         ).fetchall()
         return [(str(n), str(t)) for n, t in rows]
+
+    def canonical_type(self, type_name: str) -> str:
+        """DuckDB's own spelling of a type name (REAL is FLOAT), so types compare."""
+        if type_name not in self._type_names:
+            rows = self.con.execute(f"SELECT typeof(CAST(NULL AS {type_name}))").fetchall()
+            self._type_names[type_name] = str(rows[0][0])
+        return self._type_names[type_name]
 
     def max_value(self, table: str, column: str) -> str | None:
         row = self.con.execute(

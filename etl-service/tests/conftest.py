@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from etl_service.settings import EtlSettings
 from etl_service.sync import SyncEngine
+from testsupport.webhook import Receiver
 
 FAST_RETRIES = {"RETRY_ATTEMPTS": "3", "RETRY_BASE_SECONDS": "0.01", "RETRY_MAX_SECONDS": "0.05"}
 
@@ -152,3 +153,11 @@ def pg_proxy(pg_url: str) -> Iterator[tuple[TcpProxy, str]]:
         yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
     finally:
         proxy.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP endpoint recording the alert webhook's posts."""
+    r = Receiver()
+    yield r
+    r.close()

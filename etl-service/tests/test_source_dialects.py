@@ -72,3 +72,52 @@ def test_failures_are_classified_once_by_type_and_read_as_before() -> None:
     assert type(missing) is SourceError
     assert is_transient(dropped) and not is_transient(missing)
     assert describe(dropped) == "SourceError: source query failed: Connection reset by peer"
+
+
+def test_rowversion_cursors_are_integers_bounded_by_the_oldest_open_transaction(tmp_path) -> None:
+    from etl_service.incremental import TableSyncer
+    from etl_service.source import SourceRead, TableShape
+    from etl_service.source.dialects import _ClockOnlyRead
+    from etl_service.source.type_mapping import duckdb_type, is_rowversion
+    from etl_service.tables import TableSpec
+    from etl_service.warehouse import Warehouse
+
+    assert is_rowversion(mssql.ROWVERSION()) and is_rowversion(mssql.TIMESTAMP())
+    assert duckdb_type(mssql.ROWVERSION()) == "BIGINT"
+    assert MssqlDialect().text_extract(mssql.ROWVERSION()) == "CAST({} AS bigint)"
+    assert MssqlDialect().rowversion_sql(81234) == "CAST(CAST(81234 AS bigint) AS binary(8))"
+    with pytest.raises(SourceError, match="only on SQL Server"):
+        PostgresDialect().rowversion_sql(1)
+    assert "CAST(MIN_ACTIVE_ROWVERSION() AS bigint)" in MssqlDialect().clock_sql(5, "UTC")
+
+    # The clock's third column becomes the read's active rowversion...
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'clock.db'}")
+    read = _ClockOnlyRead().begin_read(engine, "SELECT 'n', 'a', 81234", "", engine.url)
+    assert read.active_rowversion == "81234"
+    engine.dispose()
+    # ...and a rowversion cursor's next watermark, whatever larger values were read.
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.con.execute("CREATE TABLE t AS SELECT 99999 AS row_ver")
+    syncer = TableSyncer(None, warehouse, batch_size=10, lookback_seconds=0)  # type: ignore[arg-type]
+    rowversion = ColumnInfo("row_ver", "BIGINT", False, False, "CAST({} AS bigint)", True)
+    shape = TableShape((rowversion,), ())
+    spec = TableSpec("t", cursor_column="row_ver")
+    assert (
+        syncer._watermark(spec, shape, SourceRead("n", "a", active_rowversion="81234")) == "81234"
+    )
+    plain = TableShape((ColumnInfo("row_ver", "BIGINT", False, False),), ())
+    assert syncer._watermark(spec, plain, SourceRead("n", "a")) == "99999"  # max seen
+    warehouse.close()
+
+
+def test_integer_cursor_lookback_and_watermarks_compare_as_numbers() -> None:
+    from etl_service.incremental import _later
+    from etl_service.source import Source
+
+    source = Source("mssql+pymssql://u:p@h:1433/db")
+    count = ColumnInfo("seq", "BIGINT", False, False)
+    assert source.lower_bound_sql("1000", count, 60, 250) == "750"
+    assert source.lower_bound_sql("1000", count, 60) == "1000"
+    source.close()
+    assert _later("999", "1000") == "1000"  # not text order
+    assert _later("2026-01-02 00:00:00", "2026-01-01 23:59:59") == "2026-01-02 00:00:00"

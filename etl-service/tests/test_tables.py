@@ -50,3 +50,15 @@ def test_missing_columns_and_keys_are_refused() -> None:
         resolve_spec(TableSpec("t"), ["v", "updated_at"], [])
     # Still a ValueError (the CLI's exit code 2) and a configuration error by type.
     assert isinstance(err.value, ValueError) and isinstance(err.value, ConfigurationError)
+
+
+def test_contracts_and_integer_lookback_are_checked() -> None:
+    [spec] = table_specs(
+        ["orders"], {"orders": {"schema_contract": "freeze", "cursor_lookback": 500}}
+    )
+    assert spec.schema_contract == "freeze" and spec.cursor_lookback == 500
+    with pytest.raises(TableConfigError, match="schema_contract must be one of"):
+        table_specs(["orders"], {"orders": {"schema_contract": "strict"}})
+    for bad in (-1, 1.5, "10", True):
+        with pytest.raises(TableConfigError, match="cursor_lookback must be a whole number"):
+            table_specs(["orders"], {"orders": {"cursor_lookback": bad}})

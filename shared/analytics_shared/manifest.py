@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,6 +21,8 @@ __all__ = [
     "ColumnSchema",
     "Manifest",
     "ManifestError",
+    "ModelInfo",
+    "SchemaChange",
     "TableInfo",
     "new_version_id",
     "sha256_file",
@@ -49,6 +51,32 @@ class TableInfo(BaseModel):
     columns: list[ColumnSchema] = Field(default_factory=list)
 
 
+class ModelInfo(BaseModel):
+    """A model (a view or table built from SQL files by the ETL) in the snapshot."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    kind: Literal["view", "table"]
+    description: str = ""
+    row_count: int | None = Field(default=None, ge=0)
+    sql_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    depends_on: list[str] = Field(default_factory=list)
+    columns: list[ColumnSchema] = Field(default_factory=list)
+
+
+class SchemaChange(BaseModel):
+    """A source table's column set or types changed, and what its contract did."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    table: str
+    detected_at: datetime
+    contract: str  # evolve | freeze | discard_new_columns
+    action: str  # evolved (reloaded) | refused (old shape kept) | discarded (new columns ignored)
+    added: list[ColumnSchema] = Field(default_factory=list)
+    removed: list[ColumnSchema] = Field(default_factory=list)
+    # name -> [old type, new type]
+    retyped: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class Manifest(BaseModel):
     # Compatibility rule: optional fields may be added within one format_version
     # and readers ignore fields they do not know (an older API keeps working
@@ -71,6 +99,10 @@ class Manifest(BaseModel):
     # Set by `analytics-etl rollback`: the newest version the operator rolled
     # back from; the ETL does not re-publish that same data over the rollback.
     rolled_back_from: str | None = None
+    # Models built into the snapshot (etl_service.models), readable like tables.
+    models: dict[str, ModelInfo] = Field(default_factory=dict)
+    # Source schema changes seen since the previous version (etl_service.contracts).
+    schema_changes: list[SchemaChange] = Field(default_factory=list)
 
     @field_validator("created_at")
     @classmethod

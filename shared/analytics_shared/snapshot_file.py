@@ -104,11 +104,21 @@ def probe(con: Any, manifest: Manifest) -> None:
     rows the manifest promises; a mismatch means it is not the version it
     claims to be."""
     con.execute("SELECT 1").fetchall()
-    for table, info in manifest.tables.items():
+    counted = {name: info.row_count for name, info in manifest.tables.items()}
+    # Table models are counted like tables; views must at least bind (cheap).
+    counted.update(
+        (name, m.row_count)
+        for name, m in manifest.models.items()
+        if m.kind == "table" and m.row_count is not None
+    )
+    for table, expected in counted.items():
         row = con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()
         count = int(row[0]) if row else -1
-        if count != info.row_count:
+        if count != expected:
             raise SnapshotFileError(
                 f"snapshot {manifest.version}: table {table} has {count} rows,"
-                f" the manifest says {info.row_count}"
+                f" the manifest says {expected}"
             )
+    for name, model in manifest.models.items():
+        if model.kind == "view":
+            con.execute(f"SELECT * FROM {quote_ident(name)} LIMIT 0").fetchall()

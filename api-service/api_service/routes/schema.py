@@ -1,4 +1,4 @@
-"""`GET /schema`: the tables and columns the caller may query."""
+"""`GET /schema`: the tables and models (views and rollups) the caller may query."""
 
 from __future__ import annotations
 
@@ -25,5 +25,15 @@ async def schema(
             for name, info in snap.manifest.tables.items()
             if policy.may_read(name)
         }
+        models = {
+            name: {
+                "kind": info.kind,
+                "description": info.description,
+                "row_count": info.row_count,
+                "columns": [c.model_dump() for c in info.columns],
+            }
+            for name, info in snap.manifest.models.items()
+            if policy.may_read(name)
+        }
         version = snap.version
-    return {"success": True, "data_version": version, "tables": tables}
+    return {"success": True, "data_version": version, "tables": tables, "models": models}

@@ -2,13 +2,16 @@
 it resolves — never one per failed cycle.
 
 Two incidents are tracked: `sync_failing` (N consecutive failed cycles) and
-`data_stale` (the published data is older than a threshold). The payload
+`data_stale` (the published data is older than a threshold). A source schema
+change is a one-off notice (`schema_changed`, one per distinct change; an error
+when the table's contract refused it, a warning otherwise). The payload
 shape follows `ALERT_WEBHOOK_FORMAT`: PagerDuty Events v2, Opsgenie, or Slack
 (a plain `text` message, also accepted by most chat webhooks).
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,6 +19,8 @@ from typing import Any, Literal
 import httpx
 
 from analytics_shared.logging_config import get_logger
+from analytics_shared.manifest import SchemaChange
+from etl_service.contracts import describe_change
 
 __all__ = ["AlertNotifier", "WebhookFormat"]
 
@@ -78,6 +83,22 @@ class AlertNotifier:
         )
         self._set("data_stale", stale, summary, {"data_age_seconds": round(age_seconds, 1)})
 
+    def schema_changed(self, change: SchemaChange) -> None:
+        refused = change.action == "refused"
+        summary = (
+            f"source table {change.table} changed ({describe_change(change)});"
+            f" contract {change.contract}: {change.action}"
+        )
+        details = change.model_dump(mode="json")
+        digest = hashlib.sha256(repr(sorted(details.items())).encode()).hexdigest()[:12]
+        self._send(
+            f"schema_changed:{change.table}:{digest}",
+            "trigger",
+            summary,
+            details,
+            severity="error" if refused else "warning",
+        )
+
     def _set(
         self, name: str, open_: bool, summary: str, details: dict[str, Any] | None = None
     ) -> None:
@@ -94,6 +115,7 @@ class AlertNotifier:
         action: Literal["trigger", "resolve"],
         summary: str,
         details: dict[str, Any],
+        severity: str | None = None,
     ) -> dict[str, Any]:
         dedup = f"analytics-etl:{name}"
         if self.fmt == "pagerduty":
@@ -104,7 +126,7 @@ class AlertNotifier:
                 body["payload"] = {
                     "summary": summary,
                     "source": self.source,
-                    "severity": "error" if name == "sync_failing" else "warning",
+                    "severity": severity or ("error" if name == "sync_failing" else "warning"),
                     "custom_details": details,
                 }
             return body
@@ -126,6 +148,7 @@ class AlertNotifier:
         action: Literal["trigger", "resolve"],
         summary: str,
         details: dict[str, Any],
+        severity: str | None = None,
     ) -> None:
         log.warning("alert_" + action, incident=name, summary=summary)
         if not self.webhook_url:
@@ -133,7 +156,7 @@ class AlertNotifier:
         try:
             response = httpx.post(
                 self.webhook_url,
-                json=self.payload(name, action, summary, details),
+                json=self.payload(name, action, summary, details, severity),
                 timeout=self.timeout,
             )
             response.raise_for_status()

@@ -71,6 +71,8 @@ class CycleMonitor:
                 error=result.error,
             )
             self.notifier.record_cycle(ok, error=result.error)
+            for change in result.schema_changes:
+                self.notifier.schema_changed(change)
             last = self.state.last_success()
             if last and last.get("finished_at"):
                 self.notifier.record_data_age((now - last["finished_at"]).total_seconds())

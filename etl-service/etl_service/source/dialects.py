@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL, make_url
 
 from etl_service.errors import SourceError
 from etl_service.source.records import ColumnInfo, SourceRead
-from etl_service.source.type_mapping import exact_decimal
+from etl_service.source.type_mapping import exact_decimal, is_rowversion
 
 __all__ = [
     "DIALECTS",
@@ -50,6 +50,10 @@ class Dialect(Protocol):
     """What the reading code asks of a source database."""
 
     name: ClassVar[str]  # SQLAlchemy's backend name
+    # True when the driver's cursor.description tells column types apart
+    # precisely (psycopg: type OID, precision, scale), so a `WHERE 1 = 0`
+    # query is enough to notice a retyped column; otherwise reflect.
+    describes_column_types: ClassVar[bool]
 
     def check_timezone(self, timezone: str) -> None:
         """Refuse a SOURCE_TIMEZONE the database cannot honour."""
@@ -68,7 +72,12 @@ class Dialect(Protocol):
         ...
 
     def text_extract(self, source_type: sa.types.TypeEngine) -> str | None:
-        """SQL sending a column as exact text (`{}` is the quoted column), or None."""
+        """SQL sending a column in the form the load casts from (`{}` is the quoted
+        column): exact text for DECIMAL(p,s), an integer for rowversion; or None."""
+        ...
+
+    def rowversion_sql(self, value: int) -> str:
+        """A rowversion literal for `value` (SQL Server only)."""
         ...
 
     def begin_read(
@@ -85,8 +94,15 @@ class _ClockOnlyRead:
         self, engine: sa.Engine, clock_sql: str, extractor_url: str, url: URL
     ) -> SourceRead:
         with engine.connect() as conn:
-            naive, aware = conn.execute(sa.text(clock_sql)).one()
-        return SourceRead(str(naive), str(aware))
+            row = conn.execute(sa.text(clock_sql)).one()
+        # A third column, where the dialect reads one: MIN_ACTIVE_ROWVERSION().
+        active = str(row[2]) if len(row) > 2 and row[2] is not None else None
+        return SourceRead(str(row[0]), str(row[1]), active_rowversion=active)
+
+
+class _NoRowversion:
+    def rowversion_sql(self, value: int) -> str:
+        raise SourceError("rowversion cursors exist only on SQL Server")
 
 
 class _AnyTimezone:
@@ -94,7 +110,8 @@ class _AnyTimezone:
         return None
 
 
-class PostgresDialect(_AnyTimezone):
+class PostgresDialect(_NoRowversion, _AnyTimezone):
+    describes_column_types: ClassVar[bool] = True
     name: ClassVar[str] = "postgresql"
 
     def extractor_url(self, url: URL, tls: MssqlTls | None) -> str:
@@ -165,6 +182,8 @@ def _plain_extractor_url(conn: sa.Connection, url: URL, extractor_url: str) -> s
 class MssqlDialect(_ClockOnlyRead, _AnyTimezone):
     """SQL Server: see docs/architecture.md (SNAPSHOT isolation)."""
 
+    describes_column_types: ClassVar[bool] = False
+
     name: ClassVar[str] = "mssql"
 
     def extractor_url(self, url: URL, tls: MssqlTls | None) -> str:
@@ -181,10 +200,13 @@ class MssqlDialect(_ClockOnlyRead, _AnyTimezone):
     def clock_sql(self, settle_seconds: float, timezone: str) -> str:
         ms = int(settle_seconds * 1000)
         lagged = f"DATEADD(millisecond, -{ms}, SYSDATETIMEOFFSET())"
+        # MIN_ACTIVE_ROWVERSION(): the lowest rowversion of a still-open
+        # transaction (or the next one); every rowversion below it is committed.
         return (
             "SELECT CONVERT(varchar(27),"
             f" CAST({lagged} AT TIME ZONE {sql_literal(timezone)} AS datetime2(7)), 121),"
-            f" CONVERT(varchar(34), SWITCHOFFSET({lagged}, '+00:00'), 121)"
+            f" CONVERT(varchar(34), SWITCHOFFSET({lagged}, '+00:00'), 121),"
+            " CAST(MIN_ACTIVE_ROWVERSION() AS bigint)"
         )
 
     def lower_bound_sql(self, literal: str, column: ColumnInfo, lookback_seconds: float) -> str:
@@ -193,14 +215,21 @@ class MssqlDialect(_ClockOnlyRead, _AnyTimezone):
         return f"DATEADD(millisecond, -{ms}, CAST({literal} AS {cast}))"
 
     def text_extract(self, source_type: sa.types.TypeEngine) -> str | None:
+        if is_rowversion(source_type):
+            return "CAST({} AS bigint)"
         if not exact_decimal(source_type):
             return None
         if isinstance(source_type, mssql.MONEY | mssql.SMALLMONEY):
             return "CONVERT(varchar(32), {}, 2)"  # style 2: all four decimals
         return "CAST({} AS varchar(48))"
 
+    def rowversion_sql(self, value: int) -> str:
+        # Compared as binary(8), so an index on the rowversion column is used.
+        return f"CAST(CAST({int(value)} AS bigint) AS binary(8))"
 
-class SqliteDialect(_ClockOnlyRead):
+
+class SqliteDialect(_NoRowversion, _ClockOnlyRead):
+    describes_column_types: ClassVar[bool] = False
     name: ClassVar[str] = "sqlite"
 
     def check_timezone(self, timezone: str) -> None:

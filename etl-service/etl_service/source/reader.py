@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import connectorx as cx
@@ -22,7 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from etl_service.errors import SourceError, source_failure
 from etl_service.source.dialects import MssqlTls, dialect_for, sql_literal
 from etl_service.source.records import ColumnInfo, SourceRead, TableShape
-from etl_service.source.type_mapping import duckdb_type, is_timestamp
+from etl_service.source.type_mapping import duckdb_type, is_rowversion, is_timestamp
 
 __all__ = ["Source", "connectorx_url"]
 
@@ -70,23 +71,26 @@ class Source:
         for c in columns:
             ts, tz = is_timestamp(c["type"])
             extract = self.dialect.text_extract(c["type"])
-            infos.append(ColumnInfo(c["name"], duckdb_type(c["type"]), ts, tz, extract))
+            infos.append(
+                ColumnInfo(
+                    c["name"], duckdb_type(c["type"]), ts, tz, extract, is_rowversion(c["type"])
+                )
+            )
         return TableShape(tuple(infos), tuple(pk.get("constrained_columns") or ()))
 
-    def column_names(self, table: str) -> list[str]:
-        """The table's current column names, in order (one cheap query, no reflection).
-
-        Reads select their columns explicitly (some as text), so a column
-        added, dropped or renamed since reflection is noticed here.
-        """
+    def column_signature(self, table: str) -> tuple[tuple[object, ...], ...]:
+        """Names and types of the table's columns, as cheaply as the driver allows:
+        equal signatures mean no column was added, dropped, renamed or retyped."""
+        if not self.dialect.describes_column_types:
+            return tuple((c.name, c.duckdb_type) for c in self.shape(table).columns)
         try:
             with self.engine.connect() as conn:
                 result = conn.execute(sa.text(f"SELECT * FROM {self.quote(table)} WHERE 1 = 0"))
-                names = list(result.keys())
+                description = result.cursor.description if result.cursor else ()
                 result.close()
         except sa.exc.DBAPIError as exc:
             raise source_failure(f"cannot read the columns of {table!r}", exc) from exc
-        return names
+        return tuple(tuple(d[:2]) + tuple(d[3:6]) for d in description or ())
 
     def columns(self, table: str) -> list[tuple[str, str | None]]:
         """(name, DuckDB type or None to keep the extractor's) for each column."""
@@ -108,12 +112,25 @@ class Source:
 
     # -- queries ---------------------------------------------------------------
 
-    def lower_bound_sql(self, watermark: str, column: ColumnInfo, lookback_seconds: float) -> str:
-        """SQL for `watermark - lookback`, computed by the source at its precision."""
+    def lower_bound_sql(
+        self,
+        watermark: str,
+        column: ColumnInfo,
+        lookback_seconds: float,
+        lookback_values: int = 0,
+    ) -> str:
+        """SQL for `watermark - lookback`, computed by the source at its precision.
+
+        Date/time cursors go back `lookback_seconds`; integer cursors (and
+        rowversions) `lookback_values` values.
+        """
         if not column.is_timestamp:
             if not re.fullmatch(r"-?\d+(\.\d+)?", watermark):
                 raise SourceError(f"watermark {watermark!r} of {column.name!r} is not a number")
-            return watermark
+            lower = Decimal(watermark) - lookback_values
+            if column.is_rowversion:
+                return self.dialect.rowversion_sql(int(lower))
+            return str(lower)
         return self.dialect.lower_bound_sql(sql_literal(watermark), column, lookback_seconds)
 
     def select_sql(

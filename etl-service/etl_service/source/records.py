@@ -19,6 +19,8 @@ class ColumnInfo:
     # SQL making the source send the column as exact text ("{}" is the quoted
     # column), cast to `duckdb_type` by the load: DECIMAL(p,s) columns.
     extract: str | None = None
+    # SQL Server rowversion: read as a BIGINT, bounded by MIN_ACTIVE_ROWVERSION().
+    is_rowversion: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class SourceRead:
     now_aware: str
     pre_execution: list[str] = field(default_factory=list)
     snapshot_id: str | None = None  # PostgreSQL's exported snapshot, if any
+    # SQL Server: MIN_ACTIVE_ROWVERSION() as an integer, read with the clock.
+    # Every rowversion below it is committed: the next watermark of rowversion cursors.
+    active_rowversion: str | None = None
     extractor_url: str | None = None  # None: the source's default ConnectorX URL
     broken: bool = False  # its connection was lost: begin a new one
     _conn: sa.Connection | None = None

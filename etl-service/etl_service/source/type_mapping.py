@@ -18,11 +18,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, postgresql
 
-__all__ = ["duckdb_type", "exact_decimal", "is_timestamp"]
+__all__ = ["duckdb_type", "exact_decimal", "is_rowversion", "is_timestamp"]
 
 
 def duckdb_type(source_type: sa.types.TypeEngine) -> str | None:
     # Order matters: dialect-specific classes subclass the generic ones.
+    if is_rowversion(source_type):
+        return "BIGINT"  # read as an integer (Dialect.text_extract), so it can be a cursor
     if isinstance(source_type, mssql.MONEY):
         return "DECIMAL(19,4)"
     if isinstance(source_type, mssql.SMALLMONEY):
@@ -73,6 +75,11 @@ def is_timestamp(source_type: sa.types.TypeEngine) -> tuple[bool, bool]:
     if isinstance(source_type, sa.Date):
         return True, False
     return False, False
+
+
+def is_rowversion(source_type: sa.types.TypeEngine) -> bool:
+    """SQL Server `rowversion` (alias `timestamp`): 8 bytes the database bumps on every write."""
+    return isinstance(source_type, mssql.TIMESTAMP)
 
 
 def exact_decimal(source_type: sa.types.TypeEngine) -> bool:
