@@ -14,6 +14,11 @@
         │   └── SourceUnavailable        ... because of the connection or the server:
         │                                a new read transaction may work
         ├── RollbackError                a version cannot be made current (RuntimeError)
+        ├── StateStoreUnavailable        DATABASE_URL cannot be reached (also TransientError)
+        ├── StateNotFound                a read-only command found no state database
+        │                                (also ConfigurationError: it looked in the wrong place)
+        ├── WorkerBusy                   another worker (or a direct command) holds the ETL
+        ├── CommandFailed                a command handed to the worker failed
         └── RetryError                   the last attempt failed; `__cause__` is its error
 
 A failure is classified once, where it is caught: `source_failure()` turns a
@@ -37,12 +42,16 @@ import sqlalchemy as sa
 from analytics_shared.errors import AnalyticsError, ConfigurationError, TransientError
 
 __all__ = [
+    "CommandFailed",
     "EtlError",
     "RetryError",
     "RollbackError",
     "SourceError",
     "SourceUnavailable",
+    "StateNotFound",
+    "StateStoreUnavailable",
     "TableConfigError",
+    "WorkerBusy",
     "describe",
     "is_connection_trouble",
     "source_failure",
@@ -84,6 +93,22 @@ class TableConfigError(EtlError, ConfigurationError, ValueError):
 
 class RollbackError(EtlError, RuntimeError):
     """The requested version cannot be made current (unknown, or fails verification)."""
+
+
+class StateStoreUnavailable(EtlError, TransientError):
+    """The state database (DATABASE_URL) cannot be reached."""
+
+
+class StateNotFound(EtlError, ConfigurationError):
+    """A read-only command found no state database where the settings point."""
+
+
+class WorkerBusy(EtlError):
+    """Another `analytics-etl run` (or a command run directly) holds the ETL."""
+
+
+class CommandFailed(EtlError):
+    """A command handed to the running worker failed; the message is its error."""
 
 
 class RetryError(EtlError):
