@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from api_service.deps import SnapshotsDep
+from api_service.deps import IdentityDep, SnapshotsDep
 from api_service.ops.metrics import CONTENT_TYPE_LATEST, render_metrics
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", summary="Prometheus metrics for this server")
-async def metrics(manager: SnapshotsDep) -> Response:
-    return Response(render_metrics(manager), media_type=CONTENT_TYPE_LATEST)
+async def metrics(manager: SnapshotsDep, identity: IdentityDep) -> Response:
+    return Response(render_metrics(manager, identity.status()), media_type=CONTENT_TYPE_LATEST)
