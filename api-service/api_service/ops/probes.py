@@ -9,13 +9,9 @@ current manifest), and Redis when REDIS_URL is set. Exit 0 when all are ok,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import httpx
 
-from analytics_shared.cli_edge import EXIT_FAILURE, one_line
-from analytics_shared.manifest import MANIFEST_KEY
-from analytics_shared.object_store import ObjectNotFound
+from analytics_shared.probes import Probe, probe_store, run_probes
 from api_service.settings import ApiSettings
 
 __all__ = ["probe_dependencies"]
@@ -47,15 +43,6 @@ def _issuer(settings: ApiSettings) -> str:
     return url
 
 
-def _store(settings: ApiSettings) -> str:
-    store = settings.open_store()
-    try:
-        store.get_bytes(MANIFEST_KEY)
-        return f"{store.url} (a version is published)"
-    except ObjectNotFound:
-        return f"{store.url} (nothing published yet: the API answers 503 until the ETL publishes)"
-
-
 def _redis(settings: ApiSettings) -> str:
     import redis
 
@@ -70,22 +57,11 @@ def _redis(settings: ApiSettings) -> str:
 
 
 def probe_dependencies(settings: ApiSettings) -> int:
-    checks: list[tuple[str, str, Callable[[ApiSettings], str]]] = [
-        ("jwks", "AUTH0_JWKS_URL / AUTH0_DOMAIN", _jwks),
-        ("issuer metadata", "AUTH0_ISSUER / AUTH0_DOMAIN", _issuer),
-        ("store", "STORAGE_URL / S3_*", _store),
+    probes: list[Probe] = [
+        ("jwks", "AUTH0_JWKS_URL / AUTH0_DOMAIN", lambda: _jwks(settings)),
+        ("issuer metadata", "AUTH0_ISSUER / AUTH0_DOMAIN", lambda: _issuer(settings)),
+        ("store", "STORAGE_URL / S3_*", lambda: probe_store(settings.open_store())),
     ]
     if settings.redis_url:
-        checks.append(("redis", "REDIS_URL", _redis))
-    failed = 0
-    for name, setting, check in checks:
-        try:
-            print(f"{name}: ok: {check(settings)}", flush=True)
-        except Exception as exc:  # each dependency's reason on its own line
-            failed += 1
-            reason = next(iter(str(exc).strip().splitlines()), "")
-            print(
-                one_line(f"{name}: FAILED: {type(exc).__name__}: {reason} (check {setting})"),
-                flush=True,
-            )
-    return EXIT_FAILURE if failed else 0
+        probes.append(("redis", "REDIS_URL", lambda: _redis(settings)))
+    return run_probes(probes)

@@ -10,13 +10,11 @@ is unreachable (the configuration itself parsed).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from analytics_shared.cli_edge import EXIT_FAILURE, one_line
-from analytics_shared.manifest import MANIFEST_KEY
-from analytics_shared.object_store import ObjectNotFound
+from analytics_shared.probes import probe_store, run_probes
 from etl_service.settings import EtlSettings
 from etl_service.tables import table_specs
 
@@ -44,21 +42,9 @@ def probe_database(url: str) -> str:
 
 def _state(settings: EtlSettings) -> str:
     url = sa.make_url(settings.resolved_database_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        from pathlib import Path
-
-        if not Path(url.database).exists():
-            return f"{url.database} does not exist yet (the worker creates it)"
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return f"{url.database} does not exist yet (the worker creates it)"
     return probe_database(settings.resolved_database_url)
-
-
-def _store(settings: EtlSettings) -> str:
-    store = settings.open_store()
-    try:
-        store.get_bytes(MANIFEST_KEY)
-        return f"{store.url} (a version is published)"
-    except ObjectNotFound:
-        return f"{store.url} (nothing published yet)"
 
 
 def check_config(settings: EtlSettings, *, probe: bool) -> int:
@@ -67,20 +53,14 @@ def check_config(settings: EtlSettings, *, probe: bool) -> int:
     if not probe:
         print("configuration ok")
         return 0
-    checks: list[tuple[str, str, Callable[[], str]]] = [
-        ("source", "SOURCE_URL / MSSQL_*", lambda: probe_database(settings.resolved_source_url)),
-        ("state database", "DATABASE_URL", lambda: _state(settings)),
-        ("store", "STORAGE_URL / S3_*", lambda: _store(settings)),
-    ]
-    failed = 0
-    for name, setting, check in checks:
-        try:
-            print(f"{name}: ok: {check()}", flush=True)
-        except Exception as exc:  # each dependency's reason, on its own line
-            failed += 1
-            reason = next(iter(str(getattr(exc, "orig", None) or exc).strip().splitlines()), "")
-            print(
-                one_line(f"{name}: FAILED: {type(exc).__name__}: {reason} (check {setting})"),
-                flush=True,
-            )
-    return EXIT_FAILURE if failed else 0
+    return run_probes(
+        [
+            (
+                "source",
+                "SOURCE_URL / MSSQL_*",
+                lambda: probe_database(settings.resolved_source_url),
+            ),
+            ("state database", "DATABASE_URL", lambda: _state(settings)),
+            ("store", "STORAGE_URL / S3_*", lambda: probe_store(settings.open_store())),
+        ]
+    )
