@@ -1,11 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - the whole platform on embedded defaults, in the foreground
-#   make test   - install what the tests need and run the whole suite
+#                 (installs only the three packages the services need)
+#   make test   - install what the tests need too and run the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PIP     = $(BIN)/python -m pip
 STAMP   = $(VENV)/.installed
+SERVICES_STAMP = $(VENV)/.installed-services
 TS      = clients/typescript
 TS_STAMP = $(TS)/node_modules/.installed
 
@@ -15,8 +17,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# Reinstall when any package definition or pin changes.
-$(STAMP): $(BIN)/python constraints.txt requirements-dev.txt shared/pyproject.toml etl-service/pyproject.toml api-service/pyproject.toml clients/python/pyproject.toml
+# Reinstall when any package definition or pin changes. The services alone
+# (the demo) skip the test toolchain: mypy, schemathesis, the S3 server binary,
+# the Python client and its data-frame extras.
+$(SERVICES_STAMP): $(BIN)/python constraints.txt shared/pyproject.toml etl-service/pyproject.toml api-service/pyproject.toml
+	$(PIP) install --quiet -c constraints.txt -e shared -e etl-service -e api-service
+	touch $(SERVICES_STAMP)
+
+$(STAMP): $(SERVICES_STAMP) requirements-dev.txt clients/python/pyproject.toml
 	$(PIP) install --quiet -c constraints.txt -e shared -e etl-service -e api-service -e "clients/python[arrow,pandas,polars]" -r requirements-dev.txt
 	touch $(STAMP)
 
@@ -37,10 +45,10 @@ browser:
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(SERVICES_STAMP)
 	$(BIN)/python scripts/demo.py
 
-demo-check: $(STAMP)
+demo-check: $(SERVICES_STAMP)
 	$(BIN)/python scripts/demo.py --check
 
 test: $(STAMP) ts-client browser

@@ -95,7 +95,13 @@ def main() -> int:
         "API_BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "2",
         "LOG_JSON": os.environ.get("LOG_JSON", "false"),
+        # Scheduler and request chatter would scroll the banner away.
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
     }
+    # `source var/demo/demo.env` points analytics-etl at the demo's state.
+    cli_env = {k: env[k] for k in ("DATA_DIR", "SOURCE_URL", "TABLES_TO_SYNC")}
+    env_file = data_dir / "demo.env"
+    env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in cli_env.items()))
     children: list[subprocess.Popen] = []  # type: ignore[type-arg]
     stop_mutating = threading.Event()
     stop_requested = threading.Event()
@@ -140,8 +146,8 @@ def main() -> int:
             f"curl -s -H 'Authorization: Bearer {token}' "
             f"{shlex.quote(api_url + '/query')} --get --data-urlencode {shlex.quote('q=' + sql)}"
         )
-        print(
-            f"""
+        banner_file = data_dir / "banner.txt"
+        banner = f"""
   Analytics platform demo is running (Ctrl-C stops everything)
 
   API:        {api_url}   (OpenAPI docs at {api_url}/docs, health at {api_url}/health)
@@ -153,9 +159,14 @@ def main() -> int:
   ETL health: http://127.0.0.1:{etl_port}/health   (Prometheus metrics at /metrics)
 
   A few inventory and order rows change every 3 s; a sync runs every 5 s.
-""",
-            flush=True,
-        )
+
+  The CLI on the demo's state, from another terminal:
+  source {env_file.relative_to(ROOT)} && .venv/bin/analytics-etl status
+
+  This banner again: cat {banner_file.relative_to(ROOT)}
+"""
+        banner_file.write_text(banner)
+        print(banner, flush=True)
         while not stop_requested.wait(1):
             for child in children:
                 if child.poll() is not None:

@@ -1,4 +1,9 @@
-"""`analytics-api`: serve the API under Gunicorn with Uvicorn workers."""
+"""`analytics-api`: serve the API under Gunicorn with Uvicorn workers.
+
+Exit codes: 0 done, 1 runtime failure (a dependency unreachable), 2
+configuration error (a setting or the whitelist is wrong). Errors print one
+line on stderr; --verbose (or LOG_LEVEL=DEBUG) adds the traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,54 +11,77 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from analytics_shared.cli_edge import run_cli
+
+if TYPE_CHECKING:
+    from api_service.settings import ApiSettings
 
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analytics-api", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show an error's traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the API under Gunicorn (production)")
     serve.add_argument("--bind", help="host:port (default API_BIND or 0.0.0.0:$PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (default WEB_CONCURRENCY)")
-    sub.add_parser("check-config", help="validate settings and the query whitelist, then exit")
+    check = sub.add_parser(
+        "check-config", help="validate settings and the query whitelist, then exit"
+    )
+    check.add_argument(
+        "--probe", action="store_true", help="also reach the JWKS, issuer, store and Redis"
+    )
     return parser
+
+
+def _validated_settings() -> ApiSettings:
+    """The checks start-up runs (settings, whitelist schema, named queries through
+    the guard), here, before anything forks: a bad setting exits instead of
+    letting Gunicorn reboot workers forever."""
+    from analytics_shared.settings import load_settings
+    from analytics_shared.whitelist import load_whitelist
+    from api_service.query.named_queries import check_whitelist
+    from api_service.settings import ApiSettings
+
+    settings = load_settings(ApiSettings)
+    check_whitelist(load_whitelist(settings.query_whitelist_path))  # WhitelistError: exit 2
+    settings.open_store()  # STORAGE_URL's folder must be usable
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "check-config":
-        from analytics_shared.settings import load_settings
-        from analytics_shared.whitelist import WhitelistError, load_whitelist
-        from api_service.query.named_queries import check_whitelist
-        from api_service.settings import ApiSettings
 
-        settings = load_settings(ApiSettings)
-        try:
-            # The same checks start-up runs: schema, policies, named queries through the guard.
-            check_whitelist(load_whitelist(settings.query_whitelist_path))
-        except WhitelistError as exc:
-            print(f"analytics-api: {exc}", file=sys.stderr)
-            return 2
-        print("configuration ok")
-        return 0
-    if not _check_memory_budget(args.workers):
-        return 2
-    argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]
-    if args.bind:
-        argv_g += ["--bind", args.bind]
-    if args.workers:
-        argv_g += ["--workers", str(args.workers)]
-    os.execv(sys.executable, argv_g)  # noqa: S606 - replace this process: signals go straight to Gunicorn
+    def body() -> int:
+        settings = _validated_settings()
+        if args.command == "check-config":
+            if args.probe:
+                from api_service.ops.probes import probe_dependencies
+
+                return probe_dependencies(settings)
+            print("configuration ok")
+            return 0
+        _plan_memory(args.workers)  # ConfigurationError: exit 2, naming the settings
+        argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]
+        if args.bind:
+            argv_g += ["--bind", args.bind]
+        if args.workers:
+            argv_g += ["--workers", str(args.workers)]
+        sys.stdout.flush()
+        os.execv(sys.executable, argv_g)  # noqa: S606 - replace this process: signals go straight to Gunicorn
+
+    return run_cli("analytics-api", body, verbose=args.verbose)
 
 
-def _check_memory_budget(workers: int | None) -> bool:
+def _plan_memory(workers: int | None) -> None:
     """Choose the worker count from the memory (unless given), check that the
-    budget fits, and log it once for the server; False (with the reason on
-    stderr) when the settings cannot fit the container."""
+    budget fits (ConfigurationError naming the settings when it cannot), and
+    log it once for the server."""
     import multiprocessing
 
-    from analytics_shared.errors import ConfigurationError
     from analytics_shared.logging_config import configure_logging, get_logger
     from analytics_shared.memory_limit import detect_memory_limit
     from analytics_shared.settings import load_settings
@@ -61,22 +89,17 @@ def _check_memory_budget(workers: int | None) -> bool:
     from api_service.ops.memory_budget import cpu_workers, plan_workers
     from api_service.settings import ApiSettings
 
-    try:
-        if workers:
-            os.environ["WEB_CONCURRENCY"] = str(workers)
-        elif not os.environ.get("WEB_CONCURRENCY"):
-            limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
-            cores = cpu_workers(multiprocessing.cpu_count())
-            os.environ["WEB_CONCURRENCY"] = str(plan_workers(limit, cores))
-        # Loaded after WEB_CONCURRENCY is known: the thread defaults follow it.
-        settings = load_settings(ApiSettings)
-        _, budget = memory_budget(settings)
-    except ConfigurationError as exc:
-        print(f"analytics-api: {exc}", file=sys.stderr)
-        return False
+    if workers:
+        os.environ["WEB_CONCURRENCY"] = str(workers)
+    elif not os.environ.get("WEB_CONCURRENCY"):
+        limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
+        cores = cpu_workers(multiprocessing.cpu_count())
+        os.environ["WEB_CONCURRENCY"] = str(plan_workers(limit, cores))
+    # Loaded after WEB_CONCURRENCY is known: the thread defaults follow it.
+    settings = load_settings(ApiSettings)
+    _, budget = memory_budget(settings)
     configure_logging(settings.log_level, service="api-service", json=settings.log_json)
     get_logger("api_service.memory").info("memory_budget", **budget.as_dict())
-    return True
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
-`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`. The policy is resolved once, by `get_principal`.
+`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`. The policy is resolved once, by `get_principal`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from analytics_shared.whitelist import AppPolicy, Whitelist
 from api_service.auth.api_keys import API_KEY_HEADER, authenticate_api_key
 from api_service.auth.principal import Principal, policy_for
 from api_service.auth.rate_limit import RateLimiter
-from api_service.auth.tokens import TokenValidator
+from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
 from api_service.errors import (
     InsufficientScope,
@@ -35,6 +35,7 @@ from api_service.settings import ApiSettings
 
 __all__ = [
     "CurrentPrincipal",
+    "IdentityDep",
     "MemoryStatusDep",
     "PolicyDep",
     "QueryServiceDep",
@@ -75,8 +76,15 @@ async def get_memory_status(request: Request) -> dict[str, object] | None:
     return service.memory_status() if service is not None else None
 
 
+async def get_identity(request: Request) -> JwksCache:
+    """The identity provider's key cache (its state is on /health and /metrics)."""
+    validator: TokenValidator = request.app.state.validator
+    return validator.jwks
+
+
 SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
 MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
+IdentityDep = Annotated[JwksCache, Depends(get_identity)]
 WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
 QueryServiceDep = Annotated[QueryService, Depends(get_query_service)]
 

@@ -73,6 +73,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             algorithms=settings.auth0_algorithms,
             leeway=settings.jwt_leeway_seconds,
         )
+        await jwks.ensure_fetched()  # /health is not ready until keys were fetched once
         manager = app.state.snapshots
         # Uvicorn accepts connections only once start-up is done, so loading here
         # keeps Gunicorn from handing requests to a worker that has no data yet

@@ -127,10 +127,39 @@ class ApiSettings(CommonSettings):
                 raise ValueError("each origin must be scheme://host[:port] (no path) or *")
         return value
 
+    @field_validator("auth0_domain")
+    @classmethod
+    def _bare_domain(cls, value: str | None) -> str | None:
+        """`https://acme.eu.auth0.com/` is taken as `acme.eu.auth0.com`; a path is refused."""
+        if not value:
+            return None
+        domain = re.sub(r"^https?://", "", value.strip()).rstrip("/")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", domain):
+            raise ValueError(
+                f"must be the tenant's host name only, like acme.eu.auth0.com (got {value!r})"
+            )
+        return domain
+
+    @field_validator("auth0_issuer")
+    @classmethod
+    def _issuer_slash(cls, value: str | None) -> str | None:
+        if value and not value.endswith("/"):
+            # Auth0 writes `iss` with the slash: without it every token is refused.
+            raise ValueError(f"must end with '/' as tokens carry it: set AUTH0_ISSUER={value}/")
+        return value or None
+
+    @field_validator("auth0_api_audience")
+    @classmethod
+    def _audience(cls, value: str | None) -> str | None:
+        return value.strip() if value and value.strip() else None
+
     @model_validator(mode="after")
     def _auth_is_configured(self) -> ApiSettings:
         if not self.auth0_api_audience:
-            raise ValueError("AUTH0_API_AUDIENCE is required")
+            raise ValueError(
+                "AUTH0_API_AUDIENCE is required: set it to the API identifier in Auth0"
+                " (APIs -> your API -> Identifier)"
+            )
         if not self.auth0_domain and not (self.auth0_jwks_url and self.auth0_issuer):
             raise ValueError("set AUTH0_DOMAIN, or both AUTH0_JWKS_URL and AUTH0_ISSUER")
         return self

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_file
 from analytics_shared.object_store import LocalObjectStore, StoreUnavailable
+from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
 from api_service.errors import NoSnapshot
 from api_service.routes import health
@@ -311,10 +312,14 @@ def test_a_worker_starting_while_the_current_version_is_refused_serves_the_hosts
     assert quantity(second) == (v3.version, 3) and not second.status()["serving_cached"]
 
 
-def test_health_reports_readiness_freshness_and_failures(managers, source, store):
+def test_health_reports_readiness_freshness_and_failures(managers, source, store, issuer):
     manager = managers()
     app = FastAPI()
     app.state.snapshots = manager
+    # The identity provider is up: its keys are fetched by the first /health.
+    app.state.validator = TokenValidator(
+        JwksCache(issuer.jwks_url), issuer=issuer.issuer, audience="a", algorithms=["RS256"]
+    )
     app.include_router(health.router)
 
     class client:
@@ -337,6 +342,7 @@ def test_health_reports_readiness_freshness_and_failures(managers, source, store
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["data_version"] == v1.version
     assert body["data_age_seconds"] >= 0 and body["last_refresh_failed"] is False
+    assert body["identity_provider"]["status"] == "ok"
 
     store.down = True
     manager._manifest_etag = None  # force a real request

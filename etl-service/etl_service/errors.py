@@ -17,6 +17,11 @@
         ├── RollbackError                a version cannot be made current (RuntimeError)
         ├── ModelBuildError              a model failed to build: the cycle publishes nothing
         ├── SchemaContractError          a source table's shape broke its `freeze` contract
+        ├── StateStoreUnavailable        DATABASE_URL cannot be reached (also TransientError)
+        ├── StateNotFound                a read-only command found no state database
+        │                                (also ConfigurationError: it looked in the wrong place)
+        ├── WorkerBusy                   another worker (or a direct command) holds the ETL
+        ├── CommandFailed                a command handed to the worker failed
         └── RetryError                   the last attempt failed; `__cause__` is its error
 
 A failure is classified once, where it is caught: `source_failure()` turns a
@@ -40,6 +45,7 @@ import sqlalchemy as sa
 from analytics_shared.errors import AnalyticsError, ConfigurationError, TransientError
 
 __all__ = [
+    "CommandFailed",
     "EtlError",
     "ModelBuildError",
     "ModelDefinitionError",
@@ -48,7 +54,10 @@ __all__ = [
     "SchemaContractError",
     "SourceError",
     "SourceUnavailable",
+    "StateNotFound",
+    "StateStoreUnavailable",
     "TableConfigError",
+    "WorkerBusy",
     "describe",
     "is_connection_trouble",
     "source_failure",
@@ -112,6 +121,22 @@ class SchemaContractError(EtlError, RuntimeError):
     def __init__(self, message: str, change: object) -> None:
         super().__init__(message)
         self.change = change
+
+
+class StateStoreUnavailable(EtlError, TransientError):
+    """The state database (DATABASE_URL) cannot be reached."""
+
+
+class StateNotFound(EtlError, ConfigurationError):
+    """A read-only command found no state database where the settings point."""
+
+
+class WorkerBusy(EtlError):
+    """Another `analytics-etl run` (or a command run directly) holds the ETL."""
+
+
+class CommandFailed(EtlError):
+    """A command handed to the running worker failed; the message is its error."""
 
 
 class RetryError(EtlError):

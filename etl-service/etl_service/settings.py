@@ -7,12 +7,33 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
+import sqlalchemy as sa
 from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from analytics_shared.settings import CommonSettings
 
-__all__ = ["EtlSettings"]
+__all__ = ["EtlSettings", "database_url"]
+
+# The PostgreSQL driver this project installs (psycopg 3); `postgres://` (Heroku,
+# Railway, Render) and a bare `postgresql://` would otherwise ask for psycopg2.
+_PG_SCHEMES = ("postgres://", "postgresql://")
+
+
+def database_url(url: str) -> str:
+    """A SQLAlchemy URL with the installed PostgreSQL driver; ValueError when unparsable."""
+    for scheme in _PG_SCHEMES:
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url[len(scheme) :]
+            break
+    try:
+        sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ValueError(
+            "is not a database URL (expected e.g. postgresql://user:password@host:5432/db"
+            " or sqlite:////absolute/path.db)"
+        ) from None
+    return url
 
 
 class EtlSettings(CommonSettings):
@@ -92,6 +113,14 @@ class EtlSettings(CommonSettings):
     alert_stale_after_seconds: float = Field(
         900.0, validation_alias="ALERT_STALE_AFTER_SECONDS", gt=0
     )
+
+    @field_validator("source_url", "database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and raw.strip():
+            return database_url(raw.strip())
+        return None if isinstance(raw, str) else value
 
     @field_validator("table_config", mode="before")
     @classmethod

@@ -18,6 +18,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from analytics_shared.errors import ConfigurationError
+from etl_service.errors import StateNotFound, StateStoreUnavailable
+
 __all__ = [
     "RunStatus",
     "StateStore",
@@ -131,12 +134,42 @@ class TableUpdate:
 
 
 class StateStore:
-    def __init__(self, url: str) -> None:
-        self.url = sa.make_url(url)
+    """`must_exist`: refuse a SQLite file that is not there instead of creating it
+    (read-only commands must not make an empty state look like the real one)."""
+
+    def __init__(self, url: str, *, must_exist: bool = False) -> None:
+        try:
+            self.url = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise ConfigurationError("DATABASE_URL is not a database URL") from None
         if self.url.get_backend_name() == "sqlite" and self.url.database:
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
-        self.migrate()
+            path = Path(self.url.database)
+            if must_exist and not path.exists():
+                raise StateNotFound(
+                    f"no state database at {path} (DATABASE_URL is unset, so DATA_DIR"
+                    f"={path.parent} is used); run where the worker runs, set DATABASE_URL"
+                    " or DATA_DIR, or `source` the env file `make demo` wrote"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+            self.migrate()
+        except sa.exc.NoSuchModuleError:
+            raise ConfigurationError(
+                f"DATABASE_URL: unsupported scheme {self.url.drivername!r}"
+                " (use postgresql://... or sqlite:////absolute/path.db)"
+            ) from None
+        except sa.exc.DBAPIError as exc:
+            reason = next(iter(str(exc.orig or exc).strip().splitlines()), type(exc).__name__)
+            raise StateStoreUnavailable(
+                f"DATABASE_URL: cannot reach the state database {self.where} ({reason});"
+                " check that the database is up and DATABASE_URL names it"
+            ) from exc
+
+    @property
+    def where(self) -> str:
+        """The state database without its password, for messages."""
+        return self.url.render_as_string(hide_password=True)
 
     @property
     def is_postgresql(self) -> bool:

@@ -30,10 +30,17 @@ def test_migrations_run_at_start_and_are_idempotent(backend, pg_url, tmp_path):
         store.close()
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
-    assert {"sync_runs", "table_state", "dead_letters", "schema_changes"} <= tables
+    assert {
+        "sync_runs",
+        "table_state",
+        "dead_letters",
+        "schema_changes",
+        "etl_commands",
+        "etl_worker",
+    } <= tables
 
 
 def test_type_mapping_is_faithful():

@@ -80,9 +80,10 @@ def test_cli_versions_and_rollback(published, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOG_JSON", "false")
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
 
-    assert cli.main(["versions"]) == 0
+    assert cli.main(["versions", "--text"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines[1:] if line.strip()]
+    assert lines[0] == f"store: {publisher.store.url}"  # says which store it read
+    rows = [line for line in lines[2:] if line.strip()]
     fields = [r[2:].split() for r in rows]  # after the "* " / "  " marker
     assert [f[0] for f in fields] == [v3.version, v2.version, v1.version]
     assert rows[0].startswith("*") and not rows[1].startswith("*")
@@ -91,9 +92,10 @@ def test_cli_versions_and_rollback(published, tmp_path, monkeypatch, capsys):
     assert cli.main(["rollback", v2.version]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["version"] == v2.version and out["previous_version"] == v3.version
-    assert cli.main(["versions"]) == 0
-    rows = capsys.readouterr().out.splitlines()[1:]
-    assert [r[2:].split()[0] for r in rows if r.startswith("*")] == [v2.version]
+    assert cli.main(["versions"]) == 0  # piped: JSON
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listed if v["current"]] == [v2.version]
+    assert [v["version"] for v in listed] == [v3.version, v2.version, v1.version]
 
     assert cli.main(["rollback", "nope"]) == 1
     assert "no published version" in capsys.readouterr().err

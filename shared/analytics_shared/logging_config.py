@@ -11,7 +11,7 @@ import sys
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "get_logger", "json_formatter"]
 
 _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -59,6 +59,18 @@ def configure_logging(level: str = "INFO", *, service: str, json: bool = True) -
             logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
         )
     structlog.contextvars.bind_contextvars(service=service)
+
+
+def json_formatter() -> logging.Formatter:
+    """The JSON line formatter, for logging set up elsewhere (Gunicorn's
+    `logconfig_dict`: its master and its error/access logs)."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED_PROCESSORS,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -14,6 +14,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from analytics_shared.cli_edge import register_secret, register_url_secrets
+from analytics_shared.errors import ConfigurationError
 from analytics_shared.object_store import ObjectStore, open_store
 
 __all__ = ["CommonSettings", "SettingsError", "load_settings"]
@@ -21,8 +23,16 @@ __all__ = ["CommonSettings", "SettingsError", "load_settings"]
 T = TypeVar("T", bound=BaseSettings)
 
 
-class SettingsError(SystemExit):
-    """Raised with a message naming the variables at fault (never their values)."""
+class SettingsError(ConfigurationError, SystemExit):
+    """Raised with a message naming the variables at fault (never their values).
+
+    A SystemExit, so an uncaught one still ends the process with its message;
+    a ConfigurationError, so the command-line edge exits with the
+    configuration code (analytics_shared.cli_edge)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = message
 
 
 class CommonSettings(BaseSettings):
@@ -71,15 +81,34 @@ class CommonSettings(BaseSettings):
             return f"s3://{self.s3_bucket}/{self.s3_prefix}".rstrip("/")
         return (self.data_dir / "store").resolve().as_uri()
 
+    def model_post_init(self, context: object, /) -> None:
+        # Whatever is secret is masked in every message the CLIs print.
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                register_secret(value.get_secret_value())
+                register_url_secrets(value.get_secret_value())
+            elif isinstance(value, str) and "://" in value:
+                register_url_secrets(value)
+
     def open_store(self) -> ObjectStore:
         secret = self.aws_secret_access_key
-        return open_store(
-            self.resolved_storage_url,
-            endpoint_url=self.s3_endpoint_url,
-            region=self.s3_region,
-            access_key_id=self.aws_access_key_id,
-            secret_access_key=secret.get_secret_value() if secret else None,
-        )
+        url = self.resolved_storage_url
+        try:
+            return open_store(
+                url,
+                endpoint_url=self.s3_endpoint_url,
+                region=self.s3_region,
+                access_key_id=self.aws_access_key_id,
+                secret_access_key=secret.get_secret_value() if secret else None,
+            )
+        except OSError as exc:  # a local folder that cannot be created
+            raise ConfigurationError(
+                f"STORAGE_URL: cannot use the folder {url.removeprefix('file://')}"
+                f" ({exc.strerror or exc}); point STORAGE_URL at a writable folder"
+            ) from exc
+        except ValueError as exc:
+            raise ConfigurationError(f"STORAGE_URL: {exc}") from exc
 
 
 def _env_name(cls: type[BaseSettings], field: str) -> str:
@@ -104,8 +133,14 @@ def load_settings(cls: type[T], **overrides: object) -> T:
         # Raised before validation when a value cannot be decoded; names the field.
         raise SettingsError(f"invalid configuration: {str(exc).split(' from source')[0]}") from None
     except ValidationError as exc:
-        lines = []
+        problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            lines.append(f"  {_env_name(cls, field)}: {err['msg']}")
-        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
+            # "Value error, ..." is pydantic's framing, not the reason.
+            reason = (
+                str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            )
+            if err["loc"]:
+                problems.append(f"{_env_name(cls, str(err['loc'][0]))}: {reason}")
+            else:  # a check across settings: its message names them
+                problems.append(reason)
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -103,6 +103,7 @@ class JwksCache:
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._lock = asyncio.Lock()
         self.fetches = 0
+        self.last_error: str | None = None  # why the last fetch failed (None: it worked)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -142,15 +143,18 @@ class JwksCache:
         except (httpx.HTTPError, ValueError) as exc:
             # Stamped when the attempt ends, so requests arriving meanwhile wait for it.
             self._attempted_at = time.monotonic()
+            self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             log.warning(
                 "jwks_fetch_failed",
                 reason=reason,
-                error=type(exc).__name__,
+                url=self.url,
+                error=self.last_error,
                 serving_stale=bool(self._usable_keys()),
             )
             return
         self._keys = keys
         self._fetched_at = self._attempted_at = time.monotonic()
+        self.last_error = None
         log.info("jwks_fetched", reason=reason, keys=len(keys))
 
     def _usable_keys(self) -> dict[str, JwksKey]:
@@ -166,9 +170,36 @@ class JwksCache:
         if self._fetched_at is None or now - self._fetched_at > self.ttl:
             # A normal expiry refetches at once; after a failure, once per cooldown.
             return "expired" if cooled or not last_failed else None
-        if kid not in self._keys and cooled:
+        if kid and kid not in self._keys and cooled:
             return "unknown_kid"
         return None
+
+    async def ensure_fetched(self) -> None:
+        """Fetch now when no keys were ever fetched or they expired (once per cooldown
+        after a failure); never raises. Start-up and /health call it."""
+        if self._refresh_reason("") is not None and not self._lock.locked():
+            async with self._lock:
+                reason = self._refresh_reason("")
+                if reason is not None:
+                    await self._refresh(reason)
+
+    def status(self) -> dict[str, object]:
+        """The identity provider as /health reports it: `ok`, `stale` (serving keys
+        past their refresh time because fetching fails) or `unavailable` (none)."""
+        age = self.age
+        if not self._usable_keys():
+            state = "unavailable"
+        elif age is not None and age > self.ttl and self.last_error is not None:
+            state = "stale"
+        else:
+            state = "ok"
+        return {
+            "status": state,
+            "jwks_url": self.url,
+            "keys": len(self._usable_keys()),
+            "keys_age_seconds": None if age is None else round(age, 1),
+            "last_error": self.last_error,
+        }
 
     async def get(self, kid: str) -> JwksKey:
         if self._lock.locked() or self._refresh_reason(kid) is not None:

@@ -44,6 +44,31 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 wsgi_app = "api_service.main:app_factory()"
+# LOG_JSON (default true): Gunicorn's own lines (the master's, and the error log
+# Uvicorn's workers write to) are JSON like the app's, one object per line.
+if os.environ.get("LOG_JSON", "true").strip().lower() not in ("0", "false", "no", "off"):
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "analytics_shared.logging_config.json_formatter"}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["json"], "level": loglevel.upper()},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["json"], "level": loglevel.upper(), "propagate": False},
+            "gunicorn.access": {
+                "handlers": ["json"],
+                "level": loglevel.upper(),
+                "propagate": False,
+            },
+        },
+    }
+
 # Gunicorn's control socket defaults to one path per user; several servers on one
 # host (replicas, tests) would fight over it and nothing here uses it.
 control_socket_disable = True

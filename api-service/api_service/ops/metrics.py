@@ -147,8 +147,36 @@ class _MemoryBudget(Collector):
         )
 
 
+class _IdentityProvider(Collector):
+    """The answering worker's signing keys: age, and whether they are stale."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        pid = str(os.getpid())
+        stale = GaugeMetricFamily(
+            "api_identity_keys_stale",
+            "1 while tokens are checked against stale signing keys (the JWKS cannot be fetched)",
+            labels=["worker_pid"],
+        )
+        stale.add_metric([pid], 1.0 if self.status["status"] == "stale" else 0.0)
+        yield stale
+        age = self.status.get("keys_age_seconds")
+        if age is not None:
+            family = GaugeMetricFamily(
+                "api_identity_keys_age_seconds",
+                "Seconds since the signing keys were last fetched",
+                labels=["worker_pid"],
+            )
+            family.add_metric([pid], float(age))
+            yield family
+
+
 def render_metrics(
-    manager: SnapshotManager | None, memory: dict[str, object] | None = None
+    manager: SnapshotManager | None,
+    memory: dict[str, object] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -158,6 +186,8 @@ def render_metrics(
     freshness = CollectorRegistry()
     freshness.register(_DataFreshness(manager))
     freshness.register(_MemoryBudget(memory))
+    if identity is not None:
+        freshness.register(_IdentityProvider(identity))
     return generate_latest(registry) + generate_latest(freshness)
 
 

@@ -19,13 +19,13 @@ import duckdb
 
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import Manifest, ManifestError
-from analytics_shared.object_store import ObjectNotFound, StoreError
+from analytics_shared.object_store import ObjectNotFound
 from analytics_shared.snapshot_file import SnapshotFileError, probe
 from etl_service.errors import RollbackError
-from etl_service.publisher import Publisher
+from etl_service.publisher import PublishedVersion, Publisher
 from etl_service.settings import EtlSettings
 
-__all__ = ["RollbackError", "cmd_rollback", "cmd_versions", "probe_snapshot", "rollback"]
+__all__ = ["RollbackError", "cmd_versions", "probe_snapshot", "rollback"]
 
 log = get_logger(__name__)
 
@@ -77,10 +77,17 @@ def rollback(publisher: Publisher, version: str, workdir: Path) -> Manifest:
     return manifest
 
 
-def cmd_versions(settings: EtlSettings, _args: argparse.Namespace) -> int:
+def cmd_versions(settings: EtlSettings, args: argparse.Namespace) -> int:
+    """The published versions, newest first: a table, or JSON (--json, or piped)."""
     publisher = Publisher.from_settings(settings)
+    listed = publisher.versions()  # read everything before printing anything
+    as_json = args.json if getattr(args, "json", None) is not None else not sys.stdout.isatty()
+    if as_json:
+        print(json.dumps([_version_doc(v) for v in listed], indent=2))
+        return 0
+    print(f"store: {publisher.store.url}")
     print(f"  {'VERSION':<24} {'CREATED_AT':<26} {'SIZE':>12} {'COMP':<5} ROWS")
-    for v in publisher.versions():
+    for v in listed:
         marker = "*" if v.current else " "
         m = v.manifest
         if m is None:
@@ -97,23 +104,15 @@ def cmd_versions(settings: EtlSettings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rollback(settings: EtlSettings, args: argparse.Namespace) -> int:
-    publisher = Publisher.from_settings(settings)
-    workdir = Path(settings.data_dir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        manifest = rollback(publisher, args.version, workdir)
-    except (RollbackError, StoreError) as exc:
-        print(f"analytics-etl: rollback refused: {exc}", file=sys.stderr)
-        return 1
-    print(
-        json.dumps(
-            {
-                "status": "current",
-                "version": manifest.version,
-                "previous_version": manifest.previous_version,
-                "created_at": manifest.created_at.isoformat(),
-            }
-        )
-    )
-    return 0
+def _version_doc(v: PublishedVersion) -> dict[str, object]:
+    m = v.manifest
+    return {
+        "version": v.version,
+        "current": v.current,
+        "created_at": m.created_at.isoformat() if m else None,
+        "size": m.size if m else (v.snapshot.size if v.snapshot else None),
+        "compression": m.compression if m else None,
+        "rows": {name: t.row_count for name, t in m.tables.items()} if m else None,
+        "snapshot_present": v.snapshot is not None,
+        "manifest_readable": m is not None,
+    }

@@ -1,0 +1,192 @@
+"""What the read-only commands print: `status`, `commands`, `dlq list`.
+
+Each reads the state database only (never the working DuckDB, so it works
+while the worker runs) and names the state database it read. A SQLite state
+file that does not exist is refused, not created. On a terminal the output is
+a table; piped (or with --json) it is one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from etl_service.settings import EtlSettings
+from etl_service.state import StateStore
+
+__all__ = [
+    "print_commands",
+    "print_dead_letters",
+    "print_status",
+    "render_table",
+    "status_document",
+]
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Plain columns, as wide as their widest cell."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return " ".join(str(value).split())[:80]
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return round((now - then).total_seconds(), 1) if then else None
+
+
+def _open_state(settings: EtlSettings) -> StateStore:
+    return StateStore(settings.resolved_database_url, must_exist=True)
+
+
+def status_document(state: StateStore) -> dict[str, Any]:
+    """Watermarks, lag, open dead letters and recent runs, as `status --json` prints them."""
+    now = datetime.now(UTC)
+    open_letters = state.dead_letters("open")
+    tables = []
+    for table in state.table_states():
+        row = asdict(table)
+        row["lag_seconds"] = _age(now, table.last_synced_at)
+        row["open_dead_letters"] = sum(d["table_name"] == table.table_name for d in open_letters)
+        tables.append(row)
+    last = state.last_success()
+    return {
+        "state": state.where,
+        "tables": tables,
+        "last_success_age_seconds": _age(now, last.get("finished_at")) if last else None,
+        "open_dead_letters": len(open_letters),
+        "schema_changes": state.schema_changes(10),
+        "runs": state.recent_runs(10),
+    }
+
+
+def print_status(settings: EtlSettings, *, as_json: bool) -> int:
+    state = _open_state(settings)
+    try:
+        doc = status_document(state)
+    finally:
+        state.close()
+    if as_json:
+        print(json.dumps(doc, default=str, indent=2))
+        return 0
+    print(f"state: {doc['state']}")
+    print(
+        render_table(
+            ["table", "watermark", "rows", "lag_s", "last_synced_at", "dead_letters"],
+            [
+                [
+                    t["table_name"],
+                    t["watermark"],
+                    t["row_count"],
+                    t["lag_seconds"],
+                    t["last_synced_at"],
+                    t["open_dead_letters"],
+                ]
+                for t in doc["tables"]
+            ],
+        )
+    )
+    print(
+        f"\nlast success {doc['last_success_age_seconds']} s ago;"
+        f" open dead letters: {doc['open_dead_letters']}\n"
+    )
+    if doc["schema_changes"]:
+        print(
+            render_table(
+                ["table", "detected_at", "contract", "action", "change"],
+                [
+                    [c["table_name"], c["detected_at"], c["contract"], c["action"], c["change"]]
+                    for c in doc["schema_changes"]
+                ],
+            )
+        )
+        print()
+    print(
+        render_table(
+            ["run", "kind", "status", "started_at", "version", "error"],
+            [
+                [
+                    r["id"],
+                    r["kind"],
+                    r["status"],
+                    r["started_at"],
+                    r["published_version"],
+                    r["error"],
+                ]
+                for r in doc["runs"]
+            ],
+        )
+    )
+    return 0
+
+
+def print_dead_letters(settings: EtlSettings, *, as_json: bool, include_closed: bool) -> int:
+    state = _open_state(settings)
+    try:
+        entries = state.dead_letters(None if include_closed else "open")
+    finally:
+        state.close()
+    if as_json:
+        print(json.dumps(entries, default=str, indent=2))
+        return 0
+    print(
+        render_table(
+            ["id", "table", "status", "attempts", "last_failed_at", "error"],
+            [
+                [
+                    e["id"],
+                    e["table_name"] or "*cycle*",
+                    e["status"],
+                    e["attempts"],
+                    e["last_failed_at"],
+                    e["error"],
+                ]
+                for e in entries
+            ],
+        )
+    )
+    return 0
+
+
+def print_commands(settings: EtlSettings, *, as_json: bool, limit: int) -> int:
+    from etl_service.control.commands import CommandQueue
+    from etl_service.control.worker_lock import WorkerLock
+
+    state = _open_state(settings)
+    try:
+        commands = CommandQueue(state.engine).recent(limit)
+        holder = WorkerLock(state).holder()
+    finally:
+        state.close()
+    if as_json:
+        doc = {
+            "worker": asdict(holder) if holder and holder.role == "worker" else None,
+            "commands": [c.as_dict() for c in commands],
+        }
+        print(json.dumps(doc, default=str, indent=2))
+        return 0
+    worker = holder.describe() if holder else "none (commands run directly)"
+    print(f"worker: {worker}", file=sys.stdout)
+    print(
+        render_table(
+            ["id", "kind", "args", "status", "submitted_at", "finished_at", "error"],
+            [
+                [c.id, c.kind, json.dumps(c.args), c.status, c.submitted_at, c.finished_at, c.error]
+                for c in commands
+            ],
+        )
+    )
+    return 0
