@@ -7,7 +7,8 @@ throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
-`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`. The policy is resolved once, by `get_principal`.
+`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`. The policy is
+resolved once, by `get_principal`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", summary="Prometheus metrics for this server")
-async def metrics(manager: SnapshotsDep, memory: MemoryStatusDep, identity: IdentityDep) -> Response:
+async def metrics(
+    manager: SnapshotsDep, memory: MemoryStatusDep, identity: IdentityDep
+) -> Response:
     body = render_metrics(manager, memory, identity.status())
     return Response(body, media_type=CONTENT_TYPE_LATEST)
