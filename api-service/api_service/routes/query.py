@@ -56,9 +56,14 @@ async def run_sql(
     tables = None if "*" in policy.tables else policy.tables
     functions = policy.allowed_table_functions
     max_length = service.settings.max_sql_length
+    limits = service.settings.guard_limits
     # A repeated query's decision comes from the guard's cache, inline.
     guarded = cached_decision(
-        sql, allowed_tables=tables, allowed_table_functions=functions, max_length=max_length
+        sql,
+        allowed_tables=tables,
+        allowed_table_functions=functions,
+        max_length=max_length,
+        limits=limits,
     )
     if guarded is not None:
         request.state.query_fingerprint = guarded.fingerprint
@@ -73,7 +78,11 @@ async def run_sql(
 
     def guard() -> str:
         checked = check_query(
-            sql, allowed_tables=tables, allowed_table_functions=functions, max_length=max_length
+            sql,
+            allowed_tables=tables,
+            allowed_table_functions=functions,
+            max_length=max_length,
+            limits=limits,
         )
         request_state.query_fingerprint = checked.fingerprint
         return checked.sql
