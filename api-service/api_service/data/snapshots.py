@@ -48,24 +48,32 @@ __all__ = ["Snapshot", "SnapshotManager", "open_sandboxed"]
 log = get_logger(__name__)
 
 
-def open_sandboxed(path: Path, *, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
-    """Read-only connection that cannot reach files, the network or extensions."""
-    con = duckdb.connect(
-        str(path),
-        read_only=True,
-        config={
-            "enable_external_access": False,
-            "autoload_known_extensions": False,
-            "autoinstall_known_extensions": False,
-            "python_enable_replacements": False,
-            "memory_limit": memory_limit,
-            "threads": threads,
-        },
-    )
+def open_sandboxed(
+    path: Path, *, memory_limit: str, threads: int, temp_directory: Path | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Read-only connection that cannot reach files, the network or extensions.
+
+    `temp_directory` is where DuckDB spills (explicit, so clean-up knows it)."""
+    config: dict[str, str | bool | int] = {
+        "enable_external_access": False,
+        "autoload_known_extensions": False,
+        "autoinstall_known_extensions": False,
+        "python_enable_replacements": False,
+        "memory_limit": memory_limit,
+        "threads": threads,
+    }
+    if temp_directory is not None:
+        # DuckDB refuses a temp_directory once external access is off, so that
+        # is switched off right after opening, before anything else runs.
+        temp_directory.mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = str(temp_directory)
+        del config["enable_external_access"]
+    con = duckdb.connect(str(path), read_only=True, config=config)
     # One process may open a file twice (a rollback to a version whose last
     # queries still run): DuckDB then shares the instance, already locked.
     row = con.execute("SELECT current_setting('lock_configuration')").fetchone()
     if not (row and row[0]):
+        con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con
 
@@ -319,7 +327,12 @@ class SnapshotManager:
 
     def _open_probed(self, path: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:
         """Open sandboxed; every table's row count must match the manifest."""
-        con = open_sandboxed(path, memory_limit=self.memory_limit, threads=self.threads)
+        con = open_sandboxed(
+            path,
+            memory_limit=self.memory_limit,
+            threads=self.threads,
+            temp_directory=self.cache.spill_directory(manifest.version),
+        )
         try:
             probe(con, manifest)
         except BaseException:

@@ -18,6 +18,7 @@ from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics
 from api_service.errors import AdHocSqlNotAllowed
 from api_service.query.encodings import negotiate_format
 from api_service.query.executor import Params
+from api_service.query.params import validate_params
 from api_service.query.service import QueryService
 from api_service.query.sql_guard import cached_decision, check_query
 
@@ -53,6 +54,7 @@ async def run_sql(
     encoding = negotiate_format(requested_format, request.headers.get("accept"))
     if not policy.allow_ad_hoc_sql:
         raise AdHocSqlNotAllowed("this application may only run named queries (see GET /queries)")
+    validate_params(params)  # before any cache key or ETag is derived from them
     tables = None if "*" in policy.tables else policy.tables
     functions = policy.allowed_table_functions
     max_length = service.settings.max_sql_length
