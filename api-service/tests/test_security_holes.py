@@ -211,8 +211,12 @@ def test_4_functions_that_bind_sql_or_read_settings_are_refused(served, issuer, 
 
 # -- 5. streams: an overall deadline, and slow readers lose their cursor --------------
 def test_5_a_stream_ends_by_its_overall_deadline(served, issuer):
-    # Each batch is quick; the whole result is not (a slow filter over 9e6 combinations).
-    sql = "SELECT a.id, b.id AS b FROM inventory a, inventory b WHERE hash(a.id * 7 + b.id) % 3 = 0"
+    # Every batch of 10,000 rows takes about a second (well inside the per-batch
+    # timeout a stream used to have); the whole result takes minutes.
+    sql = (
+        "SELECT a.id, b.id AS b, c.id AS c FROM inventory a, inventory b, inventory c"
+        " WHERE hash(a.id::BIGINT + b.id * 3001 + c.id::BIGINT * 9000001) % 3000 = 0"
+    )
     started = time.monotonic()
     complete = True
     with httpx.stream(

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_file
 from analytics_shared.object_store import LocalObjectStore, StoreUnavailable
 from api_service.data.snapshots import SnapshotManager
-from api_service.errors import NoSnapshot
 from api_service.deps import may_see_status_details
+from api_service.errors import NoSnapshot
 from api_service.routes import health
 
 

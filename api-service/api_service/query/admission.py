@@ -8,9 +8,10 @@ deadline. What must always hold:
 
 - at most `capacity` (the pool size) queries run; of them at most `per_user`
   of one user and `per_app` of one application;
-- the others wait, and a freed slot goes to the next *user* in turn
-  (round-robin over users with waiters whose caps allow one more), so one
-  user's backlog never delays another user's query by more than one turn;
+- the others wait, and a freed slot goes to the waiting *user* with the
+  fewest queries running (ties in round-robin turn, among users whose caps
+  allow one more), so one user's backlog never delays another user's query
+  by more than one turn;
 - a user may have at most `per_user_queue` queries waiting: past that the
   request is refused at once (429 `too_many_concurrent_queries`, Retry-After);
 - a waiter whose deadline passes leaves the queue with 503 `queue_timeout`.
@@ -115,11 +116,11 @@ class QueryGate:
 
     def _dispatch(self) -> None:
         while self.running < self.capacity:
-            chosen = next(
-                (user for user, queue in self._waiting.items() if self._may_run(queue[0])), None
-            )
-            if chosen is None:
+            # The eligible user with the fewest queries running; ties in turn order.
+            eligible = [u for u, queue in self._waiting.items() if self._may_run(queue[0])]
+            if not eligible:
                 return
+            chosen = min(eligible, key=lambda u: self._users.get(u, 0))
             queue = self._waiting.pop(chosen)
             slot = queue.popleft()
             if queue:

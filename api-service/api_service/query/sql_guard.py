@@ -217,7 +217,11 @@ class _Walker:
             )
         self.shape.update(kind.encode())
         if kind in ("SET_OPERATION_NODE", "RECURSIVE_CTE_NODE"):
-            self._count("set_operations")
+            # A chain of UNIONs may be one node with n children: n - 1 operations.
+            children = node.get("children")
+            n = len(children) - 1 if isinstance(children, list) and len(children) > 2 else 1
+            for _ in range(n):
+                self._count("set_operations")
         if kind == "RECURSIVE_CTE_NODE" and isinstance(node.get("cte_name"), str):
             scope = scope | {node["cte_name"].lower()}
         cte_map = node.get("cte_map")

@@ -186,13 +186,16 @@ def check_series_table_function(name: str, node: dict[str, Any]) -> None:
     args = arguments(node)
     if not args or not all(_constant(a) for a in args):
         raise QueryRejected(f"{name}() needs constant arguments", "function_not_allowed")
-    ints = [_literal_int(a) for a in args]
-    if all(i is not None for i in ints):
-        span = _series_span(args)
-        if span is None or span > MAX_SERIES_ROWS:
-            raise QueryRejected(
-                f"{name}() may produce at most {MAX_SERIES_ROWS} rows", "function_not_allowed"
-            )
+    span = _series_span(args)
+    if span is None and not _temporal(args[0]):
+        raise QueryRejected(
+            f"{name}() takes integer literals, or dates/timestamps and an interval",
+            "function_not_allowed",
+        )
+    if span is not None and span > MAX_SERIES_ROWS:
+        raise QueryRejected(
+            f"{name}() may produce at most {MAX_SERIES_ROWS} rows", "function_not_allowed"
+        )
 
 
 def arguments(node: dict[str, Any]) -> list[Any]:
@@ -208,9 +211,19 @@ def _constant(node: Any) -> bool:
         return False
     if node.get("class") == "CAST":
         return _constant(node.get("child"))
-    if node.get("class") == "FUNCTION" and node.get("function_name") in ("-", "+"):
-        return all(_constant(a) for a in arguments(node))
+    if node.get("class") == "FUNCTION":  # e.g. INTERVAL 1 DAY is to_days(1)
+        args = arguments(node)
+        return bool(args) and all(_constant(a) for a in args)
     return node.get("class") == "CONSTANT"
+
+
+def _temporal(node: Any) -> bool:
+    """A literal date or timestamp (`DATE '2024-01-01'`, a CAST of a string)."""
+    if not isinstance(node, dict) or node.get("class") != "CAST":
+        return False
+    type_expr = node.get("type_expr") or node.get("cast_type") or {}
+    type_name = str(type_expr.get("type_name", "") if isinstance(type_expr, dict) else "")
+    return type_name.upper() == "DATE" or type_name.upper().startswith("TIMESTAMP")
 
 
 def _literal_int(node: Any) -> int | None:
