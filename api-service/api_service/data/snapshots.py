@@ -54,7 +54,7 @@ def open_sandboxed(
     """Read-only connection that cannot reach files, the network or extensions.
 
     `temp_directory` is where DuckDB spills (explicit, so clean-up knows it)."""
-    config: dict[str, str | bool | int] = {
+    config: dict[str, str | bool | int | float | list[str]] = {
         "enable_external_access": False,
         "autoload_known_extensions": False,
         "autoinstall_known_extensions": False,

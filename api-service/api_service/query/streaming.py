@@ -121,7 +121,7 @@ async def stream_response(
         stream.close()
         raise
     body = _body(executor, stream, batch, encoding, content_coding, limits)
-    out = {**headers, "X-Columns": columns_header(stream.columns)}
+    out = {**headers, "X-Columns": columns_header(stream.columns), "X-Cache": "stream"}
     if content_coding:
         out["Content-Encoding"] = content_coding
     return _IdleBoundedStreamingResponse(
