@@ -8,6 +8,7 @@ Each test names the hole it closes; each asserts the error code a client sees.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import threading
@@ -62,7 +63,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, issuer) -> Iterator[Served]
         "STORAGE_URL": (root / "store").as_uri(),
         "DATA_DIR": str(root / "var"),
         "QUERY_WHITELIST_PATH": str(root / "whitelist.json"),
-        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "REDIS_URL": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         "RATE_LIMIT_KEY_PREFIX": f"sec-test-{uuid.uuid4().hex}",
         "RATE_LIMIT_REQUESTS": "100000",
         "QUERY_TIMEOUT_SECONDS": "3",

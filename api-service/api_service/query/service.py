@@ -145,15 +145,15 @@ class QueryService:
                 query = await self._guarded(query)
             if not_modified:
                 return self._not_modified(target, state)
+            if not query.encoding.streamed:
+                hit = self._cached(snap, target, state) if query.guard is None else None
+                if hit is not None:
+                    return hit  # no query slot needed
             slot = await self.gate.acquire(query.user, query.app, deadline - loop.time())
             if query.encoding.streamed:
                 return await self._streamed(
                     query, snap, lease, target, state, deadline, lambda: self.gate.release(slot)
                 )
-            hit = self._cached(snap, target, state) if query.guard is None else None
-            if hit is not None:
-                self.gate.release(slot)
-                return hit
             CACHE_REQUESTS.labels("miss").inc()
             # The pool task owns the lease and the slot until its thread lets go
             # (an abandoned, timed-out query may outlive this request).
