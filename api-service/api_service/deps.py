@@ -26,6 +26,7 @@ from api_service.auth.rate_limit import RateLimiter
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
 from api_service.errors import (
+    ApiError,
     InsufficientScope,
     MalformedAuthorization,
     MissingCredentials,
@@ -43,6 +44,7 @@ __all__ = [
     "ReadAnalytics",
     "ReadSchema",
     "SnapshotsDep",
+    "StatusDetails",
     "WhitelistDep",
     "require_scope",
 ]
@@ -151,5 +153,21 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+async def may_see_status_details(request: Request) -> bool:
+    """True for a valid bearer token with `read:status`; anything else (no token,
+    a bad one) is simply the public view: /health never fails on credentials."""
+    header = request.headers.get("authorization")
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    validator: TokenValidator = request.app.state.validator
+    try:
+        principal = await validator.validate(token.strip())
+    except ApiError:
+        return False
+    return "read:status" in principal.scopes
+
+
+StatusDetails = Annotated[bool, Depends(may_see_status_details)]
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 ReadSchema = Annotated[Principal, Depends(require_scope("read:schema"))]

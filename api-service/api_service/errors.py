@@ -13,6 +13,8 @@
         │   └── AdHocSqlNotAllowed  403 ad_hoc_sql_not_allowed
         ├── UnknownQuery            404 unknown_query    (missing and not-yours look alike)
         ├── RateLimited             429 rate_limited     with the X-RateLimit-* headers
+        ├── TooManyConcurrentQueries 429 too_many_concurrent_queries  per user/app cap (Retry-After)
+        ├── QueueTimeout            503 queue_timeout    no query slot before the deadline
         ├── BadRequest              400
         │   ├── QueryRejected       400 <per refusal>    the SQL guard's code (syntax_error, ...)
         │   ├── UnsupportedFormat   400 unsupported_format
@@ -26,6 +28,7 @@
         │                                                by the refresh; never reaches a client)
         ├── Busy                    503 busy             the worker's memory budget for large
         │                                                results is taken (Retry-After: 2)
+        ├── StreamStalled           a streamed answer's reader stopped reading: cut
         └── StreamTooLarge          a streamed result passed its cap after the answer began:
                                     the connection is cut, no error body can be sent
 
@@ -59,10 +62,13 @@ __all__ = [
     "QueryFailed",
     "QueryRejected",
     "QueryTimeout",
+    "QueueTimeout",
     "RateLimited",
     "ResultTooLarge",
     "SnapshotError",
+    "StreamStalled",
     "StreamTooLarge",
+    "TooManyConcurrentQueries",
     "UnknownApplication",
     "UnknownQuery",
     "UnsupportedFormat",
@@ -162,6 +168,20 @@ class RateLimited(ApiError):
     code = "rate_limited"
 
 
+class TooManyConcurrentQueries(ApiError):
+    """The caller (user or app) already has its maximum of queries running or queued."""
+
+    status = 429
+    code = "too_many_concurrent_queries"
+
+
+class QueueTimeout(ApiError, RuntimeError):
+    """Every query slot stayed busy until the request's deadline."""
+
+    status = 503
+    code = "queue_timeout"
+
+
 # -- the query (400, 422) -------------------------------------------------------
 class BadRequest(ApiError):
     status = 400
@@ -238,3 +258,10 @@ class StreamTooLarge(ApiError, RuntimeError):
     client mistakes a partial export for a complete one."""
 
     code = "result_too_large"
+
+
+class StreamStalled(ApiError, RuntimeError):
+    """The client stopped reading a stream for STREAM_IDLE_WRITE_SECONDS: the
+    stream is closed (cursor and snapshot lease released) and the connection cut."""
+
+    code = "stream_stalled"

@@ -104,7 +104,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         settings.cache_dir,
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
-        spill_dir=settings.data_dir.resolve() / "duckdb-tmp",
         max_spill_size=settings.duckdb_max_temp_directory_size,
     )
     app.state.snapshots = snapshots

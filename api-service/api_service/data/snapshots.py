@@ -70,8 +70,11 @@ def open_sandboxed(
         "threads": threads,
     }
     if temp_directory is not None:
+        # DuckDB refuses a temp_directory once external access is off, so that
+        # is switched off right after opening, before anything else runs.
         temp_directory.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_directory)
+        del config["enable_external_access"]
         if max_temp_directory_size:
             config["max_temp_directory_size"] = max_temp_directory_size
     con = duckdb.connect(str(path), read_only=True, config=config)
@@ -79,6 +82,7 @@ def open_sandboxed(
     # queries still run): DuckDB then shares the instance, already locked.
     row = con.execute("SELECT current_setting('lock_configuration')").fetchone()
     if not (row and row[0]):
+        con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con
 
@@ -149,16 +153,14 @@ class SnapshotManager:
         threads: int = 2,
         lock_timeout: float = 600.0,
         retry_max_seconds: float = 300.0,
-        spill_dir: Path | None = None,
         max_spill_size: str | None = None,
     ) -> None:
         self.store = store
-        # DuckDB's temp files: one directory per worker process and version.
-        self.spill_dir = spill_dir
-        self.max_spill_size = max_spill_size
-        if spill_dir is not None:
-            _remove_orphan_spill_dirs(spill_dir)
         self.cache = SnapshotCache(store, cache_dir, lock_timeout=lock_timeout)
+        # DuckDB's temp files: one directory per version and worker process
+        # (cache.spill_directory), bounded by `max_spill_size`.
+        self.max_spill_size = max_spill_size
+        self.cache.remove_orphan_spill_dirs()
         self.memory_limit = memory_limit
         self.threads = threads
         self.retry_max_seconds = retry_max_seconds
@@ -339,12 +341,11 @@ class SnapshotManager:
 
     def _open_probed(self, path: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:
         """Open sandboxed; every table's row count must match the manifest."""
-        spill = self.spill_dir / f"{os.getpid()}-{manifest.version}" if self.spill_dir else None
         con = open_sandboxed(
             path,
             memory_limit=self.memory_limit,
             threads=self.threads,
-            temp_directory=spill,
+            temp_directory=self.cache.spill_directory(manifest.version),
             max_temp_directory_size=self.max_spill_size,
         )
         try:
@@ -366,8 +367,8 @@ class SnapshotManager:
                 self._open[snap.version] = left
             else:
                 self._open.pop(snap.version, None)
-        if self.spill_dir is not None and not left:
-            shutil.rmtree(self.spill_dir / f"{os.getpid()}-{snap.version}", ignore_errors=True)
+        if not left:
+            shutil.rmtree(self.cache.spill_directory(snap.version), ignore_errors=True)
         self._collect_garbage()
 
     def _collect_garbage(self) -> None:
@@ -404,17 +405,6 @@ class SnapshotManager:
             snap, self._current = self._current, None
         if snap is not None:
             snap.retire()
-
-
-def _remove_orphan_spill_dirs(root: Path) -> None:
-    """Temp directories of worker processes that are gone (killed, restarted)."""
-    if not root.is_dir():
-        return
-    for entry in root.iterdir():
-        pid = entry.name.split("-", 1)[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
 
 
 class _Deferred(Exception):

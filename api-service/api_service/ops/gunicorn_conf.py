@@ -32,7 +32,12 @@ def _workers() -> int:
 
 workers = _workers()
 os.environ["WEB_CONCURRENCY"] = str(workers)
-worker_class = "uvicorn_worker.UvicornWorker"
+# Uvicorn under Gunicorn, with Gunicorn's request head limits enforced while the
+# head arrives (ops/uvicorn_worker.py); Uvicorn's own worker ignores them.
+worker_class = "api_service.ops.uvicorn_worker.BoundedUvicornWorker"
+limit_request_line = int(os.environ.get("LIMIT_REQUEST_LINE", "8190"))
+limit_request_fields = int(os.environ.get("LIMIT_REQUEST_FIELDS", "100"))
+limit_request_field_size = int(os.environ.get("LIMIT_REQUEST_FIELD_SIZE", "16384"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5

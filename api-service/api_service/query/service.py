@@ -6,6 +6,12 @@ reads, the worker pool and the result cache. A route hands it one frozen
 `PreparedQuery`; `answer()` takes one of four paths: not modified (304),
 cached, buffered (run, encode, cache) or streamed (NDJSON/CSV).
 
+Every query runs under one wall-clock deadline counted from `answer()`
+(QUERY_TIMEOUT_SECONDS; STREAM_TIMEOUT_SECONDS for a whole stream) and holds
+a slot of the per-user/per-app `QueryGate` (query/fairness.py) until its pool
+work has ended. Cached answers are keyed per principal: one caller's hit or
+miss (X-Cache, ETag, timing) tells nothing about what another caller asked.
+
 What must always hold: call it only after authentication, the app policy, the
 rate limit and the SQL guard have passed, or with the guard still to run in
 `PreparedQuery.guard`: then nothing is answered from the cache, and no 304 is
@@ -14,6 +20,7 @@ sent, before the guard has passed. DuckDB's own refusals become `QueryFailed`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -33,6 +40,7 @@ from api_service.query import encodings
 from api_service.query.admission import AdmissionGate
 from api_service.query.encodings import Encoding
 from api_service.query.executor import Params, QueryExecutor, QueryResult
+from api_service.query.fairness import QueryGate
 from api_service.query.result_cache import CachedResponse, ResultCache, query_key
 from api_service.query.streaming import StreamLimits, columns_header, stream_response
 from api_service.settings import ApiSettings
@@ -52,6 +60,8 @@ class PreparedQuery:
     # The SQL guard still to run on `sql` (its decision was not cached): it
     # returns the SQL to run or raises.
     guard: Callable[[], str] | None = None
+    user: str = "-"  # the principal: query slots and cache entries are per caller
+    app: str = "-"
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,12 @@ class QueryService:
         self.executor = executor
         self.cache = cache
         self.budget = budget
+        self.gate = QueryGate(
+            capacity=settings.query_workers,
+            per_user=settings.max_concurrent_queries_per_user,
+            per_app=settings.max_concurrent_queries_per_app or settings.query_workers,
+            per_user_queue=settings.max_queued_queries_per_user,
+        )
 
     @classmethod
     def from_settings(
@@ -119,7 +135,10 @@ class QueryService:
         headers = request.headers
         coding = accepted_encoding(headers.get("accept-encoding")) if encoding.text else None
         conditional = headers.get("if-none-match") if request.method == "GET" else None
-        return PreparedQuery(sql, params, encoding, coding, conditional, guard)
+        principal = getattr(request.state, "principal", None)
+        user = principal.sub if principal is not None else "-"
+        app = (principal.policy or principal.app or "-") if principal is not None else "-"
+        return PreparedQuery(sql, params, encoding, coding, conditional, guard, user, app)
 
     async def answer(self, query: PreparedQuery, state: State) -> Response:
         """`state` is the request's: the request log reads `cache` and `rows` from it."""
@@ -129,6 +148,13 @@ class QueryService:
             raise QueryFailed(str(exc)) from None
 
     async def _answer(self, query: PreparedQuery, state: State) -> Response:
+        loop = asyncio.get_running_loop()
+        timeout = (
+            self.settings.stream_timeout_seconds
+            if query.encoding.streamed
+            else self.settings.query_timeout_seconds
+        )
+        deadline = loop.time() + timeout
         if query.guard is not None and len(query.sql) > self.settings.max_sql_length:
             query = await self._guarded(query)  # refuses it before any work on the text
         with contextlib.ExitStack() as lease:
@@ -144,13 +170,25 @@ class QueryService:
                 query = await self._guarded(query)
             if not_modified:
                 return self._not_modified(target, state)
+            if not query.encoding.streamed:
+                hit = self._cached(snap, target, state) if query.guard is None else None
+                if hit is not None:
+                    return hit  # no query slot needed
+            slot = await self.gate.acquire(query.user, query.app, deadline - loop.time())
             if query.encoding.streamed:
-                return await self._streamed(query, snap, lease, target, state)
-            hit = self._cached(snap, target, state) if query.guard is None else None
-            if hit is not None:
-                return hit
+                return await self._streamed(
+                    query, snap, lease, target, state, deadline, lambda: self.gate.release(slot)
+                )
             CACHE_REQUESTS.labels("miss").inc()
-            result, (body, coded) = await self._execute(query, snap)
+            # The pool task owns the lease and the slot until its thread lets go
+            # (an abandoned, timed-out query may outlive this request).
+            owned = lease.pop_all()
+
+            def done() -> None:
+                owned.close()
+                self.gate.release(slot)
+
+            result, (body, coded) = await self._execute(query, snap, deadline - loop.time(), done)
         return self._buffered(query, result, body, coded, target, state)
 
     async def _guarded(self, query: PreparedQuery) -> PreparedQuery:
@@ -161,7 +199,8 @@ class QueryService:
     def _variant(self, snap: Snapshot, query: PreparedQuery) -> _Variant:
         settings = self.settings
         limit = settings.stream_max_rows if query.encoding.streamed else settings.max_result_rows
-        key = query_key(snap.version, query.sql, query.params, f"{query.encoding.name}:{limit}")
+        variant = f"{query.encoding.name}:{limit}:{query.user}"
+        key = query_key(snap.version, query.sql, query.params, variant)
         headers = {
             "ETag": f'W/"{key}"',
             "X-Data-Version": snap.version,
@@ -189,7 +228,7 @@ class QueryService:
         )
 
     async def _execute(
-        self, query: PreparedQuery, snap: Snapshot
+        self, query: PreparedQuery, snap: Snapshot, timeout: float, on_done: Callable[[], None]
     ) -> tuple[QueryResult, tuple[bytes, str | None]]:
         settings = self.settings
         return await self.executor.run_then(
@@ -199,9 +238,11 @@ class QueryService:
             _materialise(query.encoding, query.content_coding, settings.compress_min_bytes),
             max_rows=settings.max_result_rows,
             max_bytes=settings.max_result_bytes,
-            timeout_seconds=settings.query_timeout_seconds,
+            timeout_seconds=timeout,
+            limit_seconds=settings.query_timeout_seconds,
             prepare=query.guard,  # a guard not yet run goes in the same pool task, first
             heavy_bytes=int(settings.max_result_bytes * ENCODE_FACTOR[query.encoding.name]),
+            on_done=on_done,
         )
 
     def _buffered(
@@ -240,13 +281,17 @@ class QueryService:
         lease: contextlib.ExitStack,
         target: _Variant,
         state: State,
+        deadline: float,
+        release: Callable[[], None],
     ) -> Response:
         settings = self.settings
         limits = StreamLimits(
             max_rows=settings.stream_max_rows,
             max_bytes=settings.stream_max_bytes,
             max_batch_bytes=settings.max_result_bytes,
-            timeout_seconds=settings.query_timeout_seconds,
+            timeout_seconds=settings.stream_timeout_seconds,
+            deadline=deadline,
+            idle_write_seconds=settings.stream_idle_write_seconds,
             buffer_bytes=int(settings.max_result_bytes * STREAM_FACTOR),
         )
         response = await stream_response(
@@ -259,6 +304,7 @@ class QueryService:
             query.content_coding,
             limits,
             target.headers,
+            release,
         )
         state.cache = "stream"
         return response

@@ -18,6 +18,7 @@ from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics
 from api_service.errors import AdHocSqlNotAllowed
 from api_service.query.encodings import negotiate_format
 from api_service.query.executor import Params
+from api_service.query.params import validate_params
 from api_service.query.service import QueryService
 from api_service.query.sql_guard import cached_decision, check_query
 
@@ -53,12 +54,18 @@ async def run_sql(
     encoding = negotiate_format(requested_format, request.headers.get("accept"))
     if not policy.allow_ad_hoc_sql:
         raise AdHocSqlNotAllowed("this application may only run named queries (see GET /queries)")
+    validate_params(params)  # before any cache key or ETag is derived from them
     tables = None if "*" in policy.tables else policy.tables
     functions = policy.allowed_table_functions
     max_length = service.settings.max_sql_length
+    limits = service.settings.guard_limits
     # A repeated query's decision comes from the guard's cache, inline.
     guarded = cached_decision(
-        sql, allowed_tables=tables, allowed_table_functions=functions, max_length=max_length
+        sql,
+        allowed_tables=tables,
+        allowed_table_functions=functions,
+        max_length=max_length,
+        limits=limits,
     )
     if guarded is not None:
         request.state.query_fingerprint = guarded.fingerprint
@@ -73,7 +80,11 @@ async def run_sql(
 
     def guard() -> str:
         checked = check_query(
-            sql, allowed_tables=tables, allowed_table_functions=functions, max_length=max_length
+            sql,
+            allowed_tables=tables,
+            allowed_table_functions=functions,
+            max_length=max_length,
+            limits=limits,
         )
         request_state.query_fingerprint = checked.fingerprint
         return checked.sql
