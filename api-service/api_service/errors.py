@@ -5,25 +5,29 @@
         ├── AuthError               401 invalid_token    the bearer token is not accepted
         │   ├── MalformedAuthorization 401 invalid_token (error="invalid_request")
         │   ├── MissingCredentials  401 unauthorized     no token, no API key
-        │   └── InvalidApiKey       401 invalid_api_key
+        │   ├── InvalidApiKey       401 invalid_api_key
+        │   └── InvalidTicket       401 invalid_ticket   an /events ticket altered or expired
         ├── AuthUnavailable         503 auth_unavailable no signing keys (also TransientError)
         ├── Forbidden               403
         │   ├── UnknownApplication  403 unknown_application
         │   ├── InsufficientScope   403 insufficient_scope
         │   └── AdHocSqlNotAllowed  403 ad_hoc_sql_not_allowed
         ├── UnknownQuery            404 unknown_query    (missing and not-yours look alike)
+        ├── StaleCursor             409 stale_cursor     a page cursor from an older data version
         ├── RateLimited             429 rate_limited     with the X-RateLimit-* headers
         ├── BadRequest              400
         │   ├── QueryRejected       400 <per refusal>    the SQL guard's code (syntax_error, ...)
         │   ├── UnsupportedFormat   400 unsupported_format
         │   ├── QueryTimeout        400 query_timeout
         │   ├── ResultTooLarge      400 result_too_large
-        │   └── QueryFailed         400 query_error      DuckDB refused the query
+        │   ├── QueryFailed         400 query_error      DuckDB refused the query
+        │   └── InvalidCursor       400 invalid_cursor   altered, or made for another query
         ├── ParameterError          422 invalid_parameters
         ├── DataUnavailable         503 no_data          (Retry-After: 5)
         │   ├── NoSnapshot          503 no_data          nothing verified is loaded yet
         │   └── SnapshotError       503 no_data          a version failed verification (caught
         │                                                by the refresh; never reaches a client)
+        ├── TooManyConnections      503 too_many_connections  this worker's /events streams are full
         └── StreamTooLarge          a streamed result passed its cap after the answer began:
                                     the connection is cut, no error body can be sent
 
@@ -49,6 +53,8 @@ __all__ = [
     "Forbidden",
     "InsufficientScope",
     "InvalidApiKey",
+    "InvalidCursor",
+    "InvalidTicket",
     "MalformedAuthorization",
     "MissingCredentials",
     "NoSnapshot",
@@ -59,7 +65,9 @@ __all__ = [
     "RateLimited",
     "ResultTooLarge",
     "SnapshotError",
+    "StaleCursor",
     "StreamTooLarge",
+    "TooManyConnections",
     "UnknownApplication",
     "UnknownQuery",
     "UnsupportedFormat",
@@ -110,6 +118,11 @@ class InvalidApiKey(AuthError):
     challenge_error = None
 
 
+class InvalidTicket(AuthError):
+    code = "invalid_ticket"
+    challenge_error = None
+
+
 class AuthUnavailable(ApiError, TransientError):
     """No signing keys can be had: the identity provider is unreachable (-> 503)."""
 
@@ -154,6 +167,11 @@ class UnknownQuery(ApiError):
     code = "unknown_query"
 
 
+class StaleCursor(ApiError):
+    status = 409
+    code = "stale_cursor"
+
+
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
@@ -195,6 +213,10 @@ class QueryFailed(BadRequest):
     code = "query_error"
 
 
+class InvalidCursor(BadRequest, ValueError):
+    code = "invalid_cursor"
+
+
 class ParameterError(ApiError, ValueError):
     """A caller's parameter value is missing, unknown or invalid (-> 422)."""
 
@@ -217,6 +239,14 @@ class NoSnapshot(DataUnavailable):
 
 class SnapshotError(DataUnavailable):
     """A snapshot failed verification or could not be opened."""
+
+
+class TooManyConnections(ApiError):
+    status = 503
+    code = "too_many_connections"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "30"}
 
 
 class StreamTooLarge(ApiError, RuntimeError):

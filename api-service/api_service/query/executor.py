@@ -63,6 +63,7 @@ class QueryResult:
     truncated: bool
     data_version: str
     execution_time_ms: float
+    total: int | None = None  # every row of the result (count=exact), past any cap
 
     @property
     def row_count(self) -> int:
@@ -167,6 +168,11 @@ def _capped_table(
         reader.close()
 
 
+def _count(relation: duckdb.DuckDBPyRelation) -> int:
+    rows = relation.aggregate("count(*)").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
 class ResultStream:
     """A query result read batch by batch (NDJSON/CSV). Owns a private cursor."""
 
@@ -243,6 +249,8 @@ class QueryExecutor:
         max_bytes: int | None,
         then: Callable[[QueryResult], Any] | None,
         prepare: Callable[[], str] | None = None,
+        offset: int = 0,
+        count: bool = False,
     ) -> Any:
         if prepare is not None:
             # The caller's last check (the SQL guard), in this same pool task:
@@ -253,6 +261,9 @@ class QueryExecutor:
         job.start(cursor)
         try:
             relation, columns = _relation(cursor, sql, params)
+            total = _count(relation) if count else None
+            if offset:  # a later page (query/pagination.py)
+                relation = relation.limit(max_rows + 1, offset)
             table = _capped_table(relation, max_rows, max_bytes)
         except duckdb.Error:
             if job.timed_out:
@@ -270,6 +281,7 @@ class QueryExecutor:
             truncated=truncated,
             data_version=snapshot.version,
             execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
+            total=total,
         )
         # Encoding in the same pool task saves a second thread hop per request.
         return (result, then(result)) if then is not None else result
@@ -320,14 +332,27 @@ class QueryExecutor:
         max_bytes: int | None = None,
         timeout_seconds: float,
         prepare: Callable[[], str] | None = None,
+        offset: int = 0,
+        count: bool = False,
     ) -> tuple[QueryResult, T]:
         """Like run(), then `then(result)` (e.g. encoding) in the same pool thread.
 
         `prepare()`, when given, runs first in that same task (one thread hop
-        for both): it returns the SQL to run, or raises and nothing runs."""
+        for both): it returns the SQL to run, or raises and nothing runs.
+        `offset` skips rows (a later page); `count` also counts the whole result."""
         job = _Job(timeout_seconds)
         pair: tuple[QueryResult, T] = await self._submit(
-            job, self._execute, snapshot, sql, params, max_rows, max_bytes, then, prepare
+            job,
+            self._execute,
+            snapshot,
+            sql,
+            params,
+            max_rows,
+            max_bytes,
+            then,
+            prepare,
+            offset,
+            count,
         )
         return pair
 

@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
+from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import QueryFailed
 from api_service.http.responses import accepted_encoding, compress
@@ -31,6 +32,7 @@ from api_service.ops.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, 
 from api_service.query import encodings
 from api_service.query.encodings import Encoding
 from api_service.query.executor import Params, QueryExecutor, QueryResult
+from api_service.query.pagination import FIRST_PAGE, Paginator, Paging
 from api_service.query.result_cache import CachedResponse, ResultCache, query_key
 from api_service.query.streaming import StreamLimits, columns_header, stream_response
 from api_service.settings import ApiSettings
@@ -46,10 +48,11 @@ class PreparedQuery:
     params: Params
     encoding: Encoding
     content_coding: str | None  # br/gzip for text encodings the client accepts
-    if_none_match: str | None  # a GET's conditional header (None for POST)
+    if_none_match: str | None  # the conditional header (GET and POST alike)
     # The SQL guard still to run on `sql` (its decision was not cached): it
     # returns the SQL to run or raises.
     guard: Callable[[], str] | None = None
+    paging: Paging = FIRST_PAGE  # page size, count, cursor (query/pagination.py)
 
 
 @dataclass(frozen=True)
@@ -68,17 +71,22 @@ class QueryService:
         snapshots: SnapshotManager,
         executor: QueryExecutor,
         cache: ResultCache,
+        paginator: Paginator,
     ) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.executor = executor
         self.cache = cache
+        self.paginator = paginator
 
     @classmethod
-    def from_settings(cls, settings: ApiSettings, snapshots: SnapshotManager) -> QueryService:
+    def from_settings(
+        cls, settings: ApiSettings, snapshots: SnapshotManager, signer: Signer
+    ) -> QueryService:
         # Queries run on a bounded pool, never on the event loop (see executor.py).
         executor = QueryExecutor(settings.query_workers)
-        return cls(settings, snapshots, executor, ResultCache(settings.result_cache_bytes))
+        cache = ResultCache(settings.result_cache_bytes)
+        return cls(settings, snapshots, executor, cache, Paginator(signer))
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -90,11 +98,12 @@ class QueryService:
         params: Params,
         encoding: Encoding,
         guard: Callable[[], str] | None = None,
+        paging: Paging = FIRST_PAGE,
     ) -> PreparedQuery:
         headers = request.headers
         coding = accepted_encoding(headers.get("accept-encoding")) if encoding.text else None
-        conditional = headers.get("if-none-match") if request.method == "GET" else None
-        return PreparedQuery(sql, params, encoding, coding, conditional, guard)
+        conditional = headers.get("if-none-match")
+        return PreparedQuery(sql, params, encoding, coding, conditional, guard, paging)
 
     async def answer(self, query: PreparedQuery, state: State) -> Response:
         """`state` is the request's: the request log reads `cache` and `rows` from it."""
@@ -108,6 +117,12 @@ class QueryService:
             query = await self._guarded(query)  # refuses it before any work on the text
         with contextlib.ExitStack() as lease:
             snap = lease.enter_context(self.snapshots.lease())
+            if query.paging.cursor is not None:
+                # The cursor is checked against the guarded SQL: guard first.
+                query = await self._guarded(query) if query.guard is not None else query
+                binding = self.paginator.binding(query.sql, query.params, query.encoding.name)
+                latest = self.snapshots.latest_version_seen
+                self.paginator.check(query.paging, snap.version, binding, latest)
             target = self._variant(snap, query)
             not_modified = _etag_matches(query.if_none_match, target.headers["ETag"])
             if query.guard is not None and (
@@ -134,9 +149,9 @@ class QueryService:
         return dataclasses.replace(query, sql=sql, guard=None)
 
     def _variant(self, snap: Snapshot, query: PreparedQuery) -> _Variant:
-        settings = self.settings
-        limit = settings.stream_max_rows if query.encoding.streamed else settings.max_result_rows
-        key = query_key(snap.version, query.sql, query.params, f"{query.encoding.name}:{limit}")
+        limit = self._row_limit(query)
+        variant = f"{query.encoding.name}:{limit}{query.paging.variant()}"
+        key = query_key(snap.version, query.sql, query.params, variant)
         headers = {
             "ETag": f'W/"{key}"',
             "X-Data-Version": snap.version,
@@ -144,6 +159,25 @@ class QueryService:
             "Cache-Control": "private, no-cache",
         }
         return _Variant(key, f"{key}:{query.content_coding or 'identity'}", headers)
+
+    def _row_limit(self, query: PreparedQuery) -> int:
+        settings = self.settings
+        if query.encoding.streamed:
+            return settings.stream_max_rows
+        return min(query.paging.page_size or settings.max_result_rows, settings.max_result_rows)
+
+    def _page_fields(self, query: PreparedQuery, result: QueryResult) -> dict[str, object]:
+        """`next` (when more rows exist) and `total` (count=exact) of a buffered answer."""
+        fields: dict[str, object] = {}
+        if result.truncated:
+            paginator = self.paginator
+            binding = paginator.binding(query.sql, query.params, query.encoding.name)
+            fields["next"] = paginator.next_cursor(
+                query.paging, result.data_version, binding, result.row_count
+            )
+        if result.total is not None:
+            fields["total"] = result.total
+        return fields
 
     # -- the four paths -----------------------------------------------------
     def _not_modified(self, target: _Variant, state: State) -> Response:
@@ -171,11 +205,13 @@ class QueryService:
             snap,
             query.sql,
             query.params,
-            _materialise(query.encoding, query.content_coding, settings.compress_min_bytes),
-            max_rows=settings.max_result_rows,
+            _materialise(query, settings.compress_min_bytes, self._page_fields),
+            max_rows=self._row_limit(query),
             max_bytes=settings.max_result_bytes,
             timeout_seconds=settings.query_timeout_seconds,
             prepare=query.guard,  # a guard not yet run goes in the same pool task, first
+            offset=query.paging.offset,
+            count=query.paging.count,
         )
 
     def _buffered(
@@ -195,6 +231,11 @@ class QueryService:
         extra = {"X-Row-Count": str(result.row_count), "X-Truncated": str(result.truncated).lower()}
         if encoding.name not in ("json", "json_compact"):
             extra["X-Columns"] = columns_header(result.columns)
+            page = self._page_fields(query, result)
+            if "next" in page:
+                extra["X-Next-Cursor"] = str(page["next"])
+            if "total" in page:
+                extra["X-Total-Count"] = str(page["total"])
         if coded:
             extra["Content-Encoding"] = coded
         if self.cache.enabled:
@@ -238,8 +279,12 @@ class QueryService:
 
 
 def _materialise(
-    encoding: Encoding, content_coding: str | None, min_compress: int
+    query: PreparedQuery,
+    min_compress: int,
+    page_fields: Callable[[PreparedQuery, QueryResult], dict[str, object]],
 ) -> Callable[[QueryResult], tuple[bytes, str | None]]:
+    encoding, content_coding = query.encoding, query.content_coding
+
     def encode(result: QueryResult) -> tuple[bytes, str | None]:
         kwargs = {"data_version": result.data_version, "truncated": result.truncated}
         if encoding.name in ("json", "json_compact"):
@@ -248,6 +293,7 @@ def _materialise(
                 result.columns,
                 compact=encoding.name == "json_compact",
                 execution_time_ms=result.execution_time_ms,
+                extra=page_fields(query, result),
                 **kwargs,  # type: ignore[arg-type]
             )
         elif encoding.name == "arrow":
