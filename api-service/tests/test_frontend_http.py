@@ -29,7 +29,6 @@ WHITELIST = {
 }
 
 
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, issuer):
     root = tmp_path_factory.mktemp("frontend")

@@ -372,6 +372,7 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
       const response = await this.fetchOnce(url, call, headers, bodyText, attempt);
       const ok = response.ok || (call.okStatuses ?? []).includes(response.status);
       if (response.status === 304 && cached) {
+        await response.arrayBuffer().catch(() => undefined); // finish the exchange
         return {
           status: 304,
           headers: response.headers,
