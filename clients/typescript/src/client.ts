@@ -319,8 +319,7 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
       fromCache: answer.fromCache,
       requestId: answer.headers.get("x-request-id"),
     };
-    // docs/api-docs.md promises "query": name on named-query answers; today's
-    // API leaves it out, so the client fills it in from the call.
+    // The API's answer does not name the query; the client fills it in from the call.
     const query = body.query ?? name;
     if (query !== undefined) result.query = query;
     return result;
