@@ -286,18 +286,18 @@ def _format_enum(schema: dict[str, Any]) -> None:
 
 def _param_schema(spec: QueryParameter) -> dict[str, Any]:
     schema: dict[str, Any] = dict(_TYPES[spec.type])
+    whole = spec.type == "integer"  # integer bounds print as integers
+    for key, bound in (("minimum", spec.minimum), ("maximum", spec.maximum)):
+        if bound is not None:
+            schema[key] = int(bound) if whole else bound
     for key, value in (
-        ("minimum", spec.minimum),
-        ("maximum", spec.maximum),
         ("maxLength", spec.max_length),
         ("enum", spec.enum),
         ("default", spec.default),
         ("description", spec.description or None),
     ):
         if value is not None:
-            schema[key] = (
-                int(value) if key in ("minimum", "maximum") and spec.type == "integer" else value
-            )
+            schema[key] = value
     return schema
 
 
