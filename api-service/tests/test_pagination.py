@@ -105,3 +105,19 @@ def test_an_integer_past_64_bits_in_params_is_answered_not_a_500(api):
     r = api.post("/query", json={"sql": "SELECT $a::VARCHAR AS a", "params": {"a": 2**70}})
     assert r.status_code == 200, r.text
     assert r.json()["data"] == [{"a": str(2**70)}]
+
+
+def test_a_cursor_newer_than_this_worker_is_retried_unless_it_was_rolled_back():
+    from api_service.auth.signing import Signer
+    from api_service.errors import DataUnavailable, StaleCursor
+    from api_service.query.pagination import Cursor, Paginator, Paging
+
+    paginator = Paginator(Signer(b"k" * 32))
+    newer = Paging(cursor=Cursor("20250102T000000000000Z", 50, "b"))
+    # A sibling worker swapped first; this one has not loaded the manifest's version yet.
+    with pytest.raises(DataUnavailable) as lagging:
+        paginator.check(newer, "20250101T000000000000Z", "b", "20250102T000000000000Z")
+    assert lagging.value.headers["Retry-After"] == "1"
+    # The manifest names this worker's version (a rollback): the cursor is stale.
+    with pytest.raises(StaleCursor):
+        paginator.check(newer, "20250101T000000000000Z", "b", "20250101T000000000000Z")
