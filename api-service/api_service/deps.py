@@ -7,8 +7,8 @@ throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
-`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`. The policy is
-resolved once, by `get_principal`.
+`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `SignerDep`,
+`EventsDep`, `SettingsDep`. The policy is resolved once, by `get_principal`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from analytics_shared.whitelist import AppPolicy, Whitelist
 from api_service.auth.api_keys import API_KEY_HEADER, authenticate_api_key
 from api_service.auth.principal import Principal, policy_for
 from api_service.auth.rate_limit import RateLimiter
+from api_service.auth.signing import Signer
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
+from api_service.data.version_events import VersionEvents
 from api_service.errors import (
     ApiError,
     InsufficientScope,
@@ -37,12 +39,15 @@ from api_service.settings import ApiSettings
 
 __all__ = [
     "CurrentPrincipal",
+    "EventsDep",
     "IdentityDep",
     "MemoryStatusDep",
     "PolicyDep",
     "QueryServiceDep",
     "ReadAnalytics",
     "ReadSchema",
+    "SettingsDep",
+    "SignerDep",
     "SnapshotsDep",
     "StatusDetails",
     "WhitelistDep",
@@ -85,9 +90,27 @@ async def get_identity(request: Request) -> JwksCache:
     return validator.jwks
 
 
+async def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+async def get_signer(request: Request) -> Signer:
+    signer: Signer = request.app.state.signer
+    return signer
+
+
+async def get_events(request: Request) -> VersionEvents:
+    events: VersionEvents = request.app.state.events
+    return events
+
+
 SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
 MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
 IdentityDep = Annotated[JwksCache, Depends(get_identity)]
+SignerDep = Annotated[Signer, Depends(get_signer)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+EventsDep = Annotated[VersionEvents, Depends(get_events)]
 WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
 QueryServiceDep = Annotated[QueryService, Depends(get_query_service)]
 

@@ -131,6 +131,16 @@ class ApiSettings(CommonSettings):
     max_concurrent_queries_per_app: int | None = Field(
         None, validation_alias="MAX_CONCURRENT_QUERIES_PER_APP", ge=1
     )
+    # Signs page cursors and /events tickets (auth/signing.py); unset: a random
+    # key per host. Several hosts behind one load balancer must share one.
+    api_signing_secret: str | None = Field(
+        None, validation_alias="API_SIGNING_SECRET", min_length=16, repr=False
+    )
+    events_max_connections: int = Field(100, validation_alias="EVENTS_MAX_CONNECTIONS", ge=1)
+    events_heartbeat_seconds: float = Field(
+        15.0, validation_alias="EVENTS_HEARTBEAT_SECONDS", gt=0, le=300
+    )
+    events_ticket_seconds: int = Field(60, validation_alias="EVENTS_TICKET_SECONDS", ge=5, le=3600)
 
     @field_validator("auth0_algorithms", "cors_origins", mode="before")
     @classmethod

@@ -72,6 +72,7 @@ class QueryResult:
     truncated: bool
     data_version: str
     execution_time_ms: float
+    total: int | None = None  # every row of the result (count=exact), past any cap
 
     @property
     def row_count(self) -> int:
@@ -185,6 +186,11 @@ def _capped_table(
         reader.close()
 
 
+def _count(relation: duckdb.DuckDBPyRelation) -> int:
+    rows = relation.aggregate("count(*)").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
 class ResultStream:
     """A query result read batch by batch (NDJSON/CSV). Owns a private cursor."""
 
@@ -285,6 +291,8 @@ class QueryExecutor:
         then: Callable[[QueryResult], Any] | None,
         prepare: Callable[[], str] | None = None,
         heavy_bytes: int = 0,
+        offset: int = 0,
+        count: bool = False,
     ) -> Any:
         # A large result holds an admission reservation until it is encoded.
         held = contextlib.ExitStack()
@@ -306,6 +314,9 @@ class QueryExecutor:
             job.start(cursor)
             try:
                 relation, columns = _relation(cursor, sql, params)
+                total = _count(relation) if count else None
+                if offset:  # a later page (query/pagination.py)
+                    relation = relation.limit(max_rows + 1, offset)
                 table = _capped_table(relation, max_rows, max_bytes, on_heavy)
             except duckdb.Error:
                 if job.timed_out:
@@ -323,6 +334,7 @@ class QueryExecutor:
                 truncated=truncated,
                 data_version=snapshot.version,
                 execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
+                total=total,
             )
             # Encoding in the same pool task saves a second thread hop per request.
             return (result, then(result)) if then is not None else result
@@ -397,13 +409,16 @@ class QueryExecutor:
         limit_seconds: float | None = None,
         prepare: Callable[[], str] | None = None,
         heavy_bytes: int = 0,
+        offset: int = 0,
+        count: bool = False,
         on_done: Callable[[], None] | None = None,
     ) -> tuple[QueryResult, T]:
         """Like run(), then `then(result)` (e.g. encoding) in the same pool thread.
 
         `prepare()`, when given, runs first in that same task (one thread hop
         for both): it returns the SQL to run, or raises and nothing runs. A
-        result past LIGHT_RESULT_BYTES reserves `heavy_bytes` (admission.py)."""
+        result past LIGHT_RESULT_BYTES reserves `heavy_bytes` (admission.py).
+        `offset` skips rows (a later page); `count` also counts the whole result."""
         job = _Job(timeout_seconds, limit_seconds)
         pair: tuple[QueryResult, T] = await self._submit(
             job,
@@ -416,6 +431,8 @@ class QueryExecutor:
             then,
             prepare,
             heavy_bytes,
+            offset,
+            count,
             on_done=on_done,
         )
         return pair

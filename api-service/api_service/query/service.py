@@ -31,6 +31,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
+from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import QueryFailed
 from api_service.http.responses import accepted_encoding, compress
@@ -41,6 +42,7 @@ from api_service.query.admission import AdmissionGate
 from api_service.query.encodings import Encoding
 from api_service.query.executor import Params, QueryExecutor, QueryResult
 from api_service.query.fairness import QueryGate
+from api_service.query.pagination import FIRST_PAGE, Paginator, Paging
 from api_service.query.result_cache import CachedResponse, ResultCache, query_key
 from api_service.query.streaming import StreamLimits, columns_header, stream_response
 from api_service.settings import ApiSettings
@@ -56,12 +58,13 @@ class PreparedQuery:
     params: Params
     encoding: Encoding
     content_coding: str | None  # br/gzip for text encodings the client accepts
-    if_none_match: str | None  # a GET's conditional header (None for POST)
+    if_none_match: str | None  # the conditional header (GET and POST alike)
     # The SQL guard still to run on `sql` (its decision was not cached): it
     # returns the SQL to run or raises.
     guard: Callable[[], str] | None = None
     user: str = "-"  # the principal: query slots and cache entries are per caller
     app: str = "-"
+    paging: Paging = FIRST_PAGE  # page size, count, cursor (query/pagination.py)
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,14 @@ class QueryService:
         snapshots: SnapshotManager,
         executor: QueryExecutor,
         cache: ResultCache,
+        paginator: Paginator,
         budget: MemoryBudget | None = None,
     ) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.executor = executor
         self.cache = cache
+        self.paginator = paginator
         self.budget = budget
         self.gate = QueryGate(
             capacity=settings.query_workers,
@@ -96,7 +101,11 @@ class QueryService:
 
     @classmethod
     def from_settings(
-        cls, settings: ApiSettings, snapshots: SnapshotManager, budget: MemoryBudget | None = None
+        cls,
+        settings: ApiSettings,
+        snapshots: SnapshotManager,
+        signer: Signer,
+        budget: MemoryBudget | None = None,
     ) -> QueryService:
         # Queries run on a bounded pool, never on the event loop (see executor.py);
         # large results and streams take their memory from the budget (admission.py).
@@ -107,7 +116,7 @@ class QueryService:
         )
         executor = QueryExecutor(settings.query_workers, gate)
         cache = ResultCache(settings.result_cache_bytes)
-        return cls(settings, snapshots, executor, cache, budget)
+        return cls(settings, snapshots, executor, cache, Paginator(signer), budget)
 
     def memory_status(self) -> dict[str, object] | None:
         """The worker's budget and what of it is in use (for /health and /metrics)."""
@@ -131,14 +140,17 @@ class QueryService:
         params: Params,
         encoding: Encoding,
         guard: Callable[[], str] | None = None,
+        paging: Paging = FIRST_PAGE,
     ) -> PreparedQuery:
         headers = request.headers
         coding = accepted_encoding(headers.get("accept-encoding")) if encoding.text else None
-        conditional = headers.get("if-none-match") if request.method == "GET" else None
+        conditional = headers.get("if-none-match")
         principal = getattr(request.state, "principal", None)
         user = principal.sub if principal is not None else "-"
         app = (principal.policy or principal.app or "-") if principal is not None else "-"
-        return PreparedQuery(sql, params, encoding, coding, conditional, guard, user, app)
+        return PreparedQuery(
+            sql, params, encoding, coding, conditional, guard, user=user, app=app, paging=paging
+        )
 
     async def answer(self, query: PreparedQuery, state: State) -> Response:
         """`state` is the request's: the request log reads `cache` and `rows` from it."""
@@ -159,6 +171,12 @@ class QueryService:
             query = await self._guarded(query)  # refuses it before any work on the text
         with contextlib.ExitStack() as lease:
             snap = lease.enter_context(self.snapshots.lease())
+            if query.paging.cursor is not None:
+                # The cursor is checked against the guarded SQL: guard first.
+                query = await self._guarded(query) if query.guard is not None else query
+                binding = self.paginator.binding(query.sql, query.params, query.encoding.name)
+                latest = self.snapshots.latest_version_seen
+                self.paginator.check(query.paging, snap.version, binding, latest)
             target = self._variant(snap, query)
             not_modified = _etag_matches(query.if_none_match, target.headers["ETag"])
             if query.guard is not None and (
@@ -197,9 +215,8 @@ class QueryService:
         return dataclasses.replace(query, sql=sql, guard=None)
 
     def _variant(self, snap: Snapshot, query: PreparedQuery) -> _Variant:
-        settings = self.settings
-        limit = settings.stream_max_rows if query.encoding.streamed else settings.max_result_rows
-        variant = f"{query.encoding.name}:{limit}:{query.user}"
+        limit = self._row_limit(query)
+        variant = f"{query.encoding.name}:{limit}:{query.user}{query.paging.variant()}"
         key = query_key(snap.version, query.sql, query.params, variant)
         headers = {
             "ETag": f'W/"{key}"',
@@ -208,6 +225,25 @@ class QueryService:
             "Cache-Control": "private, no-cache",
         }
         return _Variant(key, f"{key}:{query.content_coding or 'identity'}", headers)
+
+    def _row_limit(self, query: PreparedQuery) -> int:
+        settings = self.settings
+        if query.encoding.streamed:
+            return settings.stream_max_rows
+        return min(query.paging.page_size or settings.max_result_rows, settings.max_result_rows)
+
+    def _page_fields(self, query: PreparedQuery, result: QueryResult) -> dict[str, object]:
+        """`next` (when more rows exist) and `total` (count=exact) of a buffered answer."""
+        fields: dict[str, object] = {}
+        if result.truncated:
+            paginator = self.paginator
+            binding = paginator.binding(query.sql, query.params, query.encoding.name)
+            fields["next"] = paginator.next_cursor(
+                query.paging, result.data_version, binding, result.row_count
+            )
+        if result.total is not None:
+            fields["total"] = result.total
+        return fields
 
     # -- the four paths -----------------------------------------------------
     def _not_modified(self, target: _Variant, state: State) -> Response:
@@ -235,13 +271,15 @@ class QueryService:
             snap,
             query.sql,
             query.params,
-            _materialise(query.encoding, query.content_coding, settings.compress_min_bytes),
-            max_rows=settings.max_result_rows,
+            _materialise(query, settings.compress_min_bytes, self._page_fields),
+            max_rows=self._row_limit(query),
             max_bytes=settings.max_result_bytes,
             timeout_seconds=timeout,
             limit_seconds=settings.query_timeout_seconds,
             prepare=query.guard,  # a guard not yet run goes in the same pool task, first
             heavy_bytes=int(settings.max_result_bytes * ENCODE_FACTOR[query.encoding.name]),
+            offset=query.paging.offset,
+            count=query.paging.count,
             on_done=on_done,
         )
 
@@ -262,6 +300,11 @@ class QueryService:
         extra = {"X-Row-Count": str(result.row_count), "X-Truncated": str(result.truncated).lower()}
         if encoding.name not in ("json", "json_compact"):
             extra["X-Columns"] = columns_header(result.columns)
+            page = self._page_fields(query, result)
+            if "next" in page:
+                extra["X-Next-Cursor"] = str(page["next"])
+            if "total" in page:
+                extra["X-Total-Count"] = str(page["total"])
         if coded:
             extra["Content-Encoding"] = coded
         if self.cache.enabled:
@@ -311,8 +354,12 @@ class QueryService:
 
 
 def _materialise(
-    encoding: Encoding, content_coding: str | None, min_compress: int
+    query: PreparedQuery,
+    min_compress: int,
+    page_fields: Callable[[PreparedQuery, QueryResult], dict[str, object]],
 ) -> Callable[[QueryResult], tuple[bytes, str | None]]:
+    encoding, content_coding = query.encoding, query.content_coding
+
     def encode(result: QueryResult) -> tuple[bytes, str | None]:
         kwargs = {"data_version": result.data_version, "truncated": result.truncated}
         if encoding.name in ("json", "json_compact"):
@@ -321,6 +368,7 @@ def _materialise(
                 result.columns,
                 compact=encoding.name == "json_compact",
                 execution_time_ms=result.execution_time_ms,
+                extra=page_fields(query, result),
                 **kwargs,  # type: ignore[arg-type]
             )
         elif encoding.name == "arrow":
