@@ -352,7 +352,9 @@ class SyncEngine:
         changed = any(o.changed for o in outcomes.values())
         if outcomes and (changed or unpublished_before or self.publisher.current() is None):
             manifest = self._retry(lambda: self._publish(outcomes), "store: publish snapshot")
-            result.version, result.published = manifest.version, True
+            # An export equal to the current version is not uploaded (Publisher).
+            result.version = manifest.version
+            result.published = not self.publisher.last_publish_skipped
         else:
             current = self.publisher.current()
             result.version = current.version if current else None
