@@ -7,7 +7,7 @@ throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
-`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`. The policy is
+`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `StatusFeedDep`. The policy is
 resolved once, by `get_principal`.
 """
 
@@ -25,6 +25,7 @@ from api_service.auth.principal import Principal, policy_for
 from api_service.auth.rate_limit import RateLimiter
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
+from api_service.data.status_feed import EtlStatusFeed
 from api_service.errors import (
     InsufficientScope,
     MalformedAuthorization,
@@ -42,7 +43,9 @@ __all__ = [
     "QueryServiceDep",
     "ReadAnalytics",
     "ReadSchema",
+    "ReadStatus",
     "SnapshotsDep",
+    "StatusFeedDep",
     "WhitelistDep",
     "require_scope",
 ]
@@ -83,7 +86,13 @@ async def get_identity(request: Request) -> JwksCache:
     return validator.jwks
 
 
+async def get_status_feed(request: Request) -> EtlStatusFeed:
+    feed: EtlStatusFeed = request.app.state.status_feed
+    return feed
+
+
 SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
+StatusFeedDep = Annotated[EtlStatusFeed, Depends(get_status_feed)]
 MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
 IdentityDep = Annotated[JwksCache, Depends(get_identity)]
 WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
@@ -153,3 +162,4 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
 
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 ReadSchema = Annotated[Principal, Depends(require_scope("read:schema"))]
+ReadStatus = Annotated[Principal, Depends(require_scope("read:status"))]

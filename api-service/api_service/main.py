@@ -19,6 +19,7 @@ from api_service import __version__
 from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
+from api_service.data.status_feed import EtlStatusFeed
 from api_service.http.error_handlers import install_error_handlers
 from api_service.http.request_log import RequestContextMiddleware
 from api_service.ops.malloc_tuning import retain_freed_memory
@@ -26,7 +27,7 @@ from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
 from api_service.query.named_queries import check_whitelist
 from api_service.query.service import QueryService
-from api_service.routes import health, metrics, queries, query, schema
+from api_service.routes import health, metrics, queries, query, schema, status
 from api_service.settings import ApiSettings
 
 __all__ = ["create_app"]
@@ -108,6 +109,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         max_spill_size=settings.duckdb_max_temp_directory_size,
     )
     app.state.snapshots = snapshots
+    app.state.status_feed = EtlStatusFeed(snapshots.store)  # GET /status
     app.state.query_service = QueryService.from_settings(settings, snapshots, budget)
     install_error_handlers(app)
     if settings.cors_origins:
@@ -135,6 +137,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schema.router)
     app.include_router(query.router)
     app.include_router(queries.router)
+    app.include_router(status.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     return app

@@ -29,6 +29,7 @@ from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
 from etl_service.models import ModelBuilder, ModelDefinition, configured_models
+from etl_service.ops.status_file import StatusFile
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
 from etl_service.run_logs import RunLogStore
@@ -126,6 +127,7 @@ class SyncEngine:
         self.warehouse = warehouse
         self.publisher = publisher
         self.run_logs = run_logs
+        self.status_file = StatusFile(publisher.store)  # current/status.json
         self.lock = lock or SyncLock(state.engine, Path(settings.data_dir) / "etl_sync.lock")
         self.policy = RetryPolicy(
             settings.retry_attempts, settings.retry_base_seconds, settings.retry_max_seconds
@@ -198,6 +200,8 @@ class SyncEngine:
             log.exception("sync_cycle_crashed")
             result = CycleResult(run_id=None, status="failed", error=describe(exc))
         result.duration_seconds = time.monotonic() - started
+        if result.status != "skipped":  # after the commit point, and after failures
+            self.status_file.write(self.state, result, kind)
         log.info(
             "sync_cycle_finished",
             run_id=result.run_id,

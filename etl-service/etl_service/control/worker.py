@@ -71,12 +71,14 @@ class WorkerControl:
             log.exception("command_failed", command_id=command.id, kind=command.kind)
             error = str(exc) if isinstance(exc, AnalyticsError) else describe(exc)
             self.queue.finish(command.id, "failed", None, error)
+            self.engine.status_file.write(self.engine.state)
             return
         if outcome.result.get("status") == "abandoned":
             outcome.ok, outcome.error = False, "abandoned: the worker was stopped mid-command"
         self.queue.finish(
             command.id, "done" if outcome.ok else "failed", outcome.result, outcome.error
         )
+        self.engine.status_file.write(self.engine.state)  # e.g. a discarded dead letter
         log.info(
             "command_finished",
             command_id=command.id,
