@@ -138,6 +138,7 @@ class SyncEngine:
             batch_size=settings.batch_size,
             lookback_seconds=settings.sync_lookback_seconds,
             progress=progress,
+            progress_interval=settings.progress_log_seconds,
         )
         # Set by the scheduler on SIGTERM/SIGINT: the cycle stops between tables.
         self.stop_requested = threading.Event()

@@ -72,7 +72,11 @@ def status_document(state: StateStore) -> dict[str, Any]:
     for name in sorted({d["table_name"] for d in open_letters if d["table_name"]} - synced):
         mine = [d for d in open_letters if d["table_name"] == name]
         row = {f: None for f in TableState.__dataclass_fields__} | {"table_name": name}
-        row |= {"lag_seconds": None, "open_dead_letters": len(mine), "last_error": mine[-1]["error"]}
+        row |= {
+            "lag_seconds": None,
+            "open_dead_letters": len(mine),
+            "last_error": mine[-1]["error"],
+        }
         tables.append(row)
     last = state.last_success()
     return {
