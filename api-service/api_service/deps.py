@@ -8,7 +8,7 @@ throttled caller learns it before anything else runs.
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
 `SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `SignerDep`,
-`EventsDep`, `SettingsDep`. The policy is resolved once, by `get_principal`.
+`EventsDep`, `SettingsDep`, `StatusFeedDep`. The policy is resolved once, by `get_principal`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from api_service.auth.rate_limit import RateLimiter
 from api_service.auth.signing import Signer
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
+from api_service.data.status_feed import EtlStatusFeed
 from api_service.data.version_events import VersionEvents
 from api_service.errors import (
     ApiError,
@@ -46,10 +47,12 @@ __all__ = [
     "QueryServiceDep",
     "ReadAnalytics",
     "ReadSchema",
+    "ReadStatus",
     "SettingsDep",
     "SignerDep",
     "SnapshotsDep",
     "StatusDetails",
+    "StatusFeedDep",
     "WhitelistDep",
     "require_scope",
 ]
@@ -105,7 +108,13 @@ async def get_events(request: Request) -> VersionEvents:
     return events
 
 
+async def get_status_feed(request: Request) -> EtlStatusFeed:
+    feed: EtlStatusFeed = request.app.state.status_feed
+    return feed
+
+
 SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
+StatusFeedDep = Annotated[EtlStatusFeed, Depends(get_status_feed)]
 MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
 IdentityDep = Annotated[JwksCache, Depends(get_identity)]
 SignerDep = Annotated[Signer, Depends(get_signer)]
@@ -194,3 +203,4 @@ async def may_see_status_details(request: Request) -> bool:
 StatusDetails = Annotated[bool, Depends(may_see_status_details)]
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 ReadSchema = Annotated[Principal, Depends(require_scope("read:schema"))]
+ReadStatus = Annotated[Principal, Depends(require_scope("read:status"))]

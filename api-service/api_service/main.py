@@ -19,6 +19,7 @@ from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
 from api_service.auth.signing import Signer, signing_key
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
+from api_service.data.status_feed import EtlStatusFeed
 from api_service.data.version_events import VersionEvents
 from api_service.http.cors import install_cors
 from api_service.http.error_handlers import install_error_handlers
@@ -29,7 +30,7 @@ from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
 from api_service.query.named_queries import check_whitelist
 from api_service.query.service import QueryService
-from api_service.routes import events, health, metrics, queries, query, schema
+from api_service.routes import events, health, metrics, queries, query, schema, status
 from api_service.settings import ApiSettings
 
 __all__ = ["create_app"]
@@ -118,6 +119,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.signer = signer
     app.state.query_service = QueryService.from_settings(settings, snapshots, signer, budget)
     app.state.events = VersionEvents(snapshots, settings.events_max_connections)
+    app.state.status_feed = EtlStatusFeed(snapshots.store)  # GET /status
     install_error_handlers(app)
     install_cors(app, settings.cors_origins)
 
@@ -130,6 +132,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(query.router)
     app.include_router(queries.router)
     app.include_router(events.router)
+    app.include_router(status.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     install_openapi(app, whitelist)

@@ -59,6 +59,8 @@ class EtlSettings(CommonSettings):
 
     sync_interval_seconds: int = Field(60, validation_alias="SYNC_INTERVAL_SECONDS", ge=1)
     batch_size: int = Field(10_000, validation_alias="BATCH_SIZE", ge=1, le=10_000_000)
+    # Full loads and backfills log rows done, rows/s and the time left this often.
+    progress_log_seconds: float = Field(5.0, validation_alias="PROGRESS_LOG_SECONDS", gt=0)
     tables_to_sync: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["inventory", "products", "orders"],
         validation_alias="TABLES_TO_SYNC",

@@ -29,6 +29,7 @@ from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
 from etl_service.models import ModelBuilder, ModelDefinition, configured_models
+from etl_service.ops.status_file import StatusFile
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
 from etl_service.run_logs import RunLogStore
@@ -126,6 +127,7 @@ class SyncEngine:
         self.warehouse = warehouse
         self.publisher = publisher
         self.run_logs = run_logs
+        self.status_file = StatusFile(publisher.store)  # current/status.json
         self.lock = lock or SyncLock(state.engine, Path(settings.data_dir) / "etl_sync.lock")
         self.policy = RetryPolicy(
             settings.retry_attempts, settings.retry_base_seconds, settings.retry_max_seconds
@@ -136,6 +138,7 @@ class SyncEngine:
             batch_size=settings.batch_size,
             lookback_seconds=settings.sync_lookback_seconds,
             progress=progress,
+            progress_interval=settings.progress_log_seconds,
         )
         # Set by the scheduler on SIGTERM/SIGINT: the cycle stops between tables.
         self.stop_requested = threading.Event()
@@ -198,6 +201,8 @@ class SyncEngine:
             log.exception("sync_cycle_crashed")
             result = CycleResult(run_id=None, status="failed", error=describe(exc))
         result.duration_seconds = time.monotonic() - started
+        if result.status != "skipped":  # after the commit point, and after failures
+            self.status_file.write(self.state, result, kind)
         log.info(
             "sync_cycle_finished",
             run_id=result.run_id,
@@ -352,7 +357,9 @@ class SyncEngine:
         changed = any(o.changed for o in outcomes.values())
         if outcomes and (changed or unpublished_before or self.publisher.current() is None):
             manifest = self._retry(lambda: self._publish(outcomes), "store: publish snapshot")
-            result.version, result.published = manifest.version, True
+            # An export equal to the current version is not uploaded (Publisher).
+            result.version = manifest.version
+            result.published = not self.publisher.last_publish_skipped
         else:
             current = self.publisher.current()
             result.version = current.version if current else None

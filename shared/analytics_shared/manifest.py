@@ -18,6 +18,7 @@ from analytics_shared.errors import AnalyticsError
 
 __all__ = [
     "MANIFEST_KEY",
+    "STATUS_KEY",
     "ColumnSchema",
     "Manifest",
     "ManifestError",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 MANIFEST_KEY = "current/manifest.json"
+# The ETL's status as data (etl_service.ops.status_file), served at the API's GET /status.
+STATUS_KEY = "current/status.json"
 FORMAT_VERSION = 1
 
 
