@@ -325,7 +325,16 @@ class SnapshotManager:
             old.retire()
 
     def _load(self, manifest: Manifest) -> Snapshot:
-        path, pin = self.cache.fetch(manifest)
+        if manifest.lake is not None:
+            # Lake mode: the host's replicator writes the version; wait for it.
+            ready = self.cache.pin_ready(manifest)
+            if ready is None:
+                raise _Deferred(
+                    f"waiting for this host's lake replicator to write {manifest.version}"
+                )
+            path, pin = ready
+        else:
+            path, pin = self.cache.fetch(manifest)
         try:
             con = self._open_probed(path, manifest)
         except (SnapshotError, SnapshotFileError, duckdb.Error):
