@@ -5,6 +5,7 @@ its local replica by the change; every copy must equal the source row for row.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -22,6 +24,9 @@ from api_service.settings import ApiSettings
 from etl_service.demo_source import create_demo_source
 from etl_service.settings import EtlSettings
 from etl_service.sync import SyncEngine
+from testsupport.api_server import ApiServer
+from testsupport.proxy import TcpProxy
+from testsupport.snapshots import run_etl, store_from_env
 from testsupport.source_writers import late_writer, writer
 
 TABLES = ("inventory", "orders")
@@ -107,7 +112,9 @@ def test_lake_and_replica_equal_source_after_concurrent_changes(
     seed: int, pg_url: str, lake_etl, replicator: LakeReplicator, tmp_path: Path
 ) -> None:
     source = create_demo_source(pg_url, seed=seed)
-    etl = lake_etl(SYNC_SETTLE_SECONDS="1", SYNC_LOOKBACK_SECONDS="10", RECONCILE_INTERVAL_SECONDS="2")
+    etl = lake_etl(
+        SYNC_SETTLE_SECONDS="1", SYNC_LOOKBACK_SECONDS="10", RECONCILE_INTERVAL_SECONDS="2"
+    )
     first = etl.run_cycle()
     assert first.status == "success", first.error
     assert first.version is not None and first.version.startswith("lake-")
@@ -124,7 +131,7 @@ def test_lake_and_replica_equal_source_after_concurrent_changes(
     cycles = 0
     try:
         deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or cycles < 3:
             result = etl.run_cycle()
             assert result.status == "success", result.error
             cycles += 1
@@ -157,4 +164,106 @@ def test_lake_and_replica_equal_source_after_concurrent_changes(
                 lake.close()
     finally:
         replica.close()
+        source.dispose()
+
+
+def _answer(api: ApiServer, token: str, sql: str) -> dict[str, Any]:
+    r = httpx.post(
+        api.url + "/query",
+        json={"sql": sql},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _wait_for_version(api: ApiServer, version: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(api.url + "/health", timeout=5).json().get("data_version") == version:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{api.url} did not serve {version} within {timeout} s")
+
+
+INVENTORY_SQL = "SELECT id, product_id, warehouse, quantity FROM inventory ORDER BY id"
+
+
+@pytest.mark.slow
+def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
+    platform_env: dict[str, str], pg_url: str, issuer, tmp_path: Path
+) -> None:
+    source = create_demo_source(pg_url)
+    env = {
+        **platform_env,
+        "PUBLISH_MODE": "lake",
+        "DATABASE_URL": pg_url,
+        "TABLES_TO_SYNC": ",".join(TABLES),
+        "SYNC_SETTLE_SECONDS": "0",
+        "RECONCILE_INTERVAL_SECONDS": "0",  # deletes are seen every cycle
+    }
+    first = run_etl(["sync"], env)
+    assert first.returncode == 0, first.stderr + first.stdout
+    url = sa.make_url(pg_url)
+    proxy = TcpProxy(url.port or 5432, url.host or "127.0.0.1")
+    proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
+    hosts = [
+        ApiServer(
+            {**env, "DATA_DIR": str(tmp_path / name), "LAKE_CATALOG_URL": proxied},
+            workers=2,
+            log_path=tmp_path / f"{name}.log",
+        )
+        for name in ("host-a", "host-b")
+    ]
+    token = issuer.mint(sub="lake-user")
+    try:
+        for api in hosts:
+            api.start(ready_timeout=120)
+        with source.connect() as conn:
+            expected = [dict(r._mapping) for r in conn.execute(sa.text(INVENTORY_SQL))]
+        answers = [_answer(api, token, INVENTORY_SQL) for api in hosts]
+        assert answers[0]["data_version"] == answers[1]["data_version"]
+        assert answers[0]["data_version"].startswith("lake-")
+        assert answers[0]["data"] == answers[1]["data"] == expected
+
+        # A cycle while the catalog is unreachable for the API hosts: they keep
+        # serving their replica (healthy, the old version) ...
+        proxy.drop()
+        with source.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE inventory SET quantity = quantity + 1,"
+                    " updated_at = now() AT TIME ZONE 'UTC' WHERE id <= 5"
+                )
+            )
+            conn.execute(sa.text("DELETE FROM inventory WHERE id = 7"))
+        second = run_etl(["sync"], env)
+        assert second.returncode == 0, second.stderr + second.stdout
+        time.sleep(3)
+        for api in hosts:
+            health = httpx.get(api.url + "/health", timeout=5)
+            assert health.status_code == 200
+            assert health.json()["data_version"] == answers[0]["data_version"]
+            assert _answer(api, token, INVENTORY_SQL)["data"] == expected
+        # ... and catch up, by the change, once it is back.
+        proxy.restore()
+        manifest_version = json.loads(store_from_env(env).get_bytes("current/manifest.json")[0])[
+            "version"
+        ]
+        assert manifest_version != answers[0]["data_version"]
+        for api in hosts:
+            _wait_for_version(api, manifest_version)
+        with source.connect() as conn:
+            expected = [dict(r._mapping) for r in conn.execute(sa.text(INVENTORY_SQL))]
+        for api in hosts:
+            after = _answer(api, token, INVENTORY_SQL)
+            assert after["data_version"] == manifest_version
+            assert after["data"] == expected
+            lake = httpx.get(api.url + "/health", timeout=5).json()["lake_replica"]
+            assert lake["bootstraps_total"] == 1
+    finally:
+        for api in hosts:
+            api.stop()
+        proxy.close()
         source.dispose()

@@ -58,9 +58,7 @@ def writer(engine: sa.Engine, seed: int, stop: threading.Event, stats: dict[str,
         stop.wait(rng.uniform(0.005, 0.03))
 
 
-def late_writer(
-    engine: sa.Engine, seed: int, stop: threading.Event, stats: dict[str, int]
-) -> None:
+def late_writer(engine: sa.Engine, seed: int, stop: threading.Event, stats: dict[str, int]) -> None:
     """Transactions whose updated_at is taken long before they commit."""
     rng = random.Random(seed + 1000)
     while not stop.is_set():

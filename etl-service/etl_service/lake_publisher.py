@@ -109,6 +109,7 @@ class LakePublisher:
             "tables": answer.get("tables", {}),
             "commit_seconds": round(time.monotonic() - started, 3),
             "sent_bytes": sum(p.stat().st_size for p in self.outgoing.glob("*.parquet")),
+            "lake_peak_rss_mb": answer.get("peak_rss_mb"),
         }
         for name in tables:
             if name in full or name in keyed or name not in self._checksums:
@@ -116,7 +117,11 @@ class LakePublisher:
         checksums = {name: self._checksums[name] for name in sorted(tables)}
         manifest = self._manifest(snapshot_id, tables, checksums, primary_keys, previous)
         manifest = manifest.model_copy(update={"schema_changes": schema_changes or []})
-        if previous is not None and previous.lake is not None and previous.sha256 == manifest.sha256:
+        if (
+            previous is not None
+            and previous.lake is not None
+            and previous.sha256 == manifest.sha256
+        ):
             log.info("publish_skipped_unchanged", version=previous.version)
             warehouse.clear_changes(sorted(full | keyed))
             return previous

@@ -84,7 +84,8 @@ class Warehouse:
         self.con = duckdb.connect(str(self.path))
         self.track_changes = track_changes
         self.con.execute(
-            f"CREATE SCHEMA IF NOT EXISTS {CHANGES}" if track_changes
+            f"CREATE SCHEMA IF NOT EXISTS {CHANGES}"
+            if track_changes
             else f"DROP SCHEMA IF EXISTS {CHANGES} CASCADE"
         ).fetchall()
         if track_changes:
@@ -289,7 +290,9 @@ class Warehouse:
         if soft_delete:
             statements.append("SELECT count(*) FROM __delta WHERE __write AND __gone AND __found")
         if self.track_changes:
-            statements += self._record(table, primary_key, f"SELECT {pk} FROM __delta WHERE __write")
+            statements += self._record(
+                table, primary_key, f"SELECT {pk} FROM __delta WHERE __write"
+            )
         statements.append("DROP TABLE __delta")
         results = self._run(batches, statements)
         read, removed, inserted = (int(r or 0) for r in results[:3])  # type: ignore[call-overload]
@@ -371,7 +374,9 @@ class Warehouse:
         """
         t = quote_ident(table)
         names = [n for n, _ in primary_key]
-        gone = f"FROM {t} t WHERE NOT EXISTS (SELECT 1 FROM __keys k WHERE {_join(names, 'k', 't')})"
+        gone = (
+            f"FROM {t} t WHERE NOT EXISTS (SELECT 1 FROM __keys k WHERE {_join(names, 'k', 't')})"
+        )
         pk = ", ".join(f"t.{quote_ident(n)}" for n in names)
         record = self._record(table, names, f"SELECT {pk} {gone}") if self.track_changes else []
         results = self._run(

@@ -7,6 +7,7 @@ Exit status 0 with {"ok": true, ...} on success; 3 with
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import traceback
 from collections.abc import Callable
@@ -27,7 +28,10 @@ COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        print(f"usage: python -m analytics_lake {{{'|'.join(COMMANDS)}}} < request.json", file=sys.stderr)
+        print(
+            f"usage: python -m analytics_lake {{{'|'.join(COMMANDS)}}} < request.json",
+            file=sys.stderr,
+        )
         return 2
     try:
         request = json.load(sys.stdin)
@@ -37,6 +41,8 @@ def main(argv: list[str]) -> int:
         answer = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
         print(json.dumps(answer, default=str))
         return 3
+    # Each call is one process: its peak RSS is the lake side's memory cost.
+    answer["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(answer, default=str))
     return 0
 

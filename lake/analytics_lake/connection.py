@@ -56,7 +56,7 @@ def connect(
     store, for replicas); the catalog still names them relative to the lake's
     own data path.
     """
-    config = {
+    config: dict[str, str | bool | int | float | list[str]] = {
         "autoinstall_known_extensions": "false",
         "autoload_known_extensions": "false",
         "threads": str(lake.get("threads") or 2),

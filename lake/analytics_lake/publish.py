@@ -148,7 +148,9 @@ def maintain(request: dict[str, Any]) -> dict[str, Any]:
             "expired": f"ducklake_expire_snapshots('lake', older_than => {older})",
             "deleted_files": f"ducklake_cleanup_old_files('lake', older_than => {older})",
         }
-        out: dict[str, Any] = {name: _maintenance_step(con, name, call) for name, call in steps.items()}
+        out: dict[str, Any] = {
+            name: _maintenance_step(con, name, call) for name, call in steps.items()
+        }
         out["snapshot_id"] = _current_snapshot(con)
         return out
     finally:

@@ -60,7 +60,9 @@ def _history(con: duckdb.DuckDBPyConnection, after: int) -> list[tuple[int, list
     ]
 
 
-def _files(con: duckdb.DuckDBPyConnection, mirror: str, tables: list[str], sid: int) -> dict[str, int]:
+def _files(
+    con: duckdb.DuckDBPyConnection, mirror: str, tables: list[str], sid: int
+) -> dict[str, int]:
     out: dict[str, int] = {}
     for table in tables:
         try:
@@ -97,7 +99,7 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
                 "SELECT count(*) FROM ducklake_snapshots('lake') WHERE snapshot_id = ?", [after]
             ).fetchall()[0][0]
         )
-        history = [h for h in _history(con, int(after)) if h[0] <= to] if kept else []
+        history = [h for h in _history(con, int(after or 0)) if h[0] <= to] if kept else []
         target = _files(con, mirror, tables, to)
         needed = dict(target)
         for sid, kinds in history:

@@ -144,7 +144,13 @@ class LakeConfig:
         }
 
 
-_UNREACHABLE = ("could not connect", "connection refused", "timeout", "timed out", "unable to connect")
+_UNREACHABLE = (
+    "could not connect",
+    "connection refused",
+    "timeout",
+    "timed out",
+    "unable to connect",
+)
 
 
 def run_lake(

@@ -21,6 +21,7 @@ refresh never raises and never disturbs the version in service.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -225,7 +226,15 @@ class SnapshotManager:
             "verification_failures_total": self.verification_failures,
             "swaps_total": self.swaps,
             "worker_pid": os.getpid(),
+            **self._lake_status(),
         }
+
+    def _lake_status(self) -> dict[str, Any]:
+        """Lake mode: what this host's replicator last reported (data/lake_replica.py)."""
+        try:
+            return {"lake_replica": json.loads((self.cache_dir / "lake-status.json").read_text())}
+        except (OSError, ValueError):
+            return {}
 
     def next_poll_delay(self, interval: float) -> float:
         """Poll quickly until the first snapshot is in service, then every interval."""
