@@ -6,7 +6,6 @@ its local replica by the change; every copy must equal the source row for row.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from etl_service.sync import SyncEngine
 from testsupport.api_server import ApiServer
 from testsupport.proxy import TcpProxy
 from testsupport.snapshots import run_etl, store_from_env
-from testsupport.source_writers import late_writer, writer
+from testsupport.source_writers import writers_running
 
 TABLES = ("inventory", "orders")
 
@@ -120,16 +119,8 @@ def test_lake_and_replica_equal_source_after_concurrent_changes(
     assert first.version is not None and first.version.startswith("lake-")
     assert replicator.run_once() == first.version  # bootstrap
 
-    stop = threading.Event()
-    stats = {"inserts": 0, "updates": 0, "deletes": 0, "late": 0}
-    writers = [
-        threading.Thread(target=writer, args=(source, seed, stop, stats)),
-        threading.Thread(target=late_writer, args=(source, seed, stop, stats)),
-    ]
-    for w in writers:
-        w.start()
     cycles = 0
-    try:
+    with writers_running(source, seed) as stats:
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline or cycles < 3:
             result = etl.run_cycle()
@@ -137,10 +128,6 @@ def test_lake_and_replica_equal_source_after_concurrent_changes(
             cycles += 1
             if cycles % 2:  # the replica sometimes advances over several snapshots
                 replicator.run_once()
-    finally:
-        stop.set()
-        for w in writers:
-            w.join(timeout=30)
     assert cycles >= 3 and stats["late"] >= 2 and stats["deletes"] >= 3, (cycles, stats)
 
     final = etl.run_cycle(reconcile=True)

@@ -4,13 +4,15 @@ updated_at. Shared by the differential tests of both publication modes."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 
-__all__ = ["late_writer", "writer"]
+__all__ = ["late_writer", "writer", "writers_running"]
 
 NOW = "(now() AT TIME ZONE 'UTC')"  # the demo tables hold naive UTC
 
@@ -73,3 +75,22 @@ def late_writer(engine: sa.Engine, seed: int, stop: threading.Event, stats: dict
             )
             time.sleep(rng.uniform(0.3, 1.5))  # commit late, with the early timestamp
         stats["late"] += 1
+
+
+@contextlib.contextmanager
+def writers_running(source: sa.Engine, seed: int) -> Iterator[dict[str, int]]:
+    """Both writers busy on `source` for the block; yields their counts."""
+    stop = threading.Event()
+    stats = {"inserts": 0, "updates": 0, "deletes": 0, "late": 0}
+    threads = [
+        threading.Thread(target=writer, args=(source, seed, stop, stats)),
+        threading.Thread(target=late_writer, args=(source, seed, stop, stats)),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        yield stats
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)

@@ -9,7 +9,6 @@ the working DuckDB and the published snapshot must equal the source.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl_service.demo_source import create_demo_source
-from testsupport.source_writers import late_writer, writer
+from testsupport.source_writers import writers_running
 
 TABLES = ("inventory", "orders")
 
@@ -76,26 +75,14 @@ def test_duckdb_equals_source_after_concurrent_changes(
     )
     assert etl.run_cycle().status == "success"
 
-    stop = threading.Event()
-    stats = {"inserts": 0, "updates": 0, "deletes": 0, "late": 0}
-    writers = [
-        threading.Thread(target=writer, args=(source, seed, stop, stats)),
-        threading.Thread(target=late_writer, args=(source, seed, stop, stats)),
-    ]
-    for w in writers:
-        w.start()
     cycles = 0
-    try:
+    with writers_running(source, seed) as stats:
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
             result = etl.run_cycle()
             assert result.status == "success", result.error
             cycles += 1
             time.sleep(0.3)
-    finally:
-        stop.set()
-        for w in writers:
-            w.join(timeout=30)
     assert cycles >= 3 and stats["late"] >= 2 and stats["deletes"] >= 3, (cycles, stats)
 
     final = etl.run_cycle(reconcile=True)
