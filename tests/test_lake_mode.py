@@ -166,12 +166,14 @@ def _answer(api: ApiServer, token: str, sql: str) -> dict[str, Any]:
 
 
 def _wait_for_version(api: ApiServer, version: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if httpx.get(api.url + "/health", timeout=5).json().get("data_version") == version:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{api.url} did not serve {version} within {timeout} s")
+    """Until every worker serves `version` (each polls on its own): ten /health
+    answers in a row name it."""
+    deadline, in_a_row = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and in_a_row < 10:
+        health = httpx.get(api.url + "/health", timeout=5).json()
+        in_a_row = in_a_row + 1 if health.get("data_version") == version else 0
+        time.sleep(0.1 if in_a_row else 0.3)
+    assert in_a_row >= 10, f"{api.url} did not serve {version} within {timeout} s"
 
 
 INVENTORY_SQL = "SELECT id, product_id, warehouse, quantity FROM inventory ORDER BY id"
