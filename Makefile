@@ -10,8 +10,12 @@ STAMP   = $(VENV)/.installed
 SERVICES_STAMP = $(VENV)/.installed-services
 TS      = clients/typescript
 TS_STAMP = $(TS)/node_modules/.installed
+# The lake mode's processes run DuckDB 1.5.5 with the DuckLake extensions in an
+# environment of their own (requirements-lake.txt); the services keep 2.0.1.
+LAKE_VENV  ?= .venv-lake
+LAKE_STAMP  = $(LAKE_VENV)/.installed
 
-.PHONY: demo demo-check test lint typecheck install clean ts-client browser
+.PHONY: demo demo-check test lint typecheck install clean ts-client browser lake-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +47,14 @@ ts-client: $(TS_STAMP)
 browser:
 	@sh scripts/install_browser.sh
 
+$(LAKE_STAMP): requirements-lake.txt lake/pyproject.toml
+	$(PYTHON) -m venv $(LAKE_VENV)
+	$(LAKE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LAKE_VENV)/bin/python -m pip install --quiet -r requirements-lake.txt -e lake
+	touch $(LAKE_STAMP)
+
+lake-env: $(LAKE_STAMP)
+
 install: $(STAMP)
 
 demo: $(SERVICES_STAMP)
@@ -51,7 +63,7 @@ demo: $(SERVICES_STAMP)
 demo-check: $(SERVICES_STAMP)
 	$(BIN)/python scripts/demo.py --check
 
-test: $(STAMP) ts-client browser
+test: $(STAMP) $(LAKE_STAMP) ts-client browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -59,7 +71,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service clients/python/analytics_client
+	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service clients/python/analytics_client lake/analytics_lake
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist
+	rm -rf $(VENV) $(LAKE_VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist

@@ -71,6 +71,15 @@ class EtlSettings(CommonSettings):
     snapshot_retention_grace_seconds: float = Field(
         900.0, validation_alias="SNAPSHOT_RETENTION_GRACE_SECONDS", ge=0
     )
+    # Lake mode (PUBLISH_MODE=lake): compaction and snapshot expiry run at most
+    # once per interval; snapshots older than the retention are expired (an API
+    # host whose replica is older re-bootstraps).
+    lake_maintenance_interval_seconds: float = Field(
+        3600.0, validation_alias="LAKE_MAINTENANCE_INTERVAL_SECONDS", ge=0
+    )
+    lake_snapshot_retention_seconds: float = Field(
+        86400.0, validation_alias="LAKE_SNAPSHOT_RETENTION_SECONDS", ge=0
+    )
     # Per-run JSON logs under logs/etl_sync_<date>/ are deleted after this many
     # days (0: kept forever); checked once a day.
     run_log_retention_days: int = Field(30, validation_alias="RUN_LOG_RETENTION_DAYS", ge=0)

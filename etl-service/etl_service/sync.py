@@ -27,6 +27,7 @@ from analytics_shared.manifest import ColumnSchema, Manifest, SchemaChange, Tabl
 from etl_service.errors import ModelBuildError, RetryError, SchemaContractError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
+from etl_service.lake_publisher import LakePublisher
 from etl_service.lock import SyncLock
 from etl_service.models import ModelBuilder, ModelDefinition, configured_models
 from etl_service.ops.status_file import StatusFile
@@ -111,6 +112,7 @@ class SyncEngine:
         lock: SyncLock | None = None,
         progress: bool | None = None,
         models: list[ModelDefinition] | None = None,
+        lake: LakePublisher | None = None,
     ) -> None:
         self.settings = settings
         self.specs = (
@@ -126,6 +128,8 @@ class SyncEngine:
         self.state = state
         self.warehouse = warehouse
         self.publisher = publisher
+        # Lake mode: cycles publish through the lake; `publisher` still owns the manifest.
+        self.lake = lake
         self.run_logs = run_logs
         self.status_file = StatusFile(publisher.store)  # current/status.json
         self.lock = lock or SyncLock(state.engine, Path(settings.data_dir) / "etl_sync.lock")
@@ -153,18 +157,21 @@ class SyncEngine:
             tls=MssqlTls(settings.mssql_trust_server_certificate, settings.mssql_ca_file),
         )
         state = StateStore(settings.resolved_database_url)
-        warehouse = Warehouse(settings.working_db_path)
+        lake_mode = settings.publish_mode == "lake"
+        warehouse = Warehouse(settings.working_db_path, track_changes=lake_mode)
         store = settings.open_store()
+        publisher = Publisher.from_settings(settings, store)
         return cls(
             settings,
             source=source,
             state=state,
             warehouse=warehouse,
-            publisher=Publisher.from_settings(settings, store),
+            publisher=publisher,
             run_logs=RunLogStore.from_settings(settings, store),
             specs=specs,
             progress=progress,
             models=models,
+            lake=LakePublisher.from_settings(settings, publisher) if lake_mode else None,
         )
 
     def close(self) -> None:
@@ -365,6 +372,13 @@ class SyncEngine:
             result.version = current.version if current else None
 
     def _publish(self, outcomes: dict[str, TableOutcome]) -> Manifest:
+        if self.lake is not None:
+            return self.lake.publish(
+                self.warehouse,
+                self._primary_keys(),
+                self._table_infos(outcomes),
+                schema_changes=self._schema_changes_since_current(),
+            )
         self.warehouse.checkpoint()
         snapshot = export_snapshot(
             self.warehouse.con, Path(self.settings.data_dir) / "outgoing" / "snapshot.db"
@@ -375,6 +389,15 @@ class SyncEngine:
             models=self.models.infos(self.warehouse.con),
             schema_changes=self._schema_changes_since_current(),
         )
+
+    def _primary_keys(self) -> dict[str, list[str]]:
+        """Each working table's primary key (configured, else the source's)."""
+        keys = {}
+        for spec in self.specs:
+            if self.warehouse.has_table(spec.name):
+                pk = spec.primary_key or self.syncer.shape(spec.name).primary_key
+                keys[spec.name] = list(pk)
+        return keys
 
     def _schema_changes_since_current(self) -> list[SchemaChange]:
         """Schema changes recorded after the current version was published."""

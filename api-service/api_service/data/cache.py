@@ -8,6 +8,10 @@
     <version>.db.tmp/  DuckDB's spill directory for that version (one
                        subdirectory per worker process: `spill_directory`)
 
+In lake mode the host's replicator (data/lake_replica.py) writes the
+versions: `install` copies its verified replica in as `<version>.db` and
+writes the `.ok` last, under the same lock; workers only pin what is there.
+
 What must always hold: a `.db` file is trusted only while its `.ok` marker
 matches the manifest's size and sha256; a version is downloaded at most once
 per host (under the lock); a file is deleted only when no process holds its
@@ -102,6 +106,34 @@ class SnapshotCache:
         for spill in self.directory.glob("*.db.tmp/*"):
             if spill.name.isdigit() and not Path(f"/proc/{spill.name}").exists():
                 shutil.rmtree(spill, ignore_errors=True)
+
+    def pin_ready(self, manifest: Manifest) -> tuple[Path, Pin] | None:
+        """The verified local file for `manifest`, pinned, if it is already here
+        (lake mode: the replicator puts it there; workers never download)."""
+        path = self.directory / f"{manifest.version}.db"
+        with self.lock(timeout=5):
+            if path.exists() and _marker_matches(path.with_suffix(".ok"), manifest):
+                return path, Pin(path.with_suffix(".pin"))
+        return None
+
+    def has(self, manifest: Manifest) -> bool:
+        path = self.directory / f"{manifest.version}.db"
+        return path.exists() and _marker_matches(path.with_suffix(".ok"), manifest)
+
+    def install(self, manifest: Manifest, source: Path) -> Path:
+        """Copy a verified file in as `manifest`'s version; the `.ok` marker last."""
+        path = self.directory / f"{manifest.version}.db"
+        ok_marker = path.with_suffix(".ok")
+        with self.lock(self.lock_timeout):
+            ok_marker.unlink(missing_ok=True)
+            tmp = path.with_suffix(".db.download")  # (.db.tmp/ is the spill directory)
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+            tmp_ok = ok_marker.with_suffix(".ok.tmp")
+            tmp_ok.write_bytes(manifest.to_json())
+            os.replace(tmp_ok, ok_marker)
+        log.info("replica_installed", version=manifest.version)
+        return path
 
     def markers(self) -> list[Path]:
         """The `.ok` markers of verified versions, newest first."""

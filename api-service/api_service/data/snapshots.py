@@ -21,6 +21,7 @@ refresh never raises and never disturbs the version in service.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -227,7 +228,15 @@ class SnapshotManager:
             "verification_failures_total": self.verification_failures,
             "swaps_total": self.swaps,
             "worker_pid": os.getpid(),
+            **self._lake_status(),
         }
+
+    def _lake_status(self) -> dict[str, Any]:
+        """Lake mode: what this host's replicator last reported (data/lake_replica.py)."""
+        try:
+            return {"lake_replica": json.loads((self.cache_dir / "lake-status.json").read_text())}
+        except (OSError, ValueError):
+            return {}
 
     def next_poll_delay(self, interval: float) -> float:
         """Poll quickly until the first snapshot is in service, then every interval."""
@@ -327,7 +336,16 @@ class SnapshotManager:
             old.retire()
 
     def _load(self, manifest: Manifest) -> Snapshot:
-        path, pin = self.cache.fetch(manifest)
+        if manifest.lake is not None:
+            # Lake mode: the host's replicator writes the version; wait for it.
+            ready = self.cache.pin_ready(manifest)
+            if ready is None:
+                raise _Deferred(
+                    f"waiting for this host's lake replicator to write {manifest.version}"
+                )
+            path, pin = ready
+        else:
+            path, pin = self.cache.fetch(manifest)
         try:
             con = self._open_probed(path, manifest)
         except (SnapshotError, SnapshotFileError, duckdb.Error):
