@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from analytics_shared.settings import CommonSettings
@@ -131,6 +131,8 @@ class ApiSettings(CommonSettings):
     max_concurrent_queries_per_app: int | None = Field(
         None, validation_alias="MAX_CONCURRENT_QUERIES_PER_APP", ge=1
     )
+    # The key of `"hash"` column masks (access/rules.py); required when a policy uses one.
+    column_mask_secret: SecretStr | None = Field(None, validation_alias="COLUMN_MASK_SECRET")
 
     @field_validator("auth0_algorithms", "cors_origins", mode="before")
     @classmethod

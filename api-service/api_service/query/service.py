@@ -31,6 +31,14 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
+from api_service.access.rewrite import (
+    QueryAccess,
+    bind,
+    cached_rewrite,
+    column_refusals,
+    rewrite_and_cache,
+)
+from api_service.access.rules import claim_value
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import QueryFailed
 from api_service.http.responses import accepted_encoding, compress
@@ -62,6 +70,10 @@ class PreparedQuery:
     guard: Callable[[], str] | None = None
     user: str = "-"  # the principal: query slots and cache entries are per caller
     app: str = "-"
+    # Row filters and column policies still to apply (access/rewrite.py): the
+    # rewrite needs the snapshot, so it runs after the lease, after the guard.
+    access: QueryAccess | None = None
+    hidden_columns: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class QueryService:
         params: Params,
         encoding: Encoding,
         guard: Callable[[], str] | None = None,
+        access: QueryAccess | None = None,
     ) -> PreparedQuery:
         headers = request.headers
         coding = accepted_encoding(headers.get("accept-encoding")) if encoding.text else None
@@ -138,7 +151,7 @@ class QueryService:
         principal = getattr(request.state, "principal", None)
         user = principal.sub if principal is not None else "-"
         app = (principal.policy or principal.app or "-") if principal is not None else "-"
-        return PreparedQuery(sql, params, encoding, coding, conditional, guard, user, app)
+        return PreparedQuery(sql, params, encoding, coding, conditional, guard, user, app, access)
 
     async def answer(self, query: PreparedQuery, state: State) -> Response:
         """`state` is the request's: the request log reads `cache` and `rows` from it."""
@@ -159,6 +172,8 @@ class QueryService:
             query = await self._guarded(query)  # refuses it before any work on the text
         with contextlib.ExitStack() as lease:
             snap = lease.enter_context(self.snapshots.lease())
+            if query.access is not None:
+                query = await self._restricted(query, snap)
             target = self._variant(snap, query)
             not_modified = _etag_matches(query.if_none_match, target.headers["ETag"])
             if query.guard is not None and (
@@ -176,9 +191,10 @@ class QueryService:
                     return hit  # no query slot needed
             slot = await self.gate.acquire(query.user, query.app, deadline - loop.time())
             if query.encoding.streamed:
-                return await self._streamed(
-                    query, snap, lease, target, state, deadline, lambda: self.gate.release(slot)
-                )
+                with column_refusals(query.hidden_columns):
+                    return await self._streamed(
+                        query, snap, lease, target, state, deadline, lambda: self.gate.release(slot)
+                    )
             CACHE_REQUESTS.labels("miss").inc()
             # The pool task owns the lease and the slot until its thread lets go
             # (an abandoned, timed-out query may outlive this request).
@@ -188,13 +204,34 @@ class QueryService:
                 owned.close()
                 self.gate.release(slot)
 
-            result, (body, coded) = await self._execute(query, snap, deadline - loop.time(), done)
+            with column_refusals(query.hidden_columns):
+                result, (body, coded) = await self._execute(
+                    query, snap, deadline - loop.time(), done
+                )
         return self._buffered(query, result, body, coded, target, state)
 
     async def _guarded(self, query: PreparedQuery) -> PreparedQuery:
         assert query.guard is not None
         sql = await self.executor.call(query.guard)
         return dataclasses.replace(query, sql=sql, guard=None)
+
+    async def _restricted(self, query: PreparedQuery, snap: Snapshot) -> PreparedQuery:
+        """The query with the caller's row filters and column policies applied
+        (guard first: nothing is rewritten, cached or run before it passes)."""
+        if query.guard is not None:
+            query = await self._guarded(query)
+        access = query.access
+        assert access is not None
+        rewritten = cached_rewrite(query.sql, access.rules, snap.manifest)
+        if rewritten is None:
+            rewritten = await self.executor.call(
+                rewrite_and_cache, query.sql, access.rules, snap.manifest
+            )
+        values = {c: claim_value(access.claims, c) for c in rewritten.claims}
+        params = bind(rewritten, query.params, values, access.mask_keys)
+        return dataclasses.replace(
+            query, sql=rewritten.sql, params=params, access=None, hidden_columns=rewritten.hidden
+        )
 
     def _variant(self, snap: Snapshot, query: PreparedQuery) -> _Variant:
         settings = self.settings

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics, WhitelistDep
+from api_service.deps import AccessDep, PolicyDep, QueryServiceDep, ReadAnalytics, WhitelistDep
 from api_service.errors import UnknownQuery
 from api_service.http.responses import json_response
 from api_service.query.encodings import negotiate_format
@@ -59,6 +59,7 @@ async def run_named_query(
     policy: PolicyDep,
     whitelist: WhitelistDep,
     service: QueryServiceDep,
+    access: AccessDep,
     body: NamedQueryRequest | None = None,
 ) -> Response:
     query = whitelist.named_queries.get(name)
@@ -67,8 +68,9 @@ async def run_named_query(
         raise UnknownQuery(f"no named query {name!r} for this application (GET /queries)")
     request.state.named_query = name
     request.state.query_fingerprint = f"named:{name}"
-    params = bind_parameters(query, body.params if body else None)
+    params = bind_parameters(query, body.params if body else None, principal.claims)
     encoding = negotiate_format(body.format if body else None, request.headers.get("accept"))
     # The same pipeline as POST /query (cache, encodings, timeout, row cap).
-    prepared = service.prepare(request, query.sql, params or None, encoding)
+    # Row filters and column policies apply to the operator's SQL too.
+    prepared = service.prepare(request, query.sql, params or None, encoding, access=access)
     return await service.answer(prepared, request.state)

@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from analytics_shared.whitelist import AppPolicy
-from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics
+from api_service.access.rewrite import QueryAccess
+from api_service.deps import AccessDep, PolicyDep, QueryServiceDep, ReadAnalytics
 from api_service.errors import AdHocSqlNotAllowed
 from api_service.query.encodings import negotiate_format
 from api_service.query.executor import Params
@@ -50,6 +51,7 @@ async def run_sql(
     sql: str,
     params: Params,
     requested_format: str | None,
+    access: QueryAccess | None = None,
 ) -> Response:
     encoding = negotiate_format(requested_format, request.headers.get("accept"))
     if not policy.allow_ad_hoc_sql:
@@ -70,7 +72,7 @@ async def run_sql(
     if guarded is not None:
         request.state.query_fingerprint = guarded.fingerprint
         # After auth, policy, rate limit and guard: cache, execute, encode.
-        query = service.prepare(request, guarded.sql, params, encoding)
+        query = service.prepare(request, guarded.sql, params, encoding, access=access)
         return await service.answer(query, request.state)
     # A new text is parsed with DuckDB (~1 ms) off the event loop, in the same
     # pool task as the query (one thread hop): the guard runs first there and
@@ -89,7 +91,7 @@ async def run_sql(
         request_state.query_fingerprint = checked.fingerprint
         return checked.sql
 
-    query = service.prepare(request, sql, params, encoding, guard=guard)
+    query = service.prepare(request, sql, params, encoding, guard=guard, access=access)
     return await service.answer(query, request.state)
 
 
@@ -99,10 +101,11 @@ async def query_get(
     principal: ReadAnalytics,
     policy: PolicyDep,
     service: QueryServiceDep,
+    access: AccessDep,
     q: Annotated[str, Query(min_length=1, description="One read-only SELECT statement")],
     format: Annotated[str | None, Query(description=FORMAT_DESCRIPTION)] = None,
 ) -> Response:
-    return await run_sql(request, service, policy, q, None, format)
+    return await run_sql(request, service, policy, q, None, format, access)
 
 
 @router.post("/query")
@@ -112,5 +115,6 @@ async def query_post(
     principal: ReadAnalytics,
     policy: PolicyDep,
     service: QueryServiceDep,
+    access: AccessDep,
 ) -> Response:
-    return await run_sql(request, service, policy, body.sql, body.params, body.format)
+    return await run_sql(request, service, policy, body.sql, body.params, body.format, access)
