@@ -88,7 +88,8 @@ SHOP_WHITELIST: dict[str, Any] = {
         "regional": {
             "tables": ["orders", "customers"],
             "row_filters": {
-                "orders": "customer_id IN (SELECT id FROM customers WHERE region = claim('region'))",
+                "orders": "customer_id IN"
+                " (SELECT id FROM customers WHERE region = claim('region'))",
             },
             "column_policies": {"customers": {"allowed_columns": ["id", "region"]}},
         },
