@@ -107,9 +107,10 @@ def refused_models(rules: AccessRules, manifest: Manifest) -> frozenset[str]:
 
 
 def _columns(manifest: Manifest, table: str) -> tuple[str, ...] | None:
-    for name, info in [*manifest.tables.items(), *manifest.models.items()]:
-        if name.lower() == table:
-            return tuple(c.name for c in info.columns)
+    for tables in (manifest.tables, manifest.models):
+        for name, info in tables.items():
+            if name.lower() == table:
+                return tuple(c.name for c in info.columns)
     return None
 
 
@@ -245,12 +246,12 @@ def _subquery_template(rule: TableRule, columns: tuple[str, ...] | None) -> str:
 
 def _serialize(sql: str) -> dict[str, Any]:
     row = parser_connection().execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
-    tree = json.loads(row[0]) if row else {"error": True}
+    tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
     if tree.get("error"):
         raise QueryRejected(
             f"query not supported: {tree.get('error_message', 'cannot analyse it')}", "unsupported"
         )
-    return tree  # type: ignore[no-any-return]
+    return tree
 
 
 def _verify(sql: str, rules: AccessRules, refused: frozenset[str], expected: int) -> None:

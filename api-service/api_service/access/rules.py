@@ -146,8 +146,8 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
     con = parser_connection()
     probe = f"SELECT 1 FROM {RESERVED_PREFIX}t WHERE {text}"
     row = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [probe]).fetchone()
-    tree = json.loads(row[0]) if row else {"error": True}
-    statements = tree.get("statements", [])
+    tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
+    statements: list[dict[str, Any]] = tree.get("statements", [])
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
     shape_ok = (
         not tree.get("error")
