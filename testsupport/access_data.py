@@ -93,8 +93,21 @@ SHOP_WHITELIST: dict[str, Any] = {
             },
             "column_policies": {"customers": {"allowed_columns": ["id", "region"]}},
         },
+        # A filter reading a table the policy does not restrict (products).
+        "by_product": {
+            "tables": ["orders", "products"],
+            "allowed_table_functions": ["range"],
+            "row_filters": {
+                "orders": "customer_id IN (SELECT id FROM products WHERE name = claim('product'))"
+            },
+        },
     },
-    "apps": {"staff-app": "staff", "shop-app": "shop", "regional-app": "regional"},
+    "apps": {
+        "staff-app": "staff",
+        "shop-app": "shop",
+        "regional-app": "regional",
+        "product-app": "by_product",
+    },
     "named_queries": {
         "my_orders": {
             "description": "The caller's orders (the customer id comes from the token).",

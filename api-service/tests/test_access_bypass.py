@@ -351,6 +351,32 @@ def test_a_filter_with_a_subquery_and_a_string_claim(api, issuer):
     assert hidden.json()["error"]["code"] == "column_not_allowed"
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # A CTE named like the table the filter reads must not replace it.
+        "WITH products AS (SELECT i AS id, 'x' AS name FROM range(100) r(i))"
+        " SELECT DISTINCT customer_id FROM orders",
+        "SELECT DISTINCT customer_id FROM (WITH products AS (SELECT 3 AS id, 'x' AS name)"
+        " SELECT * FROM orders)",
+        "WITH RECURSIVE products(id, name) AS (SELECT 1, 'x' UNION ALL"
+        " SELECT id + 1, 'x' FROM products WHERE id < 40) SELECT DISTINCT customer_id FROM orders",
+    ],
+)
+def test_a_cte_cannot_stand_in_for_a_table_the_filter_reads(api, issuer, sql):
+    rows = shop_rows()
+    product = rows["products"][2]
+    mine = sorted({o["customer_id"] for o in rows["orders"] if o["customer_id"] == product["id"]})
+    headers = _headers(issuer, sub="by-product", app="product-app", product=product["name"])
+    response = _query(api, headers, sql)
+    if response.status_code == 200:
+        assert sorted(r["customer_id"] for r in arrow_rows(response.content)) == mine
+    else:
+        assert response.json()["error"]["code"] == "cte_name_not_allowed", response.text
+    plain = _query(api, headers, "SELECT DISTINCT customer_id FROM orders")
+    assert [r["customer_id"] for r in arrow_rows(plain.content)] == mine
+
+
 def test_schema_shows_only_what_the_caller_may_see(api, issuer):
     schema = api.get("/schema", headers=_headers(issuer)).json()
     customers = schema["tables"]["customers"]

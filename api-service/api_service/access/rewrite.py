@@ -364,6 +364,8 @@ def bind(
         extra.update(mask_keys)
     if not extra and not rewritten.positional:
         return params
+    if isinstance(params, dict) and any(_reserved(k) for k in params):
+        raise _reserved_name()
     if isinstance(params, list):
         caller = {f"{_ARG_PREFIX}{i + 1}": v for i, v in enumerate(params)}
     elif isinstance(params, dict):

@@ -166,6 +166,8 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
         )
     claims: list[str] = []
     where = _claims_as_parameters(node["where_clause"], claims, table)
+    _qualify_tables(where, table)
+    _qualify_columns(where, RESERVED_PREFIX + table)
     node["where_clause"] = where
     # The operator's filter passes the same guard as any query (denied functions ...).
     rendered = con.execute("SELECT json_deserialize_sql(?::VARCHAR)", [json.dumps(tree)]).fetchone()
@@ -174,6 +176,51 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
     except QueryRejected as exc:
         raise WhitelistError(f"query whitelist: the row filter of {table!r}: {exc}") from None
     return json.dumps(where), tuple(dict.fromkeys(claims))
+
+
+def _qualify_tables(node: Any, table: str) -> None:
+    """Tables the filter reads become `main.<t>`: inserted into a caller's query,
+    an unqualified name would bind to a caller's CTE of that name instead."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, list):
+            stack.extend(current)
+            continue
+        if not isinstance(current, dict):
+            continue
+        if (current.get("cte_map") or {}).get("map") or current.get("type") == "RECURSIVE_CTE_NODE":
+            raise WhitelistError(
+                f"query whitelist: the row filter of {table!r} defines a CTE; write it without"
+            )
+        if current.get("type") == "BASE_TABLE":
+            if current.get("catalog_name") or current.get("schema_name") not in ("", "main", None):
+                raise WhitelistError(
+                    f"query whitelist: the row filter of {table!r} reads a table outside the"
+                    " published data"
+                )
+            current["schema_name"] = "main"
+            # DuckDB prints the reference from its qualified path, so set both.
+            current["qualified_name"] = {"path": ["main", current.get("table_name", "")]}
+        stack.extend(v for v in current.values() if isinstance(v, dict | list))
+
+
+def _qualify_columns(node: Any, alias: str) -> None:
+    """The filter's own column names become `__rls_<t>.<col>`: a name the table
+    lacks must fail, not bind to a column of the caller's query around it.
+    Subqueries and lambdas inside the filter keep their own scopes."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, list):
+            stack.extend(current)
+            continue
+        if not isinstance(current, dict) or current.get("class") in ("SUBQUERY", "LAMBDA"):
+            continue
+        names = current.get("column_names")
+        if current.get("class") == "COLUMN_REF" and isinstance(names, list) and len(names) == 1:
+            current["column_names"] = [alias, names[0]]
+        stack.extend(v for v in current.values() if isinstance(v, dict | list))
 
 
 def _claims_as_parameters(node: Any, claims: list[str], table: str) -> Any:
