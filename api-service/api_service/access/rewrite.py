@@ -51,6 +51,7 @@ from api_service.access.rules import (
     AccessRules,
     TableRule,
     claim_param,
+    tree_nodes,
 )
 from api_service.errors import ColumnNotAllowed, QueryRejected
 from api_service.query.sql_guard import parser_connection
@@ -257,22 +258,14 @@ def _serialize(sql: str) -> dict[str, Any]:
 def _verify(sql: str, rules: AccessRules, refused: frozenset[str], expected: int) -> None:
     """Every reference to a restricted table in the rewritten SQL is an inserted one."""
     found = 0
-    stack: list[Any] = [_serialize(sql)]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+    # Inserted subqueries are not walked: the operator's filter may read tables itself.
+    for node in tree_nodes(_serialize(sql), _is_inserted):
         if _is_inserted(node):
-            found += 1  # not walked: the operator's filter may read tables itself
-            continue
-        if node.get("type") == "BASE_TABLE":
+            found += 1
+        elif node.get("type") == "BASE_TABLE":
             name = str(node.get("table_name", "")).lower()
             if name in refused or name in rules.by_table:
                 raise _unverifiable()
-        stack.extend(v for v in node.values() if isinstance(v, dict | list))
     if found != expected:
         raise _unverifiable()
 

@@ -22,7 +22,7 @@ import functools
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "claim_value",
     "mask_keys",
     "rules_for",
+    "tree_nodes",
 ]
 
 # Names the rewrite uses (parameters, aliases); a caller's SQL may not use them.
@@ -178,10 +179,12 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
     return json.dumps(where), tuple(dict.fromkeys(claims))
 
 
-def _qualify_tables(node: Any, table: str) -> None:
-    """Tables the filter reads become `main.<t>`: inserted into a caller's query,
-    an unqualified name would bind to a caller's CTE of that name instead."""
-    stack = [node]
+def tree_nodes(
+    tree: Any, prune: Callable[[dict[str, Any]], bool] = lambda _: False
+) -> Iterator[dict[str, Any]]:
+    """Every object of a json_serialize_sql tree (an explicit stack: deep trees
+    cannot exhaust Python's); below a node for which `prune` is true, none."""
+    stack = [tree]
     while stack:
         current = stack.pop()
         if isinstance(current, list):
@@ -189,6 +192,15 @@ def _qualify_tables(node: Any, table: str) -> None:
             continue
         if not isinstance(current, dict):
             continue
+        yield current
+        if not prune(current):
+            stack.extend(v for v in current.values() if isinstance(v, dict | list))
+
+
+def _qualify_tables(node: Any, table: str) -> None:
+    """Tables the filter reads become `main.<t>`: inserted into a caller's query,
+    an unqualified name would bind to a caller's CTE of that name instead."""
+    for current in tree_nodes(node):
         if (current.get("cte_map") or {}).get("map") or current.get("type") == "RECURSIVE_CTE_NODE":
             raise WhitelistError(
                 f"query whitelist: the row filter of {table!r} defines a CTE; write it without"
@@ -202,25 +214,16 @@ def _qualify_tables(node: Any, table: str) -> None:
             current["schema_name"] = "main"
             # DuckDB prints the reference from its qualified path, so set both.
             current["qualified_name"] = {"path": ["main", current.get("table_name", "")]}
-        stack.extend(v for v in current.values() if isinstance(v, dict | list))
 
 
 def _qualify_columns(node: Any, alias: str) -> None:
     """The filter's own column names become `__rls_<t>.<col>`: a name the table
     lacks must fail, not bind to a column of the caller's query around it.
     Subqueries and lambdas inside the filter keep their own scopes."""
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, list):
-            stack.extend(current)
-            continue
-        if not isinstance(current, dict) or current.get("class") in ("SUBQUERY", "LAMBDA"):
-            continue
+    for current in tree_nodes(node, lambda n: n.get("class") in ("SUBQUERY", "LAMBDA")):
         names = current.get("column_names")
         if current.get("class") == "COLUMN_REF" and isinstance(names, list) and len(names) == 1:
             current["column_names"] = [alias, names[0]]
-        stack.extend(v for v in current.values() if isinstance(v, dict | list))
 
 
 def _claims_as_parameters(node: Any, claims: list[str], table: str) -> Any:
