@@ -6,7 +6,7 @@ the route's scope. So an unknown app is refused before it is counted, and a
 throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
-`CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
+`CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `AccessDep`, `QueryServiceDep`,
 `SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `SignerDep`,
 `EventsDep`, `SettingsDep`, `StatusFeedDep`. The policy is resolved once, by `get_principal`.
 """
@@ -20,6 +20,8 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from analytics_shared.whitelist import AppPolicy, Whitelist
+from api_service.access.rewrite import QueryAccess
+from api_service.access.rules import mask_keys, rules_for
 from api_service.auth.api_keys import API_KEY_HEADER, authenticate_api_key
 from api_service.auth.principal import Principal, policy_for
 from api_service.auth.rate_limit import RateLimiter
@@ -39,6 +41,7 @@ from api_service.query.service import QueryService
 from api_service.settings import ApiSettings
 
 __all__ = [
+    "AccessDep",
     "CurrentPrincipal",
     "EventsDep",
     "IdentityDep",
@@ -174,6 +177,21 @@ async def get_policy(request: Request, principal: CurrentPrincipal) -> AppPolicy
 
 
 PolicyDep = Annotated[AppPolicy, Depends(get_policy)]
+
+
+async def get_access(request: Request, principal: CurrentPrincipal) -> QueryAccess | None:
+    """The policy's row filters and column policies with this caller's claims
+    (None when the policy restricts no table)."""
+    rules = rules_for(request.state.policy)
+    if rules is None:
+        return None
+    settings: ApiSettings = request.app.state.settings
+    secret = settings.column_mask_secret
+    keys = mask_keys(secret.get_secret_value()) if secret is not None else {}
+    return QueryAccess(rules, principal.claims, keys)
+
+
+AccessDep = Annotated[QueryAccess | None, Depends(get_access)]
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:

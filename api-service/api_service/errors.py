@@ -11,7 +11,9 @@
         ├── Forbidden               403
         │   ├── UnknownApplication  403 unknown_application
         │   ├── InsufficientScope   403 insufficient_scope
-        │   └── AdHocSqlNotAllowed  403 ad_hoc_sql_not_allowed
+        │   ├── AdHocSqlNotAllowed  403 ad_hoc_sql_not_allowed
+        │   ├── MissingClaim        403 missing_claim    a row filter or parameter needs a claim
+        │   └── InvalidClaim        403 invalid_claim    the claim is not a scalar (or a list)
         ├── UnknownQuery            404 unknown_query    (missing and not-yours look alike)
         ├── StaleCursor             409 stale_cursor     a page cursor from an older data version
         ├── RateLimited             429 rate_limited     with the X-RateLimit-* headers
@@ -19,12 +21,14 @@
         ├── QueueTimeout            503 queue_timeout    no query slot before the deadline
         ├── BadRequest              400
         │   ├── QueryRejected       400 <per refusal>    the SQL guard's code (syntax_error, ...)
+        │   │   └── ColumnNotAllowed 400 column_not_allowed a column the policy hides
         │   ├── UnsupportedFormat   400 unsupported_format
         │   ├── QueryTimeout        400 query_timeout
         │   ├── ResultTooLarge      400 result_too_large
         │   ├── QueryFailed         400 query_error      DuckDB refused the query
         │   └── InvalidCursor       400 invalid_cursor   altered, or made for another query
         ├── ParameterError          422 invalid_parameters
+        │   └── ClaimBoundParameter 422 claim_bound_parameter  the token fills it, not the caller
         ├── DataUnavailable         503 no_data          (Retry-After: 5)
         │   ├── NoSnapshot          503 no_data          nothing verified is loaded yet
         │   └── SnapshotError       503 no_data          a version failed verification (caught
@@ -55,13 +59,17 @@ __all__ = [
     "AuthUnavailable",
     "BadRequest",
     "Busy",
+    "ClaimBoundParameter",
+    "ColumnNotAllowed",
     "DataUnavailable",
     "Forbidden",
     "InsufficientScope",
     "InvalidApiKey",
+    "InvalidClaim",
     "InvalidCursor",
     "InvalidTicket",
     "MalformedAuthorization",
+    "MissingClaim",
     "MissingCredentials",
     "NoSnapshot",
     "ParameterError",
@@ -171,6 +179,17 @@ class AdHocSqlNotAllowed(Forbidden):
     code = "ad_hoc_sql_not_allowed"
 
 
+class MissingClaim(Forbidden):
+    """The caller's token lacks a claim its policy's row filter or a
+    claim-bound parameter needs: nothing is run."""
+
+    code = "missing_claim"
+
+
+class InvalidClaim(Forbidden):
+    code = "invalid_claim"
+
+
 class UnknownQuery(ApiError):
     status = 404
     code = "unknown_query"
@@ -214,6 +233,13 @@ class QueryRejected(BadRequest, ValueError):
         self.code = code
 
 
+class ColumnNotAllowed(QueryRejected):
+    """The query names a column its policy hides (or one that does not exist)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "column_not_allowed")
+
+
 class UnsupportedFormat(BadRequest, ValueError):
     code = "unsupported_format"
 
@@ -245,6 +271,12 @@ class ParameterError(ApiError, ValueError):
 
     status = 422
     code = "invalid_parameters"
+
+
+class ClaimBoundParameter(ParameterError):
+    """The caller sent a value for a named-query parameter the token fills."""
+
+    code = "claim_bound_parameter"
 
 
 # -- the data (503) -------------------------------------------------------------

@@ -15,6 +15,7 @@ from analytics_shared.memory_limit import detect_memory_limit
 from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
+from api_service.access.rules import check_mask_secret
 from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
 from api_service.auth.signing import Signer, signing_key
 from api_service.auth.tokens import JwksCache, TokenValidator
@@ -59,6 +60,7 @@ def memory_budget(settings: ApiSettings) -> tuple[ApiSettings, MemoryBudget]:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings, budget = memory_budget(settings or load_settings(ApiSettings))
     whitelist = check_whitelist(load_whitelist(settings.query_whitelist_path))
+    check_mask_secret(whitelist, settings.column_mask_secret)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

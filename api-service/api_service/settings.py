@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from analytics_shared.settings import CommonSettings
@@ -141,6 +141,8 @@ class ApiSettings(CommonSettings):
         15.0, validation_alias="EVENTS_HEARTBEAT_SECONDS", gt=0, le=300
     )
     events_ticket_seconds: int = Field(60, validation_alias="EVENTS_TICKET_SECONDS", ge=5, le=3600)
+    # The key of `"hash"` column masks (access/rules.py); required when a policy uses one.
+    column_mask_secret: SecretStr | None = Field(None, validation_alias="COLUMN_MASK_SECRET")
 
     @field_validator("auth0_algorithms", "cors_origins", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from analytics_shared.manifest import SchemaChange
 from etl_service.contracts import apply_contract, describe_change, diff_shape
 from etl_service.progress import LoadProgress, ProgressSink
 from etl_service.source import Source, SourceRead, TableShape
-from etl_service.tables import TableSpec, resolve_spec
+from etl_service.tables import TableSpec, resolve_spec, select_columns
 from etl_service.warehouse import Warehouse
 
 __all__ = ["LoadMode", "TableOutcome", "TableSyncer"]
@@ -164,7 +164,15 @@ class TableSyncer:
         full_refresh: bool = False,
         reconcile: bool = False,
     ) -> TableOutcome:
-        shape, change, reload = self._contract(spec, self.current_shape(spec.name))
+        source_shape = self.current_shape(spec.name)
+        shape = select_columns(spec, source_shape)
+        held = {n for n, _ in self.warehouse.columns(spec.name)}
+        if held & (set(source_shape.names) - set(shape.names)):
+            # A column now excluded is still in the working table: reload without
+            # it, whatever the schema contract (it must leave the next snapshot).
+            resolved = resolve_spec(spec, shape.names, shape.primary_key)
+            return self._full_load(resolved, shape, cycle_read, "column list changed")
+        shape, change, reload = self._contract(spec, shape)
         resolved = resolve_spec(spec, shape.names, shape.primary_key)
         reason = ""
         if full_refresh:

@@ -5,7 +5,9 @@ defaults; any other table named in TABLES_TO_SYNC is resolved against the
 source: its primary key is reflected, and `updated_at` is its cursor when the
 column exists (otherwise the table is fully refreshed every cycle).
 `TABLE_CONFIG` (JSON) overrides any of these per table, and sets its schema
-contract (etl_service.contracts).
+contract (etl_service.contracts) and the columns read (`include_columns` /
+`exclude_columns`): a column left out is never selected from the source, so
+personal data a snapshot does not need never leaves it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ from typing import Any
 
 from etl_service.contracts import CONTRACTS
 from etl_service.errors import TableConfigError
+from etl_service.source.records import TableShape
 
-__all__ = ["SEED_TABLES", "TableConfigError", "TableSpec", "resolve_spec", "table_specs"]
+__all__ = [
+    "SEED_TABLES",
+    "TableConfigError",
+    "TableSpec",
+    "resolve_spec",
+    "select_columns",
+    "table_specs",
+]
 
 DEFAULT_CURSOR = "updated_at"
 
@@ -38,6 +48,9 @@ class TableSpec:
     # came later are read again (date/time cursors use SYNC_LOOKBACK_SECONDS;
     # SQL Server rowversions are bounded by MIN_ACTIVE_ROWVERSION() instead).
     cursor_lookback: int = 0
+    # The source columns read: only these (None: all), minus the excluded ones.
+    include_columns: tuple[str, ...] | None = None
+    exclude_columns: tuple[str, ...] = ()
 
     @property
     def incremental(self) -> bool:
@@ -55,6 +68,8 @@ _OVERRIDABLE = {
     "soft_delete_column",
     "schema_contract",
     "cursor_lookback",
+    "include_columns",
+    "exclude_columns",
 }
 
 
@@ -76,6 +91,13 @@ def _override(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
         raise TableConfigError(
             f"TABLE_CONFIG[{spec.name!r}]: cursor_lookback must be a whole number >= 0"
         )
+    for key in ("include_columns", "exclude_columns"):
+        if key not in changes or (key == "include_columns" and changes[key] is None):
+            continue
+        value = changes[key]
+        if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+            raise TableConfigError(f"TABLE_CONFIG[{spec.name!r}]: {key} must be a list of names")
+        changes[key] = tuple(value)
     if "primary_key" in changes and changes["primary_key"] is not None:
         pk = changes["primary_key"]
         changes["primary_key"] = (pk,) if isinstance(pk, str) else tuple(pk)
@@ -121,3 +143,35 @@ def resolve_spec(
             " to fully refresh it every cycle."
         )
     return resolved
+
+
+def select_columns(spec: TableSpec, shape: TableShape) -> TableShape:
+    """The source shape limited to the table's include/exclude lists.
+
+    A listed column the source does not have is an error (a typo in an
+    exclusion must not let the column through), and so is leaving out a
+    primary-key, cursor or soft-delete column the sync needs."""
+    if spec.include_columns is None and not spec.exclude_columns:
+        return shape
+    names = {c.name.lower() for c in shape.columns}
+    listed = [*(spec.include_columns or ()), *spec.exclude_columns]
+    unknown = sorted(c for c in listed if c.lower() not in names)
+    if unknown:
+        raise TableConfigError(
+            f"table {spec.name!r}: include/exclude_columns name columns the source"
+            f" does not have: {unknown}"
+        )
+    included = {c.lower() for c in spec.include_columns} if spec.include_columns else names
+    kept = included - {c.lower() for c in spec.exclude_columns}
+    needed = [
+        *(spec.primary_key or shape.primary_key),
+        *([spec.cursor_column] if spec.cursor_column in shape.names else []),
+        *([spec.soft_delete_column] if spec.soft_delete_column else []),
+    ]
+    dropped = sorted(c for c in needed if c.lower() not in kept)
+    if dropped:
+        raise TableConfigError(
+            f"table {spec.name!r}: the sync needs columns {dropped} (primary key, cursor or"
+            " soft delete); keep them in include_columns and out of exclude_columns"
+        )
+    return TableShape(tuple(c for c in shape.columns if c.name.lower() in kept), shape.primary_key)

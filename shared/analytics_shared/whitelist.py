@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_WHITELIST_PATH",
     "ApiKeyEntry",
     "AppPolicy",
+    "ColumnPolicy",
     "NamedQuery",
     "QueryParameter",
     "Whitelist",
@@ -47,6 +48,9 @@ class QueryParameter(BaseModel):
     max_length: int | None = None
     enum: list[Any] | None = None
     description: str = ""
+    # Filled from this top-level claim of the caller's token, never from the
+    # caller's parameters (a caller-sent value is refused).
+    from_claim: str | None = Field(None, min_length=1)
 
 
 class NamedQuery(BaseModel):
@@ -73,6 +77,19 @@ class ApiKeyEntry(BaseModel):
     description: str = ""
 
 
+class ColumnPolicy(BaseModel):
+    """Which columns of one table a policy may see, and which of those masked.
+
+    `allowed_columns` absent means every column; a masked column must be one
+    the policy may see. A mask is `null` (always NULL, same type) or `hash`
+    (a keyed SHA-256 hex digest: equal values stay joinable, raw values never show).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    allowed_columns: list[str] | None = None
+    masked_columns: dict[str, Literal["null", "hash"]] = Field(default_factory=dict)
+
+
 class AppPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     tables: list[str]
@@ -80,6 +97,10 @@ class AppPolicy(BaseModel):
     allow_ad_hoc_sql: bool = True
     allowed_table_functions: list[str] = Field(default_factory=list)
     rate_limit: RateLimit | None = None
+    # Row-level security: table -> a boolean SQL expression over its columns
+    # and `claim('<token claim>')` values (api_service/access/ applies it).
+    row_filters: dict[str, str] = Field(default_factory=dict)
+    column_policies: dict[str, ColumnPolicy] = Field(default_factory=dict)
 
     def may_read(self, table: str) -> bool:
         return "*" in self.tables or table.lower() in {t.lower() for t in self.tables}
@@ -145,4 +166,26 @@ def load_whitelist(path: Path | None = None) -> Whitelist:
             raise WhitelistError(
                 f"query whitelist {path}: policy {name!r} allows unknown named queries {unknown}"
             )
+        _check_table_rules(path, name, policy)
     return whitelist
+
+
+def _check_table_rules(path: Path, name: str, policy: AppPolicy) -> None:
+    """Row filters and column policies name tables the policy reads, and a
+    masked column is one it may see."""
+    for table in [*policy.row_filters, *policy.column_policies]:
+        if not policy.may_read(table):
+            raise WhitelistError(
+                f"query whitelist {path}: policy {name!r} restricts table {table!r}"
+                " which it does not list in its tables"
+            )
+    for table, columns in policy.column_policies.items():
+        if columns.allowed_columns is None:
+            continue
+        allowed = {c.lower() for c in columns.allowed_columns}
+        hidden = sorted(c for c in columns.masked_columns if c.lower() not in allowed)
+        if hidden:
+            raise WhitelistError(
+                f"query whitelist {path}: policy {name!r} masks columns of {table!r}"
+                f" that are not in its allowed_columns: {hidden}"
+            )

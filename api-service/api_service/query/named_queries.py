@@ -9,14 +9,16 @@ bound as parameters, never interpolated into the SQL.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from analytics_shared.whitelist import NamedQuery, QueryParameter, Whitelist, WhitelistError
-from api_service.errors import ParameterError, QueryRejected
+from api_service.access.rules import claim_value, rules_for
+from api_service.errors import ClaimBoundParameter, InvalidClaim, ParameterError, QueryRejected
 from api_service.query.sql_guard import SAFE_TABLE_FUNCTIONS, check_query
 
 __all__ = ["RESERVED_QUERY_PARAMETERS", "bind_parameters", "check_whitelist", "parse_query_string"]
@@ -74,15 +76,40 @@ def _coerce(name: str, spec: QueryParameter, value: Any) -> Any:
     return value
 
 
-def bind_parameters(query: NamedQuery, values: dict[str, Any] | None) -> dict[str, Any]:
-    """Validated values for every declared parameter (defaults filled in)."""
+def _from_claim(name: str, spec: QueryParameter, claims: Mapping[str, Any]) -> Any:
+    assert spec.from_claim is not None
+    value = claim_value(claims, spec.from_claim)  # MissingClaim, InvalidClaim
+    if isinstance(value, str) and spec.type in ("integer", "number"):
+        with contextlib.suppress(ValueError):
+            value = int(value) if spec.type == "integer" else float(value)
+    try:
+        return _coerce(name, spec, value)
+    except ParameterError as exc:
+        raise InvalidClaim(f"the token's {spec.from_claim!r} claim does not fit: {exc}") from None
+
+
+def bind_parameters(
+    query: NamedQuery, values: dict[str, Any] | None, claims: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validated values for every declared parameter (defaults filled in).
+
+    A parameter with `from_claim` takes the claim of the caller's token; a value
+    the caller sends for it is refused (422 `claim_bound_parameter`), so a caller
+    can neither choose it nor mistake what was used."""
     values = values or {}
     unknown = sorted(set(values) - set(query.parameters))
     if unknown:
         raise ParameterError(f"unknown parameter(s): {', '.join(repr(u) for u in unknown[:10])}")
     bound: dict[str, Any] = {}
     for name, spec in query.parameters.items():
-        if name in values and values[name] is not None:
+        if spec.from_claim is not None:
+            if name in values:
+                raise ClaimBoundParameter(
+                    f"parameter {name!r} is taken from the token's {spec.from_claim!r} claim;"
+                    " do not send it"
+                )
+            bound[name] = _from_claim(name, spec, claims or {})
+        elif name in values and values[name] is not None:
             bound[name] = _coerce(name, spec, values[name])
         elif spec.default is not None:
             bound[name] = _coerce(name, spec, spec.default)
@@ -128,6 +155,7 @@ def parse_query_string(query: NamedQuery, items: Iterable[tuple[str, str]]) -> d
 def check_whitelist(whitelist: Whitelist) -> Whitelist:
     """Start-up checks the JSON Schema cannot express; WhitelistError names the problem."""
     for name, policy in whitelist.policies.items():
+        rules_for(policy)  # row filters parse as one expression each (WhitelistError)
         unsafe = sorted(
             f for f in policy.allowed_table_functions if f.lower() not in SAFE_TABLE_FUNCTIONS
         )

@@ -31,6 +31,14 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
+from api_service.access.rewrite import (
+    QueryAccess,
+    bind,
+    cached_rewrite,
+    column_refusals,
+    rewrite_and_cache,
+)
+from api_service.access.rules import claim_value
 from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import QueryFailed
@@ -65,6 +73,10 @@ class PreparedQuery:
     user: str = "-"  # the principal: query slots and cache entries are per caller
     app: str = "-"
     paging: Paging = FIRST_PAGE  # page size, count, cursor (query/pagination.py)
+    # Row filters and column policies still to apply (access/rewrite.py): the
+    # rewrite needs the snapshot, so it runs after the lease, after the guard.
+    access: QueryAccess | None = None
+    hidden_columns: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,7 @@ class QueryService:
         encoding: Encoding,
         guard: Callable[[], str] | None = None,
         paging: Paging = FIRST_PAGE,
+        access: QueryAccess | None = None,
     ) -> PreparedQuery:
         headers = request.headers
         coding = accepted_encoding(headers.get("accept-encoding")) if encoding.text else None
@@ -149,7 +162,16 @@ class QueryService:
         user = principal.sub if principal is not None else "-"
         app = (principal.policy or principal.app or "-") if principal is not None else "-"
         return PreparedQuery(
-            sql, params, encoding, coding, conditional, guard, user=user, app=app, paging=paging
+            sql,
+            params,
+            encoding,
+            coding,
+            conditional,
+            guard,
+            user=user,
+            app=app,
+            paging=paging,
+            access=access,
         )
 
     async def answer(self, query: PreparedQuery, state: State) -> Response:
@@ -171,8 +193,11 @@ class QueryService:
             query = await self._guarded(query)  # refuses it before any work on the text
         with contextlib.ExitStack() as lease:
             snap = lease.enter_context(self.snapshots.lease())
+            if query.access is not None:
+                query = await self._restricted(query, snap)
             if query.paging.cursor is not None:
-                # The cursor is checked against the guarded SQL: guard first.
+                # The cursor is checked against the guarded (and access-rewritten,
+                # claim-bound) SQL it was minted for: guard first.
                 query = await self._guarded(query) if query.guard is not None else query
                 binding = self.paginator.binding(query.sql, query.params, query.encoding.name)
                 latest = self.snapshots.latest_version_seen
@@ -194,9 +219,10 @@ class QueryService:
                     return hit  # no query slot needed
             slot = await self.gate.acquire(query.user, query.app, deadline - loop.time())
             if query.encoding.streamed:
-                return await self._streamed(
-                    query, snap, lease, target, state, deadline, lambda: self.gate.release(slot)
-                )
+                with column_refusals(query.hidden_columns):
+                    return await self._streamed(
+                        query, snap, lease, target, state, deadline, lambda: self.gate.release(slot)
+                    )
             CACHE_REQUESTS.labels("miss").inc()
             # The pool task owns the lease and the slot until its thread lets go
             # (an abandoned, timed-out query may outlive this request).
@@ -206,13 +232,34 @@ class QueryService:
                 owned.close()
                 self.gate.release(slot)
 
-            result, (body, coded) = await self._execute(query, snap, deadline - loop.time(), done)
+            with column_refusals(query.hidden_columns):
+                result, (body, coded) = await self._execute(
+                    query, snap, deadline - loop.time(), done
+                )
         return self._buffered(query, result, body, coded, target, state)
 
     async def _guarded(self, query: PreparedQuery) -> PreparedQuery:
         assert query.guard is not None
         sql = await self.executor.call(query.guard)
         return dataclasses.replace(query, sql=sql, guard=None)
+
+    async def _restricted(self, query: PreparedQuery, snap: Snapshot) -> PreparedQuery:
+        """The query with the caller's row filters and column policies applied
+        (guard first: nothing is rewritten, cached or run before it passes)."""
+        if query.guard is not None:
+            query = await self._guarded(query)
+        access = query.access
+        assert access is not None
+        rewritten = cached_rewrite(query.sql, access.rules, snap.manifest)
+        if rewritten is None:
+            rewritten = await self.executor.call(
+                rewrite_and_cache, query.sql, access.rules, snap.manifest
+            )
+        values = {c: claim_value(access.claims, c) for c in rewritten.claims}
+        params = bind(rewritten, query.params, values, access.mask_keys)
+        return dataclasses.replace(
+            query, sql=rewritten.sql, params=params, access=None, hidden_columns=rewritten.hidden
+        )
 
     def _variant(self, snap: Snapshot, query: PreparedQuery) -> _Variant:
         limit = self._row_limit(query)

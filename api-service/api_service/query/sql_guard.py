@@ -63,6 +63,7 @@ __all__ = [
     "cached_decision",
     "check_query",
     "clear_guard_cache",
+    "parser_connection",
 ]
 
 # Table functions a policy may allow: they compute rows, they read nothing.
@@ -100,6 +101,11 @@ def _parser() -> duckdb.DuckDBPyConnection:
         )
         _local.con = con
     return con
+
+
+def parser_connection() -> duckdb.DuckDBPyConnection:
+    """This thread's private parsing connection (it never sees data)."""
+    return _parser()
 
 
 def _system_views() -> frozenset[str]:

@@ -18,7 +18,9 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
 from analytics_shared.whitelist import AppPolicy, NamedQuery, Whitelist
-from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics, WhitelistDep
+from api_service.access.rewrite import QueryAccess
+from api_service.auth.principal import Principal
+from api_service.deps import AccessDep, PolicyDep, QueryServiceDep, ReadAnalytics, WhitelistDep
 from api_service.errors import UnknownQuery
 from api_service.http.responses import json_response
 from api_service.query.encodings import negotiate_format
@@ -59,13 +61,18 @@ async def _run(
     values: dict[str, Any] | None,
     requested_format: str | None,
     paging: Paging,
+    principal: Principal,
+    access: QueryAccess | None,
 ) -> Response:
     request.state.named_query = name
     request.state.query_fingerprint = f"named:{name}"
-    params = bind_parameters(query, values)
+    params = bind_parameters(query, values, principal.claims)
     encoding = negotiate_format(requested_format, request.headers.get("accept"))
     # The same pipeline as POST /query (cache, encodings, timeout, row cap).
-    prepared = service.prepare(request, query.sql, params or None, encoding, paging=paging)
+    # Row filters and column policies apply to the operator's SQL too.
+    prepared = service.prepare(
+        request, query.sql, params or None, encoding, paging=paging, access=access
+    )
     return await service.answer(prepared, request.state)
 
 
@@ -100,15 +107,19 @@ async def run_named_query(
     policy: PolicyDep,
     whitelist: WhitelistDep,
     service: QueryServiceDep,
+    access: AccessDep,
     format: FORMAT = None,
     body: NamedQueryRequest | None = None,
 ) -> Response:
     query = _named(whitelist, policy, name)
     if body is None:
         paging = service.paginator.paging(None)
-        return await _run(request, service, name, query, None, format, paging)
+        return await _run(request, service, name, query, None, format, paging, principal, access)
     paging = service.paginator.paging(body.cursor, body.count, body.page_size)
-    return await _run(request, service, name, query, body.params, body.format or format, paging)
+    requested = body.format or format
+    return await _run(
+        request, service, name, query, body.params, requested, paging, principal, access
+    )
 
 
 @router.get(
@@ -123,10 +134,11 @@ async def get_named_query(
     policy: PolicyDep,
     whitelist: WhitelistDep,
     service: QueryServiceDep,
+    access: AccessDep,
     page: Annotated[PageFields, Query()],
     format: FORMAT = None,
 ) -> Response:
     query = _named(whitelist, policy, name)
     values = parse_query_string(query, request.query_params.multi_items())
     paging = service.paginator.paging(page.cursor, page.count, page.page_size)
-    return await _run(request, service, name, query, values, format, paging)
+    return await _run(request, service, name, query, values, format, paging, principal, access)

@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
 from analytics_shared.whitelist import AppPolicy
-from api_service.deps import PolicyDep, QueryServiceDep, ReadAnalytics
+from api_service.access.rewrite import QueryAccess
+from api_service.deps import AccessDep, PolicyDep, QueryServiceDep, ReadAnalytics
 from api_service.errors import AdHocSqlNotAllowed
 from api_service.query.encodings import negotiate_format
 from api_service.query.executor import Params
@@ -52,6 +53,7 @@ async def run_sql(
     params: Params,
     requested_format: str | None,
     paging: Paging,
+    access: QueryAccess | None = None,
 ) -> Response:
     encoding = negotiate_format(requested_format, request.headers.get("accept"))
     if not policy.allow_ad_hoc_sql:
@@ -72,7 +74,9 @@ async def run_sql(
     if guarded is not None:
         request.state.query_fingerprint = guarded.fingerprint
         # After auth, policy, rate limit and guard: cache, execute, encode.
-        query = service.prepare(request, guarded.sql, params, encoding, paging=paging)
+        query = service.prepare(
+            request, guarded.sql, params, encoding, paging=paging, access=access
+        )
         return await service.answer(query, request.state)
     # A new text is parsed with DuckDB (~1 ms) off the event loop, in the same
     # pool task as the query (one thread hop): the guard runs first there and
@@ -91,7 +95,9 @@ async def run_sql(
         request_state.query_fingerprint = checked.fingerprint
         return checked.sql
 
-    query = service.prepare(request, sql, params, encoding, guard=guard, paging=paging)
+    query = service.prepare(
+        request, sql, params, encoding, guard=guard, paging=paging, access=access
+    )
     return await service.answer(query, request.state)
 
 
@@ -101,12 +107,13 @@ async def query_get(
     principal: ReadAnalytics,
     policy: PolicyDep,
     service: QueryServiceDep,
+    access: AccessDep,
     q: Annotated[str, Query(min_length=1, description="One read-only SELECT statement")],
     page: Annotated[PageFields, Query()],
     format: Annotated[str | None, Query(description=FORMAT_DESCRIPTION)] = None,
 ) -> Response:
     paging = service.paginator.paging(page.cursor, page.count, page.page_size)
-    return await run_sql(request, service, policy, q, None, format, paging)
+    return await run_sql(request, service, policy, q, None, format, paging, access)
 
 
 @router.post("/query", operation_id="runQuery", summary="Run one SELECT with bound parameters")
@@ -116,8 +123,9 @@ async def query_post(
     principal: ReadAnalytics,
     policy: PolicyDep,
     service: QueryServiceDep,
+    access: AccessDep,
     format: Annotated[str | None, Query(description=FORMAT_DESCRIPTION)] = None,
 ) -> Response:
     paging = service.paginator.paging(body.cursor, body.count, body.page_size)
     requested = body.format or format
-    return await run_sql(request, service, policy, body.sql, body.params, requested, paging)
+    return await run_sql(request, service, policy, body.sql, body.params, requested, paging, access)

@@ -91,6 +91,10 @@ class Source:
                 result = conn.execute(sa.text(f"SELECT * FROM {self.quote(table)} WHERE 1 = 0"))
                 description = result.cursor.description if result.cursor else ()
                 result.close()
+        except sa.exc.ProgrammingError:
+            # No SELECT on every column (a login granted only the columns the
+            # table's include/exclude lists keep): reflection still works.
+            return tuple((c.name, c.duckdb_type) for c in self.shape(table).columns)
         except sa.exc.DBAPIError as exc:
             raise source_failure(f"cannot read the columns of {table!r}", exc) from exc
         return tuple(tuple(d[:2]) + tuple(d[3:6]) for d in description or ())
