@@ -8,8 +8,9 @@ PIP     = $(BIN)/python -m pip
 STAMP   = $(VENV)/.installed
 TS      = clients/typescript
 TS_STAMP = $(TS)/node_modules/.installed
+comma  := ,
 
-.PHONY: demo demo-check test lint typecheck install clean ts-client browser
+.PHONY: demo demo-check test lint typecheck install clean ts-client browser mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,12 @@ demo-check: $(STAMP)
 
 test: $(STAMP) ts-client browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Mutation testing of the modules that hold the guarantees (docs/testing.md);
+# long-running, not part of `make test`. MODULES=sql_guard,tokens runs some.
+mutation: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -r requirements-mutation.txt
+	$(BIN)/python scripts/mutation.py $(subst $(comma), ,$(MODULES))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
