@@ -45,11 +45,11 @@ A, E, S = "api-service", "etl-service", "shared"
 TARGETS: dict[str, Target] = {
     "incremental": Target(
         f"{E}/etl_service/incremental.py",
-        (f"{E}/tests/test_pinned_bounds.py", f"{E}/tests/test_sync_engine.py"),
+        (f"{E}/tests/test_sync_engine.py",),
     ),
     "warehouse": Target(
         f"{E}/etl_service/warehouse.py",
-        (f"{E}/tests/test_warehouse_merge.py", f"{E}/tests/test_pinned_bounds.py"),
+        (f"{E}/tests/test_warehouse_merge.py", f"{E}/tests/test_sync_engine.py"),
     ),
     "sql_guard": Target(
         f"{A}/api_service/query/sql_guard.py",

@@ -22,6 +22,7 @@ from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.dev.issuer import DevIssuer, SigningKey
 from api_service.errors import AuthError, AuthUnavailable
 from testsupport.clock import FakeClock
+from testsupport.tokens import count_signature_checks
 
 AUDIENCE = "https://analytics-api.test"
 
@@ -293,18 +294,6 @@ def test_jwks_outage_serves_stale_keys_then_gives_up(own_issuer):
 # -- the validated-token cache ---------------------------------------------------------
 
 
-def _count_signature_checks(validator: TokenValidator) -> list[int]:
-    calls = [0]
-    decode = validator._decode
-
-    def counting(*args: Any) -> dict[str, Any]:
-        calls[0] += 1
-        return decode(*args)
-
-    validator._decode = counting  # type: ignore[method-assign]
-    return calls
-
-
 def test_a_repeated_token_skips_the_signature_check(own_issuer):
     tokens = [own_issuer.mint(sub=f"user-{i}") for i in range(3)]
 
@@ -314,7 +303,7 @@ def test_a_repeated_token_skips_the_signature_check(own_issuer):
             jwks, issuer=own_issuer.issuer, audience=AUDIENCE, algorithms=["RS256"],
             cache_entries=2,
         )  # fmt: skip
-        checks = _count_signature_checks(validator)
+        checks = count_signature_checks(validator)
         try:
             for _ in range(5):
                 assert (await validator.validate(tokens[0])).sub == "user-0"
@@ -343,7 +332,7 @@ def test_a_cached_token_stops_working_when_its_key_leaves_the_jwks(own_issuer):
 
     async def run() -> None:
         validator = validator_for(own_issuer, clock, ttl=0.5, cooldown=0.1)
-        checks = _count_signature_checks(validator)
+        checks = count_signature_checks(validator)
         try:
             assert (await validator.validate(old_token)).sub == "old"
             own_issuer.rotate()
@@ -369,7 +358,7 @@ def test_a_jwks_refetch_sends_cached_tokens_through_full_validation(own_issuer):
 
     async def run() -> None:
         validator = validator_for(own_issuer, clock, ttl=0.2, cooldown=0.1)
-        checks = _count_signature_checks(validator)
+        checks = count_signature_checks(validator)
         try:
             await validator.validate(token)
             await validator.validate(token)

@@ -17,6 +17,7 @@ from api_service.dev.issuer import DevIssuer
 from api_service.errors import AuthError
 from testsupport.api_app import api_env, make_app_client
 from testsupport.clock import FakeClock
+from testsupport.tokens import count_signature_checks
 
 AUDIENCE = "https://analytics-api.test"
 
@@ -40,18 +41,6 @@ def _validator(dev: DevIssuer, clock: FakeClock, **kwargs: Any) -> TokenValidato
     )
 
 
-def _count_signature_checks(validator: TokenValidator) -> list[int]:
-    calls = [0]
-    decode = validator._decode
-
-    def counting(*args: Any) -> dict[str, Any]:
-        calls[0] += 1
-        return decode(*args)
-
-    validator._decode = counting  # type: ignore[method-assign]
-    return calls
-
-
 def test_a_verified_token_is_trusted_for_sixty_seconds_at_most(own_issuer):
     """docs: validated tokens are remembered for TOKEN_CACHE_SECONDS (60 s)."""
     clock = FakeClock()
@@ -59,7 +48,7 @@ def test_a_verified_token_is_trusted_for_sixty_seconds_at_most(own_issuer):
 
     async def run() -> list[int]:
         validator = _validator(own_issuer, clock)  # the default cache_seconds
-        checks = _count_signature_checks(validator)
+        checks = count_signature_checks(validator)
         seen = []
         try:
             for step in (0, 59.5, 0.4, 0.2, 1.0):
@@ -83,7 +72,7 @@ def test_a_cached_token_is_not_served_past_its_exp(own_issuer):
 
     async def run() -> tuple[int, int]:
         validator = _validator(own_issuer, clock, leeway=0)
-        checks = _count_signature_checks(validator)
+        checks = count_signature_checks(validator)
         try:
             await validator.validate(token)
             clock.advance(exp - clock.wall() - 1)  # one second before exp: cached

@@ -110,6 +110,32 @@ def test_late_commit_with_an_earlier_timestamp_is_not_lost(
     same_rows(source, etl.warehouse.con, "inventory")
 
 
+def test_a_row_stamped_exactly_at_the_watermark_is_read(source, make_engine, same_rows):
+    """Ties on the boundary: `cursor >= watermark - lookback`, not `>`.
+
+    With no lookback the bound is the watermark itself; a row committed after
+    the cycle read the clock can carry exactly that timestamp (same tick)."""
+    etl = make_engine(SYNC_SETTLE_SECONDS="0", SYNC_LOOKBACK_SECONDS="0")
+    etl.run_cycle()
+    state = etl.state.table("inventory")
+    assert state is not None and state.watermark is not None
+    with source.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE inventory SET quantity = 777, updated_at = CAST(:w AS timestamp)"
+                " WHERE id = 7"
+            ),
+            {"w": state.watermark},
+        )
+    second = etl.run_cycle()
+    assert second.status == "success"
+    assert second.rows["inventory"]["read"] >= 1
+    assert etl.warehouse.con.execute("SELECT quantity FROM inventory WHERE id = 7").fetchall() == [
+        (777,)
+    ]
+    same_rows(source, etl.warehouse.con, "inventory")
+
+
 def test_crash_between_publish_and_state_commit_rereads_and_stays_correct(
     source, make_engine, same_rows, data_dir: Path, monkeypatch
 ):
