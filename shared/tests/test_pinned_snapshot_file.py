@@ -56,7 +56,7 @@ def test_a_damaged_zstd_stream_is_a_snapshot_file_error_and_leaves_nothing(tmp_p
 def _models_db(tmp_path: Path) -> Path:
     db = tmp_path / "models.db"
     con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE inventory AS SELECT range AS id FROM range(4)")
+    con.execute("CREATE TABLE inventory AS SELECT range AS id FROM range(300)")
     con.execute("CREATE TABLE stock_rollup AS SELECT range AS id FROM range(2)")
     con.execute("CREATE VIEW low_stock AS SELECT id FROM inventory WHERE id < 2")
     con.close()
@@ -71,14 +71,17 @@ def _model(kind: str, row_count: int | None) -> ModelInfo:
     ("models", "error"),
     [
         ({"stock_rollup": _model("table", 2), "low_stock": _model("view", None)}, None),
+        ({"stock_rollup": _model("table", None)}, None),  # no count recorded: not counted
         ({"stock_rollup": _model("table", 3)}, "stock_rollup has 2 rows"),
+        ({"stock_rollup": _model("table", 1)}, "stock_rollup has 2 rows"),  # more rows too
         ({"low_stock": _model("view", None), "gone_view": _model("view", None)}, "gone_view"),
     ],
-    ids=["consistent", "table_model_count_differs", "view_does_not_bind"],
+    ids=["consistent", "uncounted_table_model", "fewer_rows", "more_rows", "view_does_not_bind"],
 )
 def test_probe_counts_table_models_and_binds_views(tmp_path, models, error):
+    # 300 rows: counts compare by value (ints above 256 are distinct objects).
     db = _models_db(tmp_path)
-    manifest = _manifest(db, tables={"inventory": TableInfo(row_count=4)}, models=models)
+    manifest = _manifest(db, tables={"inventory": TableInfo(row_count=300)}, models=models)
     con = duckdb.connect(str(db), read_only=True)
     try:
         if error is None:
