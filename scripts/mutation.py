@@ -81,6 +81,7 @@ TARGETS: dict[str, Target] = {
         f"{S}/analytics_shared/manifest.py",
         (
             f"{S}/tests/test_manifest.py",
+            f"{S}/tests/test_pinned_manifest.py",
             f"{S}/tests/test_snapshot_file.py",
             f"{S}/tests/test_pinned_snapshot_file.py",
         ),
