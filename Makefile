@@ -14,8 +14,9 @@ TS_STAMP = $(TS)/node_modules/.installed
 # environment of their own (requirements-lake.txt); the services keep 2.0.1.
 LAKE_VENV  ?= .venv-lake
 LAKE_STAMP  = $(LAKE_VENV)/.installed
+comma  := ,
 
-.PHONY: demo demo-check test lint typecheck install clean ts-client browser lake-env
+.PHONY: demo demo-check test lint typecheck install clean ts-client browser lake-env mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,12 @@ demo-check: $(SERVICES_STAMP)
 
 test: $(STAMP) $(LAKE_STAMP) ts-client browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Mutation testing of the modules that hold the guarantees (docs/testing.md);
+# long-running, not part of `make test`. MODULES=sql_guard,tokens runs some.
+mutation: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -r requirements-mutation.txt
+	$(BIN)/python scripts/mutation.py $(subst $(comma), ,$(MODULES))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

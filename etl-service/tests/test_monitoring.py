@@ -64,7 +64,7 @@ def test_running_scheduler_serves_health_and_metrics(pg_url, data_dir):
         source.dispose()
 
 
-def test_monitor_counts_failures_and_survives_state_errors(data_dir):
+def test_monitor_counts_failures_and_survives_state_errors(data_dir, capsys):
     settings = EtlSettings(DATA_DIR=str(data_dir), ETL_METRICS_PORT=0, ALERT_FAILURE_THRESHOLD=2)
     state = StateStore(settings.resolved_database_url)
     monitor = CycleMonitor(settings, state)
@@ -74,6 +74,14 @@ def test_monitor_counts_failures_and_survives_state_errors(data_dir):
     assert monitor.notifier.consecutive_failures == 2
     status, body = monitor.metrics.health()
     assert status == 503 and body["last_error"] == "orders failed"
+    # A broken state store (its database file gone: every query fails) must
+    # not break the scheduler's tick; the failure is logged.
     state.close()
-    # A broken state store must not break the scheduler's tick.
+    db_file = Path(settings.resolved_database_url.removeprefix("sqlite:///"))
+    assert db_file.is_file()
+    db_file.unlink()
+    with pytest.raises(Exception):
+        state.table_states()  # really broken
+    capsys.readouterr()
     monitor.observe(CycleResult(run_id=3, status="success"))
+    assert "cycle_monitoring_failed" in capsys.readouterr().out

@@ -92,19 +92,58 @@ def test_watermark_is_the_source_clock_minus_settle_lag_at_full_precision(
     assert etl.publisher.current().tables["inventory"].watermark == watermark
 
 
-def test_late_commit_with_an_earlier_timestamp_is_not_lost(source, make_engine, same_rows):
-    etl = make_engine(SYNC_SETTLE_SECONDS="0.5", SYNC_LOOKBACK_SECONDS="30")
+@pytest.mark.parametrize("lookback", ["30", "0"])
+def test_late_commit_with_an_earlier_timestamp_is_not_lost(
+    source, make_engine, same_rows, lookback
+):
+    etl = make_engine(SYNC_SETTLE_SECONDS="0", SYNC_LOOKBACK_SECONDS=lookback)
     etl.run_cycle()
     with source.connect() as late:
+        # A writer stamps its row 10 s before it commits (a long transaction):
+        # the timestamp is behind the watermark of the cycle that runs meanwhile.
         late.execute(
-            sa.text(f"UPDATE inventory SET quantity = 4242, updated_at = {NOW} WHERE id = 5")
+            sa.text(
+                "UPDATE inventory SET quantity = 4242,"
+                f" updated_at = {NOW} - interval '10 seconds' WHERE id = 5"
+            )
         )
-        # The late transaction's timestamp is already behind the next watermark.
         etl.run_cycle()
         late.commit()
     etl.run_cycle()
+    if lookback == "0":
+        # Without the lookback the late row is lost: that is what the lookback is for.
+        assert etl.warehouse.con.execute(
+            "SELECT quantity FROM inventory WHERE id = 5"
+        ).fetchall() != [(4242,)]
+        return
     assert etl.warehouse.con.execute("SELECT quantity FROM inventory WHERE id = 5").fetchall() == [
         (4242,)
+    ]
+    same_rows(source, etl.warehouse.con, "inventory")
+
+
+def test_a_row_stamped_exactly_at_the_watermark_is_read(source, make_engine, same_rows):
+    """Ties on the boundary: `cursor >= watermark - lookback`, not `>`.
+
+    With no lookback the bound is the watermark itself; a row committed after
+    the cycle read the clock can carry exactly that timestamp (same tick)."""
+    etl = make_engine(SYNC_SETTLE_SECONDS="0", SYNC_LOOKBACK_SECONDS="0")
+    etl.run_cycle()
+    state = etl.state.table("inventory")
+    assert state is not None and state.watermark is not None
+    with source.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE inventory SET quantity = 777, updated_at = CAST(:w AS timestamp)"
+                " WHERE id = 7"
+            ),
+            {"w": state.watermark},
+        )
+    second = etl.run_cycle()
+    assert second.status == "success"
+    assert second.rows["inventory"]["read"] >= 1
+    assert etl.warehouse.con.execute("SELECT quantity FROM inventory WHERE id = 7").fetchall() == [
+        (777,)
     ]
     same_rows(source, etl.warehouse.con, "inventory")
 

@@ -36,6 +36,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +93,10 @@ class JwksCache:
         max_stale: float = 86_400.0,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
+        self.clock = clock  # monotonic seconds; tests pass a controllable one
         self.ttl = ttl
         self.cooldown = cooldown
         self.max_stale = max_stale
@@ -110,7 +113,7 @@ class JwksCache:
 
     @property
     def age(self) -> float | None:
-        return None if self._fetched_at is None else time.monotonic() - self._fetched_at
+        return None if self._fetched_at is None else self.clock() - self._fetched_at
 
     async def _fetch(self) -> dict[str, JwksKey]:
         self.fetches += 1
@@ -142,7 +145,7 @@ class JwksCache:
             keys = await self._fetch()
         except (httpx.HTTPError, ValueError) as exc:
             # Stamped when the attempt ends, so requests arriving meanwhile wait for it.
-            self._attempted_at = time.monotonic()
+            self._attempted_at = self.clock()
             self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             log.warning(
                 "jwks_fetch_failed",
@@ -153,7 +156,7 @@ class JwksCache:
             )
             return
         self._keys = keys
-        self._fetched_at = self._attempted_at = time.monotonic()
+        self._fetched_at = self._attempted_at = self.clock()
         self.last_error = None
         log.info("jwks_fetched", reason=reason, keys=len(keys))
 
@@ -162,7 +165,7 @@ class JwksCache:
         return self._keys if age is not None and age <= self.max_stale else {}
 
     def _refresh_reason(self, kid: str) -> str | None:
-        now = time.monotonic()
+        now = self.clock()
         cooled = self._attempted_at is None or now - self._attempted_at >= self.cooldown
         last_failed = self._attempted_at is not None and (
             self._fetched_at is None or self._attempted_at > self._fetched_at
@@ -237,6 +240,8 @@ class TokenValidator:
         leeway: int = 30,
         cache_entries: int = TOKEN_CACHE_ENTRIES,
         cache_seconds: float = TOKEN_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.jwks = jwks
         self.issuer = issuer
@@ -245,6 +250,9 @@ class TokenValidator:
         self.leeway = leeway
         self.cache_entries = cache_entries
         self.cache_seconds = cache_seconds
+        # Injectable for tests: monotonic seconds, and the wall clock `exp` is compared with.
+        self.clock = clock
+        self.wall_clock = wall_clock
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
 
     async def validate(self, token: str) -> Principal:
@@ -253,7 +261,7 @@ class TokenValidator:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         cached = self._verified.get(digest)
         if cached is not None:
-            if time.time() < cached.exp and time.monotonic() < cached.until:
+            if self.wall_clock() < cached.exp and self.clock() < cached.until:
                 try:
                     key = await self.jwks.get(cached.kid)  # refreshes the JWKS when due
                 except AuthError:
@@ -272,9 +280,9 @@ class TokenValidator:
         if self.cache_entries <= 0:
             return
         exp = principal.claims.get("exp")
-        if not isinstance(exp, int | float) or exp <= time.time():
+        if not isinstance(exp, int | float) or exp <= self.wall_clock():
             return  # accepted within the leeway only: not remembered
-        until = time.monotonic() + self.cache_seconds
+        until = self.clock() + self.cache_seconds
         self._verified[digest] = _Verified(principal, kid, key, float(exp), until)
         self._verified.move_to_end(digest)
         while len(self._verified) > self.cache_entries:
