@@ -16,6 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API under Gunicorn (production)")
     serve.add_argument("--bind", help="host:port (default API_BIND or 0.0.0.0:$PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (default WEB_CONCURRENCY)")
+    serve.add_argument(
+        "--with-etl",
+        action="store_true",
+        help="all-in-one: also run the ETL's scheduler, in the one worker (ALL_IN_ONE)",
+    )
     sub.add_parser("check-config", help="validate settings and the query whitelist, then exit")
     return parser
 
@@ -37,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("configuration ok")
         return 0
+    if args.with_etl:
+        os.environ["ALL_IN_ONE"] = "true"
+    if os.environ.get("ALL_IN_ONE", "").lower() in ("1", "true", "yes", "on"):
+        if (args.workers or int(os.environ.get("WEB_CONCURRENCY") or 1)) != 1:
+            print("analytics-api: all-in-one runs one worker: unset WEB_CONCURRENCY", file=sys.stderr)
+            return 2
+        args.workers = 1
     if not _check_memory_budget(args.workers):
         return 2
     argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]

@@ -21,6 +21,7 @@ from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
 from api_service.http.error_handlers import install_error_handlers
 from api_service.http.request_log import RequestContextMiddleware
+from api_service.ops.all_in_one import EmbeddedEtl, etl_share
 from api_service.ops.malloc_tuning import retain_freed_memory
 from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
@@ -49,7 +50,8 @@ def memory_budget(settings: ApiSettings) -> tuple[ApiSettings, MemoryBudget]:
     the kernel enforces, split among WEB_CONCURRENCY workers (1 in-process)."""
     limit = detect_memory_limit(settings.memory_limit)
     workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
-    return apply_budget(settings, limit, workers)
+    reserve = etl_share(limit) if settings.all_in_one else 0
+    return apply_budget(settings, limit, workers, reserve)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -73,6 +75,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             algorithms=settings.auth0_algorithms,
             leeway=settings.jwt_leeway_seconds,
         )
+        embedded = EmbeddedEtl(budget.reserve) if settings.all_in_one else None
+        if embedded is not None:
+            await run_in_threadpool(embedded.start)
         manager = app.state.snapshots
         # Uvicorn accepts connections only once start-up is done, so loading here
         # keeps Gunicorn from handing requests to a worker that has no data yet
@@ -85,6 +90,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            if embedded is not None:
+                await run_in_threadpool(embedded.stop)
             app.state.query_service.close()
             manager.close()
             await jwks.aclose()

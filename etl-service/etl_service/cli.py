@@ -10,6 +10,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from analytics_shared.errors import ConfigurationError
 from analytics_shared.logging_config import configure_logging
 from analytics_shared.settings import load_settings
 from etl_service.ops import versions
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, service="etl-service", json=settings.log_json)
     try:
         return COMMANDS[args.command](settings, args)
-    except ValueError as exc:  # configuration that only fails when used
+    except (ValueError, ConfigurationError) as exc:  # configuration that only fails when used
         print(f"analytics-etl: {exc}", file=sys.stderr)
         return 2
 

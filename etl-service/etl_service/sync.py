@@ -28,6 +28,7 @@ from etl_service.errors import RetryError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
+from etl_service.ops.memory_budget import duckdb_config, etl_budget
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
 from etl_service.run_logs import RunLogStore
@@ -132,15 +133,24 @@ class SyncEngine:
         self.stop_requested = threading.Event()
 
     @classmethod
-    def from_settings(cls, settings: EtlSettings, *, progress: bool | None = None) -> SyncEngine:
+    def from_settings(
+        cls,
+        settings: EtlSettings,
+        *,
+        progress: bool | None = None,
+        memory_share: int | None = None,
+    ) -> SyncEngine:
+        """`memory_share`: the bytes of an ETL embedded in the API (all-in-one)."""
         specs = table_specs(settings.tables_to_sync, settings.table_config)  # fails first
         source = Source(
             settings.resolved_source_url,
             timezone=settings.source_timezone,
             tls=MssqlTls(settings.mssql_trust_server_certificate, settings.mssql_ca_file),
         )
+        budget = etl_budget(settings, memory_share)
+        log.info("etl_memory_budget", **budget.as_dict())
         state = StateStore(settings.resolved_database_url)
-        warehouse = Warehouse(settings.working_db_path)
+        warehouse = Warehouse(settings.working_db_path, duckdb_config(budget, settings))
         store = settings.open_store()
         return cls(
             settings,

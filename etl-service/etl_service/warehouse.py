@@ -64,10 +64,12 @@ class MergeResult:
 
 
 class Warehouse:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, config: dict[str, str | int] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path))
+        # DuckDB settings for every connection (memory_limit, threads, temp_directory).
+        self.config = dict(config or {})
+        self.con = duckdb.connect(str(self.path), config=self.config)
         # Where a crash between merging and publishing is remembered.
         self.unpublished_marker = self.path.with_name(self.path.name + ".unpublished")
         self._rows: dict[str, int] = {}  # row counts known from the last write
@@ -89,7 +91,7 @@ class Warehouse:
             with contextlib.suppress(duckdb.Error):
                 self.con.close()
             self._rows.clear()
-            self.con = duckdb.connect(str(self.path))
+            self.con = duckdb.connect(str(self.path), config=self.config)
 
     # -- inspection ---------------------------------------------------------
 
