@@ -71,7 +71,9 @@ def timed_sync(env: dict[str, str], limit: int) -> dict[str, float]:
 
 def timed_swap(store_root: Path, cache: Path) -> float:
     """Seconds for the API to download, verify, open and swap in the current version."""
-    manager = SnapshotManager(LocalObjectStore(store_root), cache, memory_limit=format_size(128 * MIB))
+    manager = SnapshotManager(
+        LocalObjectStore(store_root), cache, memory_limit=format_size(128 * MIB)
+    )
     try:
         started = time.perf_counter()
         if not manager.refresh():

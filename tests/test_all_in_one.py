@@ -64,7 +64,7 @@ def test_api_and_etl_share_512_mb_under_load_while_the_etl_cycles(
             "TABLES_TO_SYNC": "inventory",
             "STORAGE_URL": store.as_uri(),
             "DATA_DIR": str(tmp_path / "data"),
-            "SYNC_INTERVAL_SECONDS": "4",
+            "SYNC_INTERVAL_SECONDS": "10",
             "SYNC_SETTLE_SECONDS": "0",
             "SNAPSHOT_POLL_SECONDS": "2",
             "ETL_METRICS_PORT": "0",
@@ -117,4 +117,4 @@ def test_api_and_etl_share_512_mb_under_load_while_the_etl_cycles(
         assert report.by_shape[f"{shape} 200"] > 0, summary
     memory = health["memory"]
     assert memory["limit"] == 512 * MIB and memory["workers"] == 1
-    assert memory["reserve"] >= 112 * MIB  # the ETL's share, left aside by the API
+    assert memory["reserve"] >= 128 * MIB  # the ETL's share, left aside by the API

@@ -69,7 +69,7 @@ def _sync(env: dict[str, str], *args: str) -> tuple[dict[str, object], dict[str,
 
 
 def _published_checksum(env: dict[str, str], work: Path) -> tuple[int, int]:
-    manifest, plain = fetch_current_verified(store_from_env(env), work)
+    _, plain = fetch_current_verified(store_from_env(env), work)
     con = duckdb.connect(str(plain), read_only=True)
     try:
         return snapshot_checksum(con)

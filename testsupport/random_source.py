@@ -30,6 +30,7 @@ __all__ = [
     "source_checksum",
 ]
 
+
 def _psycopg(url: str) -> sa.URL:
     return sa.make_url(url).set(drivername="postgresql+psycopg")
 

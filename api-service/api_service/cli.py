@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["ALL_IN_ONE"] = "true"
     if os.environ.get("ALL_IN_ONE", "").lower() in ("1", "true", "yes", "on"):
         if (args.workers or int(os.environ.get("WEB_CONCURRENCY") or 1)) != 1:
-            print("analytics-api: all-in-one runs one worker: unset WEB_CONCURRENCY", file=sys.stderr)
+            print(
+                "analytics-api: all-in-one runs one worker: unset WEB_CONCURRENCY", file=sys.stderr
+            )
             return 2
         args.workers = 1
     if not _check_memory_budget(args.workers):

@@ -12,7 +12,7 @@ counts (a `count(*)` after deletes scans the table).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +64,11 @@ class MergeResult:
 
 
 class Warehouse:
-    def __init__(self, path: Path, config: dict[str, str | int] | None = None) -> None:
+    def __init__(self, path: Path, config: Mapping[str, str | int] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # DuckDB settings for every connection (memory_limit, threads, temp_directory).
-        self.config = dict(config or {})
+        self.config: dict[str, str | bool | int | float | list[str]] = dict(config or {})
         self.con = duckdb.connect(str(self.path), config=self.config)
         # Where a crash between merging and publishing is remembered.
         self.unpublished_marker = self.path.with_name(self.path.name + ".unpublished")

@@ -47,9 +47,7 @@ def test_explicit_settings_win_when_they_fit() -> None:
 
 def test_a_duckdb_limit_larger_than_the_container_is_refused_by_name() -> None:
     with pytest.raises(ConfigurationError, match=r"ETL_DUCKDB_MEMORY_LIMIT=512MiB.*512 MiB"):
-        plan_etl_budget(
-            MemoryLimit(512 * MIB, "cgroup v2"), cores=2, duckdb_memory_limit=512 * MIB
-        )
+        plan_etl_budget(MemoryLimit(512 * MIB, "cgroup v2"), cores=2, duckdb_memory_limit=512 * MIB)
 
 
 def test_a_container_too_small_for_the_etl_is_refused() -> None:

@@ -20,9 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from analytics_shared.errors import AnalyticsError, TransientError
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
 
 __all__ = [
     "LocalObjectStore",
@@ -239,7 +243,7 @@ UPLOAD_CONCURRENCY = 4
 UPLOAD_PART_BYTES = 8 * 2**20
 
 
-def _upload_transfer() -> Any:
+def _upload_transfer() -> TransferConfig:
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(

@@ -34,8 +34,8 @@ __all__ = ["EmbeddedEtl", "etl_share"]
 log = get_logger(__name__)
 
 MIB = 2**20
-SHARE_FRACTION = 0.22
-MIN_SHARE = 112 * MIB
+SHARE_FRACTION = 0.25
+MIN_SHARE = 128 * MIB
 
 
 def etl_share(limit: MemoryLimit) -> int:
