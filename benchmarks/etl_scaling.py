@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from analytics_shared.logging_config import configure_logging
 from analytics_shared.memory_limit import format_size
 from analytics_shared.object_store import LocalObjectStore
 from api_service.data.snapshots import SnapshotManager
@@ -127,6 +128,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, action="append")
     parser.add_argument("--limit-mib", type=int, default=512)
     args = parser.parse_args()
+    configure_logging("WARNING", service="bench")
     sizes = args.rows or [1_000_000, 5_000_000, 10_000_000]
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
