@@ -28,7 +28,7 @@ from etl_service.errors import RetryError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lock import SyncLock
-from etl_service.ops.memory_budget import duckdb_config, etl_budget
+from etl_service.ops.memory_budget import EtlBudget, duckdb_config, etl_budget
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
 from etl_service.run_logs import RunLogStore
@@ -129,6 +129,8 @@ class SyncEngine:
             lookback_seconds=settings.sync_lookback_seconds,
             progress=progress,
         )
+        # What from_settings derived from the container (ops/memory_budget.py).
+        self.memory_budget: EtlBudget | None = None
         # Set by the scheduler on SIGTERM/SIGINT: the cycle stops between tables.
         self.stop_requested = threading.Event()
 
@@ -152,7 +154,7 @@ class SyncEngine:
         state = StateStore(settings.resolved_database_url)
         warehouse = Warehouse(settings.working_db_path, duckdb_config(budget, settings))
         store = settings.open_store()
-        return cls(
+        engine = cls(
             settings,
             source=source,
             state=state,
@@ -162,6 +164,8 @@ class SyncEngine:
             specs=specs,
             progress=progress,
         )
+        engine.memory_budget = budget
+        return engine
 
     def close(self) -> None:
         self.warehouse.close()

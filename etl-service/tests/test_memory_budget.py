@@ -80,3 +80,27 @@ def test_the_working_duckdb_runs_with_the_budget(make_engine, monkeypatch) -> No
     budget = plan_etl_budget(MemoryLimit(768 * MIB, "MEMORY_LIMIT"), cores=99)
     assert limit == f"{budget.duckdb // MIB}.0 MiB"
     assert threads >= 1 and temp.endswith("etl_duckdb_tmp")
+
+
+def test_the_budget_is_shown_on_health_and_metrics(make_engine) -> None:
+    import httpx
+
+    from etl_service.ops.health_server import EtlMetrics, HealthServer
+
+    engine = make_engine(MEMORY_LIMIT="1GiB")
+    metrics = EtlMetrics()
+    assert engine.memory_budget is not None
+    metrics.show_memory_budget(engine.memory_budget.as_dict())
+    server = HealthServer(metrics, host="127.0.0.1", port=0).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        memory = httpx.get(base + "/health").json()["memory"]
+        assert memory["limit"] == 1024 * MIB and memory["limit_source"] == "MEMORY_LIMIT"
+        shown = [
+            float(line.rsplit(" ", 1)[1])
+            for line in httpx.get(base + "/metrics").text.splitlines()
+            if line.startswith('etl_memory_budget_bytes{part="duckdb"}')
+        ]
+        assert shown == [float(memory["duckdb"])]
+    finally:
+        server.stop()

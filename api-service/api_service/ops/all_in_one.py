@@ -63,6 +63,8 @@ class EmbeddedEtl:
         settings = load_settings(EtlSettings)
         self._engine = SyncEngine.from_settings(settings, progress=False, memory_share=self.share)
         self._monitor = CycleMonitor(settings, self._engine.state)
+        if self._engine.memory_budget is not None:
+            self._monitor.metrics.show_memory_budget(self._engine.memory_budget.as_dict())
         self._monitor.start()
         self._scheduler = build_scheduler(
             self._engine, settings.sync_interval_seconds, self._monitor
