@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from analytics_shared.logging_config import configure_logging, get_logger
-from analytics_shared.memory_limit import detect_memory_limit
+from analytics_shared.memory_limit import detect_memory_limit, format_size
 from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
@@ -108,7 +108,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     snapshots = SnapshotManager(
         settings.open_store(),
         settings.cache_dir,
-        memory_limit=settings.duckdb_memory_limit,
+        # All-in-one publishes often: while a swap's old version still answers its
+        # last queries, two versions are open, so each gets half the budget.
+        memory_limit=(
+            format_size(budget.duckdb // 2) if settings.all_in_one else settings.duckdb_memory_limit
+        ),
         threads=settings.duckdb_threads,
         spill_dir=settings.data_dir.resolve() / "duckdb-tmp",
         max_spill_size=settings.duckdb_max_temp_directory_size,
