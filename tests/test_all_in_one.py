@@ -113,9 +113,10 @@ def test_api_and_etl_share_512_mb_under_load_while_the_etl_cycles(
     assert report.dropped == 0 and report.bad == [], summary
     assert still == before, "a process was replaced: " + summary
     assert found[1] != first_version and published >= 3, summary  # the ETL kept publishing
-    # The frequent shapes and a heavy one got through (the full export, 1 in 80
-    # requests, may not come up at all on a slow machine).
-    for shape in ("point", "page_10k_json", "arrow_500k"):
+    # The everyday shapes got through; the heavy ones (500,000-row sorted
+    # results, full exports) may all be refused `503 busy` in this share of
+    # 512 MB: clean (report.bad above), but refused.
+    for shape in ("point", "page_10k_json", "aggregate"):
         assert report.by_shape[f"{shape} 200"] > 0, summary
     memory = health["memory"]
     assert memory["limit"] == 512 * MIB and memory["workers"] == 1
