@@ -46,6 +46,7 @@ from benchmarks.api_loadgen import LoadResult, get_request, run_load
 from etl_service.export import export_snapshot
 from etl_service.publisher import Publisher
 from testsupport.api_server import ApiServer
+from testsupport.memory_load import CgroupServer
 from testsupport.ports import free_port
 from testsupport.processes import stop_process
 
@@ -300,6 +301,14 @@ def main() -> int:
         "--rounds", type=int, default=3, help="--overhead-only: interleaved rounds (default 3)"
     )
     parser.add_argument(
+        "--memory-limit-mib",
+        type=int,
+        action="append",
+        default=[],
+        help="also run ours with the default settings in a memory cgroup of this many MiB"
+        " (repeatable; needs root): `ours@512MiB` rows and their ratios",
+    )
+    parser.add_argument(
         "--overhead-only",
         action="store_true",
         help="only the API's added latency over DuckDB (1 client, cache off)",
@@ -356,9 +365,25 @@ def main() -> int:
                 run_server(name, api.url, [("json", None), ("arrow", "arrow")])
             finally:
                 api.stop()
+        for limit in args.memory_limit_mib:
+            # The defaults as deployed: workers, DuckDB memory and cache from the budget.
+            name = f"ours@{limit}MiB"
+            env = {
+                **auth,
+                "STORAGE_URL": (work / "store").resolve().as_uri(),
+                "DATA_DIR": str(work / f"data-{limit}"),
+                "RATE_LIMIT_REQUESTS": "1000000000",
+                "LOG_LEVEL": "WARNING",
+            }
+            with CgroupServer(env, limit * 2**20, work / f"{name}.log") as limited:
+                limited.wait_ready(timeout=180)
+                run_server(name, limited.url, [("json", None), ("arrow", "arrow")])
+                usage = limited.usage()
+            print(f"{name}: {usage.oom_kills} OOM kills, cgroup peak {usage.peak_mb:.0f} MiB")
         direct = direct_duckdb_p50(db, threads=max(1, (os.cpu_count() or 2) // 2))
 
     print_report(cells, direct, levels)
+    print_limited(cells, args.memory_limit_mib, levels)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -383,6 +408,36 @@ def main() -> int:
             )
         )
     return 0
+
+
+def print_limited(cells: list[Cell], limits: list[int], levels: list[int]) -> None:
+    """Requests/s in memory cgroups, each against the baseline and unlimited ours."""
+    if not limits:
+        return
+
+    def rps(server: str, shape: str, fmt: str, c: int) -> float | None:
+        for cell in cells:
+            if (cell.server, cell.shape, cell.fmt, cell.concurrency) == (server, shape, fmt, c):
+                return cell.result.rps
+        return None
+
+    names = [f"ours@{limit}MiB" for limit in limits]
+    print(
+        "\n| shape | format | clients | baseline | ours |"
+        + "".join(f" {n} | /baseline | /ours |" for n in names)
+    )
+    print("|---|---|---|---|---|" + "---|---|---|" * len(names))
+    for shape in SHAPES:
+        for fmt in ("json", "arrow"):
+            for c in levels:
+                base, ours = rps("baseline", shape, "json", c), rps("ours", shape, fmt, c)
+                if base is None or ours is None:
+                    continue
+                row = f"| {shape} | {fmt} | {c} | {base:.0f} | {ours:.0f} |"
+                for name in names:
+                    limited = rps(name, shape, fmt, c) or 0.0
+                    row += f" {limited:.0f} | {limited / base:.1f}x | {limited / ours:.2f} |"
+                print(row)
 
 
 def print_report(cells: list[Cell], direct: dict[str, float], levels: list[int]) -> None:

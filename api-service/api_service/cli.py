@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from analytics_shared.cli_edge import run_cli
+from analytics_shared.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from api_service.settings import ApiSettings
@@ -28,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API under Gunicorn (production)")
     serve.add_argument("--bind", help="host:port (default API_BIND or 0.0.0.0:$PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (default WEB_CONCURRENCY)")
+    serve.add_argument(
+        "--with-etl",
+        action="store_true",
+        help="all-in-one: also run the ETL's scheduler, in the one worker (ALL_IN_ONE)",
+    )
     sub.add_parser(
         "replicate",
         help="lake mode: this host's replicator (Gunicorn's master starts it by itself)",
@@ -73,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             replicate(settings)
             return 0
+        if args.with_etl:
+            os.environ["ALL_IN_ONE"] = "true"
+        if os.environ.get("ALL_IN_ONE", "").lower() in ("1", "true", "yes", "on"):
+            if (args.workers or int(os.environ.get("WEB_CONCURRENCY") or 1)) != 1:
+                raise ConfigurationError("all-in-one runs one worker: unset WEB_CONCURRENCY")
+            args.workers = 1
         _plan_memory(args.workers)  # ConfigurationError: exit 2, naming the settings
         argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]
         if args.bind:

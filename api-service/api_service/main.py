@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from analytics_shared.logging_config import configure_logging, get_logger
-from analytics_shared.memory_limit import detect_memory_limit
+from analytics_shared.memory_limit import detect_memory_limit, format_size
 from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
@@ -26,6 +26,7 @@ from api_service.http.cors import install_cors
 from api_service.http.error_handlers import install_error_handlers
 from api_service.http.openapi import install_openapi
 from api_service.http.request_log import RequestContextMiddleware
+from api_service.ops.all_in_one import EmbeddedEtl, etl_share
 from api_service.ops.malloc_tuning import retain_freed_memory
 from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
@@ -54,7 +55,8 @@ def memory_budget(settings: ApiSettings) -> tuple[ApiSettings, MemoryBudget]:
     the kernel enforces, split among WEB_CONCURRENCY workers (1 in-process)."""
     limit = detect_memory_limit(settings.memory_limit)
     workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
-    return apply_budget(settings, limit, workers)
+    reserve = etl_share(limit) if settings.all_in_one else 0
+    return apply_budget(settings, limit, workers, reserve)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -80,6 +82,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             leeway=settings.jwt_leeway_seconds,
         )
         await jwks.ensure_fetched()  # /health is not ready until keys were fetched once
+        embedded = EmbeddedEtl(budget.reserve) if settings.all_in_one else None
+        if embedded is not None:
+            await run_in_threadpool(embedded.start)
         manager = app.state.snapshots
         # Uvicorn accepts connections only once start-up is done, so loading here
         # keeps Gunicorn from handing requests to a worker that has no data yet
@@ -94,6 +99,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            if embedded is not None:
+                await run_in_threadpool(embedded.stop)
             app.state.query_service.close()
             manager.close()
             await jwks.aclose()
@@ -112,7 +119,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     snapshots = SnapshotManager(
         settings.open_store(),
         settings.cache_dir,
-        memory_limit=settings.duckdb_memory_limit,
+        # All-in-one publishes often: while a swap's old version still answers its
+        # last queries, two versions are open, so each gets half the budget.
+        memory_limit=(
+            format_size(budget.duckdb // 2) if settings.all_in_one else settings.duckdb_memory_limit
+        ),
         threads=settings.duckdb_threads,
         max_spill_size=settings.duckdb_max_temp_directory_size,
     )

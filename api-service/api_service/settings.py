@@ -110,6 +110,9 @@ class ApiSettings(CommonSettings):
         default_factory=lambda: _default_query_workers(), validation_alias="QUERY_WORKERS", ge=1
     )
     result_cache_bytes: int = Field(100_000_000, validation_alias="RESULT_CACHE_BYTES", ge=0)
+    # All-in-one (`analytics-api serve --with-etl` sets it): the ETL's scheduler
+    # runs inside the one worker, with a share of the memory (ops/all_in_one.py).
+    all_in_one: bool = Field(False, validation_alias="ALL_IN_ONE")
     compress_min_bytes: int = Field(1024, validation_alias="COMPRESS_MIN_BYTES", ge=0)
     stream_max_rows: int = Field(1_000_000, validation_alias="STREAM_MAX_ROWS", ge=1)
     stream_max_bytes: int = Field(256_000_000, validation_alias="STREAM_MAX_BYTES", ge=1024)

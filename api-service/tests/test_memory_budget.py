@@ -186,3 +186,28 @@ def test_the_event_loop_side_waits_without_blocking_the_loop():
         return order
 
     assert asyncio.run(scenario()) == ["loop runs", "admitted"]
+
+
+def test_all_in_one_at_512_mb_leaves_the_etl_its_share_and_still_fits() -> None:
+    from api_service.ops.all_in_one import etl_share
+    from etl_service.ops.memory_budget import plan_etl_budget
+
+    limit = MemoryLimit(512 * MIB, "cgroup v2")
+    share = etl_share(limit)
+    budget = plan_budget(limit, workers=1, query_workers=4, reserve=share)
+    _fits(budget, 512 * MIB)
+    assert budget.reserve == share and budget.duckdb >= 48 * MIB
+    etl = plan_etl_budget(MemoryLimit(share, "all-in-one share"), cores=2, embedded=True)
+    assert etl.headroom == 0 and etl.duckdb >= 32 * MIB
+    # Alone, the API would refuse a DuckDB that small; sharing, it accepts it.
+    with pytest.raises(ConfigurationError, match="DuckDB needs at least 64 MiB"):
+        plan_budget(limit, workers=1, query_workers=4, reserve=0, duckdb_memory_limit=50 * MIB)
+
+
+def test_all_in_one_refuses_more_than_one_worker(monkeypatch, capsys) -> None:
+    from api_service.cli import main
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    monkeypatch.setenv("ALL_IN_ONE", "false")  # restored afterwards: --with-etl sets it
+    assert main(["serve", "--with-etl"]) == 2
+    assert "all-in-one runs one worker" in capsys.readouterr().err

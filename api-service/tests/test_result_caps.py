@@ -101,3 +101,21 @@ def test_a_stream_whose_first_batch_is_too_large_is_refused_before_it_starts(sto
         assert r.json()["error"]["code"] == "result_too_large"
         lines, complete = streamed_lines(client, "SELECT * FROM inventory WHERE id <= 10")
         assert complete and lines == 10
+
+
+def test_a_query_that_runs_duckdb_out_of_memory_is_busy_not_broken(store, issuer):
+    """DuckDB's memory_limit is shared by the worker's queries: running out is
+    a 503 busy to retry, and the worker answers the next query."""
+    with client_for(store, issuer, "duckdb-oom", MEMORY_LIMIT="512MiB") as client:
+        client.headers["Authorization"] = f"Bearer {issuer.mint(sub='caps')}"
+        # 20,000 x ~100 KB of distinct text in one aggregate state: it cannot spill.
+        r = client.get(
+            "/query",
+            params={
+                "q": "SELECT length(string_agg(repeat(warehouse || id::VARCHAR, 10000), ',')) AS n FROM inventory"
+            },
+        )
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "busy" and r.headers["Retry-After"]
+        r = client.get("/query", params={"q": "SELECT count(*) AS n FROM inventory"})
+        assert r.status_code == 200 and r.json()["data"] == [{"n": ROWS}]

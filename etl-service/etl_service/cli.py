@@ -38,6 +38,8 @@ def cmd_run(settings: EtlSettings, _args: argparse.Namespace) -> int:
     try:
         engine = _engine(settings)
         monitor = CycleMonitor(settings, engine.state)
+        if engine.memory_budget is not None:
+            monitor.metrics.show_memory_budget(engine.memory_budget.as_dict())
         monitor.start()
         try:
             control = WorkerControl(settings, engine, lock)

@@ -108,6 +108,11 @@ class EtlSettings(CommonSettings):
     # unset = the bundled models, empty = none, a path = that folder.
     models_dir: str | None = Field(None, validation_alias="MODELS_DIR")
 
+    # The working DuckDB's memory_limit and threads; derived from the container's
+    # memory when unset (etl_service/ops/memory_budget.py).
+    etl_duckdb_memory_limit: str | None = Field(None, validation_alias="ETL_DUCKDB_MEMORY_LIMIT")
+    etl_duckdb_threads: int | None = Field(None, validation_alias="ETL_DUCKDB_THREADS", ge=1, le=64)
+
     # Retries on transient errors (exponential backoff, full jitter).
     retry_attempts: int = Field(4, validation_alias="RETRY_ATTEMPTS", ge=1, le=20)
     retry_base_seconds: float = Field(1.0, validation_alias="RETRY_BASE_SECONDS", ge=0)

@@ -30,6 +30,7 @@ from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lake_publisher import LakePublisher
 from etl_service.lock import SyncLock
 from etl_service.models import ModelBuilder, ModelDefinition, configured_models
+from etl_service.ops.memory_budget import EtlBudget, duckdb_config, etl_budget
 from etl_service.ops.status_file import StatusFile
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
@@ -144,11 +145,20 @@ class SyncEngine:
             progress=progress,
             progress_interval=settings.progress_log_seconds,
         )
+        # What from_settings derived from the container (ops/memory_budget.py).
+        self.memory_budget: EtlBudget | None = None
         # Set by the scheduler on SIGTERM/SIGINT: the cycle stops between tables.
         self.stop_requested = threading.Event()
 
     @classmethod
-    def from_settings(cls, settings: EtlSettings, *, progress: bool | None = None) -> SyncEngine:
+    def from_settings(
+        cls,
+        settings: EtlSettings,
+        *,
+        progress: bool | None = None,
+        memory_share: int | None = None,
+    ) -> SyncEngine:
+        """`memory_share`: the bytes of an ETL embedded in the API (all-in-one)."""
         specs = table_specs(settings.tables_to_sync, settings.table_config)  # fails first
         models = configured_models(settings.models_dir, [s.name for s in specs])
         source = Source(
@@ -156,12 +166,16 @@ class SyncEngine:
             timezone=settings.source_timezone,
             tls=MssqlTls(settings.mssql_trust_server_certificate, settings.mssql_ca_file),
         )
+        budget = etl_budget(settings, memory_share)
+        log.info("etl_memory_budget", **budget.as_dict())
         state = StateStore(settings.resolved_database_url)
         lake_mode = settings.publish_mode == "lake"
-        warehouse = Warehouse(settings.working_db_path, track_changes=lake_mode)
+        warehouse = Warehouse(
+            settings.working_db_path, duckdb_config(budget, settings), track_changes=lake_mode
+        )
         store = settings.open_store()
         publisher = Publisher.from_settings(settings, store)
-        return cls(
+        engine = cls(
             settings,
             source=source,
             state=state,
@@ -173,6 +187,8 @@ class SyncEngine:
             models=models,
             lake=LakePublisher.from_settings(settings, publisher) if lake_mode else None,
         )
+        engine.memory_budget = budget
+        return engine
 
     def close(self) -> None:
         self.warehouse.close()

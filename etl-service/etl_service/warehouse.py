@@ -18,7 +18,7 @@ so a crash in between re-sends them (the lake applies them idempotently).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +78,18 @@ class MergeResult:
 
 
 class Warehouse:
-    def __init__(self, path: Path, *, track_changes: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: Mapping[str, str | int] | None = None,
+        *,
+        track_changes: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path))
+        # DuckDB settings for every connection (memory_limit, threads, temp_directory).
+        self.config: dict[str, str | bool | int | float | list[str]] = dict(config or {})
+        self.con = duckdb.connect(str(self.path), config=self.config)
         self.track_changes = track_changes
         self.con.execute(
             f"CREATE SCHEMA IF NOT EXISTS {CHANGES}"
@@ -114,7 +122,7 @@ class Warehouse:
             with contextlib.suppress(duckdb.Error):
                 self.con.close()
             self._rows.clear()
-            self.con = duckdb.connect(str(self.path))
+            self.con = duckdb.connect(str(self.path), config=self.config)
 
     # -- inspection ---------------------------------------------------------
 

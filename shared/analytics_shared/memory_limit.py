@@ -22,7 +22,7 @@ from analytics_shared.errors import ConfigurationError
 
 __all__ = ["MemoryLimit", "detect_memory_limit", "format_size", "parse_size"]
 
-Source = Literal["MEMORY_LIMIT", "cgroup v2", "cgroup v1", "machine"]
+Source = Literal["MEMORY_LIMIT", "cgroup v2", "cgroup v1", "machine", "all-in-one share"]
 
 # Larger than any real machine: the kernel's way of saying "no limit" in v1.
 _UNLIMITED = 1 << 60

@@ -20,9 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from analytics_shared.errors import AnalyticsError, TransientError
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
 
 __all__ = [
     "LocalObjectStore",
@@ -233,6 +237,22 @@ class LocalObjectStore(ObjectStore):
             self._path(key).unlink()
 
 
+# Parts uploaded at once, each held in memory: bounds an upload's buffers
+# (the ETL's memory budget counts them) whatever the snapshot's size.
+UPLOAD_CONCURRENCY = 4
+UPLOAD_PART_BYTES = 8 * 2**20
+
+
+def _upload_transfer() -> TransferConfig:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        max_concurrency=UPLOAD_CONCURRENCY,
+        multipart_chunksize=UPLOAD_PART_BYTES,
+        multipart_threshold=UPLOAD_PART_BYTES,
+    )
+
+
 class S3ObjectStore(ObjectStore):
     def __init__(
         self,
@@ -307,7 +327,9 @@ class S3ObjectStore(ObjectStore):
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         with self._errors(key):
-            self._client.upload_file(str(path), self.bucket, self._key(key))
+            self._client.upload_file(
+                str(path), self.bucket, self._key(key), Config=_upload_transfer()
+            )
             info = self.head(key)
         if info is None:
             raise StoreError(f"{self.url}: {key} missing right after upload")

@@ -78,3 +78,16 @@ def test_variable_list_names_the_required_variables(aliases_of: Aliases) -> None
     ]
     missing = [names[0] for names in required if f"`{names[0]}`" not in text]
     assert not missing, f"infrastructure/railway/variables.md lacks {missing}"
+
+
+def test_all_in_one_runs_api_and_etl_as_one_single_replica_service() -> None:
+    all_in_one = config("all-in-one")
+    assert all_in_one["build"]["dockerfilePath"] == "api-service/Dockerfile"
+    dockerfile = (ROOT / "api-service" / "Dockerfile").read_text(encoding="utf-8")
+    assert "ARG WITH_ETL" in dockerfile and "./etl-service" in dockerfile
+    deploy = all_in_one["deploy"]
+    assert deploy["startCommand"] == "analytics-api serve --with-etl"
+    assert deploy["numReplicas"] == 1 and deploy.get("overlapSeconds", 0) == 0
+    paths = {getattr(route, "path", None) for route in health_router.routes}
+    assert deploy["healthcheckPath"] in paths
+    assert "WITH_ETL" in (RAILWAY / "variables.md").read_text(encoding="utf-8")

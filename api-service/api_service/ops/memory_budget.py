@@ -53,6 +53,9 @@ PYTHON_WORKER_BYTES = 150 * MIB
 HEADROOM_FRACTION = 0.10
 MIN_HEADROOM = 32 * MIB
 MIN_DUCKDB = 64 * MIB
+# Sharing the container with an ETL (all-in-one), DuckDB may get less: it
+# spills to temp_directory sooner.
+MIN_DUCKDB_SHARED = 48 * MIB
 MIN_HEAVY = 24 * MIB
 # Below this DuckDB gets, a worker is not worth its footprint.
 MIN_WORKER_BYTES = PYTHON_WORKER_BYTES + MIN_DUCKDB + MIN_HEAVY
@@ -169,11 +172,12 @@ def plan_budget(
             parts["cache"] - DEFAULT_CACHE_BYTES
         )
         parts["cache"] = DEFAULT_CACHE_BYTES
-    if parts["duckdb"] < MIN_DUCKDB or parts["heavy"] < MIN_HEAVY:
+    min_duckdb = MIN_DUCKDB_SHARED if reserve else MIN_DUCKDB
+    if parts["duckdb"] < min_duckdb or parts["heavy"] < MIN_HEAVY:
         raise ConfigurationError(
             f"{fix}, or lower DUCKDB_MEMORY_LIMIT / RESULT_CACHE_BYTES (each worker has"
             f" {free // MIB} MiB after Python's own; DuckDB needs at least"
-            f" {MIN_DUCKDB // MIB} MiB and large results {MIN_HEAVY // MIB} MiB)"
+            f" {min_duckdb // MIB} MiB and large results {MIN_HEAVY // MIB} MiB)"
         )
     # Two of the largest buffered JSON results fit the heavy budget at once.
     largest = max(ENCODE_FACTOR.values())

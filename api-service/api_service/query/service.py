@@ -41,7 +41,7 @@ from api_service.access.rewrite import (
 from api_service.access.rules import claim_value
 from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
-from api_service.errors import QueryFailed
+from api_service.errors import Busy, QueryFailed
 from api_service.http.responses import accepted_encoding, compress
 from api_service.ops.memory_budget import ENCODE_FACTOR, STREAM_FACTOR, MemoryBudget
 from api_service.ops.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
@@ -178,6 +178,9 @@ class QueryService:
         """`state` is the request's: the request log reads `cache` and `rows` from it."""
         try:
             return await self._answer(query, state)
+        except duckdb.OutOfMemoryException:
+            # Concurrent queries hold DuckDB's memory_limit: retry shortly.
+            raise Busy("the worker's query memory is in use; try again shortly") from None
         except duckdb.Error as exc:
             raise QueryFailed(str(exc)) from None
 

@@ -4,4 +4,5 @@ versions.py       `analytics-etl versions` and the verified `rollback`
 monitoring.py     after each scheduled cycle: metrics, lag, dead letters, alerts
 health_server.py  `/health` (JSON) and `/metrics` (Prometheus) on ETL_METRICS_PORT
 alerts.py         webhook alerts (Slack, PagerDuty, Opsgenie), one per incident
+memory_budget.py  the container's memory split once: DuckDB's memory_limit and threads
 """

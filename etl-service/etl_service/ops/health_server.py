@@ -52,6 +52,12 @@ class EtlMetrics:
         self.dead_letters = Gauge(
             "etl_dead_letters", "Entries waiting in the dead-letter queue", registry=self.registry
         )
+        self.memory_budget = Gauge(
+            "etl_memory_budget_bytes",
+            "The ETL's memory budget (ops/memory_budget.py), by part",
+            ["part"],
+            registry=self.registry,
+        )
         self._state: dict[str, Any] = {
             "last_success_at": None,
             "last_error": None,
@@ -86,6 +92,13 @@ class EtlMetrics:
                 self.failures.inc()
                 self._state["consecutive_failures"] += 1
                 self._state["last_error"] = error
+
+    def show_memory_budget(self, budget: dict[str, Any]) -> None:
+        """The budget the process started with, on /health and /metrics."""
+        for part in ("limit", "headroom", "python", "stream", "duckdb"):
+            self.memory_budget.labels(part).set(budget[part])
+        with self._lock:
+            self._state["memory"] = budget
 
     def health(self) -> tuple[int, dict[str, Any]]:
         with self._lock:
