@@ -10,8 +10,10 @@ STAMP   = $(VENV)/.installed
 SERVICES_STAMP = $(VENV)/.installed-services
 TS      = clients/typescript
 TS_STAMP = $(TS)/node_modules/.installed
+CONSOLE = console
+CONSOLE_STAMP = $(CONSOLE)/node_modules/.installed
 
-.PHONY: demo demo-check test lint typecheck install clean ts-client browser
+.PHONY: demo demo-check test lint typecheck install clean ts-client browser console
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,19 +41,30 @@ $(TS_STAMP): $(TS)/package.json
 ts-client: $(TS_STAMP)
 	@if [ -x $(TS)/node_modules/.bin/tsc ]; then cd $(TS) && npm run --silent build; fi
 
+# The web console (/console): pinned toolchain in console/package.json, built
+# into api-service/api_service/console/static/. Without npm the API still
+# starts and /console says the console was not built.
+$(CONSOLE_STAMP): $(CONSOLE)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(CONSOLE) && npm install --no-audit --no-fund --no-package-lock --loglevel=error && touch node_modules/.installed; \
+	else echo "make: npm not found; the console is not built (/console says so)" >&2; fi
+
+console: $(CONSOLE_STAMP)
+	@if [ -x $(CONSOLE)/node_modules/.bin/esbuild ]; then cd $(CONSOLE) && npm run --silent build; fi
+
 # Debian's chromium + chromium-driver for tests/browser (as root, when missing).
 browser:
 	@sh scripts/install_browser.sh
 
 install: $(STAMP)
 
-demo: $(SERVICES_STAMP)
+demo: $(SERVICES_STAMP) console
 	$(BIN)/python scripts/demo.py
 
 demo-check: $(SERVICES_STAMP)
 	$(BIN)/python scripts/demo.py --check
 
-test: $(STAMP) ts-client browser
+test: $(STAMP) ts-client console browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -62,4 +75,5 @@ typecheck: $(STAMP)
 	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service clients/python/analytics_client
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist \
+	  $(CONSOLE)/node_modules api-service/api_service/console/static

@@ -7,7 +7,8 @@ throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
-`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`. The policy is
+`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `AdminEtl`,
+`EtlCommandsDep`. The policy is
 resolved once, by `get_principal`.
 """
 
@@ -26,16 +27,20 @@ from api_service.auth.rate_limit import RateLimiter
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
 from api_service.errors import (
+    CommandsNotConfigured,
     InsufficientScope,
     MalformedAuthorization,
     MissingCredentials,
     RateLimited,
 )
+from api_service.ops.etl_commands import EtlCommands
 from api_service.query.service import QueryService
 from api_service.settings import ApiSettings
 
 __all__ = [
+    "AdminEtl",
     "CurrentPrincipal",
+    "EtlCommandsDep",
     "IdentityDep",
     "MemoryStatusDep",
     "PolicyDep",
@@ -83,7 +88,18 @@ async def get_identity(request: Request) -> JwksCache:
     return validator.jwks
 
 
+async def get_etl_commands(request: Request) -> EtlCommands:
+    """The ETL worker's queue; 501 when this API was not given ETL_STATE_DATABASE_URL."""
+    commands: EtlCommands | None = getattr(request.app.state, "etl_commands", None)
+    if commands is None:
+        raise CommandsNotConfigured(
+            "this API cannot reach the ETL worker: set ETL_STATE_DATABASE_URL"
+        )
+    return commands
+
+
 SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
+EtlCommandsDep = Annotated[EtlCommands, Depends(get_etl_commands)]
 MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
 IdentityDep = Annotated[JwksCache, Depends(get_identity)]
 WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
@@ -153,3 +169,4 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
 
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 ReadSchema = Annotated[Principal, Depends(require_scope("read:schema"))]
+AdminEtl = Annotated[Principal, Depends(require_scope("admin:etl"))]

@@ -18,15 +18,17 @@ from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
 from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
 from api_service.auth.tokens import JwksCache, TokenValidator
+from api_service.console import mount_console
 from api_service.data.snapshots import SnapshotManager
 from api_service.http.error_handlers import install_error_handlers
 from api_service.http.request_log import RequestContextMiddleware
+from api_service.ops.etl_commands import EtlCommands
 from api_service.ops.malloc_tuning import retain_freed_memory
 from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
 from api_service.query.named_queries import check_whitelist
 from api_service.query.service import QueryService
-from api_service.routes import health, metrics, queries, query, schema
+from api_service.routes import admin, health, metrics, queries, query, schema
 from api_service.settings import ApiSettings
 
 __all__ = ["create_app"]
@@ -87,6 +89,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             app.state.query_service.close()
+            if app.state.etl_commands is not None:
+                app.state.etl_commands.close()
             manager.close()
             await jwks.aclose()
             await app.state.rate_limiter.aclose()
@@ -109,6 +113,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.snapshots = snapshots
     app.state.query_service = QueryService.from_settings(settings, snapshots, budget)
+    app.state.etl_commands = (
+        EtlCommands(settings.etl_state_database_url) if settings.etl_state_database_url else None
+    )
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -135,8 +142,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schema.router)
     app.include_router(query.router)
     app.include_router(queries.router)
+    app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
+    if settings.console_enabled:
+        mount_console(app, settings, admin_commands=app.state.etl_commands is not None)
     return app
 
 
