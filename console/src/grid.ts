@@ -73,7 +73,7 @@ export class ResultGrid {
         el(
           "table",
           { id: "result-table" },
-          el("thead", {}, el("tr", {}, ...this.columns.map((c) => el("th", { scope: "col", title: c.type }, c.name)))),
+          el("thead", {}, el("tr", {}, ...this.columns.map((c, i) => el("th", { scope: "col", title: c.type, className: numeric[i] ? "num" : null }, c.name)))),
           el(
             "tbody",
             {},

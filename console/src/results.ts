@@ -24,7 +24,12 @@ export class ResultView {
 
   constructor(prefix: string, loadMore: (cursor: string) => Promise<{ rows: Row[]; next: string | null }>) {
     this.grid = new ResultGrid(loadMore);
-    this.root = el("div", { className: "results", id: `${prefix}-results` }, this.summary, this.grid.root, this.chartBox);
+    this.root = el(
+      "div",
+      { className: "results", id: `${prefix}-results` },
+      this.summary,
+      el("div", { className: "result-body" }, this.grid.root, this.chartBox),
+    );
   }
 
   clear(): void {

@@ -172,8 +172,8 @@ def test_an_analyst_queries_charts_downloads_and_sees_a_publish(console_api, tmp
     expected = before["query"]
     assert report["headers"] == ["id", "warehouse", "quantity"]
     assert report["summary"].startswith("120 rows")
-    assert report["pageLabel"] == "Rows 1–50 of 120"
-    assert report["secondPageLabel"] == "Rows 51–100 of 120"
+    assert report["pageLabel"] == "Rows 1\u201350 of 120"
+    assert report["secondPageLabel"] == "Rows 51\u2013100 of 120"
     assert report["firstPage"] == [
         [str(r["id"]), r["warehouse"], str(r["quantity"])] for r in expected["data"][:50]
     ]

@@ -95,7 +95,7 @@ class SignIn:
         )
         return (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            "<title>Development sign-in</title><link rel=\"icon\" href=\"data:,\"></head><body><main>"
+            '<link rel="icon" href="data:,"><title>Development sign-in</title></head><body><main>'
             "<h1>Development sign-in</h1><p>The demo's token issuer: choose a user.</p>"
             f"{buttons}</main></body></html>"
         )
