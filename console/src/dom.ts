@@ -47,7 +47,7 @@ export function table(headers: string[], rows: Child[][], numeric: boolean[] = [
   return el(
     "table",
     {},
-    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", { scope: "col", text: h })))),
+    el("thead", {}, el("tr", {}, ...headers.map((h, i) => el("th", { scope: "col", className: numeric[i] ? "num" : null, text: h })))),
     el(
       "tbody",
       {},
