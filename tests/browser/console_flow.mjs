@@ -8,14 +8,12 @@
 // node_modules has playwright-core), ARTIFACTS (screenshots and downloads
 // go there), ROLE (analyst | operator), QUERY_SQL, SLOW_SQL, FORCE_TOKEN (a
 // token with the role's scopes, for the forced admin call).
-import { mkdtemp, rm } from "node:fs/promises";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { launchChromium } from "./chromium.mjs";
 
 const env = process.env;
-const { chromium } = createRequire(env.PLAYWRIGHT_FROM)("playwright-core");
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const say = (message) => console.log(JSON.stringify(message));
 async function need(what, extra = {}) {
@@ -25,22 +23,9 @@ async function need(what, extra = {}) {
   return JSON.parse(value);
 }
 
-const profile = await mkdtemp(join(tmpdir(), "chromium-profile-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: env.CHROMIUM,
-  headless: true,
+const { context, close } = await launchChromium({
   viewport: { width: 1280, height: 800 },
   acceptDownloads: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
 });
 const report = { consoleErrors: [], pageErrors: [], failedRequests: [], screenshots: {}, steps: [] };
 let expectedErrors = [];
@@ -201,7 +186,6 @@ try {
   // Each screenshot: how much it varies (a blank page does not).
   const probe = await context.newPage();
   for (const [name, path] of Object.entries(report.screenshots)) {
-    const { readFile } = await import("node:fs/promises");
     const data = (await readFile(path)).toString("base64");
     report.screenshots[name] = {
       path,
@@ -235,8 +219,7 @@ try {
   report.error = String(error?.stack ?? error);
   await shot("failure").catch(() => {});
 } finally {
-  await context.close();
-  await rm(profile, { recursive: true, force: true });
+  await close();
 }
 say({ report });
 process.exit(0);

@@ -3,27 +3,9 @@
 // the page's state, the rendered rows, console errors, page errors and
 // failed requests. Environment: PAGE_URL, API_URL, TOKEN, CHROMIUM,
 // PLAYWRIGHT_FROM (a package.json whose node_modules has playwright-core).
-import { mkdtemp, rm } from "node:fs/promises";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launchChromium } from "./chromium.mjs";
 
-const { chromium } = createRequire(process.env.PLAYWRIGHT_FROM)("playwright-core");
-const profile = await mkdtemp(join(tmpdir(), "chromium-profile-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const { context, close } = await launchChromium();
 const report = { consoleErrors: [], pageErrors: [], failedRequests: [] };
 try {
   const page = context.pages()[0] ?? (await context.newPage());
@@ -55,7 +37,6 @@ try {
     })),
   );
 } finally {
-  await context.close();
-  await rm(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(report));
