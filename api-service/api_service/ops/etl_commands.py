@@ -10,20 +10,23 @@ Without a running worker the row stays pending until one starts (as for
 What must always hold: the API only ever inserts pending rows and reads rows;
 claiming, running and finishing are the worker's. A state database that does
 not answer is a 503 in the error shape, never a dead worker process.
+SQLAlchemy is imported only when an `EtlCommands` is built (the setting is
+set): it costs each worker about 28 MB, which a 512 MB container without
+admin actions should not pay.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
-from analytics_shared.etl_commands import etl_commands
 from analytics_shared.logging_config import get_logger
 from api_service.errors import CommandsUnavailable
 
 __all__ = ["EtlCommands"]
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 log = get_logger(__name__)
 
@@ -39,10 +42,16 @@ def _row(row: sa.Row[Any]) -> dict[str, Any]:
 
 class EtlCommands:
     def __init__(self, database_url: str) -> None:
-        # pool_pre_ping: the state database may restart between two admin actions.
-        self.engine = sa.create_engine(database_url, pool_pre_ping=True, pool_size=2)
+        import sqlalchemy
 
-    def _unavailable(self, exc: sa.exc.SQLAlchemyError) -> CommandsUnavailable:
+        from analytics_shared.etl_commands import etl_commands
+
+        self.table = etl_commands
+        self.db_error = sqlalchemy.exc.SQLAlchemyError
+        # pool_pre_ping: the state database may restart between two admin actions.
+        self.engine = sqlalchemy.create_engine(database_url, pool_pre_ping=True, pool_size=2)
+
+    def _unavailable(self, exc: Exception) -> CommandsUnavailable:
         log.warning("etl_commands_unavailable", error=str(exc).splitlines()[0])
         return CommandsUnavailable(
             "the ETL's state database did not answer (ETL_STATE_DATABASE_URL); try again"
@@ -52,7 +61,7 @@ class EtlCommands:
         try:
             with self.engine.begin() as conn:
                 inserted = conn.execute(
-                    etl_commands.insert()
+                    self.table.insert()
                     .values(
                         kind=kind,
                         args=args,
@@ -60,9 +69,9 @@ class EtlCommands:
                         submitted_at=datetime.now(UTC),
                         submitted_by=submitted_by[:255],
                     )
-                    .returning(*etl_commands.c)
+                    .returning(*self.table.c)
                 ).one()
-        except sa.exc.SQLAlchemyError as exc:
+        except self.db_error as exc:
             raise self._unavailable(exc) from exc
         log.info("etl_command_submitted", command_id=inserted.id, kind=kind, by=submitted_by)
         return _row(inserted)
@@ -70,10 +79,8 @@ class EtlCommands:
     def get(self, command_id: int) -> dict[str, Any] | None:
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(
-                    etl_commands.select().where(etl_commands.c.id == command_id)
-                ).first()
-        except sa.exc.SQLAlchemyError as exc:
+                row = conn.execute(self.table.select().where(self.table.c.id == command_id)).first()
+        except self.db_error as exc:
             raise self._unavailable(exc) from exc
         return _row(row) if row else None
 
@@ -81,9 +88,9 @@ class EtlCommands:
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    etl_commands.select().order_by(etl_commands.c.id.desc()).limit(limit)
+                    self.table.select().order_by(self.table.c.id.desc()).limit(limit)
                 ).all()
-        except sa.exc.SQLAlchemyError as exc:
+        except self.db_error as exc:
             raise self._unavailable(exc) from exc
         return [_row(r) for r in rows]
 
