@@ -12,8 +12,12 @@ TS      = clients/typescript
 TS_STAMP = $(TS)/node_modules/.installed
 CONSOLE = console
 CONSOLE_STAMP = $(CONSOLE)/node_modules/.installed
+# The lake mode's processes run DuckDB 1.5.5 with the DuckLake extensions in an
+# environment of their own (requirements-lake.txt); the services keep 2.0.1.
+LAKE_VENV  ?= .venv-lake
+LAKE_STAMP  = $(LAKE_VENV)/.installed
 
-.PHONY: demo demo-check test lint typecheck install clean ts-client browser console
+.PHONY: demo demo-check test lint typecheck install clean ts-client browser lake-env console
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +60,14 @@ console: $(CONSOLE_STAMP)
 browser:
 	@sh scripts/install_browser.sh
 
+$(LAKE_STAMP): requirements-lake.txt lake/pyproject.toml
+	$(PYTHON) -m venv $(LAKE_VENV)
+	$(LAKE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LAKE_VENV)/bin/python -m pip install --quiet -r requirements-lake.txt -e lake
+	touch $(LAKE_STAMP)
+
+lake-env: $(LAKE_STAMP)
+
 install: $(STAMP)
 
 demo: $(SERVICES_STAMP) console
@@ -64,7 +76,7 @@ demo: $(SERVICES_STAMP) console
 demo-check: $(SERVICES_STAMP)
 	$(BIN)/python scripts/demo.py --check
 
-test: $(STAMP) ts-client console browser
+test: $(STAMP) $(LAKE_STAMP) ts-client console browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -72,8 +84,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service clients/python/analytics_client
+	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service clients/python/analytics_client lake/analytics_lake
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist \
+	rm -rf $(VENV) $(LAKE_VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist \
 	  $(CONSOLE)/node_modules api-service/api_service/console/static

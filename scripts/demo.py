@@ -124,7 +124,10 @@ def main() -> int:
         api = subprocess.Popen([BIN / "analytics-api", "serve"], env=env, start_new_session=True)
         children.append(api)
         _wait_ready(api_url, api)
-        token = issuer.mint(sub="demo-user", ttl=12 * 3600)
+        # read:status too, so the demo's operator can try GET /status.
+        token = issuer.mint(
+            sub="demo-user", scopes="read:analytics read:schema read:status", ttl=12 * 3600
+        )
         # v_inventory_summary is a model the ETL builds into every snapshot.
         sql = "SELECT * FROM v_inventory_summary"
         response = httpx.get(
@@ -170,6 +173,7 @@ def main() -> int:
   {curl}
 
   ETL health: http://127.0.0.1:{etl_port}/health   (Prometheus metrics at /metrics)
+  Pipeline status (ETL and API): {api_url}/status with the same token
 
   A few inventory and order rows change every 3 s; a sync runs every 5 s.
 

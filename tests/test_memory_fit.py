@@ -70,7 +70,12 @@ def test_the_api_holds_512_mb_under_a_mixed_load(
             headers={"Authorization": f"Bearer {token}"},
             timeout=30,
         )
-        health = httpx.get(server.url + "/health", timeout=10).json()
+        status_token = issuer.mint(sub="memory-test", scopes="read:status", ttl=3600)
+        health = httpx.get(
+            server.url + "/health",
+            headers={"Authorization": f"Bearer {status_token}"},  # the budget is a detail
+            timeout=10,
+        ).json()
         metrics = httpx.get(server.url + "/metrics", timeout=10).text
         usage = server.usage()
         still = server.processes()

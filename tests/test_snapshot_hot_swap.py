@@ -158,7 +158,8 @@ def test_corrupted_objects_are_refused_and_the_previous_version_keeps_serving(
     )
     v1 = warehouse.publish(1)
     api = start_api(api_env, poll=0.3, log_path=tmp_path / "api.log")
-    token = issuer.mint(sub="corruption-user")
+    # read:status: /health shows the refusal's details only to that scope.
+    token = issuer.mint(sub="corruption-user", scopes="read:analytics read:status")
     try:
         with httpx.Client(
             base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
@@ -207,7 +208,8 @@ def test_a_killed_worker_is_replaced_and_serving_goes_on(api_env, warehouse, iss
     api = start_api(api_env, poll=0.3, log_path=tmp_path / "api.log")
     load = QueryLoad(api.url, [issuer.mint(sub=f"kill-{i}") for i in range(4)])
     try:
-        with httpx.Client(base_url=api.url, timeout=30) as health:
+        status = {"Authorization": f"Bearer {issuer.mint(sub='ops', scopes='read:status')}"}
+        with httpx.Client(base_url=api.url, timeout=30, headers=status) as health:
             before = wait_for(lambda: len(p := worker_pids(health)) == 2 and p, 30, what="2 pids")
             load.start()
             wait_for(lambda: len(load.snapshot()) > 50, timeout=30, what="load running")

@@ -95,11 +95,20 @@ def api_env(root: Path, issuer: Any, whitelist: dict[str, Any], **extra: str) ->
 def serving_env(
     store_root: Path, data_dir: Path, auth_env: dict[str, str], **overrides: object
 ) -> dict[str, object]:
-    """Settings for an API over the store at `store_root` (the test publishes into it)."""
+    """Settings for an API over the store at `store_root` (the test publishes into it).
+
+    The seed tables may be read, `customers` included (the serving tests'
+    awkward types live there; the bundled whitelist serves it to no one)."""
+    tables = ["inventory", "products", "orders", "transactions", "customers"]
+    whitelist = write_whitelist(
+        store_root.parent / "serving-whitelist.json",
+        {"policies": {"default": {"tables": tables, "named_queries": ["*"]}}},
+    )
     return {
         **auth_env,
         "STORAGE_URL": store_root.resolve().as_uri(),
         "DATA_DIR": str(data_dir),
+        "QUERY_WHITELIST_PATH": str(whitelist),
         "SNAPSHOT_POLL_SECONDS": "0.2",
         "RATE_LIMIT_REQUESTS": "1000000",
         "LOG_JSON": "false",

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -17,7 +19,14 @@ __all__ = ["ApiServer"]
 
 
 class ApiServer:
-    def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 2,
+        log_path: Path | None = None,
+        popen: Callable[..., subprocess.Popen[Any]] = subprocess.Popen,
+    ) -> None:
+        """`popen` starts the server (e.g. `MemoryCgroup(limit).popen`, to cap its memory)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -27,12 +36,13 @@ class ApiServer:
             "WEB_CONCURRENCY": str(workers),
         }
         self.log_path = log_path
+        self.popen = popen
         self.proc: subprocess.Popen | None = None  # type: ignore[type-arg]
 
     def start(self, ready_timeout: float = 60.0, require_data: bool = True) -> ApiServer:
         cli = str(Path(sys.executable).parent / "analytics-api")
         with self.log_path.open("ab") if self.log_path else open(os.devnull, "wb") as out:
-            self.proc = subprocess.Popen(
+            self.proc = self.popen(
                 [cli, "serve"],
                 env=self.env,
                 stdout=out,

@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API under Gunicorn (production)")
     serve.add_argument("--bind", help="host:port (default API_BIND or 0.0.0.0:$PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (default WEB_CONCURRENCY)")
+    sub.add_parser(
+        "replicate",
+        help="lake mode: this host's replicator (Gunicorn's master starts it by itself)",
+    )
     check = sub.add_parser(
         "check-config", help="validate settings and the query whitelist, then exit"
     )
@@ -63,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return probe_dependencies(settings)
             print("configuration ok")
+            return 0
+        if args.command == "replicate":
+            from api_service.data.lake_replica import replicate
+
+            replicate(settings)
             return 0
         _plan_memory(args.workers)  # ConfigurationError: exit 2, naming the settings
         argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]

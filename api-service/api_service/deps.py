@@ -7,9 +7,9 @@ throttled caller learns it before anything else runs.
 
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `QueryServiceDep`,
-`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `AdminEtl`,
-`EtlCommandsDep`. The policy is
-resolved once, by `get_principal`.
+`SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `SignerDep`,
+`EventsDep`, `SettingsDep`, `StatusFeedDep`, `AdminEtl`, `EtlCommandsDep`. The
+policy is resolved once, by `get_principal`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ from analytics_shared.whitelist import AppPolicy, Whitelist
 from api_service.auth.api_keys import API_KEY_HEADER, authenticate_api_key
 from api_service.auth.principal import Principal, policy_for
 from api_service.auth.rate_limit import RateLimiter
+from api_service.auth.signing import Signer
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
+from api_service.data.status_feed import EtlStatusFeed
+from api_service.data.version_events import VersionEvents
 from api_service.errors import (
+    ApiError,
     CommandsNotConfigured,
     InsufficientScope,
     MalformedAuthorization,
@@ -41,13 +45,19 @@ __all__ = [
     "AdminEtl",
     "CurrentPrincipal",
     "EtlCommandsDep",
+    "EventsDep",
     "IdentityDep",
     "MemoryStatusDep",
     "PolicyDep",
     "QueryServiceDep",
     "ReadAnalytics",
     "ReadSchema",
+    "ReadStatus",
+    "SettingsDep",
+    "SignerDep",
     "SnapshotsDep",
+    "StatusDetails",
+    "StatusFeedDep",
     "WhitelistDep",
     "require_scope",
 ]
@@ -98,10 +108,36 @@ async def get_etl_commands(request: Request) -> EtlCommands:
     return commands
 
 
-SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
 EtlCommandsDep = Annotated[EtlCommands, Depends(get_etl_commands)]
+
+
+async def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+async def get_signer(request: Request) -> Signer:
+    signer: Signer = request.app.state.signer
+    return signer
+
+
+async def get_events(request: Request) -> VersionEvents:
+    events: VersionEvents = request.app.state.events
+    return events
+
+
+async def get_status_feed(request: Request) -> EtlStatusFeed:
+    feed: EtlStatusFeed = request.app.state.status_feed
+    return feed
+
+
+SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
+StatusFeedDep = Annotated[EtlStatusFeed, Depends(get_status_feed)]
 MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
 IdentityDep = Annotated[JwksCache, Depends(get_identity)]
+SignerDep = Annotated[Signer, Depends(get_signer)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+EventsDep = Annotated[VersionEvents, Depends(get_events)]
 WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
 QueryServiceDep = Annotated[QueryService, Depends(get_query_service)]
 
@@ -167,6 +203,23 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+async def may_see_status_details(request: Request) -> bool:
+    """True for a valid bearer token with `read:status`; anything else (no token,
+    a bad one) is simply the public view: /health never fails on credentials."""
+    header = request.headers.get("authorization")
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    validator: TokenValidator = request.app.state.validator
+    try:
+        principal = await validator.validate(token.strip())
+    except ApiError:
+        return False
+    return "read:status" in principal.scopes
+
+
+StatusDetails = Annotated[bool, Depends(may_see_status_details)]
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 ReadSchema = Annotated[Principal, Depends(require_scope("read:schema"))]
 AdminEtl = Annotated[Principal, Depends(require_scope("admin:etl"))]
+ReadStatus = Annotated[Principal, Depends(require_scope("read:status"))]

@@ -5,20 +5,25 @@
         ├── AuthError               401 invalid_token    the bearer token is not accepted
         │   ├── MalformedAuthorization 401 invalid_token (error="invalid_request")
         │   ├── MissingCredentials  401 unauthorized     no token, no API key
-        │   └── InvalidApiKey       401 invalid_api_key
+        │   ├── InvalidApiKey       401 invalid_api_key
+        │   └── InvalidTicket       401 invalid_ticket   an /events ticket altered or expired
         ├── AuthUnavailable         503 auth_unavailable no signing keys (also TransientError)
         ├── Forbidden               403
         │   ├── UnknownApplication  403 unknown_application
         │   ├── InsufficientScope   403 insufficient_scope
         │   └── AdHocSqlNotAllowed  403 ad_hoc_sql_not_allowed
         ├── UnknownQuery            404 unknown_query    (missing and not-yours look alike)
+        ├── StaleCursor             409 stale_cursor     a page cursor from an older data version
         ├── RateLimited             429 rate_limited     with the X-RateLimit-* headers
+        ├── TooManyConcurrentQueries 429 too_many_concurrent_queries  per user/app cap (Retry-After)
+        ├── QueueTimeout            503 queue_timeout    no query slot before the deadline
         ├── BadRequest              400
         │   ├── QueryRejected       400 <per refusal>    the SQL guard's code (syntax_error, ...)
         │   ├── UnsupportedFormat   400 unsupported_format
         │   ├── QueryTimeout        400 query_timeout
         │   ├── ResultTooLarge      400 result_too_large
-        │   └── QueryFailed         400 query_error      DuckDB refused the query
+        │   ├── QueryFailed         400 query_error      DuckDB refused the query
+        │   └── InvalidCursor       400 invalid_cursor   altered, or made for another query
         ├── ParameterError          422 invalid_parameters
         ├── DataUnavailable         503 no_data          (Retry-After: 5)
         │   ├── NoSnapshot          503 no_data          nothing verified is loaded yet
@@ -26,6 +31,8 @@
         │                                                by the refresh; never reaches a client)
         ├── Busy                    503 busy             the worker's memory budget for large
         │                                                results is taken (Retry-After: 2)
+        ├── StreamStalled           a streamed answer's reader stopped reading: cut
+        ├── TooManyConnections      503 too_many_connections  this worker's /events streams are full
         └── StreamTooLarge          a streamed result passed its cap after the answer began:
                                     the connection is cut, no error body can be sent
 
@@ -54,6 +61,8 @@ __all__ = [
     "Forbidden",
     "InsufficientScope",
     "InvalidApiKey",
+    "InvalidCursor",
+    "InvalidTicket",
     "MalformedAuthorization",
     "MissingCredentials",
     "NoSnapshot",
@@ -61,10 +70,15 @@ __all__ = [
     "QueryFailed",
     "QueryRejected",
     "QueryTimeout",
+    "QueueTimeout",
     "RateLimited",
     "ResultTooLarge",
     "SnapshotError",
+    "StaleCursor",
+    "StreamStalled",
     "StreamTooLarge",
+    "TooManyConcurrentQueries",
+    "TooManyConnections",
     "UnknownApplication",
     "UnknownCommand",
     "UnknownQuery",
@@ -116,6 +130,11 @@ class InvalidApiKey(AuthError):
     challenge_error = None
 
 
+class InvalidTicket(AuthError):
+    code = "invalid_ticket"
+    challenge_error = None
+
+
 class AuthUnavailable(ApiError, TransientError):
     """No signing keys can be had: the identity provider is unreachable (-> 503)."""
 
@@ -160,9 +179,28 @@ class UnknownQuery(ApiError):
     code = "unknown_query"
 
 
+class StaleCursor(ApiError):
+    status = 409
+    code = "stale_cursor"
+
+
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
+
+
+class TooManyConcurrentQueries(ApiError):
+    """The caller (user or app) already has its maximum of queries running or queued."""
+
+    status = 429
+    code = "too_many_concurrent_queries"
+
+
+class QueueTimeout(ApiError, RuntimeError):
+    """Every query slot stayed busy until the request's deadline."""
+
+    status = 503
+    code = "queue_timeout"
 
 
 # -- the query (400, 422) -------------------------------------------------------
@@ -201,6 +239,10 @@ class QueryFailed(BadRequest):
     code = "query_error"
 
 
+class InvalidCursor(BadRequest, ValueError):
+    code = "invalid_cursor"
+
+
 class ParameterError(ApiError, ValueError):
     """A caller's parameter value is missing, unknown or invalid (-> 422)."""
 
@@ -236,6 +278,14 @@ class Busy(ApiError, TransientError):
         return {"Retry-After": "2"}
 
 
+class TooManyConnections(ApiError):
+    status = 503
+    code = "too_many_connections"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "30"}
+
+
 class StreamTooLarge(ApiError, RuntimeError):
     """A streamed result passed its cap: the connection is cut so that no
     client mistakes a partial export for a complete one."""
@@ -264,3 +314,10 @@ class CommandsUnavailable(ApiError, TransientError):
 
     def default_headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}
+
+
+class StreamStalled(ApiError, RuntimeError):
+    """The client stopped reading a stream for STREAM_IDLE_WRITE_SECONDS: the
+    stream is closed (cursor and snapshot lease released) and the connection cut."""
+
+    code = "stream_stalled"

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.middleware.cors import CORSMiddleware
 
 from analytics_shared.logging_config import configure_logging, get_logger
 from analytics_shared.memory_limit import detect_memory_limit
@@ -17,10 +16,15 @@ from analytics_shared.settings import load_settings
 from analytics_shared.whitelist import load_whitelist
 from api_service import __version__
 from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
+from api_service.auth.signing import Signer, signing_key
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.console import mount_console
 from api_service.data.snapshots import SnapshotManager
+from api_service.data.status_feed import EtlStatusFeed
+from api_service.data.version_events import VersionEvents
+from api_service.http.cors import install_cors
 from api_service.http.error_handlers import install_error_handlers
+from api_service.http.openapi import install_openapi
 from api_service.http.request_log import RequestContextMiddleware
 from api_service.ops.etl_commands import EtlCommands
 from api_service.ops.malloc_tuning import retain_freed_memory
@@ -28,7 +32,7 @@ from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
 from api_service.query.named_queries import check_whitelist
 from api_service.query.service import QueryService
-from api_service.routes import admin, health, metrics, queries, query, schema
+from api_service.routes import admin, events, health, metrics, queries, query, schema, status
 from api_service.settings import ApiSettings
 
 __all__ = ["create_app"]
@@ -82,9 +86,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # while its siblings do. refresh() never raises; on failure the poller retries.
         await run_in_threadpool(manager.refresh)
         poller = asyncio.create_task(_poll_snapshots(manager, settings.snapshot_poll_seconds))
+        app.state.events.start()
         try:
             yield
         finally:
+            await app.state.events.close()
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
@@ -100,6 +106,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version=__version__,
         description="Read-only SQL over the latest published analytics snapshot.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_openapi
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.whitelist = whitelist
@@ -108,31 +116,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         settings.cache_dir,
         memory_limit=settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
-        spill_dir=settings.data_dir.resolve() / "duckdb-tmp",
         max_spill_size=settings.duckdb_max_temp_directory_size,
     )
     app.state.snapshots = snapshots
-    app.state.query_service = QueryService.from_settings(settings, snapshots, budget)
     app.state.etl_commands = (
         EtlCommands(settings.etl_state_database_url) if settings.etl_state_database_url else None
     )
+    signer = Signer(signing_key(settings.api_signing_secret, settings.cache_dir))
+    app.state.signer = signer
+    app.state.query_service = QueryService.from_settings(settings, snapshots, signer, budget)
+    app.state.events = VersionEvents(snapshots, settings.events_max_connections)
+    app.state.status_feed = EtlStatusFeed(snapshots.store)  # GET /status
     install_error_handlers(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials="*" not in settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            expose_headers=[
-                "X-Request-ID",
-                "X-Data-Version",
-                "Retry-After",
-                "X-RateLimit-Limit",
-                "X-RateLimit-Remaining",
-                "X-RateLimit-Reset",
-            ],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-API-Key"],
-        )
+    install_cors(app, settings.cors_origins)
 
     # Outermost: request id, body size limit, rate-limit headers, the request log.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
@@ -143,10 +139,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(query.router)
     app.include_router(queries.router)
     app.include_router(admin.router)
+    app.include_router(events.router)
+    app.include_router(status.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     if settings.console_enabled:
         mount_console(app, settings, admin_commands=app.state.etl_commands is not None)
+    install_openapi(app, whitelist)
     return app
 
 

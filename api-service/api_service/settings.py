@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from analytics_shared.settings import CommonSettings
+from api_service.query.sql_limits import GuardLimits
 
 __all__ = ["ApiSettings"]
 
@@ -77,6 +78,17 @@ class ApiSettings(CommonSettings):
     # a streamed one: a query past it is refused before it is encoded.
     max_result_bytes: int = Field(32_000_000, validation_alias="MAX_RESULT_BYTES", ge=1024)
     max_sql_length: int = Field(20_000, validation_alias="MAX_SQL_LENGTH", ge=100)
+    # The SQL guard's structural limits (query/sql_limits.py): planning cost
+    # grows steeply with joined tables, and DuckDB's interrupt lands only after it.
+    guard_max_table_references: int = Field(32, validation_alias="GUARD_MAX_TABLE_REFERENCES", ge=1)
+    guard_max_joins: int = Field(24, validation_alias="GUARD_MAX_JOINS", ge=0)
+    guard_max_set_operations: int = Field(32, validation_alias="GUARD_MAX_SET_OPERATIONS", ge=0)
+    guard_max_expression_nodes: int = Field(
+        5_000, validation_alias="GUARD_MAX_EXPRESSION_NODES", ge=10
+    )
+    guard_max_expression_depth: int = Field(
+        100, validation_alias="GUARD_MAX_EXPRESSION_DEPTH", ge=5
+    )
     # DUCKDB_MEMORY_LIMIT, RESULT_CACHE_BYTES and MAX_RESULT_BYTES are derived from the
     # container's memory at start-up unless set (ops/memory_budget.py); these
     # defaults are what an unset value means before that.
@@ -102,6 +114,33 @@ class ApiSettings(CommonSettings):
     stream_max_rows: int = Field(1_000_000, validation_alias="STREAM_MAX_ROWS", ge=1)
     stream_max_bytes: int = Field(256_000_000, validation_alias="STREAM_MAX_BYTES", ge=1024)
     metrics_enabled: bool = Field(True, validation_alias="METRICS_ENABLED")
+    # A whole stream's deadline (from the request's start, not per batch), and
+    # how long a client may read nothing before its stream is closed.
+    stream_timeout_seconds: float = Field(60.0, validation_alias="STREAM_TIMEOUT_SECONDS", gt=0)
+    stream_idle_write_seconds: float = Field(
+        10.0, validation_alias="STREAM_IDLE_WRITE_SECONDS", gt=0
+    )
+    # Queries one user (one app: default the whole pool) may have running per
+    # worker process, and how many more one user may have waiting (admission.py).
+    max_concurrent_queries_per_user: int = Field(
+        2, validation_alias="MAX_CONCURRENT_QUERIES_PER_USER", ge=1
+    )
+    max_queued_queries_per_user: int = Field(
+        16, validation_alias="MAX_QUEUED_QUERIES_PER_USER", ge=0
+    )
+    max_concurrent_queries_per_app: int | None = Field(
+        None, validation_alias="MAX_CONCURRENT_QUERIES_PER_APP", ge=1
+    )
+    # Signs page cursors and /events tickets (auth/signing.py); unset: a random
+    # key per host. Several hosts behind one load balancer must share one.
+    api_signing_secret: str | None = Field(
+        None, validation_alias="API_SIGNING_SECRET", min_length=16, repr=False
+    )
+    events_max_connections: int = Field(100, validation_alias="EVENTS_MAX_CONNECTIONS", ge=1)
+    events_heartbeat_seconds: float = Field(
+        15.0, validation_alias="EVENTS_HEARTBEAT_SECONDS", gt=0, le=300
+    )
+    events_ticket_seconds: int = Field(60, validation_alias="EVENTS_TICKET_SECONDS", ge=5, le=3600)
 
     # The web console at /console (api_service/console/). Sign-in is the
     # authorization code flow with PKCE against CONSOLE_LOGIN_URL (default
@@ -180,6 +219,16 @@ class ApiSettings(CommonSettings):
         if not self.auth0_domain and not (self.auth0_jwks_url and self.auth0_issuer):
             raise ValueError("set AUTH0_DOMAIN, or both AUTH0_JWKS_URL and AUTH0_ISSUER")
         return self
+
+    @property
+    def guard_limits(self) -> GuardLimits:
+        return GuardLimits(
+            table_references=self.guard_max_table_references,
+            joins=self.guard_max_joins,
+            set_operations=self.guard_max_set_operations,
+            expression_nodes=self.guard_max_expression_nodes,
+            expression_depth=self.guard_max_expression_depth,
+        )
 
     @property
     def issuer(self) -> str:

@@ -17,7 +17,8 @@ def test_a_full_disk_keeps_the_version_in_service_until_space_is_back(tmp_path, 
     source, store, work = tmp_path / "source.db", tmp_path / "store", tmp_path / "work"
     first = publish_file(build_database(source, inventory_rows=20_000), store, work)
     with make_app_client(serving_env(store, disk.root, issuer.settings_env())) as client:
-        client.headers["Authorization"] = f"Bearer {issuer.mint(sub='disk')}"
+        scopes = "read:analytics read:status"  # /health's details need read:status
+        client.headers["Authorization"] = f"Bearer {issuer.mint(sub='disk', scopes=scopes)}"
         total_v1 = client.get("/query", params={"q": SUM}).json()["data"][0]["total"]
         cached = sorted(p.name for p in disk.root.iterdir())
 

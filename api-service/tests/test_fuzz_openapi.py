@@ -55,6 +55,8 @@ def _fuzz(base_url: str, headers: dict[str, str], max_examples: int) -> list[str
     fuzzed = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path == "/events" and headers:
+            continue  # an endless stream by design (tests/test_frontend_http.py covers it)
 
         @given(case=operation.as_strategy())
         @settings(

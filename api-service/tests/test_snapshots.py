@@ -17,6 +17,7 @@ from analytics_shared.manifest import MANIFEST_KEY, Manifest, TableInfo, sha256_
 from analytics_shared.object_store import LocalObjectStore, StoreUnavailable
 from api_service.auth.tokens import JwksCache, TokenValidator
 from api_service.data.snapshots import SnapshotManager
+from api_service.deps import may_see_status_details
 from api_service.errors import NoSnapshot
 from api_service.routes import health
 
@@ -321,6 +322,8 @@ def test_health_reports_readiness_freshness_and_failures(managers, source, store
         JwksCache(issuer.jwks_url), issuer=issuer.issuer, audience="a", algorithms=["RS256"]
     )
     app.include_router(health.router)
+    # The details (counters, errors) are for callers with read:status.
+    app.dependency_overrides[may_see_status_details] = lambda: True
 
     class client:
         @staticmethod

@@ -34,7 +34,8 @@ export interface StatusRun {
   status?: string;
   started_at?: string | null;
   finished_at?: string | null;
-  rows?: Record<string, number>;
+  /** Per table: the table's row count, or what the cycle did to it (`rows` is the count). */
+  rows?: Record<string, number | { rows?: number; changed?: number; mode?: string }>;
   published_version?: string | null;
   error?: string | null;
 }

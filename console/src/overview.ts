@@ -19,11 +19,24 @@ export interface OverviewContext {
 }
 
 let charts: Chart[] = [];
+let statusNote: (what: string) => HTMLElement = unavailable;
+
+/** Why an ETL panel is empty: no GET /status here, or the ETL has not reported. */
+function noteFor(status: StatusDoc | null): (what: string) => HTMLElement {
+  if (status === null) return unavailable;
+  const why = status.etl_error ?? "the ETL has not published its status yet";
+  return (what) => el("p", { className: "unavailable", text: `${what}: ${why}.` });
+}
 let ageTimer: ReturnType<typeof setInterval> | null = null;
 
 function seconds(start?: string | null, end?: string | null): number | null {
   if (!start || !end) return null;
   return (Date.parse(end) - Date.parse(start)) / 1000;
+}
+
+function tableRows(run: StatusRun, table: string): number {
+  const entry = run.rows?.[table];
+  return typeof entry === "number" ? entry : (entry?.rows ?? 0);
 }
 
 function versionCard(health: Health, ctx: OverviewContext): HTMLElement {
@@ -82,7 +95,7 @@ function tablesCard(status: StatusDoc | null, schema: SchemaInfo | null): HTMLEl
         Object.entries(schema.tables).map(([name, t]) => [name, String(t.row_count), t.watermark ?? "–"]),
         [false, true, false],
       ),
-      unavailable("Per-table lag and errors (GET /status)"),
+      statusNote("Per-table lag and errors (GET /status)"),
     );
   } else {
     card.append(unavailable("Table freshness"));
@@ -92,7 +105,7 @@ function tablesCard(status: StatusDoc | null, schema: SchemaInfo | null): HTMLEl
 
 function runsCard(runs: StatusRun[] | undefined): HTMLElement {
   const card = el("div", { className: "card" }, el("h3", { text: "Last runs" }));
-  if (!runs) return (card.append(unavailable("Run history (GET /status)")), card);
+  if (!runs) return (card.append(statusNote("Run history (GET /status)")), card);
   card.append(
     table(
       ["Run", "Kind", "Outcome", "Duration", "Version", "Error"],
@@ -113,7 +126,7 @@ function runsCard(runs: StatusRun[] | undefined): HTMLElement {
 function deadLettersCard(status: StatusDoc | null): HTMLElement {
   const card = el("div", { className: "card" }, el("h3", { text: "Dead letters" }));
   const open = status?.etl?.open_dead_letters;
-  if (open === undefined) card.append(unavailable("Dead letters (GET /status)"));
+  if (open === undefined) card.append(statusNote("Dead letters (GET /status)"));
   else card.append(el("p", { className: `big ${open ? "bad" : "ok"}`, id: "dead-letters", text: `${open} open` }));
   return card;
 }
@@ -122,14 +135,14 @@ function historyCard(runs: StatusRun[] | undefined): HTMLElement {
   const card = el("div", { className: "card" }, el("h3", { text: "Version history" }));
   const published = (runs ?? []).filter((r) => r.published_version).reverse();
   if (!runs || published.length === 0) {
-    card.append(runs ? el("p", { className: "muted", text: "No published versions yet." }) : unavailable("Version history (GET /status)"));
+    card.append(runs ? el("p", { className: "muted", text: "No published versions yet." }) : statusNote("Version history (GET /status)"));
     return card;
   }
   const labels = published.map((r) => String(r.published_version));
   const tables = [...new Set(published.flatMap((r) => Object.keys(r.rows ?? {})))];
-  const rows = Object.fromEntries(tables.map((t) => [t, published.map((r) => r.rows?.[t] ?? 0)]));
+  const rows = Object.fromEntries(tables.map((t) => [t, published.map((r) => tableRows(r, t))]));
   const durations = { "cycle seconds": published.map((r) => seconds(r.started_at, r.finished_at) ?? 0) };
-  const rowsCanvas = el("canvas", { role: "img", "aria-label": "Rows changed per table per version" });
+  const rowsCanvas = el("canvas", { role: "img", "aria-label": "Rows per table per version" });
   const timeCanvas = el("canvas", { role: "img", "aria-label": "Cycle duration per version" });
   card.append(
     el("div", { className: "chart" }, rowsCanvas),
@@ -149,6 +162,7 @@ export async function renderOverview(root: HTMLElement, ctx: OverviewContext): P
   ]);
   for (const chart of charts) chart.destroy();
   charts = [];
+  statusNote = noteFor(status);
   const runs = status?.etl?.runs;
   replace(
     root,

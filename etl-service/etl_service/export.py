@@ -18,7 +18,7 @@ import duckdb
 import zstandard
 
 from analytics_shared.manifest import sha256_file
-from analytics_shared.snapshot_file import quote_ident
+from analytics_shared.snapshot_file import quote_ident, table_checksum
 
 __all__ = [
     "SnapshotFile",
@@ -62,10 +62,7 @@ def content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
             " ORDER BY column_index",
             [schema, table],
         ).fetchall()
-        row = con.execute(
-            "SELECT count(*), coalesce(bit_xor(hash(t)), 0), coalesce(bit_xor(hash(t, 'fp')), 0)"
-            f" FROM {quote_ident(schema)}.{quote_ident(table)} AS t"
-        ).fetchone()
+        row = table_checksum(con, table, schema)
         digest.update(repr((schema, table, columns, row)).encode())
         if comment:  # a model's comment names its SQL file's hash
             digest.update(repr(comment).encode())

@@ -18,16 +18,14 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-import pyarrow as pa
-
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import SchemaChange
 from etl_service.contracts import apply_contract, describe_change, diff_shape
+from etl_service.progress import LoadProgress, ProgressSink
 from etl_service.source import Source, SourceRead, TableShape
 from etl_service.tables import TableSpec, resolve_spec
 from etl_service.warehouse import Warehouse
@@ -80,25 +78,6 @@ def _later(old: str | None, new: str | None) -> str | None:
     return max(old, new)
 
 
-def _with_progress(reader: pa.RecordBatchReader, label: str) -> pa.RecordBatchReader:
-    """A terminal progress line for long full loads (batches pass through, not rows)."""
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        rows, started, shown = 0, time.monotonic(), 0.0
-        for batch in reader:
-            rows += batch.num_rows
-            now = time.monotonic()
-            if now - shown > 0.2:
-                rate = rows / max(now - started, 1e-6)
-                sys.stderr.write(f"\r{label}: {rows:,} rows ({rate:,.0f} rows/s)")
-                sys.stderr.flush()
-                shown = now
-            yield batch
-        sys.stderr.write(f"\r{label}: {rows:,} rows, done in {time.monotonic() - started:.1f}s\n")
-
-    return pa.RecordBatchReader.from_batches(reader.schema, batches())
-
-
 class TableSyncer:
     """Syncs one table at a time into the working DuckDB."""
 
@@ -110,12 +89,17 @@ class TableSyncer:
         batch_size: int,
         lookback_seconds: float,
         progress: bool | None = None,
+        progress_interval: float = 5.0,
     ) -> None:
         self.source = source
         self.warehouse = warehouse
         self.batch_size = batch_size
         self.lookback_seconds = lookback_seconds
+        # A progress bar on a terminal; the log lines come every progress_interval.
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress_interval = progress_interval
+        # Where progress text goes besides the log (the worker: the command's row).
+        self.progress_sink: ProgressSink | None = None
         # Reflection is cached until the column signature (one cheap query) changes.
         self._shapes: dict[str, TableShape] = {}
         self._signatures: dict[str, tuple[tuple[object, ...], ...]] = {}
@@ -240,8 +224,13 @@ class TableSyncer:
         reader = self.source.read(
             self.source.select_sql(spec.name, shape.columns), self.batch_size, cycle_read
         )
-        if self.progress:
-            reader = _with_progress(reader, f"full load {spec.name}")
+        reader = LoadProgress(
+            spec.name,
+            self.source.estimate_rows(spec.name),
+            interval=self.progress_interval,
+            bar=self.progress,
+            sink=self.progress_sink,
+        ).wrap(reader)
         rows, changed = self.warehouse.replace_table(
             spec.name,
             reader,

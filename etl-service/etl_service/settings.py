@@ -59,6 +59,8 @@ class EtlSettings(CommonSettings):
 
     sync_interval_seconds: int = Field(60, validation_alias="SYNC_INTERVAL_SECONDS", ge=1)
     batch_size: int = Field(10_000, validation_alias="BATCH_SIZE", ge=1, le=10_000_000)
+    # Full loads and backfills log rows done, rows/s and the time left this often.
+    progress_log_seconds: float = Field(5.0, validation_alias="PROGRESS_LOG_SECONDS", gt=0)
     tables_to_sync: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["inventory", "products", "orders"],
         validation_alias="TABLES_TO_SYNC",
@@ -68,6 +70,15 @@ class EtlSettings(CommonSettings):
     # read the manifest that names it and still be downloading it.
     snapshot_retention_grace_seconds: float = Field(
         900.0, validation_alias="SNAPSHOT_RETENTION_GRACE_SECONDS", ge=0
+    )
+    # Lake mode (PUBLISH_MODE=lake): compaction and snapshot expiry run at most
+    # once per interval; snapshots older than the retention are expired (an API
+    # host whose replica is older re-bootstraps).
+    lake_maintenance_interval_seconds: float = Field(
+        3600.0, validation_alias="LAKE_MAINTENANCE_INTERVAL_SECONDS", ge=0
+    )
+    lake_snapshot_retention_seconds: float = Field(
+        86400.0, validation_alias="LAKE_SNAPSHOT_RETENTION_SECONDS", ge=0
     )
     # Per-run JSON logs under logs/etl_sync_<date>/ are deleted after this many
     # days (0: kept forever); checked once a day.

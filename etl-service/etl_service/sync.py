@@ -27,8 +27,10 @@ from analytics_shared.manifest import ColumnSchema, Manifest, SchemaChange, Tabl
 from etl_service.errors import ModelBuildError, RetryError, SchemaContractError, describe
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
+from etl_service.lake_publisher import LakePublisher
 from etl_service.lock import SyncLock
 from etl_service.models import ModelBuilder, ModelDefinition, configured_models
+from etl_service.ops.status_file import StatusFile
 from etl_service.publisher import Publisher
 from etl_service.retry import RetryPolicy, retry
 from etl_service.run_logs import RunLogStore
@@ -110,6 +112,7 @@ class SyncEngine:
         lock: SyncLock | None = None,
         progress: bool | None = None,
         models: list[ModelDefinition] | None = None,
+        lake: LakePublisher | None = None,
     ) -> None:
         self.settings = settings
         self.specs = (
@@ -125,7 +128,10 @@ class SyncEngine:
         self.state = state
         self.warehouse = warehouse
         self.publisher = publisher
+        # Lake mode: cycles publish through the lake; `publisher` still owns the manifest.
+        self.lake = lake
         self.run_logs = run_logs
+        self.status_file = StatusFile(publisher.store)  # current/status.json
         self.lock = lock or SyncLock(state.engine, Path(settings.data_dir) / "etl_sync.lock")
         self.policy = RetryPolicy(
             settings.retry_attempts, settings.retry_base_seconds, settings.retry_max_seconds
@@ -136,6 +142,7 @@ class SyncEngine:
             batch_size=settings.batch_size,
             lookback_seconds=settings.sync_lookback_seconds,
             progress=progress,
+            progress_interval=settings.progress_log_seconds,
         )
         # Set by the scheduler on SIGTERM/SIGINT: the cycle stops between tables.
         self.stop_requested = threading.Event()
@@ -150,18 +157,21 @@ class SyncEngine:
             tls=MssqlTls(settings.mssql_trust_server_certificate, settings.mssql_ca_file),
         )
         state = StateStore(settings.resolved_database_url)
-        warehouse = Warehouse(settings.working_db_path)
+        lake_mode = settings.publish_mode == "lake"
+        warehouse = Warehouse(settings.working_db_path, track_changes=lake_mode)
         store = settings.open_store()
+        publisher = Publisher.from_settings(settings, store)
         return cls(
             settings,
             source=source,
             state=state,
             warehouse=warehouse,
-            publisher=Publisher.from_settings(settings, store),
+            publisher=publisher,
             run_logs=RunLogStore.from_settings(settings, store),
             specs=specs,
             progress=progress,
             models=models,
+            lake=LakePublisher.from_settings(settings, publisher) if lake_mode else None,
         )
 
     def close(self) -> None:
@@ -198,6 +208,8 @@ class SyncEngine:
             log.exception("sync_cycle_crashed")
             result = CycleResult(run_id=None, status="failed", error=describe(exc))
         result.duration_seconds = time.monotonic() - started
+        if result.status != "skipped":  # after the commit point, and after failures
+            self.status_file.write(self.state, result, kind)
         log.info(
             "sync_cycle_finished",
             run_id=result.run_id,
@@ -352,12 +364,21 @@ class SyncEngine:
         changed = any(o.changed for o in outcomes.values())
         if outcomes and (changed or unpublished_before or self.publisher.current() is None):
             manifest = self._retry(lambda: self._publish(outcomes), "store: publish snapshot")
-            result.version, result.published = manifest.version, True
+            # An export equal to the current version is not uploaded (Publisher).
+            result.version = manifest.version
+            result.published = not self.publisher.last_publish_skipped
         else:
             current = self.publisher.current()
             result.version = current.version if current else None
 
     def _publish(self, outcomes: dict[str, TableOutcome]) -> Manifest:
+        if self.lake is not None:
+            return self.lake.publish(
+                self.warehouse,
+                self._primary_keys(),
+                self._table_infos(outcomes),
+                schema_changes=self._schema_changes_since_current(),
+            )
         self.warehouse.checkpoint()
         snapshot = export_snapshot(
             self.warehouse.con, Path(self.settings.data_dir) / "outgoing" / "snapshot.db"
@@ -368,6 +389,15 @@ class SyncEngine:
             models=self.models.infos(self.warehouse.con),
             schema_changes=self._schema_changes_since_current(),
         )
+
+    def _primary_keys(self) -> dict[str, list[str]]:
+        """Each working table's primary key (configured, else the source's)."""
+        keys = {}
+        for spec in self.specs:
+            if self.warehouse.has_table(spec.name):
+                pk = spec.primary_key or self.syncer.shape(spec.name).primary_key
+                keys[spec.name] = list(pk)
+        return keys
 
     def _schema_changes_since_current(self) -> list[SchemaChange]:
         """Schema changes recorded after the current version was published."""

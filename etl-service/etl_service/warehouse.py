@@ -7,6 +7,12 @@ is dominated by the delta (see docs/architecture.md, ETL section).
 
 All writes to the working tables go through this class: it keeps their row
 counts (a `count(*)` after deletes scans the table).
+
+Lake mode (`track_changes`): every write also records, in the same
+transaction, which keys it changed (`__lake."<table>"`) or that the table
+was loaded whole (`__lake.__full`), so the lake publisher sends only those
+rows; the records are cleared once the lake commit and the manifest are out,
+so a crash in between re-sends them (the lake applies them idempotently).
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ log = get_logger(__name__)
 
 Columns = Sequence[tuple[str, str | None]]
 
+# Lake mode's record of what changed since the last lake commit.
+CHANGES = "__lake"
+FULL = f"{CHANGES}.__full"
+
 # Delta rows replacing (or soft-deleting) a row the table holds.
 _WRITTEN = "__delta WHERE __write AND __found"
 
@@ -42,6 +52,10 @@ def _select(columns: Columns, source: str = "__incoming") -> str:
 
 def _join(pk: Sequence[str], left: str, right: str) -> str:
     return " AND ".join(f"{left}.{quote_ident(c)} = {right}.{quote_ident(c)}" for c in pk)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _gone(soft_delete: str, columns: Columns, alias: str) -> str:
@@ -64,10 +78,20 @@ class MergeResult:
 
 
 class Warehouse:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, track_changes: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path))
+        self.track_changes = track_changes
+        self.con.execute(
+            f"CREATE SCHEMA IF NOT EXISTS {CHANGES}"
+            if track_changes
+            else f"DROP SCHEMA IF EXISTS {CHANGES} CASCADE"
+        ).fetchall()
+        if track_changes:
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {FULL} (table_name VARCHAR PRIMARY KEY)"
+            ).fetchall()
         # Where a crash between merging and publishing is remembered.
         self.unpublished_marker = self.path.with_name(self.path.name + ".unpublished")
         self._rows: dict[str, int] = {}  # row counts known from the last write
@@ -186,6 +210,11 @@ class Warehouse:
             f"DROP TABLE IF EXISTS {target}",
             f"ALTER TABLE {staging} RENAME TO {target}",
         ]
+        if self.track_changes:
+            statements += [
+                f"DROP TABLE IF EXISTS {self._changes(table)}",
+                f"INSERT OR IGNORE INTO {FULL} VALUES ({_literal(table)})",
+            ]
         self._rows.pop(table, None)
         # The stream comes from one extractor thread, and one DuckDB thread
         # keeps up with it; a second only competes with the extractor and the
@@ -260,6 +289,10 @@ class Warehouse:
         ]
         if soft_delete:
             statements.append("SELECT count(*) FROM __delta WHERE __write AND __gone AND __found")
+        if self.track_changes:
+            statements += self._record(
+                table, primary_key, f"SELECT {pk} FROM __delta WHERE __write"
+            )
         statements.append("DROP TABLE __delta")
         results = self._run(batches, statements)
         read, removed, inserted = (int(r or 0) for r in results[:3])  # type: ignore[call-overload]
@@ -268,6 +301,72 @@ class Warehouse:
             self._rows[table] += inserted - removed
         return MergeResult(read=read, upserted=inserted, deleted=deleted)
 
+    # -- lake mode: what changed since the last lake commit ----------------------
+
+    @staticmethod
+    def _changes(table: str) -> str:
+        return f"{CHANGES}.{quote_ident(table)}"
+
+    def _record(self, table: str, primary_key: Sequence[str], keys_sql: str) -> list[str]:
+        """Statements recording the keys `keys_sql` selects as changed."""
+        pk = ", ".join(quote_ident(c) for c in primary_key)
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self._changes(table)} AS"
+            f" SELECT {pk} FROM {quote_ident(table)} LIMIT 0",
+            f"INSERT INTO {self._changes(table)} {keys_sql}",
+        ]
+
+    def pending_changes(self) -> tuple[set[str], set[str]]:
+        """(tables to send whole, tables with changed keys) since the last clear."""
+        full = {str(r[0]) for r in self.con.execute(f"SELECT table_name FROM {FULL}").fetchall()}
+        rows = self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+            f" AND schema_name = {_literal(CHANGES)} AND table_name <> '__full'"
+        ).fetchall()
+        keyed = set()
+        for (name,) in rows:
+            count = self.con.execute(f"SELECT count(*) FROM {self._changes(name)}").fetchall()
+            if count[0][0]:
+                keyed.add(str(name))
+        return full, keyed - full
+
+    def export_changes(
+        self, table: str, primary_key: Sequence[str], dest: Path, *, full: bool
+    ) -> dict[str, str]:
+        """Parquet files for the lake: the whole table, or the changed keys and
+        the current rows of those keys still present."""
+        dest.mkdir(parents=True, exist_ok=True)
+        t = quote_ident(table)
+        if full:
+            path = dest / f"{table}.full.parquet"
+            self._copy(f"SELECT * FROM {t}", path)
+            return {"full": str(path)}
+        pk = ", ".join(quote_ident(c) for c in primary_key)
+        keys, rows = dest / f"{table}.keys.parquet", dest / f"{table}.rows.parquet"
+        self._copy(f"SELECT DISTINCT {pk} FROM {self._changes(table)}", keys)
+        self._copy(
+            f"SELECT * FROM {t} t WHERE EXISTS (SELECT 1 FROM {self._changes(table)} k"
+            f" WHERE {_join(primary_key, 't', 'k')})",
+            rows,
+        )
+        return {"keys": str(keys), "rows": str(rows)}
+
+    def _copy(self, query: str, path: Path) -> None:
+        self.con.execute(f"COPY ({query}) TO {_literal(str(path))} (FORMAT parquet)").fetchall()
+
+    def clear_changes(self, tables: Sequence[str]) -> None:
+        """Forget what was sent (after the lake commit and the manifest)."""
+        self.con.execute("BEGIN").fetchall()
+        for table in tables:
+            self.con.execute(f"DROP TABLE IF EXISTS {self._changes(table)}").fetchall()
+            self.con.execute(f"DELETE FROM {FULL} WHERE table_name = ?", [table]).fetchall()
+        self.con.execute("COMMIT").fetchall()
+
+    def mark_full(self, tables: Sequence[str]) -> None:
+        """Send these tables whole on the next lake commit (after a rollback)."""
+        for table in tables:
+            self.con.execute(f"INSERT OR IGNORE INTO {FULL} VALUES (?)", [table]).fetchall()
+
     def reconcile(self, table: str, keys: pa.RecordBatchReader, primary_key: Columns) -> int:
         """Delete rows whose key is no longer in the source (hard deletes).
 
@@ -275,16 +374,21 @@ class Warehouse:
         """
         t = quote_ident(table)
         names = [n for n, _ in primary_key]
+        gone = (
+            f"FROM {t} t WHERE NOT EXISTS (SELECT 1 FROM __keys k WHERE {_join(names, 'k', 't')})"
+        )
+        pk = ", ".join(f"t.{quote_ident(n)}" for n in names)
+        record = self._record(table, names, f"SELECT {pk} {gone}") if self.track_changes else []
         results = self._run(
             keys,
             [
                 f"CREATE OR REPLACE TEMP TABLE __keys AS {_select(primary_key)}",
-                f"DELETE FROM {t} t WHERE NOT EXISTS"
-                f" (SELECT 1 FROM __keys k WHERE {_join(names, 'k', 't')})",
+                *record,  # before the delete: the keys it removes
+                f"DELETE {gone}",
                 "DROP TABLE __keys",
             ],
         )
-        removed = int(results[1] or 0)  # type: ignore[call-overload]
+        removed = int(results[1 + len(record)] or 0)  # type: ignore[call-overload]
         if table in self._rows:
             self._rows[table] -= removed
         return removed

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ import sqlalchemy as sa
 
 from etl_service.settings import EtlSettings
 from etl_service.sync import SyncEngine
+from testsupport.proxy import TcpProxy
 from testsupport.webhook import Receiver
 
 FAST_RETRIES = {"RETRY_ATTEMPTS": "3", "RETRY_BASE_SECONDS": "0.01", "RETRY_MAX_SECONDS": "0.05"}
@@ -109,39 +106,6 @@ def same_rows() -> Callable[[sa.Engine, duckdb.DuckDBPyConnection, str], None]:
         assert_same_rows(source_rows(source, table, columns), duck_rows(con, table, columns), table)
 
     return check
-
-
-class TcpProxy:
-    """A TCP forwarder process (tcp_proxy.py) whose connections can be cut."""
-
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        script = Path(__file__).with_name("tcp_proxy.py")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), target_host, str(target_port)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-
-    def drop(self) -> None:
-        """Cut every open connection and refuse new ones."""
-        self.proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.2)  # let the signal land before the caller goes on
-
-    def restore(self) -> None:
-        self.proc.send_signal(signal.SIGUSR2)
-        time.sleep(0.2)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ the working DuckDB and the published snapshot must equal the source.
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
 from pathlib import Path
 
@@ -19,71 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from etl_service.demo_source import create_demo_source
+from testsupport.source_writers import writers_running
 
-NOW = "(now() AT TIME ZONE 'UTC')"  # the demo tables hold naive UTC
 TABLES = ("inventory", "orders")
-
-
-def _writer(engine: sa.Engine, seed: int, stop: threading.Event, stats: dict[str, int]) -> None:
-    rng = random.Random(seed)
-    next_id = 100_000
-    while not stop.is_set():
-        op = rng.random()
-        with engine.begin() as conn:
-            max_id = conn.execute(sa.text("SELECT max(id) FROM inventory")).scalar() or 1
-            if op < 0.3:
-                next_id += 1
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO inventory (id, product_id, warehouse, quantity,"
-                        f" reorder_level, created_at, updated_at) VALUES (:id, 1, 'AMS-1', :q, 10,"
-                        f" {NOW}, {NOW})"
-                    ),
-                    {"id": next_id, "q": rng.randint(0, 500)},
-                )
-                stats["inserts"] += 1
-            elif op < 0.75:
-                ids = [rng.randint(1, max_id) for _ in range(rng.randint(1, 8))]
-                conn.execute(
-                    sa.text(
-                        f"UPDATE inventory SET quantity = :q, updated_at = {NOW}"
-                        " WHERE id = ANY(:ids)"
-                    ),
-                    {"q": rng.randint(0, 500), "ids": ids},
-                )
-                conn.execute(
-                    sa.text(
-                        f"UPDATE orders SET status = :s, updated_at = {NOW} WHERE id = ANY(:ids)"
-                    ),
-                    {"s": rng.choice(["paid", "shipped", "cancelled"]), "ids": ids},
-                )
-                stats["updates"] += 1
-            else:
-                conn.execute(
-                    sa.text("DELETE FROM inventory WHERE id = :id"),
-                    {"id": rng.randint(1, max_id)},
-                )
-                stats["deletes"] += 1
-        stop.wait(rng.uniform(0.005, 0.03))
-
-
-def _late_writer(
-    engine: sa.Engine, seed: int, stop: threading.Event, stats: dict[str, int]
-) -> None:
-    """Transactions whose updated_at is taken long before they commit."""
-    rng = random.Random(seed + 1000)
-    while not stop.is_set():
-        with engine.begin() as conn:
-            ids = [rng.randint(1, 1000) for _ in range(rng.randint(1, 5))]
-            conn.execute(
-                sa.text(
-                    f"UPDATE inventory SET reorder_level = :r, updated_at = {NOW}"
-                    " WHERE id = ANY(:ids)"
-                ),
-                {"r": rng.randint(1, 99), "ids": ids},
-            )
-            time.sleep(rng.uniform(0.3, 1.5))  # commit late, with the early timestamp
-        stats["late"] += 1
 
 
 def _add_integer_cursor(engine: sa.Engine) -> None:
@@ -139,26 +75,14 @@ def test_duckdb_equals_source_after_concurrent_changes(
     )
     assert etl.run_cycle().status == "success"
 
-    stop = threading.Event()
-    stats = {"inserts": 0, "updates": 0, "deletes": 0, "late": 0}
-    writers = [
-        threading.Thread(target=_writer, args=(source, seed, stop, stats)),
-        threading.Thread(target=_late_writer, args=(source, seed, stop, stats)),
-    ]
-    for w in writers:
-        w.start()
     cycles = 0
-    try:
+    with writers_running(source, seed) as stats:
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
             result = etl.run_cycle()
             assert result.status == "success", result.error
             cycles += 1
             time.sleep(0.3)
-    finally:
-        stop.set()
-        for w in writers:
-            w.join(timeout=30)
     assert cycles >= 3 and stats["late"] >= 2 and stats["deletes"] >= 3, (cycles, stats)
 
     final = etl.run_cycle(reconcile=True)

@@ -61,6 +61,18 @@ def test_nothing_changed_means_nothing_published(source, make_engine):
     assert fourth.rows["inventory"]["read"] == 1 and not fourth.published
 
 
+def test_a_full_refresh_of_unchanged_data_reports_nothing_published(source, make_engine):
+    etl = make_engine()
+    first = etl.run_cycle()
+    # A full load counts every row as changed, so the engine exports and asks
+    # the publisher, which finds the same content and uploads nothing.
+    again = etl.run_cycle(full_refresh=True)
+    assert again.status == "success"
+    assert not again.published and again.version == first.version
+    assert etl.publisher.current().version == first.version
+    assert etl.state.recent_runs(1)[0]["published_version"] is None
+
+
 def test_watermark_is_the_source_clock_minus_settle_lag_at_full_precision(
     source, make_engine, pg_url
 ):

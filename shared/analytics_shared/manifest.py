@@ -18,7 +18,9 @@ from analytics_shared.errors import AnalyticsError
 
 __all__ = [
     "MANIFEST_KEY",
+    "STATUS_KEY",
     "ColumnSchema",
+    "LakeInfo",
     "Manifest",
     "ManifestError",
     "ModelInfo",
@@ -29,6 +31,8 @@ __all__ = [
 ]
 
 MANIFEST_KEY = "current/manifest.json"
+# The ETL's status as data (etl_service.ops.status_file), served at the API's GET /status.
+STATUS_KEY = "current/status.json"
 FORMAT_VERSION = 1
 
 
@@ -77,6 +81,20 @@ class SchemaChange(BaseModel):
     retyped: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class LakeInfo(BaseModel):
+    """Lake mode: the DuckLake snapshot a version names, and how to check a replica.
+
+    `checksums` are order-independent per-table hashes (row count and two
+    xor-ed row hashes, as computed by `analytics_shared.checksum`); a replica
+    that does not match them is not served."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    snapshot_id: int = Field(ge=0)
+    metadata_schema: str
+    checksums: dict[str, str] = Field(default_factory=dict)
+    primary_keys: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class Manifest(BaseModel):
     # Compatibility rule: optional fields may be added within one format_version
     # and readers ignore fields they do not know (an older API keeps working
@@ -103,6 +121,10 @@ class Manifest(BaseModel):
     models: dict[str, ModelInfo] = Field(default_factory=dict)
     # Source schema changes seen since the previous version (etl_service.contracts).
     schema_changes: list[SchemaChange] = Field(default_factory=list)
+    # Lake mode: the version is a DuckLake snapshot (version "lake-<snapshot_id>");
+    # `snapshot_key` names the lake's prefix, `sha256`/`size` identify the
+    # replica's expected content (the checksums) instead of a file.
+    lake: LakeInfo | None = None
 
     @field_validator("created_at")
     @classmethod

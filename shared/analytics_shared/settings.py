@@ -8,7 +8,7 @@ variable names are the same everywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +56,17 @@ class CommonSettings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
     aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+
+    # Lake mode (docs/architecture.md, "Lake mode"): `file` publishes single-file
+    # snapshots (the default); `lake` commits each cycle's changes to a DuckLake
+    # (catalog in PostgreSQL, Parquet under STORAGE_URL/lake/) and each API host
+    # serves a local replica it advances by the change.
+    publish_mode: Literal["file", "lake"] = Field("file", validation_alias="PUBLISH_MODE")
+    # The lake's PostgreSQL catalog (the ETL defaults to DATABASE_URL) and its schema.
+    lake_catalog_url: SecretStr | None = Field(None, validation_alias="LAKE_CATALOG_URL")
+    lake_metadata_schema: str = Field("ducklake", validation_alias="LAKE_METADATA_SCHEMA")
+    # The lake environment's interpreter (DuckDB 1.5.5); default: the project's .venv-lake.
+    lake_python: str | None = Field(None, validation_alias="LAKE_PYTHON")
 
     @field_validator("log_level")
     @classmethod

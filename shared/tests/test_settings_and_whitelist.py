@@ -59,10 +59,15 @@ def test_api_refuses_symmetric_algorithms_and_missing_auth(monkeypatch):
         load_settings(ApiSettings)
 
 
-def test_bundled_whitelist_is_valid():
+def test_bundled_whitelist_is_valid_and_secure_by_default():
     wl = load_whitelist()
-    assert wl.policy_for("some-unknown-app") is wl.policies["default"]
+    # Unknown applications are refused; the demo's own issuers are mapped by name.
+    assert wl.policy_for("some-unknown-app") is None
+    assert wl.policy_for("demo-app") is wl.policies["default"]
+    assert wl.policy_for("compose-dev") is wl.policies["default"]
     assert wl.policies["default"].may_read("inventory")
+    # No bundled policy serves the customers table (emails, names).
+    assert not any(policy.may_read("customers") for policy in wl.policies.values())
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """The TypeScript client in a real browser: headless Chromium loads a page
 served from another origin than the API, the page imports the built client,
-runs a named query with a token and renders the rows.
+runs a named query with a token and renders the rows, revalidates it (304),
+subscribes to `/events` (EventSource with a ticket) and re-renders itself when
+the API announces a new data version after a publish.
 
 Fails on any console error, page error or failed request. A second page,
 from an origin the API does not list in CORS_ORIGINS, shows that a CORS
@@ -16,7 +18,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -82,9 +83,8 @@ def browser_api(
         yield api
 
 
-def _load(page_origin: str, api: ClientTestApi, token: str) -> dict:
-    chromium, node = _requirements()
-    env = {
+def _env(page_origin: str, api: ClientTestApi, token: str, chromium: str) -> dict[str, str]:
+    return {
         **os.environ,
         "PAGE_URL": page_origin + "/index.html",
         "API_URL": api.url,
@@ -92,42 +92,84 @@ def _load(page_origin: str, api: ClientTestApi, token: str) -> dict:
         "CHROMIUM": chromium,
         "PLAYWRIGHT_FROM": str(TS / "package.json"),
     }
-    started = time.monotonic()
+
+
+def _load(page_origin: str, api: ClientTestApi, token: str) -> dict:
+    chromium, node = _requirements()
     run = subprocess.run(
         [node, str(HERE / "run_page.mjs")],
-        env=env,
+        env=_env(page_origin, api, token, chromium),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    report["seconds"] = round(time.monotonic() - started, 1)
-    return report
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def test_page_on_another_origin_runs_a_named_query_and_renders_rows(browser_api, static_servers):
+def _load_then_publish(page_origin: str, api: ClientTestApi, token: str) -> tuple[dict, dict, str]:
+    """The page's report once loaded and subscribed, the version published
+    then, and its report once it shows that version."""
+    chromium, node = _requirements()
+    env = {**_env(page_origin, api, token, chromium), "WAIT_FOR_VERSION": "1"}
+    with subprocess.Popen(
+        [node, str(HERE / "run_page.mjs")],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            first = json.loads(proc.stdout.readline() or "{}")
+            assert first.get("state") == "done", (first, proc.stderr.read() if first == {} else "")
+            published = api.publish()
+            proc.stdin.write(published + "\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=120)
+        except BaseException:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
+    return first, json.loads(out.strip().splitlines()[-1]), published
+
+
+def test_page_on_another_origin_queries_revalidates_and_follows_new_versions(
+    browser_api, static_servers
+):
     allowed, _ = static_servers
     assert allowed.split(":")[-1] != browser_api.url.split(":")[-1]  # a different origin
     token = browser_api.token()
-    report = _load(allowed, browser_api, token)
+    loaded, updated, published = _load_then_publish(allowed, browser_api, token)
 
-    assert report["consoleErrors"] == [], report
-    assert report["pageErrors"] == [], report
-    assert report["failedRequests"] == [], report
-    assert report["state"] == "done", report["error"]
+    for report in (loaded, updated):
+        assert report["consoleErrors"] == [], report
+        assert report["pageErrors"] == [], report
+        assert report["failedRequests"] == [], report
+        assert report["state"] == "done", report["error"]
+    assert loaded["revalidated"] == "true"  # the second call was a 304 (ETag readable, allowed)
+    assert loaded["etag"].startswith('W/"')
+    assert loaded["announced"] == loaded["version"]  # /events sent the version in service
 
-    expected = httpx.post(
-        browser_api.url + "/queries/low_stock",
-        json={"params": {"threshold": 5, "limit": 10}},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    ).json()
-    assert expected["data"], "the named query should return rows"
-    assert report["rows"] == [
+    def expected_rows() -> dict:
+        answer = httpx.post(
+            browser_api.url + "/queries/low_stock",
+            json={"params": {"threshold": 5, "limit": 10}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()
+        assert answer["data"], "the named query should return rows"
+        return answer
+
+    assert loaded["version"] != published
+    assert updated["version"] == updated["announced"] == published
+    expected = expected_rows()
+    assert expected["data_version"] == published
+    assert updated["rows"] == [
         [str(r["id"]), r["warehouse"], str(r["quantity"])] for r in expected["data"]
     ]
-    assert report["version"] == expected["data_version"]
+    assert updated["rows"] != loaded["rows"]  # the new snapshot has other rows
 
 
 def test_an_origin_missing_from_cors_origins_is_caught(browser_api, static_servers):

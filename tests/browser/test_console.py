@@ -122,7 +122,10 @@ def _signed_in_as(report: dict[str, Any], api: ClientTestApi, role: str) -> None
     assert report["storage"] == {"local": 0, "session": 0, "cookie": ""}
     assert "code=" not in report["url"] and report["url"].endswith("/console/#overview")
     assert "script-src 'self'" in report["csp"] and "unsafe-inline" not in report["csp"]
-    assert report["liveMode"].startswith("polling /health")
+    # Live from GET /events where the server has it, else polling /health.
+    endpoints = httpx.get(api.url + "/console/config.json", timeout=10).json()["endpoints"]
+    live = "live (server-sent events)" if endpoints["events"] else "polling /health every"
+    assert report["liveMode"].startswith(live), report["liveMode"]
 
 
 def test_an_analyst_queries_charts_downloads_and_sees_a_publish(console_api, tmp_path):

@@ -5,7 +5,9 @@ any `window` seconds. With `REDIS_URL` the count lives in Redis (one sorted
 set per user, updated by one atomic Lua script using Redis' clock), so the
 limit holds across Gunicorn workers and replicas. Without Redis, or while
 Redis is unreachable, each process counts for itself (and says so in the log).
-The key is never taken from a request header a client could forge.
+The key is never taken from a request header a client could forge, and it
+includes the window: policies with different windows count apart, so a hit
+under a 1-second policy never trims the log of a 3,600-second one.
 
 A sliding log rather than a fixed window: 60 rapid requests let exactly 50
 through whatever the clock says, and a refused request is not counted, so a
@@ -97,17 +99,18 @@ class LocalRateLimiter(RateLimiter):
 
     def __init__(self, max_users: int = 100_000) -> None:
         self.max_users = max_users
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        self._hits: OrderedDict[tuple[str, int], deque[float]] = OrderedDict()
 
     def hit_now(self, user: str, limit: int, window: int, now: float | None = None) -> RateDecision:
         now = time.monotonic() if now is None else now
-        hits = self._hits.get(user)
+        key = (user, window)
+        hits = self._hits.get(key)
         if hits is None:
-            hits = self._hits[user] = deque()
+            hits = self._hits[key] = deque()
             while len(self._hits) > self.max_users:
                 self._hits.popitem(last=False)
         else:
-            self._hits.move_to_end(user)
+            self._hits.move_to_end(key)
         while hits and hits[0] <= now - window:
             hits.popleft()
         allowed = len(hits) < limit
@@ -143,16 +146,17 @@ class RedisRateLimiter(RateLimiter):
         self._down_until = 0.0
         self._last_warning = 0.0
 
-    def _key(self, user: str) -> str:
+    def _key(self, user: str, window: int) -> str:
         # Hashed: bounded key length, and no user id in Redis' keyspace.
-        return f"{self.prefix}:{hashlib.sha256(user.encode()).hexdigest()[:32]}"
+        return f"{self.prefix}:{hashlib.sha256(user.encode()).hexdigest()[:32]}:{window}s"
 
     async def hit(self, user: str, limit: int, window: int) -> RateDecision:
         now = time.monotonic()
         if now >= self._down_until:
             try:
                 allowed, count, reset_us = await self._script(
-                    keys=[self._key(user)], args=[limit, window * 1_000_000, uuid.uuid4().hex]
+                    keys=[self._key(user, window)],
+                    args=[limit, window * 1_000_000, uuid.uuid4().hex],
                 )
                 return RateDecision(
                     bool(allowed), limit, max(0, limit - int(count)), int(reset_us) / 1e6

@@ -116,7 +116,9 @@ def mount_console(app: FastAPI, settings: ApiSettings, *, admin_commands: bool) 
 
     @router.get("/console/config.json")
     async def console_config_json() -> JSONResponse:
-        paths = {str(getattr(route, "path", "")) for route in app.routes}
+        # The OpenAPI document: the routes as the app publishes them, however
+        # FastAPI holds included routers (built once, then cached by the app).
+        paths = set(app.openapi().get("paths", {}))
         return JSONResponse(console_config(settings, admin_commands, paths), headers=headers)
 
     app.include_router(router)

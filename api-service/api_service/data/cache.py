@@ -5,11 +5,19 @@
     <version>.ok       its manifest, written last: the file is verified
     <version>.pin      every process with the version open holds a shared
                        flock on it; deletion needs the exclusive one
+    <version>.db.tmp/  DuckDB's spill directory for that version (one
+                       subdirectory per worker process: `spill_directory`)
+
+In lake mode the host's replicator (data/lake_replica.py) writes the
+versions: `install` copies its verified replica in as `<version>.db` and
+writes the `.ok` last, under the same lock; workers only pin what is there.
 
 What must always hold: a `.db` file is trusted only while its `.ok` marker
 matches the manifest's size and sha256; a version is downloaded at most once
 per host (under the lock); a file is deleted only when no process holds its
-pin, marker first, so a half-deleted version is never taken as verified.
+pin, marker first, so a half-deleted version is never taken as verified;
+clean-up removes files and directories alike and one version that cannot be
+deleted never stops the others (nor the next run).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +97,44 @@ class SnapshotCache:
             log.info("snapshot_downloaded", version=manifest.version, size=manifest.size)
             return path, Pin(path.with_suffix(".pin"))
 
+    def spill_directory(self, version: str) -> Path:
+        """This process's DuckDB temp_directory for `version` (removed with the version)."""
+        return self.directory / f"{version}.db.tmp" / str(os.getpid())
+
+    def remove_orphan_spill_dirs(self) -> None:
+        """Temp directories of worker processes that are gone (killed, restarted). Best effort."""
+        for spill in self.directory.glob("*.db.tmp/*"):
+            if spill.name.isdigit() and not Path(f"/proc/{spill.name}").exists():
+                shutil.rmtree(spill, ignore_errors=True)
+
+    def pin_ready(self, manifest: Manifest) -> tuple[Path, Pin] | None:
+        """The verified local file for `manifest`, pinned, if it is already here
+        (lake mode: the replicator puts it there; workers never download)."""
+        path = self.directory / f"{manifest.version}.db"
+        with self.lock(timeout=5):
+            if path.exists() and _marker_matches(path.with_suffix(".ok"), manifest):
+                return path, Pin(path.with_suffix(".pin"))
+        return None
+
+    def has(self, manifest: Manifest) -> bool:
+        path = self.directory / f"{manifest.version}.db"
+        return path.exists() and _marker_matches(path.with_suffix(".ok"), manifest)
+
+    def install(self, manifest: Manifest, source: Path) -> Path:
+        """Copy a verified file in as `manifest`'s version; the `.ok` marker last."""
+        path = self.directory / f"{manifest.version}.db"
+        ok_marker = path.with_suffix(".ok")
+        with self.lock(self.lock_timeout):
+            ok_marker.unlink(missing_ok=True)
+            tmp = path.with_suffix(".db.download")  # (.db.tmp/ is the spill directory)
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+            tmp_ok = ok_marker.with_suffix(".ok.tmp")
+            tmp_ok.write_bytes(manifest.to_json())
+            os.replace(tmp_ok, ok_marker)
+        log.info("replica_installed", version=manifest.version)
+        return path
+
     def markers(self) -> list[Path]:
         """The `.ok` markers of verified versions, newest first."""
         return sorted(self.directory.glob("*.ok"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -112,14 +159,19 @@ class SnapshotCache:
         stale = {v for v in versions if v and v not in keep}
         if not stale:
             return
+        deleted = []
         try:
             with self.lock(timeout=0):
-                deleted = [v for v in sorted(stale) if self._delete_if_unused(v)]
+                for version in sorted(stale):
+                    try:
+                        if self._delete_if_unused(version):
+                            deleted.append(version)
+                    except OSError as exc:  # this one waits for the next run; the others go
+                        log.warning(
+                            "snapshot_cache_cleanup_failed", version=version, error=str(exc)
+                        )
         except SnapshotError:
             return  # a download is in progress; the next refresh tries again
-        except OSError as exc:
-            log.warning("snapshot_cache_cleanup_failed", error=str(exc))
-            return
         if deleted:
             log.info("snapshot_files_deleted", versions=deleted)
 
@@ -134,11 +186,19 @@ class SnapshotCache:
                 return False  # some worker (maybe this one) still reads it
             # Marker first: a half-deleted version is never taken as verified.
             for suffix in (".ok", ".db", ".db.tmp", ".db.download", ".ok.tmp"):
-                (self.directory / f"{version}{suffix}").unlink(missing_ok=True)
+                _remove(self.directory / f"{version}{suffix}")
             pin_path.unlink(missing_ok=True)
             return True
         finally:
             os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a whole directory (DuckDB's spill directory); absent is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _version_of(name: str) -> str | None:

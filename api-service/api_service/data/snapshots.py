@@ -21,6 +21,7 @@ refresh never raises and never disturbs the version in service.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -70,8 +71,11 @@ def open_sandboxed(
         "threads": threads,
     }
     if temp_directory is not None:
+        # DuckDB refuses a temp_directory once external access is off, so that
+        # is switched off right after opening, before anything else runs.
         temp_directory.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_directory)
+        del config["enable_external_access"]
         if max_temp_directory_size:
             config["max_temp_directory_size"] = max_temp_directory_size
     con = duckdb.connect(str(path), read_only=True, config=config)
@@ -79,6 +83,7 @@ def open_sandboxed(
     # queries still run): DuckDB then shares the instance, already locked.
     row = con.execute("SELECT current_setting('lock_configuration')").fetchone()
     if not (row and row[0]):
+        con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con
 
@@ -149,16 +154,14 @@ class SnapshotManager:
         threads: int = 2,
         lock_timeout: float = 600.0,
         retry_max_seconds: float = 300.0,
-        spill_dir: Path | None = None,
         max_spill_size: str | None = None,
     ) -> None:
         self.store = store
-        # DuckDB's temp files: one directory per worker process and version.
-        self.spill_dir = spill_dir
-        self.max_spill_size = max_spill_size
-        if spill_dir is not None:
-            _remove_orphan_spill_dirs(spill_dir)
         self.cache = SnapshotCache(store, cache_dir, lock_timeout=lock_timeout)
+        # DuckDB's temp files: one directory per version and worker process
+        # (cache.spill_directory), bounded by `max_spill_size`.
+        self.max_spill_size = max_spill_size
+        self.cache.remove_orphan_spill_dirs()
         self.memory_limit = memory_limit
         self.threads = threads
         self.retry_max_seconds = retry_max_seconds
@@ -225,7 +228,15 @@ class SnapshotManager:
             "verification_failures_total": self.verification_failures,
             "swaps_total": self.swaps,
             "worker_pid": os.getpid(),
+            **self._lake_status(),
         }
+
+    def _lake_status(self) -> dict[str, Any]:
+        """Lake mode: what this host's replicator last reported (data/lake_replica.py)."""
+        try:
+            return {"lake_replica": json.loads((self.cache_dir / "lake-status.json").read_text())}
+        except (OSError, ValueError):
+            return {}
 
     def next_poll_delay(self, interval: float) -> float:
         """Poll quickly until the first snapshot is in service, then every interval."""
@@ -325,7 +336,16 @@ class SnapshotManager:
             old.retire()
 
     def _load(self, manifest: Manifest) -> Snapshot:
-        path, pin = self.cache.fetch(manifest)
+        if manifest.lake is not None:
+            # Lake mode: the host's replicator writes the version; wait for it.
+            ready = self.cache.pin_ready(manifest)
+            if ready is None:
+                raise _Deferred(
+                    f"waiting for this host's lake replicator to write {manifest.version}"
+                )
+            path, pin = ready
+        else:
+            path, pin = self.cache.fetch(manifest)
         try:
             con = self._open_probed(path, manifest)
         except (SnapshotError, SnapshotFileError, duckdb.Error):
@@ -339,12 +359,11 @@ class SnapshotManager:
 
     def _open_probed(self, path: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:
         """Open sandboxed; every table's row count must match the manifest."""
-        spill = self.spill_dir / f"{os.getpid()}-{manifest.version}" if self.spill_dir else None
         con = open_sandboxed(
             path,
             memory_limit=self.memory_limit,
             threads=self.threads,
-            temp_directory=spill,
+            temp_directory=self.cache.spill_directory(manifest.version),
             max_temp_directory_size=self.max_spill_size,
         )
         try:
@@ -366,8 +385,8 @@ class SnapshotManager:
                 self._open[snap.version] = left
             else:
                 self._open.pop(snap.version, None)
-        if self.spill_dir is not None and not left:
-            shutil.rmtree(self.spill_dir / f"{os.getpid()}-{snap.version}", ignore_errors=True)
+        if not left:
+            shutil.rmtree(self.cache.spill_directory(snap.version), ignore_errors=True)
         self._collect_garbage()
 
     def _collect_garbage(self) -> None:
@@ -404,17 +423,6 @@ class SnapshotManager:
             snap, self._current = self._current, None
         if snap is not None:
             snap.retire()
-
-
-def _remove_orphan_spill_dirs(root: Path) -> None:
-    """Temp directories of worker processes that are gone (killed, restarted)."""
-    if not root.is_dir():
-        return
-    for entry in root.iterdir():
-        pid = entry.name.split("-", 1)[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
 
 
 class _Deferred(Exception):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,12 @@ def _workers() -> int:
 
 workers = _workers()
 os.environ["WEB_CONCURRENCY"] = str(workers)
-worker_class = "uvicorn_worker.UvicornWorker"
+# Uvicorn under Gunicorn, with Gunicorn's request head limits enforced while the
+# head arrives (ops/uvicorn_worker.py); Uvicorn's own worker ignores them.
+worker_class = "api_service.ops.uvicorn_worker.BoundedUvicornWorker"
+limit_request_line = int(os.environ.get("LIMIT_REQUEST_LINE", "8190"))
+limit_request_fields = int(os.environ.get("LIMIT_REQUEST_FIELDS", "100"))
+limit_request_field_size = int(os.environ.get("LIMIT_REQUEST_FIELD_SIZE", "16384"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
@@ -82,9 +89,17 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _metrics_dir_created = True
 
 
+_replicator: subprocess.Popen[bytes] | None = None
+
+
 def on_starting(server: Any) -> None:
     for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         stale.unlink(missing_ok=True)
+    # Lake mode: one replicator per host writes the versions the workers serve
+    # (api_service/data/lake_replica.py); the master starts and stops it.
+    if os.environ.get("PUBLISH_MODE", "file").strip().lower() == "lake":
+        global _replicator
+        _replicator = subprocess.Popen([sys.executable, "-m", "api_service.cli", "replicate"])
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -94,5 +109,11 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    if _replicator is not None and _replicator.poll() is None:
+        _replicator.terminate()
+        try:
+            _replicator.wait(30)
+        except subprocess.TimeoutExpired:
+            _replicator.kill()
     if _metrics_dir_created:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -368,8 +368,10 @@ def json_body(
     truncated: bool,
     data_version: str,
     execution_time_ms: float,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
-    """The whole JSON document. Objects shape = the seed's response.
+    """The whole JSON document. Objects shape = the seed's response; `extra`
+    adds fields at the end (`next`, `total`: query/pagination.py).
 
     Small results go through Python values and orjson, larger ones through
     Arrow kernels; both give the same document (tests/test_encodings.py)."""
@@ -379,6 +381,7 @@ def json_body(
         "truncated": truncated,
         "data_version": data_version,
         "execution_time_ms": execution_time_ms,
+        **(extra or {}),
     }
     if table.num_rows * max(1, table.num_columns) <= SMALL_JSON_CELLS:
         body = _small_json_body(table, columns, compact=compact, tail=tail)

@@ -7,7 +7,10 @@ the GIL. The pool size bounds concurrent queries per worker; queued queries
 wait in the pool's queue without holding the event loop.
 
 A statement timeout counts from submission and interrupts the running cursor;
-a query still queued at its deadline never starts. Results come back as Arrow
+a query still queued at its deadline never starts. The caller is answered at
+the deadline (plus `ABANDON_GRACE_SECONDS` for the interrupt to land) even
+when DuckDB ignores the interrupt (it does while planning): the work is then
+abandoned, and `on_done` tells the caller when the thread is really free. Results come back as Arrow
 tables capped at `max_rows` (`truncated` tells whether there was more).
 """
 
@@ -29,7 +32,7 @@ from analytics_shared.snapshot_file import quote_ident
 from api_service.data.snapshots import Snapshot
 from api_service.errors import QueryTimeout, ResultTooLarge
 from api_service.ops.memory_budget import LIGHT_RESULT_BYTES
-from api_service.query.admission import AdmissionGate, Reservation
+from api_service.query.admission import AdmissionGate
 from api_service.query.encodings import Column
 
 __all__ = [
@@ -40,6 +43,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# How long past its deadline an interrupted query may take to stop before its
+# caller is answered anyway (the thread finishes on its own; `on_done` says when).
+ABANDON_GRACE_SECONDS = 0.25
 
 # Values for `$name` or `?` placeholders, bound by DuckDB (never interpolated).
 Params = dict[str, Any] | list[Any] | None
@@ -65,6 +72,7 @@ class QueryResult:
     truncated: bool
     data_version: str
     execution_time_ms: float
+    total: int | None = None  # every row of the result (count=exact), past any cap
 
     @property
     def row_count(self) -> int:
@@ -74,8 +82,10 @@ class QueryResult:
 class _Job:
     """One query's life: queued -> running (cursor known) -> done; timeouts act on it."""
 
-    def __init__(self, timeout_seconds: float) -> None:
-        self.timeout_seconds = timeout_seconds
+    def __init__(self, timeout_seconds: float, limit_seconds: float | None = None) -> None:
+        self.timeout_seconds = max(0.0, timeout_seconds)
+        # What the caller configured (the message); the timeout may be what is left of it.
+        self.limit_seconds = timeout_seconds if limit_seconds is None else limit_seconds
         self._lock = threading.Lock()
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self.timed_out = False
@@ -101,7 +111,7 @@ class _Job:
                 self._cursor.interrupt()
 
     def error(self) -> QueryTimeout:
-        return QueryTimeout(f"the query ran longer than {self.timeout_seconds:g} s and was stopped")
+        return QueryTimeout(f"the query ran longer than {self.limit_seconds:g} s and was stopped")
 
 
 def _text_projection(
@@ -176,6 +186,11 @@ def _capped_table(
         reader.close()
 
 
+def _count(relation: duckdb.DuckDBPyRelation) -> int:
+    rows = relation.aggregate("count(*)").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
 class ResultStream:
     """A query result read batch by batch (NDJSON/CSV). Owns a private cursor."""
 
@@ -186,14 +201,24 @@ class ResultStream:
         columns: list[Column],
         data_version: str,
         max_batch_bytes: int | None = None,
-        reservation: Reservation | None = None,
     ) -> None:
-        self._reservation = reservation  # released when the stream closes
         self._cursor = cursor
         self._reader = reader
         self.columns = columns
         self.data_version = data_version
         self.max_batch_bytes = max_batch_bytes
+        self.reading = 0  # reads submitted to the pool and not finished
+        self._close_requested = False
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once the stream's cursor is closed (e.g. release the lease)."""
+        self._on_close.append(fn)
+
+    def read_done(self) -> None:
+        self.reading -= 1
+        if self._close_requested and self.reading == 0:
+            self._close_now()
 
     def next_batch(self) -> pa.Table | None:
         """Blocking; None at the end. A single batch past `max_batch_bytes` (a few
@@ -207,12 +232,20 @@ class ResultStream:
         return pa.Table.from_batches([batch])
 
     def close(self) -> None:
+        """Close now, or when the read still running on a pool thread ends
+        (a cursor is never closed under a running query)."""
+        self._close_requested = True
+        if self.reading == 0:
+            self._close_now()
+
+    def _close_now(self) -> None:
         with contextlib.suppress(Exception):
             self._reader.close()
         with contextlib.suppress(Exception):
             self._cursor.close()
-        if self._reservation is not None:
-            self._reservation.release()
+        callbacks, self._on_close = self._on_close, []
+        for fn in callbacks:
+            fn()
 
 
 class QueryExecutor:
@@ -258,6 +291,8 @@ class QueryExecutor:
         then: Callable[[QueryResult], Any] | None,
         prepare: Callable[[], str] | None = None,
         heavy_bytes: int = 0,
+        offset: int = 0,
+        count: bool = False,
     ) -> Any:
         # A large result holds an admission reservation until it is encoded.
         held = contextlib.ExitStack()
@@ -279,6 +314,9 @@ class QueryExecutor:
             job.start(cursor)
             try:
                 relation, columns = _relation(cursor, sql, params)
+                total = _count(relation) if count else None
+                if offset:  # a later page (query/pagination.py)
+                    relation = relation.limit(max_rows + 1, offset)
                 table = _capped_table(relation, max_rows, max_bytes, on_heavy)
             except duckdb.Error:
                 if job.timed_out:
@@ -296,6 +334,7 @@ class QueryExecutor:
                 truncated=truncated,
                 data_version=snapshot.version,
                 execution_time_ms=round((time.perf_counter() - started) * 1000, 3),
+                total=total,
             )
             # Encoding in the same pool task saves a second thread hop per request.
             return (result, then(result)) if then is not None else result
@@ -309,7 +348,6 @@ class QueryExecutor:
         max_rows: int,
         max_batch_bytes: int | None,
         batch_rows: int,
-        reservation: Reservation | None = None,
     ) -> ResultStream:
         cursor = snapshot.con.cursor()  # private: the stream outlives this call
         try:
@@ -321,20 +359,42 @@ class QueryExecutor:
             raise
         finally:
             job.finish()
-        return ResultStream(cursor, reader, columns, snapshot.version, max_batch_bytes, reservation)
+        return ResultStream(cursor, reader, columns, snapshot.version, max_batch_bytes)
 
     # -- event-loop side ----------------------------------------------------
-    async def _submit(self, job: _Job, fn: Callable[..., T], *args: Any) -> T:
+    async def _submit(
+        self,
+        job: _Job,
+        fn: Callable[..., T],
+        *args: Any,
+        on_done: Callable[[], None] | None = None,
+    ) -> T:
+        """Run `fn(job, *args)` on the pool; answer by the job's deadline whatever
+        the thread does. `on_done` runs on the loop once the thread has let go."""
         loop = asyncio.get_running_loop()
         timer = loop.call_later(job.timeout_seconds, job.expire)
         self.active += 1
+        work = self._pool.submit(fn, job, *args)
+        work.add_done_callback(lambda _: _call_soon(loop, self._finished, on_done))
+        waiting = asyncio.wrap_future(work)
+        waiting.add_done_callback(_retrieve)  # an abandoned failure is not an error to log
         try:
-            return await loop.run_in_executor(self._pool, fn, job, *args)
+            return await asyncio.wait_for(
+                asyncio.shield(waiting), job.timeout_seconds + ABANDON_GRACE_SECONDS
+            )
+        except TimeoutError:
+            job.expire()
+            work.cancel()  # still queued: it never starts
+            raise job.error() from None
         except duckdb.InterruptException:
             raise job.error() from None
         finally:
             timer.cancel()
-            self.active -= 1
+
+    def _finished(self, on_done: Callable[[], None] | None) -> None:
+        self.active -= 1
+        if on_done is not None:
+            on_done()
 
     async def run_then(
         self,
@@ -346,15 +406,20 @@ class QueryExecutor:
         max_rows: int,
         max_bytes: int | None = None,
         timeout_seconds: float,
+        limit_seconds: float | None = None,
         prepare: Callable[[], str] | None = None,
         heavy_bytes: int = 0,
+        offset: int = 0,
+        count: bool = False,
+        on_done: Callable[[], None] | None = None,
     ) -> tuple[QueryResult, T]:
         """Like run(), then `then(result)` (e.g. encoding) in the same pool thread.
 
         `prepare()`, when given, runs first in that same task (one thread hop
         for both): it returns the SQL to run, or raises and nothing runs. A
-        result past LIGHT_RESULT_BYTES reserves `heavy_bytes` (admission.py)."""
-        job = _Job(timeout_seconds)
+        result past LIGHT_RESULT_BYTES reserves `heavy_bytes` (admission.py).
+        `offset` skips rows (a later page); `count` also counts the whole result."""
+        job = _Job(timeout_seconds, limit_seconds)
         pair: tuple[QueryResult, T] = await self._submit(
             job,
             self._execute,
@@ -366,6 +431,9 @@ class QueryExecutor:
             then,
             prepare,
             heavy_bytes,
+            offset,
+            count,
+            on_done=on_done,
         )
         return pair
 
@@ -378,6 +446,7 @@ class QueryExecutor:
         max_rows: int,
         max_batch_bytes: int | None = None,
         timeout_seconds: float,
+        limit_seconds: float | None = None,
         batch_rows: int = 10_000,
         buffer_bytes: int = 0,
     ) -> ResultStream:
@@ -386,26 +455,25 @@ class QueryExecutor:
         reservation = None
         if self.admission is not None and buffer_bytes:
             reservation = await self.admission.areserve(buffer_bytes, "an export")
-        job = _Job(timeout_seconds)
+        job = _Job(timeout_seconds, limit_seconds)
         try:
-            return await self._submit(
-                job,
-                self._open_stream,
-                snapshot,
-                sql,
-                params,
-                max_rows,
-                max_batch_bytes,
-                batch_rows,
-                reservation,
+            stream = await self._submit(
+                job, self._open_stream, snapshot, sql, params, max_rows, max_batch_bytes, batch_rows
             )
         except BaseException:
             if reservation is not None:
                 reservation.release()
             raise
+        if reservation is not None:
+            stream.on_close(reservation.release)
+        return stream
 
-    async def next_batch(self, stream: ResultStream, *, timeout_seconds: float) -> pa.Table | None:
-        job = _Job(timeout_seconds)
+    async def next_batch(
+        self, stream: ResultStream, *, timeout_seconds: float, limit_seconds: float | None = None
+    ) -> pa.Table | None:
+        """The next batch by the deadline. A read abandoned at the deadline keeps
+        the stream's cursor busy: `stream.close()` then waits for it (on_done)."""
+        job = _Job(timeout_seconds, limit_seconds)
 
         def read(job: _Job) -> pa.Table | None:
             job.start(stream._cursor)
@@ -418,9 +486,20 @@ class QueryExecutor:
             finally:
                 job.finish()
 
-        return await self._submit(job, read)
+        stream.reading += 1
+        return await self._submit(job, read, on_done=stream.read_done)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-heavy work (encoding, compression) on the pool, not the loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

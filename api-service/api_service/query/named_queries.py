@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from analytics_shared.whitelist import NamedQuery, QueryParameter, Whitelist, WhitelistError
 from api_service.errors import ParameterError, QueryRejected
 from api_service.query.sql_guard import SAFE_TABLE_FUNCTIONS, check_query
 
-__all__ = ["bind_parameters", "check_whitelist"]
+__all__ = ["RESERVED_QUERY_PARAMETERS", "bind_parameters", "check_whitelist", "parse_query_string"]
+
+# Query-string names GET /queries/{name} keeps for itself.
+RESERVED_QUERY_PARAMETERS = frozenset({"format", "cursor", "page_size", "count"})
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
 
 
 # ISO text parameters: the parser and what the error says is expected.
@@ -88,6 +93,38 @@ def bind_parameters(query: NamedQuery, values: dict[str, Any] | None) -> dict[st
     return bound
 
 
+def _from_text(name: str, spec: QueryParameter, text: str) -> Any:
+    """A query-string value as the JSON value a POST body would carry."""
+    if spec.type == "integer":
+        if not _INTEGER_TEXT.fullmatch(text):
+            raise ParameterError(f"parameter {name!r} must be an integer")
+        return int(text)
+    if spec.type == "number":
+        try:
+            return float(text)
+        except ValueError:
+            raise ParameterError(f"parameter {name!r} must be a number") from None
+    if spec.type == "boolean":
+        if text not in ("true", "false"):
+            raise ParameterError(f"parameter {name!r} must be true or false")
+        return text == "true"
+    return text
+
+
+def parse_query_string(query: NamedQuery, items: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """GET /queries/{name}'s parameters, typed; reserved names are skipped
+    (they are the route's own), unknown ones left for bind_parameters to refuse."""
+    values: dict[str, Any] = {}
+    for key, text in items:
+        if key in RESERVED_QUERY_PARAMETERS:
+            continue
+        if key in values:
+            raise ParameterError(f"parameter {key!r} is given more than once")
+        spec = query.parameters.get(key)
+        values[key] = _from_text(key, spec, text) if spec is not None else text
+    return values
+
+
 def check_whitelist(whitelist: Whitelist) -> Whitelist:
     """Start-up checks the JSON Schema cannot express; WhitelistError names the problem."""
     for name, policy in whitelist.policies.items():
@@ -105,6 +142,12 @@ def check_whitelist(whitelist: Whitelist) -> Whitelist:
         except QueryRejected as exc:
             raise WhitelistError(f"query whitelist: named query {name!r}: {exc}") from None
         declared = set(query.parameters)
+        reserved = sorted(declared & RESERVED_QUERY_PARAMETERS)
+        if reserved:
+            raise WhitelistError(
+                f"query whitelist: named query {name!r} declares {reserved}: these names are"
+                f" reserved for the API ({sorted(RESERVED_QUERY_PARAMETERS)}); rename them"
+            )
         if guarded.parameters != declared:
             raise WhitelistError(
                 f"query whitelist: named query {name!r} uses parameters"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -69,11 +70,13 @@ def query_key(
     variant: str,
 ) -> str:
     """A stable digest of everything that determines the response body."""
-    canonical = orjson.dumps(
-        [data_version, normalise_sql(sql), params, variant],
-        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
-        default=str,
-    )
+    parts = [data_version, normalise_sql(sql), params, variant]
+    try:
+        canonical = orjson.dumps(
+            parts, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str
+        )
+    except TypeError:  # an integer past 64 bits, which orjson refuses
+        canonical = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.blake2b(canonical, digest_size=20).hexdigest()
 
 

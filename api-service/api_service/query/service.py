@@ -6,6 +6,12 @@ reads, the worker pool and the result cache. A route hands it one frozen
 `PreparedQuery`; `answer()` takes one of four paths: not modified (304),
 cached, buffered (run, encode, cache) or streamed (NDJSON/CSV).
 
+Every query runs under one wall-clock deadline counted from `answer()`
+(QUERY_TIMEOUT_SECONDS; STREAM_TIMEOUT_SECONDS for a whole stream) and holds
+a slot of the per-user/per-app `QueryGate` (query/fairness.py) until its pool
+work has ended. Cached answers are keyed per principal: one caller's hit or
+miss (X-Cache, ETag, timing) tells nothing about what another caller asked.
+
 What must always hold: call it only after authentication, the app policy, the
 rate limit and the SQL guard have passed, or with the guard still to run in
 `PreparedQuery.guard`: then nothing is answered from the cache, and no 304 is
@@ -14,6 +20,7 @@ sent, before the guard has passed. DuckDB's own refusals become `QueryFailed`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -24,6 +31,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
+from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import QueryFailed
 from api_service.http.responses import accepted_encoding, compress
@@ -33,6 +41,8 @@ from api_service.query import encodings
 from api_service.query.admission import AdmissionGate
 from api_service.query.encodings import Encoding
 from api_service.query.executor import Params, QueryExecutor, QueryResult
+from api_service.query.fairness import QueryGate
+from api_service.query.pagination import FIRST_PAGE, Paginator, Paging
 from api_service.query.result_cache import CachedResponse, ResultCache, query_key
 from api_service.query.streaming import StreamLimits, columns_header, stream_response
 from api_service.settings import ApiSettings
@@ -48,10 +58,13 @@ class PreparedQuery:
     params: Params
     encoding: Encoding
     content_coding: str | None  # br/gzip for text encodings the client accepts
-    if_none_match: str | None  # a GET's conditional header (None for POST)
+    if_none_match: str | None  # the conditional header (GET and POST alike)
     # The SQL guard still to run on `sql` (its decision was not cached): it
     # returns the SQL to run or raises.
     guard: Callable[[], str] | None = None
+    user: str = "-"  # the principal: query slots and cache entries are per caller
+    app: str = "-"
+    paging: Paging = FIRST_PAGE  # page size, count, cursor (query/pagination.py)
 
 
 @dataclass(frozen=True)
@@ -70,17 +83,29 @@ class QueryService:
         snapshots: SnapshotManager,
         executor: QueryExecutor,
         cache: ResultCache,
+        paginator: Paginator,
         budget: MemoryBudget | None = None,
     ) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.executor = executor
         self.cache = cache
+        self.paginator = paginator
         self.budget = budget
+        self.gate = QueryGate(
+            capacity=settings.query_workers,
+            per_user=settings.max_concurrent_queries_per_user,
+            per_app=settings.max_concurrent_queries_per_app or settings.query_workers,
+            per_user_queue=settings.max_queued_queries_per_user,
+        )
 
     @classmethod
     def from_settings(
-        cls, settings: ApiSettings, snapshots: SnapshotManager, budget: MemoryBudget | None = None
+        cls,
+        settings: ApiSettings,
+        snapshots: SnapshotManager,
+        signer: Signer,
+        budget: MemoryBudget | None = None,
     ) -> QueryService:
         # Queries run on a bounded pool, never on the event loop (see executor.py);
         # large results and streams take their memory from the budget (admission.py).
@@ -91,7 +116,7 @@ class QueryService:
         )
         executor = QueryExecutor(settings.query_workers, gate)
         cache = ResultCache(settings.result_cache_bytes)
-        return cls(settings, snapshots, executor, cache, budget)
+        return cls(settings, snapshots, executor, cache, Paginator(signer), budget)
 
     def memory_status(self) -> dict[str, object] | None:
         """The worker's budget and what of it is in use (for /health and /metrics)."""
@@ -115,11 +140,17 @@ class QueryService:
         params: Params,
         encoding: Encoding,
         guard: Callable[[], str] | None = None,
+        paging: Paging = FIRST_PAGE,
     ) -> PreparedQuery:
         headers = request.headers
         coding = accepted_encoding(headers.get("accept-encoding")) if encoding.text else None
-        conditional = headers.get("if-none-match") if request.method == "GET" else None
-        return PreparedQuery(sql, params, encoding, coding, conditional, guard)
+        conditional = headers.get("if-none-match")
+        principal = getattr(request.state, "principal", None)
+        user = principal.sub if principal is not None else "-"
+        app = (principal.policy or principal.app or "-") if principal is not None else "-"
+        return PreparedQuery(
+            sql, params, encoding, coding, conditional, guard, user=user, app=app, paging=paging
+        )
 
     async def answer(self, query: PreparedQuery, state: State) -> Response:
         """`state` is the request's: the request log reads `cache` and `rows` from it."""
@@ -129,10 +160,23 @@ class QueryService:
             raise QueryFailed(str(exc)) from None
 
     async def _answer(self, query: PreparedQuery, state: State) -> Response:
+        loop = asyncio.get_running_loop()
+        timeout = (
+            self.settings.stream_timeout_seconds
+            if query.encoding.streamed
+            else self.settings.query_timeout_seconds
+        )
+        deadline = loop.time() + timeout
         if query.guard is not None and len(query.sql) > self.settings.max_sql_length:
             query = await self._guarded(query)  # refuses it before any work on the text
         with contextlib.ExitStack() as lease:
             snap = lease.enter_context(self.snapshots.lease())
+            if query.paging.cursor is not None:
+                # The cursor is checked against the guarded SQL: guard first.
+                query = await self._guarded(query) if query.guard is not None else query
+                binding = self.paginator.binding(query.sql, query.params, query.encoding.name)
+                latest = self.snapshots.latest_version_seen
+                self.paginator.check(query.paging, snap.version, binding, latest)
             target = self._variant(snap, query)
             not_modified = _etag_matches(query.if_none_match, target.headers["ETag"])
             if query.guard is not None and (
@@ -144,13 +188,25 @@ class QueryService:
                 query = await self._guarded(query)
             if not_modified:
                 return self._not_modified(target, state)
+            if not query.encoding.streamed:
+                hit = self._cached(snap, target, state) if query.guard is None else None
+                if hit is not None:
+                    return hit  # no query slot needed
+            slot = await self.gate.acquire(query.user, query.app, deadline - loop.time())
             if query.encoding.streamed:
-                return await self._streamed(query, snap, lease, target, state)
-            hit = self._cached(snap, target, state) if query.guard is None else None
-            if hit is not None:
-                return hit
+                return await self._streamed(
+                    query, snap, lease, target, state, deadline, lambda: self.gate.release(slot)
+                )
             CACHE_REQUESTS.labels("miss").inc()
-            result, (body, coded) = await self._execute(query, snap)
+            # The pool task owns the lease and the slot until its thread lets go
+            # (an abandoned, timed-out query may outlive this request).
+            owned = lease.pop_all()
+
+            def done() -> None:
+                owned.close()
+                self.gate.release(slot)
+
+            result, (body, coded) = await self._execute(query, snap, deadline - loop.time(), done)
         return self._buffered(query, result, body, coded, target, state)
 
     async def _guarded(self, query: PreparedQuery) -> PreparedQuery:
@@ -159,9 +215,9 @@ class QueryService:
         return dataclasses.replace(query, sql=sql, guard=None)
 
     def _variant(self, snap: Snapshot, query: PreparedQuery) -> _Variant:
-        settings = self.settings
-        limit = settings.stream_max_rows if query.encoding.streamed else settings.max_result_rows
-        key = query_key(snap.version, query.sql, query.params, f"{query.encoding.name}:{limit}")
+        limit = self._row_limit(query)
+        variant = f"{query.encoding.name}:{limit}:{query.user}{query.paging.variant()}"
+        key = query_key(snap.version, query.sql, query.params, variant)
         headers = {
             "ETag": f'W/"{key}"',
             "X-Data-Version": snap.version,
@@ -169,6 +225,25 @@ class QueryService:
             "Cache-Control": "private, no-cache",
         }
         return _Variant(key, f"{key}:{query.content_coding or 'identity'}", headers)
+
+    def _row_limit(self, query: PreparedQuery) -> int:
+        settings = self.settings
+        if query.encoding.streamed:
+            return settings.stream_max_rows
+        return min(query.paging.page_size or settings.max_result_rows, settings.max_result_rows)
+
+    def _page_fields(self, query: PreparedQuery, result: QueryResult) -> dict[str, object]:
+        """`next` (when more rows exist) and `total` (count=exact) of a buffered answer."""
+        fields: dict[str, object] = {}
+        if result.truncated:
+            paginator = self.paginator
+            binding = paginator.binding(query.sql, query.params, query.encoding.name)
+            fields["next"] = paginator.next_cursor(
+                query.paging, result.data_version, binding, result.row_count
+            )
+        if result.total is not None:
+            fields["total"] = result.total
+        return fields
 
     # -- the four paths -----------------------------------------------------
     def _not_modified(self, target: _Variant, state: State) -> Response:
@@ -189,19 +264,23 @@ class QueryService:
         )
 
     async def _execute(
-        self, query: PreparedQuery, snap: Snapshot
+        self, query: PreparedQuery, snap: Snapshot, timeout: float, on_done: Callable[[], None]
     ) -> tuple[QueryResult, tuple[bytes, str | None]]:
         settings = self.settings
         return await self.executor.run_then(
             snap,
             query.sql,
             query.params,
-            _materialise(query.encoding, query.content_coding, settings.compress_min_bytes),
-            max_rows=settings.max_result_rows,
+            _materialise(query, settings.compress_min_bytes, self._page_fields),
+            max_rows=self._row_limit(query),
             max_bytes=settings.max_result_bytes,
-            timeout_seconds=settings.query_timeout_seconds,
+            timeout_seconds=timeout,
+            limit_seconds=settings.query_timeout_seconds,
             prepare=query.guard,  # a guard not yet run goes in the same pool task, first
             heavy_bytes=int(settings.max_result_bytes * ENCODE_FACTOR[query.encoding.name]),
+            offset=query.paging.offset,
+            count=query.paging.count,
+            on_done=on_done,
         )
 
     def _buffered(
@@ -221,6 +300,11 @@ class QueryService:
         extra = {"X-Row-Count": str(result.row_count), "X-Truncated": str(result.truncated).lower()}
         if encoding.name not in ("json", "json_compact"):
             extra["X-Columns"] = columns_header(result.columns)
+            page = self._page_fields(query, result)
+            if "next" in page:
+                extra["X-Next-Cursor"] = str(page["next"])
+            if "total" in page:
+                extra["X-Total-Count"] = str(page["total"])
         if coded:
             extra["Content-Encoding"] = coded
         if self.cache.enabled:
@@ -240,13 +324,17 @@ class QueryService:
         lease: contextlib.ExitStack,
         target: _Variant,
         state: State,
+        deadline: float,
+        release: Callable[[], None],
     ) -> Response:
         settings = self.settings
         limits = StreamLimits(
             max_rows=settings.stream_max_rows,
             max_bytes=settings.stream_max_bytes,
             max_batch_bytes=settings.max_result_bytes,
-            timeout_seconds=settings.query_timeout_seconds,
+            timeout_seconds=settings.stream_timeout_seconds,
+            deadline=deadline,
+            idle_write_seconds=settings.stream_idle_write_seconds,
             buffer_bytes=int(settings.max_result_bytes * STREAM_FACTOR),
         )
         response = await stream_response(
@@ -259,14 +347,19 @@ class QueryService:
             query.content_coding,
             limits,
             target.headers,
+            release,
         )
         state.cache = "stream"
         return response
 
 
 def _materialise(
-    encoding: Encoding, content_coding: str | None, min_compress: int
+    query: PreparedQuery,
+    min_compress: int,
+    page_fields: Callable[[PreparedQuery, QueryResult], dict[str, object]],
 ) -> Callable[[QueryResult], tuple[bytes, str | None]]:
+    encoding, content_coding = query.encoding, query.content_coding
+
     def encode(result: QueryResult) -> tuple[bytes, str | None]:
         kwargs = {"data_version": result.data_version, "truncated": result.truncated}
         if encoding.name in ("json", "json_compact"):
@@ -275,6 +368,7 @@ def _materialise(
                 result.columns,
                 compact=encoding.name == "json_compact",
                 execution_time_ms=result.execution_time_ms,
+                extra=page_fields(query, result),
                 **kwargs,  # type: ignore[arg-type]
             )
         elif encoding.name == "arrow":

@@ -43,6 +43,14 @@ from typing import Any
 import duckdb
 
 from api_service.errors import QueryRejected
+from api_service.query.sql_limits import (
+    AMPLIFYING_FUNCTIONS,
+    DENIED_FUNCTIONS,
+    AmplifyBudget,
+    GuardLimits,
+    check_function,
+    check_series_table_function,
+)
 
 __all__ = [
     "AMPLIFYING_FUNCTIONS",
@@ -50,6 +58,7 @@ __all__ = [
     "GUARD_CACHE_CHARS",
     "GUARD_CACHE_ENTRIES",
     "SAFE_TABLE_FUNCTIONS",
+    "GuardLimits",
     "GuardedQuery",
     "cached_decision",
     "check_query",
@@ -58,36 +67,7 @@ __all__ = [
 
 # Table functions a policy may allow: they compute rows, they read nothing.
 SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
-
-# Scalar functions refused everywhere: configuration, environment, secrets,
-# session variables, sequences, logging, sleeping, running serialised SQL.
-DENIED_FUNCTIONS = frozenset(
-    {
-        "current_setting",
-        "getenv",
-        "getvariable",
-        "which_secret",
-        "write_log",
-        "setseed",
-        "setval",
-        "nextval",
-        "currval",
-        "pg_sleep",
-        "sleep",
-        "json_execute_serialized_sql",
-        "parse_duckdb_log_message",
-        "query",
-        "query_table",
-    }
-)
-# Functions that build one huge value from a small input (DuckDB allocates it
-# outside the memory limit and checks for interrupts only once it is built):
-# the count must be a literal up to MAX_AMPLIFY and they may not be nested.
-AMPLIFYING_FUNCTIONS = frozenset({"repeat", "lpad", "rpad", "list_resize", "array_resize"})
-MAX_AMPLIFY = 10_000
-_FORMAT_FUNCTIONS = frozenset({"printf", "format"})
-_WIDE_FORMAT = re.compile(r"\d{5,}")
-_DENIED_PREFIXES = ("duckdb_", "pragma_", "read_", "sqlite_", "parquet_", "iceberg_", "delta_")
+_SERIES_TABLE_FUNCTIONS = frozenset({"range", "generate_series"})
 
 _QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
 _PLAIN_TABLE_REFS = frozenset({"JOIN", "SUBQUERY", "EXPRESSION_LIST", "EMPTY", "PIVOT"})
@@ -156,72 +136,19 @@ def _parse_tree(sql: str) -> dict[str, Any]:
     return tree
 
 
-def _arguments(node: dict[str, Any]) -> list[Any]:
-    args = node.get("arguments") or node.get("children") or []
-    out = []
-    for arg in args if isinstance(args, list) else []:
-        out.append(arg.get("expression", arg) if isinstance(arg, dict) else arg)
-    return out
-
-
-def _literal_int(node: Any) -> int | None:
-    if not isinstance(node, dict):
-        return None
-    if node.get("class") == "CAST":
-        return _literal_int(node.get("child"))
-    if node.get("class") != "CONSTANT":
-        return None
-    literal = node.get("literal") or node.get("value") or {}
-    text = literal.get("text") if isinstance(literal, dict) else None
-    try:
-        return int(str(text))
-    except (TypeError, ValueError):
-        return None
-
-
-def _contains_amplifier(node: Any) -> bool:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            if item.get("class") == "FUNCTION" and (
-                str(item.get("function_name", "")).lower() in AMPLIFYING_FUNCTIONS
-            ):
-                return True
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
-    return False
-
-
-def _check_amplifier(name: str, node: dict[str, Any]) -> None:
-    args = _arguments(node)
-    count = _literal_int(args[1]) if len(args) >= 2 else None
-    if count is None or count > MAX_AMPLIFY or _contains_amplifier(args[:1] + args[2:]):
-        raise QueryRejected(
-            f"{name}() needs a literal count of at most {MAX_AMPLIFY} and cannot be nested",
-            "function_not_allowed",
-        )
-
-
-def _check_format(name: str, node: dict[str, Any]) -> None:
-    args = _arguments(node)
-    first = args[0] if args else None
-    literal = first.get("literal") if isinstance(first, dict) else None
-    text = literal.get("text") if isinstance(literal, dict) else None
-    if not isinstance(text, str) or _WIDE_FORMAT.search(text):
-        raise QueryRejected(
-            f"{name}() needs a literal format string without huge widths", "function_not_allowed"
-        )
-
-
 class _Walker:
     def __init__(
         self,
         allowed_tables: set[str] | None,
         allowed_table_functions: Iterable[str],
+        limits: GuardLimits,
     ) -> None:
         self.allowed_tables = allowed_tables
+        self.limits = limits
+        self.counts = {"table_references": 0, "joins": 0, "set_operations": 0}
+        self.expression_nodes = 0
+        self.budget = AmplifyBudget()
+        self._table_function_calls: set[int] = set()  # checked as table functions
         self.allowed_table_functions = {f.lower() for f in allowed_table_functions}
         self.tables: set[str] = set()
         self.parameters: set[str] = set()
@@ -229,23 +156,38 @@ class _Walker:
 
     def walk(self, tree: dict[str, Any]) -> None:
         # Iterative (an explicit stack): a deeply nested query cannot exhaust Python's stack.
-        stack: list[tuple[Any, frozenset[str]]] = [(tree, frozenset())]
+        # Each entry carries its CTE scope and its expression depth.
+        stack: list[tuple[Any, frozenset[str], int]] = [(tree, frozenset(), 0)]
         while stack:
-            node, scope = stack.pop()
+            node, scope, depth = stack.pop()
             if isinstance(node, list):
-                stack.extend((item, scope) for item in reversed(node))
+                stack.extend((item, scope, depth) for item in reversed(node))
                 continue
             if not isinstance(node, dict):
                 continue
-            scope = self._visit(node, scope, stack)
+            if isinstance(node.get("class"), str) or str(node.get("type", "")).endswith("_NODE"):
+                depth += 1
+                if depth > self.limits.expression_depth:
+                    raise _too_complex(f"nested deeper than {self.limits.expression_depth} levels")
+            scope = self._visit(node, scope, depth, stack)
             stack.extend(
-                (value, scope)
+                (value, scope, depth)
                 for key, value in reversed(node.items())
                 if key != "cte_map" and isinstance(value, dict | list)
             )
 
+    def _count(self, what: str) -> None:
+        self.counts[what] += 1
+        limit = getattr(self.limits, what)
+        if self.counts[what] > limit:
+            raise _too_complex(f"more than {limit} {what.replace('_', ' ')}")
+
     def _visit(
-        self, node: dict[str, Any], scope: frozenset[str], stack: list[tuple[Any, frozenset[str]]]
+        self,
+        node: dict[str, Any],
+        scope: frozenset[str],
+        depth: int,
+        stack: list[tuple[Any, frozenset[str], int]],
     ) -> frozenset[str]:
         kind = node.get("type")
         cls = node.get("class")
@@ -255,7 +197,7 @@ class _Walker:
         if not isinstance(kind, str):
             return scope
         if kind.endswith("_NODE"):
-            return self._query_node(node, kind, scope, stack)
+            return self._query_node(node, kind, scope, depth, stack)
         if "alias" in node and "sample" in node:
             self._table_ref(node, kind, scope)
         return scope
@@ -265,7 +207,8 @@ class _Walker:
         node: dict[str, Any],
         kind: str,
         scope: frozenset[str],
-        stack: list[tuple[Any, frozenset[str]]],
+        depth: int,
+        stack: list[tuple[Any, frozenset[str], int]],
     ) -> frozenset[str]:
         if kind not in _QUERY_NODES:
             what = kind.removesuffix("_QUERY_NODE").removesuffix("_NODE")
@@ -273,6 +216,12 @@ class _Walker:
                 f"only SELECT queries are allowed (found {what} inside the query)", "not_a_select"
             )
         self.shape.update(kind.encode())
+        if kind in ("SET_OPERATION_NODE", "RECURSIVE_CTE_NODE"):
+            # A chain of UNIONs may be one node with n children: n - 1 operations.
+            children = node.get("children")
+            n = len(children) - 1 if isinstance(children, list) and len(children) > 2 else 1
+            for _ in range(n):
+                self._count("set_operations")
         if kind == "RECURSIVE_CTE_NODE" and isinstance(node.get("cte_name"), str):
             scope = scope | {node["cte_name"].lower()}
         cte_map = node.get("cte_map")
@@ -282,12 +231,15 @@ class _Walker:
             if not isinstance(entry, dict):
                 continue
             name = str(entry.get("key", "")).lower()
-            stack.append((entry.get("value"), scope))
+            stack.append((entry.get("value"), scope, depth))
             scope = scope | {name}
         return scope
 
     def _expression(self, node: dict[str, Any], cls: str) -> None:
         self.shape.update(cls.encode())
+        self.expression_nodes += 1
+        if self.expression_nodes > self.limits.expression_nodes:
+            raise _too_complex(f"more than {self.limits.expression_nodes} expression nodes")
         if cls == "PARAMETER":
             self.parameters.add(str(node.get("identifier", "")))
         elif cls == "FUNCTION":
@@ -297,20 +249,21 @@ class _Walker:
                 raise QueryRejected(
                     f"call {name}() without a schema or catalog prefix", "function_not_allowed"
                 )
-            if name in DENIED_FUNCTIONS or name.startswith(_DENIED_PREFIXES):
-                raise QueryRejected(f"function {name}() is not allowed", "function_not_allowed")
-            if name in AMPLIFYING_FUNCTIONS:
-                _check_amplifier(name, node)
-            elif name in _FORMAT_FUNCTIONS:
-                _check_format(name, node)
+            if id(node) not in self._table_function_calls:
+                check_function(name, node, self.budget)
 
     def _table_ref(self, node: dict[str, Any], kind: str, scope: frozenset[str]) -> None:
         self.shape.update(kind.encode())
+        if kind in ("BASE_TABLE", "TABLE_FUNCTION"):
+            self._count("table_references")
+        elif kind == "JOIN":
+            self._count("joins")
         if kind == "BASE_TABLE":
             self._base_table(node, scope)
         elif kind == "TABLE_FUNCTION":
             function = node.get("function")
             function = function if isinstance(function, dict) else {}
+            self._table_function_calls.add(id(function))
             name = str(function.get("function_name", "")).lower()
             if function.get("schema") or function.get("catalog"):
                 raise QueryRejected(
@@ -322,6 +275,8 @@ class _Walker:
                     " query the published tables (see GET /schema)",
                     "function_not_allowed",
                 )
+            if name in _SERIES_TABLE_FUNCTIONS:
+                check_series_table_function(name, function)
         elif kind == "SHOW_REF":
             raise QueryRejected(
                 "DESCRIBE, SHOW and SUMMARIZE are not supported; GET /schema lists the columns",
@@ -365,7 +320,7 @@ class _Walker:
 GUARD_CACHE_ENTRIES = 1024
 GUARD_CACHE_CHARS = 4_000_000  # total SQL text held (keys), so long queries cannot bloat it
 
-_Key = tuple[str, frozenset[str] | None, frozenset[str], int]
+_Key = tuple[str, frozenset[str] | None, frozenset[str], int, GuardLimits]
 _Decision = GuardedQuery | tuple[str, str]  # allowed, or a refusal's (code, message)
 
 
@@ -410,6 +365,13 @@ class _DecisionCache:
 
 
 _decisions = _DecisionCache(GUARD_CACHE_ENTRIES, GUARD_CACHE_CHARS)
+_DEFAULT_LIMITS = GuardLimits()
+
+
+def _too_complex(what: str) -> QueryRejected:
+    return QueryRejected(
+        f"the query is too complex ({what}); split it or simplify it", "query_too_complex"
+    )
 
 
 def clear_guard_cache() -> None:
@@ -421,9 +383,11 @@ def _key(
     allowed_tables: Iterable[str] | None,
     allowed_table_functions: Iterable[str],
     max_length: int,
+    limits: GuardLimits,
 ) -> _Key:
     tables = frozenset(t.lower() for t in allowed_tables) if allowed_tables is not None else None
-    return (sql, tables, frozenset(f.lower() for f in allowed_table_functions), max_length)
+    functions = frozenset(f.lower() for f in allowed_table_functions)
+    return (sql, tables, functions, max_length, limits)
 
 
 def _replay(decision: _Decision) -> GuardedQuery:
@@ -439,10 +403,12 @@ def cached_decision(
     allowed_tables: Iterable[str] | None,
     allowed_table_functions: Iterable[str] = (),
     max_length: int = 20_000,
+    limits: GuardLimits = _DEFAULT_LIMITS,
 ) -> GuardedQuery | None:
     """The cached decision, without parsing: the facts of an allowed query,
     QueryRejected raised for a refused one, or None when it is not cached."""
-    decision = _decisions.get(_key(sql, allowed_tables, allowed_table_functions, max_length))
+    key = _key(sql, allowed_tables, allowed_table_functions, max_length, limits)
+    decision = _decisions.get(key)
     return None if decision is None else _replay(decision)
 
 
@@ -452,6 +418,7 @@ def check_query(
     allowed_tables: Iterable[str] | None,
     allowed_table_functions: Iterable[str] = (),
     max_length: int = 20_000,
+    limits: GuardLimits = _DEFAULT_LIMITS,
 ) -> GuardedQuery:
     """Return the parsed facts of an allowed query, or raise QueryRejected.
 
@@ -459,12 +426,12 @@ def check_query(
     the operator's named queries); DuckDB's catalog views stay refused.
     Decisions are cached (see the module docstring).
     """
-    key = _key(sql, allowed_tables, allowed_table_functions, max_length)
+    key = _key(sql, allowed_tables, allowed_table_functions, max_length, limits)
     decision = _decisions.get(key)
     if decision is not None:
         return _replay(decision)
     try:
-        guarded = _check(sql, key[1], key[2], max_length)
+        guarded = _check(sql, key[1], key[2], max_length, limits)
     except QueryRejected as exc:
         _decisions.put(key, (exc.code, str(exc)))
         raise
@@ -477,6 +444,7 @@ def _check(
     allowed_tables: frozenset[str] | None,
     allowed_table_functions: frozenset[str],
     max_length: int,
+    limits: GuardLimits,
 ) -> GuardedQuery:
     if not sql or not sql.strip():
         raise QueryRejected("the query is empty", "empty_query")
@@ -486,7 +454,9 @@ def _check(
         raise QueryRejected("the query contains a NUL character", "syntax_error")
     tree = _parse_tree(sql)
     walker = _Walker(
-        set(allowed_tables) if allowed_tables is not None else None, allowed_table_functions
+        set(allowed_tables) if allowed_tables is not None else None,
+        allowed_table_functions,
+        limits,
     )
     walker.walk(tree)
     return GuardedQuery(

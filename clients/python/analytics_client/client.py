@@ -53,6 +53,15 @@ class _EtagCache:
         self._entries.clear()
 
 
+def _extra(
+    format: str, cursor: str | None, page_size: int | None, count: str | None
+) -> dict[str, Any]:
+    """The optional request fields, left out when not set."""
+    fields: dict[str, Any] = {"format": None if format == "json" else format, "cursor": cursor}
+    fields.update(page_size=page_size, count=count)
+    return {k: v for k, v in fields.items() if v}
+
+
 class AnalyticsClient:
     def __init__(
         self,
@@ -107,10 +116,13 @@ class AnalyticsClient:
         format: Literal["json", "arrow"] = "json",
         method: Literal["GET", "POST"] | None = None,
         cursor: str | None = None,
+        page_size: int | None = None,
+        count: Literal["exact"] | None = None,
     ) -> QueryResult:
-        """One read-only SELECT. Without params it goes over GET (revalidated with 304)."""
-        extra = {k: v for k, v in (("format", format), ("cursor", cursor)) if v != "json" and v}
-        query = {"q": sql, **extra}
+        """One read-only SELECT. Without params it goes over GET (revalidated with 304).
+        `page_size` rows per page (`next` continues), `count="exact"` adds `total`."""
+        extra = _extra(format, cursor, page_size, count)
+        query = {"q": sql, **{k: str(v) for k, v in extra.items()}}
         url_length = len(self.base_url) + len(str(httpx.QueryParams(query))) + 7
         chosen = method or ("GET" if params is None and url_length <= _MAX_GET_URL else "POST")
         if chosen == "GET":
@@ -131,51 +143,83 @@ class AnalyticsClient:
         *,
         format: Literal["json", "arrow"] = "json",
         cursor: str | None = None,
+        page_size: int | None = None,
+        count: Literal["exact"] | None = None,
     ) -> QueryResult:
-        """A named query from the whitelist (what applications should call)."""
-        body: dict[str, Any] = {"params": params or {}}
-        if format != "json":
-            body["format"] = format
-        if cursor:
-            body["cursor"] = cursor
+        """A named query from the whitelist (what applications should call); POST,
+        revalidated with If-None-Match like GETs."""
+        body: dict[str, Any] = {"params": params or {}, **_extra(format, cursor, page_size, count)}
         path = "/queries/" + quote(name, safe="")
         result = self._result(self._send("POST", path, body=body, cache=format == "json"), format)
-        # docs/api-docs.md promises "query" on named-query answers; today's API omits it.
+        # The API's answer does not name the query; the client does.
         result.query = result.query or name
         return result
 
-    def pages(self, sql: str, params: Params | None = None) -> Iterator[QueryResult]:
-        """Every page of a query.
-
-        EXTENSION POINT (API pass, pagination): today's API never sends
-        `next`, so this yields one page (check `truncated`). The contract
-        implemented: a JSON answer may carry `"next": "<opaque cursor>"`; the
-        next page is the same request with `cursor` added (body field on POST,
-        query parameter on GET).
-        """
-        return self._follow(lambda cursor: self.query(sql, params, cursor=cursor))
+    def pages(
+        self, sql: str, params: Params | None = None, *, page_size: int | None = None
+    ) -> Iterator[QueryResult]:
+        """Every page of a query: the first answer, then the API's `next` cursor
+        followed (the same request with `cursor` added) until there is none.
+        A page after a new data version raises `stale_cursor`: start again."""
+        return self._follow(
+            lambda cursor: self.query(sql, params, cursor=cursor, page_size=page_size)
+        )
 
     def named_query_pages(
-        self, name: str, params: dict[str, Any] | None = None
+        self, name: str, params: dict[str, Any] | None = None, *, page_size: int | None = None
     ) -> Iterator[QueryResult]:
-        return self._follow(lambda cursor: self.named_query(name, params, cursor=cursor))
+        return self._follow(
+            lambda cursor: self.named_query(name, params, cursor=cursor, page_size=page_size)
+        )
 
-    def data_versions(self, interval: float = 15.0, timeout: float | None = None) -> Iterator[str]:
-        """Yields the current data version, then each new one as the API serves it.
-
-        EXTENSION POINT (API pass, events): polls GET /health today; switch to
-        `GET /events` (Server-Sent Events) once the API has it.
-        """
+    def data_versions(self, interval: float = 3.0, timeout: float | None = None) -> Iterator[str]:
+        """Yields the current data version, then each new one, from `GET /events`
+        (Server-Sent Events). A dropped stream is reopened after `interval`
+        seconds with `Last-Event-ID`, so the API does not repeat the last
+        version; the iteration ends after `timeout` seconds when given."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        last = None
+        last: str | None = None
         while deadline is None or time.monotonic() < deadline:
-            version = self.health().get("data_version")
-            # Versions are sortable UTC timestamps; while workers swap one by one
-            # polls can alternate old/new, so only a newer version is news.
-            if version and (last is None or version > last):
-                last = version
-                yield version
+            try:
+                for version in self._event_stream(last, deadline):
+                    if version != last:
+                        last = version
+                        yield version
+            except (httpx.HTTPError, AnalyticsError):
+                pass  # reopened below
+            if deadline is not None and time.monotonic() >= deadline:
+                return
             self._sleep(interval)
+
+    def _event_stream(self, last: str | None, deadline: float | None) -> Iterator[str]:
+        headers = {"Accept": "text/event-stream"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._bearer(1)}"
+        if last is not None:
+            headers["Last-Event-ID"] = last
+        # Heartbeats arrive every EVENTS_HEARTBEAT_SECONDS (15 s by default).
+        read = 60.0 if deadline is None else max(0.1, min(60.0, deadline - time.monotonic()))
+        timeout = httpx.Timeout(10.0, read=read)
+        with self._http.stream(
+            "GET", self.base_url + "/events", headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                response.read()
+                raise AnalyticsError(response.status_code, "events_refused", response.text[:200])
+            event, data = "", ""
+            for line in response.iter_lines():
+                if line == "":
+                    if event == "data_version":
+                        version = json.loads(data).get("data_version")
+                        if isinstance(version, str):
+                            yield version
+                    event, data = "", ""
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
 
     def clear_cache(self) -> None:
         if self._cache is not None:
@@ -216,6 +260,7 @@ class AnalyticsClient:
             execution_time_ms=float(body.get("execution_time_ms", 0.0)),
             query=body.get("query"),
             next=nxt if isinstance(nxt, str) and nxt else None,
+            total=body.get("total") if isinstance(body.get("total"), int) else None,
             etag=answer.headers.get("etag"),
             from_cache=answer.from_cache,
             request_id=answer.headers.get("x-request-id"),

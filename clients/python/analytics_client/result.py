@@ -41,6 +41,8 @@ class QueryResult:
     query: str | None = None
     next: str | None = None
     """Opaque cursor for the next page when the API gives one (see `AnalyticsClient.pages`)."""
+    total: int | None = None
+    """Rows of the whole result, when asked for with `count="exact"`."""
     etag: str | None = None
     from_cache: bool = False
     request_id: str | None = None

@@ -175,15 +175,29 @@ def test_arrow_pandas_polars(client):
     assert polars_frame["id"].to_list() == list(range(1, 11))
 
 
-def test_pages_yield_todays_single_page(client):
-    pages = list(client.pages("SELECT id FROM inventory ORDER BY id LIMIT 3"))
-    assert len(pages) == 1 and len(pages[0].rows) == 3
+def test_pages_follow_the_apis_cursor_to_the_end(client):
+    sql = "SELECT id FROM inventory ORDER BY id"
+    total = client.query(sql, count="exact", page_size=1).total
+    pages = list(client.pages(sql, page_size=70))
+    ids = [row["id"] for page in pages for row in page.rows]
+    assert len(pages) >= 3 and pages[-1].next is None
+    assert ids == sorted(set(ids)) and len(ids) == total
+    named = list(
+        client.named_query_pages("low_stock", {"threshold": 49, "limit": 100}, page_size=40)
+    )
+    assert [len(p.rows) for p in named] == [40, 40, 20]
+
+
+def test_named_queries_revalidate_with_304(client):
+    first = client.named_query("low_stock", {"threshold": 3, "limit": 5})
+    second = client.named_query("low_stock", {"threshold": 3, "limit": 5})
+    assert not first.from_cache and second.from_cache and second.rows == first.rows
 
 
 def test_data_versions_follow_a_publish_and_old_etags_stop_matching(client_api, client):
     sql = "SELECT count(*) AS n FROM inventory"
     before = client.query(sql)
-    versions = client.data_versions(interval=0.2, timeout=60)
+    versions = client.data_versions(interval=0.2, timeout=60)  # over GET /events
     assert next(versions) == before.data_version
     published = client_api.publish()
     assert next(versions) == published

@@ -7,15 +7,14 @@
  * request, and turns every failure into one `AnalyticsError`.
  *
  * Headers sent: `Authorization`, `Content-Type: application/json` (POST) and,
- * only when an ETag is known, `If-None-Match`. The first two are what the
- * API's CORS policy allows today; the third is only sent once the API
- * exposes `ETag` (see docs/frontend.md, "What the API adds next").
+ * when an ETag is known, `If-None-Match` (the API's CORS policy allows all
+ * three and exposes `ETag`, so revalidation works cross-origin too).
  */
 
 import { type ArrowLoader, decodeArrow, defaultArrowLoader, loadArrowModule } from "./arrow.js";
 import { EtagCache } from "./etag-cache.js";
 import { AnalyticsError, errorFromResponse } from "./errors.js";
-import { type DataVersionOptions, pollDataVersion } from "./data-version.js";
+import { type DataVersionOptions, subscribeDataVersion } from "./data-version.js";
 import {
   type ResolvedRetry,
   type RetryOptions,
@@ -59,6 +58,10 @@ export interface ClientOptions {
 
 export interface RequestOptions {
   signal?: AbortSignal;
+  /** Rows per page (at most the API's MAX_RESULT_ROWS, its default). */
+  pageSize?: number;
+  /** "exact": the answer carries `total`, the row count of the whole result. */
+  count?: "exact";
   timeoutMs?: number;
   /** false: neither use nor fill the ETag cache for this call. */
   etagCache?: boolean;
@@ -96,6 +99,13 @@ interface Answer {
 }
 
 const MAX_GET_URL = 2000;
+
+function pagingFields(options: RequestOptions | undefined): Record<string, string | number> {
+  const fields: Record<string, string | number> = {};
+  if (options?.pageSize !== undefined) fields.page_size = options.pageSize;
+  if (options?.count !== undefined) fields.count = options.count;
+  return fields;
+}
 
 export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
   readonly baseUrl: string;
@@ -176,13 +186,9 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
 
   /**
    * Every page of a query: yields the first answer, then follows `next` while
-   * the API gives one.
-   *
-   * EXTENSION POINT (API pass, pagination): today's API never sends `next`,
-   * so this yields one page (check `truncated`). The contract the client
-   * already implements: a JSON answer may carry `"next": "<opaque cursor>"`;
-   * the next page is the same request with `cursor` added (a `cursor` field
-   * in the POST body, a `cursor` query parameter on GET).
+   * the API gives one (the same request with `cursor` added: a body field on
+   * POST, a query parameter on GET). A page after a new data version fails
+   * with `stale_cursor`: start again.
    */
   async *pages<R = Row>(
     sql: string,
@@ -206,15 +212,30 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
   }
 
   /**
-   * Calls `callback` with the current data version, then with each new one;
-   * returns a function that stops the subscription.
-   *
-   * EXTENSION POINT (API pass, events): polls GET /health every
-   * `intervalMs` today; switch to the API's `GET /events` (Server-Sent
-   * Events) once it exists, keeping this signature.
+   * Calls `callback` with the current data version, then with each new one,
+   * from the API's `GET /events` stream (see data-version.ts); returns a
+   * function that stops the subscription.
    */
   onDataVersion(callback: (version: string) => void, options?: DataVersionOptions): () => void {
-    return pollDataVersion(() => this.health(), callback, options);
+    return subscribeDataVersion(
+      {
+        url: `${this.baseUrl}/events`,
+        fetch: this.fetchImpl,
+        token: () => this.token(1),
+        ticket: async () => {
+          const answer = await this.send({
+            method: "POST",
+            path: "/events/ticket",
+            auth: true,
+            options: { etagCache: false },
+          });
+          return (answer.json as { ticket: string }).ticket;
+        },
+        health: () => this.health(),
+      },
+      callback,
+      options,
+    );
   }
 
   /** Forget every remembered answer (e.g. on logout). */
@@ -228,7 +249,9 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
     options: QueryOptions | undefined,
     extra: Record<string, string>,
   ): Call {
-    const query = { q: sql, ...extra };
+    const paging = pagingFields(options);
+    const query: Record<string, string> = { q: sql, ...extra };
+    for (const [key, value] of Object.entries(paging)) query[key] = String(value);
     const getUrlLength =
       this.baseUrl.length + "/query?".length + new URLSearchParams(query).toString().length;
     const method =
@@ -239,7 +262,7 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
       }
       return { method, path: "/query", query, auth: true, options, binary: "format" in extra };
     }
-    const body: Record<string, unknown> = { sql, ...extra };
+    const body: Record<string, unknown> = { sql, ...extra, ...paging };
     if (params !== undefined) body.params = params;
     return { method, path: "/query", body, auth: true, options, binary: "format" in extra };
   }
@@ -253,7 +276,7 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
     return {
       method: "POST",
       path: `/queries/${encodeURIComponent(name)}`,
-      body: { params: params ?? {}, ...extra },
+      body: { params: params ?? {}, ...extra, ...pagingFields(options) },
       auth: true,
       options,
       binary: "format" in extra,
@@ -271,6 +294,7 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
       execution_time_ms?: number;
       query?: string;
       next?: string | null;
+      total?: number;
     };
     if (!Array.isArray(body?.data) || !Array.isArray(body.columns)) {
       throw new AnalyticsError({
@@ -290,12 +314,12 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
       dataVersion: body.data_version ?? answer.headers.get("x-data-version") ?? "",
       executionTimeMs: body.execution_time_ms ?? 0,
       next: typeof body.next === "string" && body.next !== "" ? body.next : null,
+      ...(typeof body.total === "number" ? { total: body.total } : {}),
       etag: answer.etag,
       fromCache: answer.fromCache,
       requestId: answer.headers.get("x-request-id"),
     };
-    // docs/api-docs.md promises "query": name on named-query answers; today's
-    // API leaves it out, so the client fills it in from the call.
+    // The API's answer does not name the query; the client fills it in from the call.
     const query = body.query ?? name;
     if (query !== undefined) result.query = query;
     return result;
@@ -347,6 +371,7 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
       const response = await this.fetchOnce(url, call, headers, bodyText, attempt);
       const ok = response.ok || (call.okStatuses ?? []).includes(response.status);
       if (response.status === 304 && cached) {
+        await response.arrayBuffer().catch(() => undefined); // finish the exchange
         return {
           status: 304,
           headers: response.headers,

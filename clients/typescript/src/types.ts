@@ -13,17 +13,16 @@ export interface QueryResult<R = Row> {
   rows: R[];
   columns: Column[];
   rowCount: number;
-  /** More rows existed than MAX_RESULT_ROWS (and no `next` cursor was given). */
+  /** More rows exist than this answer carries (follow `next`, or see `pages()`). */
   truncated: boolean;
   dataVersion: string;
   executionTimeMs: number;
   /** The named query's name (named queries only). */
   query?: string;
-  /**
-   * Opaque cursor for the next page, when the API gives one (see `pages()`).
-   * Today's API never sends it; null then.
-   */
+  /** Opaque cursor for the next page, when more rows exist (see `pages()`). */
   next: string | null;
+  /** Rows of the whole result, when asked for with `count: "exact"`. */
+  total?: number;
   /** The answer's ETag (null when absent or not exposed to a browser). */
   etag: string | null;
   /** True when the API answered 304 and the remembered body was reused. */

@@ -267,15 +267,33 @@ describe("arrow", () => {
 });
 
 describe("pagination and data versions", () => {
-  test("pages() yields the one page today's API answers with", async () => {
+  test("pages() follows the API's next cursor to the end, with a total", async () => {
     const { client } = recordingClient();
+    const sql = "SELECT id FROM inventory ORDER BY id";
     const pages = [];
-    for await (const page of client.pages("SELECT id FROM inventory ORDER BY id LIMIT 3")) pages.push(page);
-    assert.equal(pages.length, 1);
-    assert.equal(pages[0].rows.length, 3);
+    for await (const page of client.pages(sql, undefined, { pageSize: 70, count: "exact" })) pages.push(page);
+    const ids = pages.flatMap((p) => p.rows.map((r) => Number(r.id)));
+    assert.ok(pages.length >= 3, `pages: ${pages.length}`);
+    assert.equal(pages[0].total, ids.length);
+    assert.deepEqual(ids, [...ids].sort((a, b) => a - b));
+    assert.equal(new Set(ids).size, ids.length);
+    assert.equal(pages.at(-1).next, null);
+    const named = [];
+    for await (const p of client.namedQueryPages("low_stock", { threshold: 49, limit: 100 }, { pageSize: 40 })) named.push(p);
+    assert.deepEqual(named.map((p) => p.rows.length), [40, 40, 20]);
   });
 
-  test("onDataVersion reports the current version, then a newly published one; old ETags stop matching", async () => {
+  test("a named query over POST revalidates with If-None-Match and gets 304", async () => {
+    const { client, statuses } = recordingClient();
+    const first = await client.namedQuery("low_stock", { threshold: 3, limit: 5 });
+    const second = await client.namedQuery("low_stock", { threshold: 3, limit: 5 });
+    assert.equal(first.fromCache, false);
+    assert.equal(second.fromCache, true);
+    assert.deepEqual(second.rows, first.rows);
+    assert.deepEqual(statuses.map((s) => s.status), [200, 304]);
+  });
+
+  test("onDataVersion (GET /events over fetch) reports the current version, then a newly published one; old ETags stop matching", async () => {
     const { client, statuses } = recordingClient();
     const sql = "SELECT count(*) AS n FROM inventory";
     const before = await client.query(sql);
@@ -287,7 +305,7 @@ describe("pagination and data versions", () => {
         seen.push(version);
         if (seen.length === 2) resolveNext();
       },
-      { intervalMs: 200 },
+      { retryMs: 200 },
     );
     let published;
     try {

@@ -86,6 +86,13 @@ class CommandQueue:
             )
             return [Command.from_row(r) for r in rows]
 
+    def pending_count(self) -> int:
+        with self.engine.connect() as conn:
+            count = conn.execute(
+                sa.select(sa.func.count()).where(etl_commands.c.status == "pending")
+            ).scalar()
+            return int(count or 0)
+
     def claim_next(self, worker: str) -> Command | None:
         """The oldest pending command, now running under `worker` (None: queue empty)."""
         while True:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from analytics_shared.errors import AnalyticsError
 from analytics_shared.logging_config import get_logger
 from etl_service.control.commands import Command, CommandQueue
-from etl_service.control.execute import CommandRunner
+from etl_service.control.execute import CommandRunner, Outcome
 from etl_service.control.worker_lock import WorkerLock
 from etl_service.errors import WorkerBusy, describe
 
@@ -65,18 +65,22 @@ class WorkerControl:
 
     def _run(self, command: Command) -> None:
         log.info("command_started", command_id=command.id, kind=command.kind, args=command.args)
+        # The waiting CLI prints what the worker writes here (full loads' progress).
+        self.engine.syncer.progress_sink = lambda text: self.queue.set_progress(command.id, text)
         try:
             outcome = self.runner.run(command.kind, command.args)
         except Exception as exc:  # a command's failure never stops the worker
             log.exception("command_failed", command_id=command.id, kind=command.kind)
             error = str(exc) if isinstance(exc, AnalyticsError) else describe(exc)
-            self.queue.finish(command.id, "failed", None, error)
-            return
+            outcome = Outcome(False, error=error)
+        finally:
+            self.engine.syncer.progress_sink = None
         if outcome.result.get("status") == "abandoned":
             outcome.ok, outcome.error = False, "abandoned: the worker was stopped mid-command"
         self.queue.finish(
-            command.id, "done" if outcome.ok else "failed", outcome.result, outcome.error
+            command.id, "done" if outcome.ok else "failed", outcome.result or None, outcome.error
         )
+        self.engine.status_file.write(self.engine.state)  # e.g. a discarded dead letter
         log.info(
             "command_finished",
             command_id=command.id,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from etl_service.settings import EtlSettings
-from etl_service.state import StateStore
+from etl_service.state import StateStore, TableState
 
 __all__ = [
     "print_commands",
@@ -53,23 +53,41 @@ def _open_state(settings: EtlSettings) -> StateStore:
 
 
 def status_document(state: StateStore) -> dict[str, Any]:
-    """Watermarks, lag, open dead letters and recent runs, as `status --json` prints them."""
+    """Watermarks, lag, open dead letters and recent runs, as `status --json` prints them
+    (and `current/status.json` carries them: etl_service.ops.status_file)."""
+    from etl_service.control.commands import CommandQueue
+
     now = datetime.now(UTC)
     open_letters = state.dead_letters("open")
     tables = []
     for table in state.table_states():
         row = asdict(table)
         row["lag_seconds"] = _age(now, table.last_synced_at)
-        row["open_dead_letters"] = sum(d["table_name"] == table.table_name for d in open_letters)
+        mine = [d for d in open_letters if d["table_name"] == table.table_name]
+        row["open_dead_letters"] = len(mine)
+        row["last_error"] = mine[-1]["error"] if mine else None
+        tables.append(row)
+    # A table that never synced (it failed from the start) shows with its error.
+    synced = {t["table_name"] for t in tables}
+    for name in sorted({d["table_name"] for d in open_letters if d["table_name"]} - synced):
+        mine = [d for d in open_letters if d["table_name"] == name]
+        row = {f: None for f in TableState.__dataclass_fields__} | {"table_name": name}
+        row |= {
+            "lag_seconds": None,
+            "open_dead_letters": len(mine),
+            "last_error": mine[-1]["error"],
+        }
         tables.append(row)
     last = state.last_success()
     return {
         "state": state.where,
         "tables": tables,
+        "last_success_at": last.get("finished_at") if last else None,
         "last_success_age_seconds": _age(now, last.get("finished_at")) if last else None,
         "open_dead_letters": len(open_letters),
         "schema_changes": state.schema_changes(10),
         "runs": state.recent_runs(10),
+        "commands_pending": CommandQueue(state.engine).pending_count(),
     }
 
 
@@ -85,7 +103,7 @@ def print_status(settings: EtlSettings, *, as_json: bool) -> int:
     print(f"state: {doc['state']}")
     print(
         render_table(
-            ["table", "watermark", "rows", "lag_s", "last_synced_at", "dead_letters"],
+            ["table", "watermark", "rows", "lag_s", "last_synced_at", "dead_letters", "last_error"],
             [
                 [
                     t["table_name"],
@@ -94,6 +112,7 @@ def print_status(settings: EtlSettings, *, as_json: bool) -> int:
                     t["lag_seconds"],
                     t["last_synced_at"],
                     t["open_dead_letters"],
+                    t["last_error"],
                 ]
                 for t in doc["tables"]
             ],
@@ -101,7 +120,8 @@ def print_status(settings: EtlSettings, *, as_json: bool) -> int:
     )
     print(
         f"\nlast success {doc['last_success_age_seconds']} s ago;"
-        f" open dead letters: {doc['open_dead_letters']}\n"
+        f" open dead letters: {doc['open_dead_letters']};"
+        f" commands pending: {doc['commands_pending']}\n"
     )
     if doc["schema_changes"]:
         print(

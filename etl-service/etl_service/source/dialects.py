@@ -86,6 +86,11 @@ class Dialect(Protocol):
         """Start the cycle's read transaction and read the source clock in it."""
         ...
 
+    def row_estimate_sql(self, quoted_table: str) -> str:
+        """SELECT of the table's estimated row count (`:name` is the quoted name),
+        from the statistics where the database keeps them: cheap on any size."""
+        ...
+
 
 class _ClockOnlyRead:
     """A read without a shared transaction: the clock, on a short connection."""
@@ -126,6 +131,10 @@ class PostgresDialect(_NoRowversion, _AnyTimezone):
             f" to_char({lagged} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00',"
             " pg_export_snapshot()"
         )
+
+    def row_estimate_sql(self, quoted_table: str) -> str:
+        # -1 (PostgreSQL 14+) until the table was first vacuumed or analysed.
+        return "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:name)"
 
     def lower_bound_sql(self, literal: str, column: ColumnInfo, lookback_seconds: float) -> str:
         cast = "timestamptz" if column.has_timezone else "timestamp"
@@ -209,6 +218,13 @@ class MssqlDialect(_ClockOnlyRead, _AnyTimezone):
             " CAST(MIN_ACTIVE_ROWVERSION() AS bigint)"
         )
 
+    def row_estimate_sql(self, quoted_table: str) -> str:
+        # The heap (0) or clustered index (1): one count per row, kept current.
+        return (
+            "SELECT SUM(row_count) FROM sys.dm_db_partition_stats"
+            " WHERE object_id = OBJECT_ID(:name) AND index_id IN (0, 1)"
+        )
+
     def lower_bound_sql(self, literal: str, column: ColumnInfo, lookback_seconds: float) -> str:
         cast = "datetimeoffset(7)" if column.has_timezone else "datetime2(7)"
         ms = int(lookback_seconds * 1000)
@@ -247,6 +263,9 @@ class SqliteDialect(_NoRowversion, _ClockOnlyRead):
             f"SELECT strftime('%Y-%m-%d %H:%M:%f', 'now', {mod}),"
             f" strftime('%Y-%m-%d %H:%M:%f', 'now', {mod}) || '+00:00'"
         )
+
+    def row_estimate_sql(self, quoted_table: str) -> str:
+        return f"SELECT count(*) FROM {quoted_table}"  # no statistics; small sources
 
     def lower_bound_sql(self, literal: str, column: ColumnInfo, lookback_seconds: float) -> str:
         # SQLite compares the stored text; keep the stored format.

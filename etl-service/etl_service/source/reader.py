@@ -20,12 +20,15 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
+from analytics_shared.logging_config import get_logger
 from etl_service.errors import SourceError, source_failure
 from etl_service.source.dialects import MssqlTls, dialect_for, sql_literal
 from etl_service.source.records import ColumnInfo, SourceRead, TableShape
 from etl_service.source.type_mapping import duckdb_type, is_rowversion, is_timestamp
 
 __all__ = ["Source", "connectorx_url"]
+
+log = get_logger(__name__)
 
 
 def connectorx_url(url: str | URL, tls: MssqlTls | None = None) -> str:
@@ -91,6 +94,20 @@ class Source:
         except sa.exc.DBAPIError as exc:
             raise source_failure(f"cannot read the columns of {table!r}", exc) from exc
         return tuple(tuple(d[:2]) + tuple(d[3:6]) for d in description or ())
+
+    def estimate_rows(self, table: str) -> int | None:
+        """The source's estimate of the table's rows (for progress); None when it has none."""
+        quoted = self.quote(table)
+        sql = sa.text(self.dialect.row_estimate_sql(quoted))
+        if ":name" in sql.text:
+            sql = sql.bindparams(name=quoted)
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(sql).scalar()
+        except sa.exc.DBAPIError as exc:  # progress only: the load goes on without it
+            log.warning("row_estimate_failed", table=table, error=str(exc).splitlines()[0])
+            return None
+        return int(value) if value is not None and int(value) >= 0 else None
 
     def columns(self, table: str) -> list[tuple[str, str | None]]:
         """(name, DuckDB type or None to keep the extractor's) for each column."""

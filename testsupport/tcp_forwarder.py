@@ -1,7 +1,7 @@
 """A loopback TCP forwarder run as a separate process (ConnectorX holds the GIL
 while it connects, so an in-process proxy thread would stall it).
 
-Usage: python tcp_proxy.py TARGET_HOST TARGET_PORT; prints its port, then
+Usage: python tcp_forwarder.py TARGET_HOST TARGET_PORT; prints its port, then
 SIGUSR1 cuts every connection and refuses new ones, SIGUSR2 accepts again.
 """
 

@@ -1,0 +1,282 @@
+"""What the SQL guard bounds beyond the table policy: the query's size and shape,
+and the functions a caller may call with which arguments.
+
+Structural limits (`GuardLimits`, named settings with safe defaults): DuckDB's
+planner cost grows steeply with the number of joined tables (150 self-joins
+plan for seconds and ignore interrupts until planning ends), so the guard
+counts table references, joins, set operations, expression nodes and the
+nesting depth of expressions before anything is planned.
+
+Functions, by category (decided over `SELECT DISTINCT function_name FROM
+duckdb_functions()` of the pinned DuckDB; `test_every_duckdb_function_is_classified`
+fails when an upgrade brings a name nobody reviewed):
+
+- denied: functions that bind, plan or run SQL held in a string
+  (`json_serialize_plan` and siblings: an oracle on tables the caller may not
+  read), that read the catalog, settings, session or engine state
+  (`current_setting`, `pg_*`, `has_*_privilege`, `stats`, ...), that sleep,
+  or that write anything;
+- bounded: functions that build one large value from a small input. DuckDB
+  allocates such values outside its memory limit and checks for interrupts
+  only once they are built, so their size arguments must be integer
+  literals: `lpad`/`rpad`/`bar`/`to_base`/`equi_width_bins` (the size is
+  absolute) at most `MAX_AMPLIFY`; `repeat`/`list_resize`/`array_resize` and
+  the scalar `range`/`generate_series` multiply, so the product of their
+  counts over the whole query is at most `MAX_AMPLIFY`; `printf`/`format`
+  need a literal format string without computed (`*`, nested `{}`) or huge
+  widths and precisions. The table functions `range`/`generate_series` take
+  constant arguments, and integer ones span at most `MAX_SERIES_ROWS` rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from api_service.errors import QueryRejected
+
+__all__ = [
+    "AMPLIFYING_FUNCTIONS",
+    "DENIED_FUNCTIONS",
+    "DENIED_PREFIXES",
+    "MAX_AMPLIFY",
+    "MAX_SERIES_ROWS",
+    "AmplifyBudget",
+    "GuardLimits",
+    "check_function",
+    "check_series_table_function",
+]
+
+
+@dataclass(frozen=True)
+class GuardLimits:
+    """Structural limits on one query (GUARD_MAX_* settings)."""
+
+    table_references: int = 32
+    joins: int = 24
+    set_operations: int = 32
+    expression_nodes: int = 5_000
+    expression_depth: int = 100
+
+
+# Scalar functions refused everywhere, by category.
+_SQL_IN_STRINGS = {
+    "json_serialize_plan",
+    "json_serialize_sql",
+    "json_deserialize_sql",
+    "json_execute_serialized_sql",
+    "query",
+    "query_table",
+}
+_CATALOG_AND_SETTINGS = {
+    "current_setting",
+    "current_schema",
+    "current_schemas",
+    "current_database",
+    "current_catalog",
+    "current_query",
+    "current_query_id",
+    "current_connection_id",
+    "current_transaction_id",
+    "txid_current",
+    "in_search_path",
+    "col_description",
+    "obj_description",
+    "shobj_description",
+    "get_block_size",
+    "stats",
+    "version",
+    "getenv",
+    "getvariable",
+    "which_secret",
+    "parse_duckdb_log_message",
+    "inet_client_addr",
+    "inet_client_port",
+    "inet_server_addr",
+    "inet_server_port",
+}
+_SLEEPING = {"sleep", "sleep_ms", "pg_sleep"}
+_STATEFUL = {"write_log", "setseed", "setval", "nextval", "currval"}
+DENIED_FUNCTIONS = frozenset(_SQL_IN_STRINGS | _CATALOG_AND_SETTINGS | _SLEEPING | _STATEFUL)
+DENIED_PREFIXES = (
+    "duckdb_",
+    "pragma_",
+    "read_",
+    "sqlite_",
+    "parquet_",
+    "iceberg_",
+    "delta_",
+    "pg_",
+    "has_",
+    "__internal",
+)
+# pg_* functions that only describe a value, kept for compatibility.
+_ALLOWED_PG = frozenset({"pg_typeof", "pg_size_pretty"})
+
+MAX_AMPLIFY = 10_000
+MAX_SERIES_ROWS = 1_000_000
+# name -> index of the argument that sets the output's absolute size.
+_ABSOLUTE_SIZE = {"lpad": 1, "rpad": 1, "bar": 3, "to_base": 2, "equi_width_bins": 2}
+# name -> index of the count that multiplies the input.
+_MULTIPLYING = {"repeat": 1, "list_resize": 1, "array_resize": 1}
+_SERIES = frozenset({"range", "generate_series"})
+AMPLIFYING_FUNCTIONS = frozenset(_ABSOLUTE_SIZE) | frozenset(_MULTIPLYING) | _SERIES
+_FORMAT_FUNCTIONS = frozenset({"printf", "format"})
+_WIDE_FORMAT = re.compile(r"\d{5,}")
+_NESTED_FIELD = re.compile(r"\{[^{}]*\{")
+_STAR_WIDTH = re.compile(r"%[^a-zA-Z%]*\*")
+
+
+class AmplifyBudget:
+    """The product of the multiplying counts seen in one query."""
+
+    def __init__(self) -> None:
+        self.product = 1
+
+    def spend(self, name: str, count: int) -> None:
+        self.product *= max(1, count)
+        if self.product > MAX_AMPLIFY:
+            raise QueryRejected(
+                f"{name}(): the repeat-like counts of this query multiply past {MAX_AMPLIFY}",
+                "function_not_allowed",
+            )
+
+
+def denied(name: str) -> bool:
+    if name in DENIED_FUNCTIONS:
+        return True
+    return name.startswith(DENIED_PREFIXES) and name not in _ALLOWED_PG
+
+
+def check_function(name: str, node: dict[str, Any], budget: AmplifyBudget) -> None:
+    """Refuse a call to `name` (lower case) the rules above do not allow."""
+    if denied(name):
+        raise QueryRejected(f"function {name}() is not allowed", "function_not_allowed")
+    args = arguments(node)
+    if name in _ABSOLUTE_SIZE:
+        size = _literal_arg(args, _ABSOLUTE_SIZE[name])
+        if size is None or size > MAX_AMPLIFY:
+            raise QueryRejected(
+                f"{name}() needs a literal size of at most {MAX_AMPLIFY}", "function_not_allowed"
+            )
+    elif name in _MULTIPLYING:
+        count = _literal_arg(args, _MULTIPLYING[name])
+        if count is None or count > MAX_AMPLIFY:
+            raise QueryRejected(
+                f"{name}() needs a literal count of at most {MAX_AMPLIFY}", "function_not_allowed"
+            )
+        budget.spend(name, count)
+    elif name in _SERIES:
+        span = _series_span(args)
+        if span is None or span > MAX_AMPLIFY:
+            raise QueryRejected(
+                f"{name}() as a value needs integer literals spanning at most {MAX_AMPLIFY}"
+                " elements",
+                "function_not_allowed",
+            )
+        budget.spend(name, span)
+    elif name in _FORMAT_FUNCTIONS:
+        _check_format(name, args)
+
+
+def check_series_table_function(name: str, node: dict[str, Any]) -> None:
+    """`FROM range(...)`: constant arguments; integer ones span at most MAX_SERIES_ROWS."""
+    args = arguments(node)
+    if not args or not all(_constant(a) for a in args):
+        raise QueryRejected(f"{name}() needs constant arguments", "function_not_allowed")
+    span = _series_span(args)
+    if span is None and not _temporal(args[0]):
+        raise QueryRejected(
+            f"{name}() takes integer literals, or dates/timestamps and an interval",
+            "function_not_allowed",
+        )
+    if span is not None and span > MAX_SERIES_ROWS:
+        raise QueryRejected(
+            f"{name}() may produce at most {MAX_SERIES_ROWS} rows", "function_not_allowed"
+        )
+
+
+def arguments(node: dict[str, Any]) -> list[Any]:
+    args = node.get("arguments") or node.get("children") or []
+    out = []
+    for arg in args if isinstance(args, list) else []:
+        out.append(arg.get("expression", arg) if isinstance(arg, dict) else arg)
+    return out
+
+
+def _constant(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False
+    if node.get("class") == "CAST":
+        return _constant(node.get("child"))
+    if node.get("class") == "FUNCTION":  # e.g. INTERVAL 1 DAY is to_days(1)
+        args = arguments(node)
+        return bool(args) and all(_constant(a) for a in args)
+    return node.get("class") == "CONSTANT"
+
+
+def _temporal(node: Any) -> bool:
+    """A literal date or timestamp (`DATE '2024-01-01'`, a CAST of a string)."""
+    if not isinstance(node, dict) or node.get("class") != "CAST":
+        return False
+    type_expr = node.get("type_expr") or node.get("cast_type") or {}
+    type_name = str(type_expr.get("type_name", "") if isinstance(type_expr, dict) else "")
+    return type_name.upper() == "DATE" or type_name.upper().startswith("TIMESTAMP")
+
+
+def _literal_int(node: Any) -> int | None:
+    if not isinstance(node, dict):
+        return None
+    if node.get("class") == "CAST":
+        return _literal_int(node.get("child"))
+    if node.get("class") == "FUNCTION" and node.get("function_name") == "-":
+        args = arguments(node)
+        inner = _literal_int(args[0]) if len(args) == 1 else None
+        return None if inner is None else -inner
+    if node.get("class") != "CONSTANT":
+        return None
+    literal = node.get("literal") or node.get("value") or {}
+    text = literal.get("text") if isinstance(literal, dict) else None
+    try:
+        return int(str(text))
+    except (TypeError, ValueError):
+        return None
+
+
+def _literal_arg(args: list[Any], index: int) -> int | None:
+    return _literal_int(args[index]) if len(args) > index else None
+
+
+def _series_span(args: list[Any]) -> int | None:
+    values = [_literal_int(a) for a in args]
+    if not values or len(values) > 3 or any(v is None for v in values):
+        return None
+    ints = [int(v) for v in values if v is not None]
+    start, stop, step = (0, ints[0], 1) if len(ints) == 1 else (ints[0], ints[1], 1)
+    if len(ints) == 3:
+        step = ints[2]
+    if step == 0:
+        return None
+    return max(0, math.ceil((stop - start) / step)) + 1
+
+
+def _check_format(name: str, args: list[Any]) -> None:
+    first = args[0] if args else None
+    literal = first.get("literal") if isinstance(first, dict) else None
+    text = literal.get("text") if isinstance(literal, dict) else None
+    if not isinstance(text, str):
+        raise QueryRejected(f"{name}() needs a literal format string", "function_not_allowed")
+    if name == "printf":
+        computed = _STAR_WIDTH.search(text)
+    else:
+        computed = _NESTED_FIELD.search(_unescaped(text))
+    if computed or _WIDE_FORMAT.search(text):
+        raise QueryRejected(
+            f"{name}(): widths and precisions must be literals below 10000", "function_not_allowed"
+        )
+
+
+def _unescaped(text: str) -> str:
+    return text.replace("{{", "").replace("}}", "")

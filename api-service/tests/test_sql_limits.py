@@ -1,0 +1,167 @@
+"""The guard's structural limits and function rules (query/sql_limits.py), and
+the query gate's fairness (query/fairness.py), in process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from api_service.errors import QueryRejected, TooManyConcurrentQueries
+from api_service.query.fairness import QueryGate
+from api_service.query.sql_guard import GuardLimits, check_query
+from api_service.query.sql_limits import denied
+
+ALLOWED = {"inventory", "orders"}
+REVIEWED = Path(__file__).parent / "data" / "duckdb_functions_reviewed.txt"
+
+
+def _refused(sql: str, code: str, **kwargs) -> None:
+    with pytest.raises(QueryRejected) as refused:
+        check_query(sql, allowed_tables=ALLOWED, **kwargs)
+    assert refused.value.code == code, refused.value
+
+
+def test_every_duckdb_function_is_classified():
+    reviewed = {
+        line.strip()
+        for line in REVIEWED.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    con = duckdb.connect()
+    rows = con.execute("SELECT DISTINCT function_name FROM duckdb_functions()").fetchall()
+    names = {r[0] for r in rows}
+    unreviewed = sorted(n for n in names if not denied(n.lower()) and n not in reviewed)
+    assert not unreviewed, f"review these DuckDB functions (allow or deny): {unreviewed}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "json_serialize_plan",
+        "json_serialize_sql",
+        "json_deserialize_sql",
+        "json_execute_serialized_sql",
+        "current_setting",
+        "current_schema",
+        "stats",
+        "sleep_ms",
+        "pg_sleep",
+        "has_table_privilege",
+        "pg_get_viewdef",
+        "in_search_path",
+    ],
+)
+def test_functions_by_category_are_denied(name):
+    _refused(f"SELECT {name}('x')", "function_not_allowed")
+
+
+def test_structural_limits_are_named_settings():
+    def joins(n: int) -> str:
+        rest = " ".join(f"JOIN inventory a{i} ON a{i}.id = a{i - 1}.id" for i in range(1, n + 1))
+        return f"SELECT count(*) FROM inventory a0 {rest}"
+
+    assert check_query(joins(24), allowed_tables=ALLOWED)
+    _refused(joins(25), "query_too_complex")
+    _refused(joins(5), "query_too_complex", limits=GuardLimits(joins=4))
+    _refused(joins(5), "query_too_complex", limits=GuardLimits(table_references=5))
+    union = " UNION ALL ".join("SELECT 1" for _ in range(34))
+    _refused(union, "query_too_complex")
+    wide = "SELECT " + ", ".join(["id"] * 5001) + " FROM inventory"
+    _refused(wide, "query_too_complex", max_length=100_000)
+    deep = "SELECT " + "abs(" * 120 + "id" + ")" * 120 + " FROM inventory"
+    _refused(deep, "query_too_complex", max_length=100_000)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT printf('%5d|%-8s|%.2f', id, warehouse, 1.5) FROM inventory",
+        "SELECT printf('** %d **', id) FROM inventory",
+        "SELECT format('{:>10}', warehouse) FROM inventory",
+        "SELECT lpad(warehouse, 20, ' '), rpad(warehouse, 20, ' '), lpad(status, 20, ' ')"
+        " FROM inventory, orders",
+        "SELECT repeat('-', 40)",
+        "SELECT range(1, 100)",
+        "SELECT bar(quantity, 0, 100, 40) FROM inventory",
+    ],
+)
+def test_ordinary_formatting_passes(sql):
+    assert check_query(sql, allowed_tables=ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT printf('%*d', 999999999, id) FROM inventory",
+        "SELECT printf('%.*f', id, 1.5) FROM inventory",
+        "SELECT printf('%99999d', id) FROM inventory",
+        "SELECT format('{:>{}}', 'x', 999999999 + id) FROM inventory",
+        "SELECT format('{0:>{1}}', 'x', id) FROM inventory",
+        "SELECT printf(warehouse, id) FROM inventory",
+        "SELECT repeat('x', id) FROM inventory",
+        "SELECT repeat(repeat('x', 1000), 1000)",
+        "SELECT repeat('x', 100) FROM (SELECT repeat('y', 1000) AS s) t",
+        "SELECT lpad('x', 100000, ' ')",
+        "SELECT bar(1, 0, 1, 1000000000)",
+        "SELECT to_base(1, 2, 1000000000)",
+        "SELECT equi_width_bins(0, 1, 1000000000, false)",
+        "SELECT range(0, 1000000)",
+        "SELECT generate_series(1, id) FROM inventory",
+        "SELECT list_resize([1], 100000)",
+    ],
+)
+def test_computed_or_huge_sizes_are_refused(sql):
+    _refused(sql, "function_not_allowed")
+
+
+def test_series_table_functions_take_constants():
+    functions = {"range", "generate_series"}
+    ok = "SELECT * FROM generate_series(DATE '2024-01-01', DATE '2024-12-31', INTERVAL 1 DAY)"
+    assert check_query(ok, allowed_tables=ALLOWED, allowed_table_functions=functions)
+    assert check_query(
+        "SELECT count(*) FROM generate_series(1, 1000000)",
+        allowed_tables=ALLOWED,
+        allowed_table_functions=functions,
+    )
+    _refused(
+        "SELECT count(*) FROM generate_series(1, 1000001)",
+        "function_not_allowed",
+        allowed_table_functions=functions,
+    )
+    _refused(
+        "SELECT * FROM inventory, range(inventory.id)",
+        "function_not_allowed",
+        allowed_table_functions=functions,
+    )
+
+
+def test_the_gate_caps_users_and_serves_them_in_turn():
+    async def scenario() -> list[str]:
+        gate = QueryGate(capacity=2, per_user=2, per_app=10, per_user_queue=3)
+        held = [await gate.acquire("hog", "app", 1), await gate.acquire("hog", "app", 1)]
+        order: list[str] = []
+
+        async def wait(user: str) -> None:
+            slot = await gate.acquire(user, "app", 5)
+            order.append(user)
+            await asyncio.sleep(0)
+            gate.release(slot)
+
+        hogs = [asyncio.create_task(wait("hog")) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(TooManyConcurrentQueries) as refused:
+            await gate.acquire("hog", "app", 1)  # a fourth waiter is one too many
+        assert refused.value.status == 429 and refused.value.headers["Retry-After"]
+        other = asyncio.create_task(wait("other"))
+        await asyncio.sleep(0)
+        gate.release(held[0])  # the next turn goes to the user who has none running
+        await asyncio.gather(other, *hogs)
+        gate.release(held[1])
+        assert gate.running == 0
+        return order
+
+    order = asyncio.run(scenario())
+    assert order[0] == "other" and order.count("hog") == 3

@@ -1,0 +1,186 @@
+"""File mode vs lake mode: full load, then a 1,000-row cycle end to end.
+
+    .venv/bin/python benchmarks/lake_cycle.py --rows 1000000
+
+Builds a random 9-column `inventory` in a fresh PostgreSQL database once
+(ids, ints, a varchar(16), a numeric(12,2), an md5 text, two timestamps:
+random values, which barely compress), then for each mode: a full load
+(`analytics-etl sync` as a process: wall time, peak RSS of the ETL and of
+its lake process), an API host's first copy, then 720 updates and 280
+inserts in the source, one more cycle and the API host's advance: time,
+bytes uploaded to the store, bytes the host downloads. Ratios lake/file are
+printed. The store is a local folder (bytes are counted the same way as S3
+would receive them); the catalog is the same PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+ETL = str(Path(sys.executable).parent / "analytics-etl")
+ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+INVENTORY = """
+CREATE TABLE inventory (
+  id bigint PRIMARY KEY, store_id int, qty int, reorder_level int, sku varchar(16),
+  price numeric(12,2), digest text, created_at timestamp, updated_at timestamp);
+INSERT INTO inventory
+SELECT g, (random()*5000)::int, (random()*100000)::int, (random()*1000)::int,
+  substr(md5(random()::text), 1, 16), (random()*1e8)::numeric(12,2), md5(random()::text),
+  timestamp '2020-01-01' + random() * interval '5 years',
+  timestamp '2020-01-01' + random() * interval '5 years'
+FROM generate_series(1, :rows) g;
+"""
+
+CHANGE = """
+UPDATE inventory SET qty = (random()*100000)::int, updated_at = now() AT TIME ZONE 'UTC'
+ WHERE id IN (SELECT (random() * :rows)::bigint + 1 FROM generate_series(1, 720));
+INSERT INTO inventory
+SELECT g, 1, 2, 3, 'new', 4.5, md5(g::text), now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
+FROM generate_series(:rows + :round * 1000 + 1, :rows + :round * 1000 + 280) g;
+"""
+
+
+def _run(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [ETL, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise RuntimeError(out.decode(errors="replace")[-3000:])
+    logged = {}
+    for line in out.decode(errors="replace").splitlines():
+        if '"lake_published"' in line:
+            logged = json.loads(line)
+    return {
+        "seconds": time.monotonic() - started,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # the largest of the ETL and its children
+        "lake_peak_rss_mb": logged.get("lake_peak_rss_mb"),
+    }
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def _host(mode: str, env: dict[str, str], work: Path) -> Any:
+    from analytics_shared.lake import LakeConfig
+    from api_service.data.cache import SnapshotCache
+    from api_service.data.lake_replica import LakeReplicator
+    from api_service.settings import ApiSettings
+
+    settings = ApiSettings(
+        **{**env, "DATA_DIR": str(work / "api"), "AUTH0_DOMAIN": "bench.invalid"},
+        AUTH0_API_AUDIENCE="bench",
+    )
+    store = settings.open_store()
+    if mode == "lake":
+        config = LakeConfig.from_settings(settings, env["DATABASE_URL"])
+        return LakeReplicator(store, config, SnapshotCache(store, settings.cache_dir))
+    return SnapshotCache(store, settings.cache_dir)
+
+
+def _host_round(host: Any) -> tuple[float, int]:
+    """(seconds, bytes downloaded) for the host to hold the current version."""
+    from analytics_shared.manifest import MANIFEST_KEY, Manifest
+
+    started = time.monotonic()
+    if hasattr(host, "run_once"):
+        host.run_once()
+        return time.monotonic() - started, int(host.status["last_round_bytes"])
+    manifest = Manifest.from_json(host.store.get_bytes(MANIFEST_KEY)[0])
+    _, pin = host.fetch(manifest)
+    pin.release()
+    return time.monotonic() - started, manifest.size
+
+
+def bench(rows: int) -> None:
+    admin = sa.create_engine(
+        sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    db_url = url.render_as_string(hide_password=False)
+    source = sa.create_engine(url)
+    work_root = Path(tempfile.mkdtemp(prefix="lake-bench-"))
+    results: dict[str, dict[str, float]] = {}
+    try:
+        started = time.monotonic()
+        with source.begin() as conn:
+            for stmt in filter(str.strip, INVENTORY.split(";")):
+                conn.execute(sa.text(stmt), {"rows": rows})
+        print(f"source: {rows:,} random rows in {time.monotonic() - started:.1f} s", flush=True)
+        for round_no, mode in enumerate(("file", "lake")):
+            work = work_root / mode
+            env = {
+                "SOURCE_URL": db_url,
+                "DATABASE_URL": db_url,
+                "DATA_DIR": str(work),
+                "STORAGE_URL": (work / "store").resolve().as_uri(),
+                "TABLES_TO_SYNC": "inventory",
+                "PUBLISH_MODE": mode,
+                "LAKE_METADATA_SCHEMA": f"lake_{round_no}",
+                "SYNC_SETTLE_SECONDS": "0",
+                "RECONCILE_INTERVAL_SECONDS": "86400",
+                "LOG_JSON": "true",
+                "ETL_METRICS_PORT": "0",
+            }
+            full = _run(["sync"], env)
+            host = _host(mode, env, work)
+            first_s, first_b = _host_round(host)
+            before = _files(work / "store")
+            with source.begin() as conn:
+                for stmt in filter(str.strip, CHANGE.split(";")):
+                    conn.execute(sa.text(stmt), {"rows": rows, "round": round_no})
+            cycle = _run(["sync"], env)
+            after = _files(work / "store")
+            uploaded = sum(s for p, s in after.items() if before.get(p) != s)
+            host_s, host_b = _host_round(host)
+            results[mode] = {
+                "full_load_s": full["seconds"],
+                "full_load_peak_mb": full["peak_rss_mb"],
+                "host_first_copy_s": first_s,
+                "host_first_copy_mb": first_b / 1e6,
+                "cycle_s": cycle["seconds"],
+                "cycle_peak_mb": cycle["peak_rss_mb"],
+                "cycle_lake_process_peak_mb": cycle["lake_peak_rss_mb"] or 0.0,
+                "uploaded_mb": uploaded / 1e6,
+                "host_round_s": host_s,
+                "host_downloaded_mb": host_b / 1e6,
+                "end_to_end_s": cycle["seconds"] + host_s,
+            }
+            print(mode, json.dumps({k: round(v, 3) for k, v in results[mode].items()}), flush=True)
+        print(f"\n{rows:,} rows          file      lake   lake/file")
+        for key in results["file"]:
+            f, lk = results["file"][key], results["lake"][key]
+            ratio = f"{lk / f:8.3f}" if f else "       -"
+            print(f"{key:28s} {f:9.3f} {lk:9.3f} {ratio}")
+    finally:
+        source.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        shutil.rmtree(work_root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    bench(parser.parse_args().rows)

@@ -1,0 +1,173 @@
+"""The writer's commands: commit a cycle's changes, maintain, restore.
+
+`publish` commits every table of one cycle in ONE DuckLake transaction, so
+the snapshot id names a consistent state of all tables. A table arrives as
+Parquet files the ETL exported from its working DuckDB:
+
+    {"name", "primary_key": [...], "full": path}        the whole table (first
+                                                         load, reload, schema change)
+    {"name", "primary_key": [...], "keys": path, "rows": path}
+                                                         the keys that changed and
+                                                         the current rows of those
+                                                         still present
+
+A delta is applied by state, not by history: keys without a row are deleted
+(`DELETE ... USING`), rows are merged (`MERGE`; DuckLake refuses a MERGE
+with both an update and a delete action). Applying the same files twice
+gives the same table, so a crash between this commit and the manifest is
+repaired by the next cycle re-sending the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from analytics_lake.connection import connect, quote_ident, quote_literal
+
+__all__ = ["MAINTENANCE_AUTHOR", "maintain", "publish", "restore"]
+
+
+def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[str, str]]:
+    return [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {relation}").fetchall()]
+
+
+def _lake_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]] | None:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns()"
+        " WHERE database_name = 'lake' AND schema_name = 'main' AND table_name = ?"
+        " ORDER BY column_index",
+        [table],
+    ).fetchall()
+    return [(str(n), str(t)) for n, t in rows] or None
+
+
+def _join(pk: list[str], left: str, right: str) -> str:
+    return " AND ".join(f"{left}.{quote_ident(c)} = {right}.{quote_ident(c)}" for c in pk)
+
+
+def _load_full(con: duckdb.DuckDBPyConnection, table: dict[str, Any]) -> dict[str, Any]:
+    t = f"lake.main.{quote_ident(table['name'])}"
+    source = f"read_parquet({quote_literal(table['full'])})"
+    incoming = _columns(con, f"SELECT * FROM {source}")
+    held = _lake_columns(con, table["name"])
+    if held == incoming:
+        # Same shape: the table keeps its identity, replicas follow the change feed.
+        deleted = con.execute(f"DELETE FROM {t}").fetchall()[0][0]
+        inserted = con.execute(f"INSERT INTO {t} SELECT * FROM {source}").fetchall()[0][0]
+    else:
+        # A new or reshaped table; replicas see the schema change and bootstrap.
+        deleted = 0
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+        inserted = con.execute(f"CREATE TABLE {t} AS SELECT * FROM {source}").fetchall()[0][0]
+    return {"mode": "full", "deleted": int(deleted or 0), "upserted": int(inserted or 0)}
+
+
+def _merge_delta(con: duckdb.DuckDBPyConnection, table: dict[str, Any]) -> dict[str, Any]:
+    t = f"lake.main.{quote_ident(table['name'])}"
+    pk: list[str] = table["primary_key"]
+    keys = ", ".join(quote_ident(c) for c in pk)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE __rows AS FROM read_parquet({quote_literal(table['rows'])})"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE __gone AS SELECT DISTINCT {keys}"
+        f" FROM read_parquet({quote_literal(table['keys'])}) k"
+        f" WHERE NOT EXISTS (SELECT 1 FROM __rows r WHERE {_join(pk, 'r', 'k')})"
+    )
+    deleted = con.execute(f"DELETE FROM {t} AS t USING __gone AS g WHERE {_join(pk, 't', 'g')}")
+    n_deleted = int(deleted.fetchall()[0][0] or 0)
+    names = [n for n, _ in _columns(con, "__rows")]
+    updates = ", ".join(f"{quote_ident(n)} = d.{quote_ident(n)}" for n in names if n not in pk)
+    cols = ", ".join(quote_ident(n) for n in names)
+    values = ", ".join(f"d.{quote_ident(n)}" for n in names)
+    matched = f"WHEN MATCHED THEN UPDATE SET {updates} " if updates else ""
+    merged = con.execute(
+        f"MERGE INTO {t} AS t USING __rows AS d ON {_join(pk, 't', 'd')} "
+        f"{matched}WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})"
+    )
+    n_merged = int(merged.fetchall()[0][0] or 0)
+    con.execute("DROP TABLE __rows")
+    con.execute("DROP TABLE __gone")
+    return {"mode": "delta", "deleted": n_deleted, "upserted": n_merged}
+
+
+def _current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT id FROM lake.current_snapshot()").fetchall()[0][0])
+
+
+def publish(request: dict[str, Any]) -> dict[str, Any]:
+    tables: list[dict[str, Any]] = request["tables"]
+    con = connect(request["lake"])
+    try:
+        before = _current_snapshot(con)
+        applied: dict[str, Any] = {}
+        if tables:
+            con.execute("BEGIN")
+            for table in tables:
+                applied[table["name"]] = (
+                    _load_full(con, table) if table.get("full") else _merge_delta(con, table)
+                )
+            con.execute("COMMIT")
+        snapshot = _current_snapshot(con)
+        return {"snapshot_id": snapshot, "previous_snapshot_id": before, "tables": applied}
+    finally:
+        con.close()
+
+
+MAINTENANCE_AUTHOR = "analytics-maintenance"
+
+
+def _maintenance_step(con: duckdb.DuckDBPyConnection, name: str, call: str) -> int:
+    """One maintenance call in its own snapshot, signed so replicas skip it
+    (a flush's snapshot otherwise looks like a data delete)."""
+    con.execute("BEGIN")
+    try:
+        con.execute(
+            f"CALL ducklake_set_commit_message('lake', {quote_literal(MAINTENANCE_AUTHOR)},"
+            f" {quote_literal(name)})"
+        )
+        n = int(con.execute(f"SELECT count(*) FROM {call}").fetchall()[0][0])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return n
+
+
+def maintain(request: dict[str, Any]) -> dict[str, Any]:
+    """Flush inlined rows to files, merge small files, expire snapshots older
+    than the retention and delete the files no snapshot needs any more."""
+    older = f"now() - INTERVAL {int(request['retention_seconds'])} SECOND"
+    con = connect(request["lake"])
+    try:
+        steps = {
+            "flushed": "ducklake_flush_inlined_data('lake')",
+            "merged": "ducklake_merge_adjacent_files('lake')",
+            "expired": f"ducklake_expire_snapshots('lake', older_than => {older})",
+            "deleted_files": f"ducklake_cleanup_old_files('lake', older_than => {older})",
+        }
+        out: dict[str, Any] = {
+            name: _maintenance_step(con, name, call) for name, call in steps.items()
+        }
+        out["snapshot_id"] = _current_snapshot(con)
+        return out
+    finally:
+        con.close()
+
+
+def restore(request: dict[str, Any]) -> dict[str, Any]:
+    """A new snapshot whose tables equal those at `snapshot_id` (rollback moves forward)."""
+    target = int(request["snapshot_id"])
+    con = connect(request["lake"])
+    try:
+        con.execute("BEGIN")
+        for name in request["tables"]:
+            t = f"lake.main.{quote_ident(name)}"
+            con.execute(f"DELETE FROM {t}")
+            con.execute(f"INSERT INTO {t} SELECT * FROM {t} AT (VERSION => {target})")
+        con.execute("COMMIT")
+        return {"snapshot_id": _current_snapshot(con)}
+    finally:
+        con.close()
