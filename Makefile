@@ -10,13 +10,15 @@ STAMP   = $(VENV)/.installed
 SERVICES_STAMP = $(VENV)/.installed-services
 TS      = clients/typescript
 TS_STAMP = $(TS)/node_modules/.installed
+CONSOLE = console
+CONSOLE_STAMP = $(CONSOLE)/node_modules/.installed
 # The lake mode's processes run DuckDB 1.5.5 with the DuckLake extensions in an
 # environment of their own (requirements-lake.txt); the services keep 2.0.1.
 LAKE_VENV  ?= .venv-lake
 LAKE_STAMP  = $(LAKE_VENV)/.installed
 comma  := ,
 
-.PHONY: demo demo-check test lint typecheck install clean ts-client browser lake-env mutation
+.PHONY: demo demo-check test lint typecheck install clean ts-client browser lake-env mutation console
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +46,17 @@ $(TS_STAMP): $(TS)/package.json
 ts-client: $(TS_STAMP)
 	@if [ -x $(TS)/node_modules/.bin/tsc ]; then cd $(TS) && npm run --silent build; fi
 
+# The web console (/console): pinned toolchain in console/package.json, built
+# into api-service/api_service/console/static/. Without npm the API still
+# starts and /console says the console was not built.
+$(CONSOLE_STAMP): $(CONSOLE)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(CONSOLE) && npm install --no-audit --no-fund --no-package-lock --loglevel=error && touch node_modules/.installed; \
+	else echo "make: npm not found; the console is not built (/console says so)" >&2; fi
+
+console: $(CONSOLE_STAMP)
+	@if [ -x $(CONSOLE)/node_modules/.bin/esbuild ]; then cd $(CONSOLE) && npm run --silent build; fi
+
 # Debian's chromium + chromium-driver for tests/browser (as root, when missing).
 browser:
 	@sh scripts/install_browser.sh
@@ -58,13 +71,13 @@ lake-env: $(LAKE_STAMP)
 
 install: $(STAMP)
 
-demo: $(SERVICES_STAMP)
+demo: $(SERVICES_STAMP) console
 	$(BIN)/python scripts/demo.py
 
 demo-check: $(SERVICES_STAMP)
 	$(BIN)/python scripts/demo.py --check
 
-test: $(STAMP) $(LAKE_STAMP) ts-client browser
+test: $(STAMP) $(LAKE_STAMP) ts-client console browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Mutation testing of the modules that hold the guarantees (docs/testing.md);
@@ -81,4 +94,5 @@ typecheck: $(STAMP)
 	$(BIN)/mypy shared/analytics_shared etl-service/etl_service api-service/api_service clients/python/analytics_client lake/analytics_lake
 
 clean:
-	rm -rf $(VENV) $(LAKE_VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist
+	rm -rf $(VENV) $(LAKE_VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist \
+	  $(CONSOLE)/node_modules api-service/api_service/console/static

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 AUDIENCE = "https://analytics-api.local"
 TABLES = "inventory,products,orders,transactions,customers"
+CONSOLE_BUILT = ROOT / "api-service" / "api_service" / "console" / "static" / "index.html"
 
 
 def _free_port(preferred: int) -> int:
@@ -79,7 +80,7 @@ def main() -> int:
     data_dir.mkdir(parents=True)
     source_url = f"sqlite:///{data_dir / 'source.db'}"
     engine = create_demo_source(source_url)
-    issuer = DevIssuer(audience=AUDIENCE).start()
+    issuer = DevIssuer(audience=AUDIENCE, sign_in=True).start()
     port = _free_port(args.port)
     etl_port = _free_port(9108)
     api_url = f"http://127.0.0.1:{port}"
@@ -93,6 +94,12 @@ def main() -> int:
         "SNAPSHOT_POLL_SECONDS": "2",
         "ETL_METRICS_PORT": str(etl_port),
         "API_BIND": f"127.0.0.1:{port}",
+        # The console signs in with the development issuer, as it would with Auth0,
+        # and hands admin actions to the worker through its state database.
+        "CONSOLE_AUTH0_CLIENT_ID": "demo-console",
+        "CONSOLE_LOGIN_URL": issuer.url,
+        "CONSOLE_POLL_SECONDS": "2",
+        "ETL_STATE_DATABASE_URL": f"sqlite:///{data_dir / 'etl_state.db'}",
         "WEB_CONCURRENCY": "2",
         "LOG_JSON": os.environ.get("LOG_JSON", "false"),
         # Scheduler and request chatter would scroll the banner away.
@@ -149,10 +156,16 @@ def main() -> int:
             f"curl -s -H 'Authorization: Bearer {token}' "
             f"{shlex.quote(api_url + '/query')} --get --data-urlencode {shlex.quote('q=' + sql)}"
         )
+        console = (
+            f"{api_url}/console/   (sign in as analyst, or as operator for admin actions)"
+            if CONSOLE_BUILT.is_file()
+            else f"{api_url}/console/   (not built: needs Node.js and npm, then `make console`)"
+        )
         banner_file = data_dir / "banner.txt"
         banner = f"""
   Analytics platform demo is running (Ctrl-C stops everything)
 
+  Console:    {console}
   API:        {api_url}   (OpenAPI docs at {api_url}/docs, health at {api_url}/health)
   Token:      {token}
 

@@ -98,10 +98,18 @@ def client_whitelist() -> dict[str, Any]:
 class ClientTestApi:
     """The API under Gunicorn over a test snapshot, plus an empty one (503)."""
 
-    def __init__(self, root: Path, cors_origins: list[str] | None = None, workers: int = 2) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cors_origins: list[str] | None = None,
+        workers: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.store = root / "store"
-        self.issuer = DevIssuer(audience=AUDIENCE)
+        # The console's sign-in runs against this issuer (CONSOLE_LOGIN_URL).
+        self.issuer = DevIssuer(audience=AUDIENCE, sign_in=True)
+        self.extra_env = extra_env or {}
         self.cors_origins = cors_origins or []
         self.workers = workers
         self.api: ApiServer | None = None
@@ -118,6 +126,9 @@ class ClientTestApi:
             "RATE_LIMIT_REQUESTS": "100000",
             "REDIS_URL": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
             "LOG_LEVEL": "WARNING",
+            "CONSOLE_AUTH0_CLIENT_ID": "console-test",
+            "CONSOLE_LOGIN_URL": self.issuer.url,
+            **self.extra_env,
         }
         if self.cors_origins:
             env["CORS_ORIGINS"] = ",".join(self.cors_origins)

@@ -8,7 +8,8 @@ throttled caller learns it before anything else runs.
 What must always hold: only this module reads `app.state`; routes take
 `CurrentPrincipal`/`ReadAnalytics`/`ReadSchema`, `PolicyDep`, `AccessDep`, `QueryServiceDep`,
 `SnapshotsDep`, `WhitelistDep`, `MemoryStatusDep`, `IdentityDep`, `SignerDep`,
-`EventsDep`, `SettingsDep`, `StatusFeedDep`. The policy is resolved once, by `get_principal`.
+`EventsDep`, `SettingsDep`, `StatusFeedDep`, `AdminEtl`, `EtlCommandsDep`. The
+policy is resolved once, by `get_principal`.
 """
 
 from __future__ import annotations
@@ -32,17 +33,21 @@ from api_service.data.status_feed import EtlStatusFeed
 from api_service.data.version_events import VersionEvents
 from api_service.errors import (
     ApiError,
+    CommandsNotConfigured,
     InsufficientScope,
     MalformedAuthorization,
     MissingCredentials,
     RateLimited,
 )
+from api_service.ops.etl_commands import EtlCommands
 from api_service.query.service import QueryService
 from api_service.settings import ApiSettings
 
 __all__ = [
     "AccessDep",
+    "AdminEtl",
     "CurrentPrincipal",
+    "EtlCommandsDep",
     "EventsDep",
     "IdentityDep",
     "MemoryStatusDep",
@@ -94,6 +99,19 @@ async def get_identity(request: Request) -> JwksCache:
     """The identity provider's key cache (its state is on /health and /metrics)."""
     validator: TokenValidator = request.app.state.validator
     return validator.jwks
+
+
+async def get_etl_commands(request: Request) -> EtlCommands:
+    """The ETL worker's queue; 501 when this API was not given ETL_STATE_DATABASE_URL."""
+    commands: EtlCommands | None = getattr(request.app.state, "etl_commands", None)
+    if commands is None:
+        raise CommandsNotConfigured(
+            "this API cannot reach the ETL worker: set ETL_STATE_DATABASE_URL"
+        )
+    return commands
+
+
+EtlCommandsDep = Annotated[EtlCommands, Depends(get_etl_commands)]
 
 
 async def get_settings(request: Request) -> ApiSettings:
@@ -221,4 +239,5 @@ async def may_see_status_details(request: Request) -> bool:
 StatusDetails = Annotated[bool, Depends(may_see_status_details)]
 ReadAnalytics = Annotated[Principal, Depends(require_scope("read:analytics"))]
 ReadSchema = Annotated[Principal, Depends(require_scope("read:schema"))]
+AdminEtl = Annotated[Principal, Depends(require_scope("admin:etl"))]
 ReadStatus = Annotated[Principal, Depends(require_scope("read:status"))]

@@ -61,6 +61,8 @@ __all__ = [
     "Busy",
     "ClaimBoundParameter",
     "ColumnNotAllowed",
+    "CommandsNotConfigured",
+    "CommandsUnavailable",
     "DataUnavailable",
     "Forbidden",
     "InsufficientScope",
@@ -86,6 +88,7 @@ __all__ = [
     "TooManyConcurrentQueries",
     "TooManyConnections",
     "UnknownApplication",
+    "UnknownCommand",
     "UnknownQuery",
     "UnsupportedFormat",
 ]
@@ -320,6 +323,29 @@ class StreamTooLarge(ApiError, RuntimeError):
     client mistakes a partial export for a complete one."""
 
     code = "result_too_large"
+
+
+# -- the ETL's command queue (POST /admin/commands) ------------------------------
+class UnknownCommand(ApiError):
+    status = 404
+    code = "unknown_command"
+
+
+class CommandsNotConfigured(ApiError):
+    """This API has no ETL_STATE_DATABASE_URL: it cannot reach the worker (-> 501)."""
+
+    status = 501
+    code = "commands_not_configured"
+
+
+class CommandsUnavailable(ApiError, TransientError):
+    """The ETL's state database did not answer (-> 503)."""
+
+    status = 503
+    code = "commands_unavailable"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
 
 
 class StreamStalled(ApiError, RuntimeError):

@@ -19,6 +19,7 @@ from api_service.access.rules import check_mask_secret
 from api_service.auth.rate_limit import build_rate_limiter, warn_if_per_process
 from api_service.auth.signing import Signer, signing_key
 from api_service.auth.tokens import JwksCache, TokenValidator
+from api_service.console import mount_console
 from api_service.data.snapshots import SnapshotManager
 from api_service.data.status_feed import EtlStatusFeed
 from api_service.data.version_events import VersionEvents
@@ -27,12 +28,13 @@ from api_service.http.error_handlers import install_error_handlers
 from api_service.http.openapi import install_openapi
 from api_service.http.request_log import RequestContextMiddleware
 from api_service.ops.all_in_one import EmbeddedEtl, etl_share
+from api_service.ops.etl_commands import EtlCommands
 from api_service.ops.malloc_tuning import retain_freed_memory
 from api_service.ops.memory_budget import MemoryBudget, apply_budget
 from api_service.ops.metrics import RequestMetricsMiddleware
 from api_service.query.named_queries import check_whitelist
 from api_service.query.service import QueryService
-from api_service.routes import events, health, metrics, queries, query, schema, status
+from api_service.routes import admin, events, health, metrics, queries, query, schema, status
 from api_service.settings import ApiSettings
 
 __all__ = ["create_app"]
@@ -102,6 +104,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
             app.state.query_service.close()
+            if app.state.etl_commands is not None:
+                app.state.etl_commands.close()
             manager.close()
             await jwks.aclose()
             await app.state.rate_limiter.aclose()
@@ -128,6 +132,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         max_spill_size=settings.duckdb_max_temp_directory_size,
     )
     app.state.snapshots = snapshots
+    app.state.etl_commands = (
+        EtlCommands(settings.etl_state_database_url) if settings.etl_state_database_url else None
+    )
     signer = Signer(signing_key(settings.api_signing_secret, settings.cache_dir))
     app.state.signer = signer
     app.state.query_service = QueryService.from_settings(settings, snapshots, signer, budget)
@@ -144,10 +151,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(schema.router)
     app.include_router(query.router)
     app.include_router(queries.router)
+    app.include_router(admin.router)
     app.include_router(events.router)
     app.include_router(status.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
+    if settings.console_enabled:
+        mount_console(app, settings, admin_commands=app.state.etl_commands is not None)
     install_openapi(app, whitelist)
     return app
 

@@ -147,6 +147,23 @@ class ApiSettings(CommonSettings):
     # The key of `"hash"` column masks (access/rules.py); required when a policy uses one.
     column_mask_secret: SecretStr | None = Field(None, validation_alias="COLUMN_MASK_SECRET")
 
+    # The web console at /console (api_service/console/). Sign-in is the
+    # authorization code flow with PKCE against CONSOLE_LOGIN_URL (default
+    # https://AUTH0_DOMAIN) as the SPA application CONSOLE_AUTH0_CLIENT_ID.
+    console_enabled: bool = Field(True, validation_alias="CONSOLE_ENABLED")
+    console_auth0_client_id: str | None = Field(None, validation_alias="CONSOLE_AUTH0_CLIENT_ID")
+    console_login_url: str | None = Field(None, validation_alias="CONSOLE_LOGIN_URL")
+    console_scopes: str = Field(
+        "openid read:analytics read:schema read:status admin:etl",
+        validation_alias="CONSOLE_SCOPES",
+    )
+    console_freshness_target_seconds: float = Field(
+        600.0, validation_alias="CONSOLE_FRESHNESS_TARGET_SECONDS", gt=0
+    )
+    console_poll_seconds: float = Field(5.0, validation_alias="CONSOLE_POLL_SECONDS", gt=0)
+    # The ETL's state database: POST /admin/commands hands commands to its worker.
+    etl_state_database_url: str | None = Field(None, validation_alias="ETL_STATE_DATABASE_URL")
+
     @field_validator("auth0_algorithms", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -225,6 +242,16 @@ class ApiSettings(CommonSettings):
     @property
     def jwks_url(self) -> str:
         return self.auth0_jwks_url or f"https://{self.auth0_domain}/.well-known/jwks.json"
+
+    @property
+    def console_login_base(self) -> str | None:
+        """The authorization server the console signs in with (None: not configured)."""
+        if not self.console_auth0_client_id:
+            return None
+        base = self.console_login_url or (
+            f"https://{self.auth0_domain}" if self.auth0_domain else None
+        )
+        return base.rstrip("/") if base else None
 
     @property
     def cache_dir(self) -> Path:

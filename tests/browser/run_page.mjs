@@ -3,31 +3,13 @@
 // page's state, the rendered rows, console errors, page errors and failed
 // requests. Environment: PAGE_URL, API_URL, TOKEN, CHROMIUM,
 // PLAYWRIGHT_FROM (a package.json whose node_modules has playwright-core).
+import { launchChromium } from "./chromium.mjs";
 // With WAIT_FOR_VERSION=1 and a loaded page it prints the first report, then
 // reads a data version from stdin (the test publishes it) and prints a second
 // report once the page shows that version.
-import { mkdtemp, rm } from "node:fs/promises";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { createInterface } from "node:readline";
 
-const { chromium } = createRequire(process.env.PLAYWRIGHT_FROM)("playwright-core");
-const profile = await mkdtemp(join(tmpdir(), "chromium-profile-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const { context, close } = await launchChromium();
 const report = { consoleErrors: [], pageErrors: [], failedRequests: [] };
 try {
   const page = context.pages()[0] ?? (await context.newPage());
@@ -74,7 +56,6 @@ try {
     Object.assign(report, await snapshot());
   }
 } finally {
-  await context.close();
-  await rm(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(report));

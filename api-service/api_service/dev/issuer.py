@@ -1,6 +1,8 @@
 """A local development token issuer: RSA keys, a JWKS endpoint over HTTP, and
 a minting helper. `make demo` uses it in place of Auth0; the tests use it to
 mint good tokens and hostile ones (any claims, any key, any algorithm).
+With `sign_in=True` it also signs users in as Auth0 does for the console
+(authorization code with PKCE: sign_in.py).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from api_service.dev.sign_in import SignIn, SignInError
 
 __all__ = ["DevIssuer", "SigningKey"]
 
@@ -33,8 +38,11 @@ class SigningKey:
 class DevIssuer:
     """Serves `/.well-known/jwks.json` on 127.0.0.1 and mints RS256 tokens."""
 
-    def __init__(self, audience: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, audience: str, host: str = "127.0.0.1", port: int = 0, *, sign_in: bool = False
+    ) -> None:
         self.audience = audience
+        self.sign_in = SignIn() if sign_in else None
         self.keys: list[SigningKey] = [SigningKey()]
         self.jwks_requests = 0
         self._count_lock = threading.Lock()
@@ -43,6 +51,10 @@ class DevIssuer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                if url.path == "/authorize" and issuer_self.sign_in is not None:
+                    self._authorize(dict(parse_qsl(url.query)))
+                    return
                 if self.path != "/.well-known/jwks.json":
                     self.send_error(404)
                     return
@@ -60,6 +72,80 @@ class DevIssuer:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            # -- sign-in (sign_in=True only) ----------------------------------
+            def do_POST(self) -> None:
+                sign_in = issuer_self.sign_in
+                if sign_in is None or self.path not in ("/authorize", "/oauth/token"):
+                    self.send_error(404)
+                    return
+                length = min(int(self.headers.get("Content-Length") or 0), 65_536)
+                form = dict(parse_qsl(self.rfile.read(length).decode("utf-8", "replace")))
+                if self.path == "/authorize":
+                    self._authorize(form, press=True)
+                    return
+                try:
+                    grant = sign_in.redeem(form)
+                except SignInError as exc:
+                    self._json(400, {"error": exc.error, "error_description": str(exc)})
+                    return
+                ttl = 3600
+                token = issuer_self.mint(sub=grant.sub, scopes=grant.scope, ttl=ttl)
+                self._json(
+                    200,
+                    {
+                        "access_token": token,
+                        "token_type": "Bearer",
+                        "expires_in": ttl,
+                        "scope": grant.scope,
+                    },
+                )
+
+            def do_OPTIONS(self) -> None:
+                self.send_response(204 if issuer_self.sign_in is not None else 404)
+                self._cors()
+                self.send_header("Access-Control-Allow-Methods", "POST")
+                self.send_header("Access-Control-Allow-Headers", "Content-Type")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _authorize(self, params: dict[str, str], press: bool = False) -> None:
+                assert issuer_self.sign_in is not None
+                try:
+                    if press:
+                        target = issuer_self.sign_in.grant(params)
+                    else:
+                        issuer_self.sign_in.check_request(params)
+                except SignInError as exc:
+                    self.send_error(400, f"{exc.error}: {exc}")
+                    return
+                if press:
+                    self.send_response(303)
+                    self.send_header("Location", target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = issuer_self.sign_in.page(params).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _cors(self) -> None:
+                # The console posts to /oauth/token from the API's origin.
+                self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin") or "*")
+                self.send_header("Vary", "Origin")
+
+            def _json(self, status: int, payload: dict[str, Any]) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self._cors()
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True

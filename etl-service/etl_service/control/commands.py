@@ -19,27 +19,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from analytics_shared.etl_commands import CommandStatus, etl_commands
+
 __all__ = ["Command", "CommandQueue", "CommandStatus", "etl_commands"]
-
-CommandStatus = Literal["pending", "running", "done", "failed"]
-TZ = sa.DateTime(timezone=True)
-
-etl_commands = sa.Table(
-    "etl_commands",
-    sa.MetaData(),
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("args", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("submitted_at", TZ, nullable=False),
-    sa.Column("submitted_by", sa.String(255), nullable=False),
-    sa.Column("started_at", TZ),
-    sa.Column("finished_at", TZ),
-    sa.Column("worker", sa.String(255)),
-    sa.Column("progress", sa.Text),
-    sa.Column("outcome", sa.JSON),
-    sa.Column("error", sa.Text),
-)
 
 
 def _aware(value: Any) -> Any:

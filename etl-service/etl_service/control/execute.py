@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analytics_shared.etl_commands import KINDS
 from etl_service.errors import EtlError
 
 if TYPE_CHECKING:
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from etl_service.sync import CycleResult, SyncEngine
 
 __all__ = ["KINDS", "ROLLBACK_HOLDS", "CommandRunner", "Outcome"]
-
-KINDS = ("sync", "backfill", "reconcile", "dlq-retry", "dlq-discard", "rollback")
 
 ROLLBACK_HOLDS = (
     "the rollback holds until the source changes: the worker publishes a new version"
