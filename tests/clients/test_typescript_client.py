@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from testsupport.processes import stop_process
+
 TS = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 
 
@@ -33,14 +35,22 @@ def test_public_types_compile_and_refuse_misuse(npm):
 
 
 def test_node_suite_passes_against_a_real_api(npm):
-    run = subprocess.run(
+    # Its own process group: on a timeout npm, node and the API helper it
+    # started all go, not just npm.
+    proc = subprocess.Popen(
         [npm, "test", "--silent"],
         cwd=TS,
         env={**os.environ, "ANALYTICS_TEST_PYTHON": sys.executable},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=280,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=280)
+    finally:
+        stop_process(proc, group=True)
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     summary = dict(re.findall(r"^# (pass|fail|cancelled) (\d+)$", run.stdout, re.M))
     assert run.returncode == 0 and summary.get("fail") == "0", run.stdout[-4000:] + run.stderr
     assert int(summary["pass"]) >= 20, summary

@@ -25,7 +25,15 @@ export async function startApi({ timeoutMs = 120_000 } = {}) {
     return JSON.parse(line.value);
   };
   const exited = new Promise((resolve) => child.once("exit", resolve));
-  const info = await next("start");
+  let info;
+  try {
+    info = await next("start");
+  } catch (error) {
+    // A helper that did not start properly must not outlive the test run.
+    child.stdin.end();
+    child.kill("SIGTERM");
+    throw error;
+  }
   return {
     ...info,
     /** Publish a new snapshot; resolves with its version once the API serves it. */
