@@ -183,7 +183,7 @@ REFUSED = [
     ("SELECT id FROM orders ORDER BY margin", "column_not_allowed"),
     ("SELECT * FROM orders o JOIN customers c ON c.api_secret = o.note", "column_not_allowed"),
     ("SELECT COLUMNS('api_.*') FROM customers", "query_error"),  # no such visible column
-    ("SELECT rowid FROM orders", "query_error"),
+    ("SELECT rowid FROM orders", "column_not_allowed"),
     ("SELECT * FROM orders o(a, b, c, d, e, f, g)", "query_error"),  # 7 aliases, 6 columns
     ("WITH orders AS (SELECT * FROM orders) SELECT * FROM orders", "cte_name_not_allowed"),
     ('WITH "Orders" AS (SELECT 1 AS x) SELECT * FROM products', "cte_name_not_allowed"),
