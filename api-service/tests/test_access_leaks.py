@@ -12,26 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
-from testsupport.access_data import CLAIM, MASK_SECRET, SHOP_WHITELIST, publish_shop
-from testsupport.api_app import make_app_client, write_whitelist
+from testsupport.access_data import CLAIM, shop_env
+from testsupport.api_app import make_app_client
 
 ME = 7
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, issuer) -> Iterator[httpx.Client]:
-    root = tmp_path_factory.mktemp("leaks")
-    publish_shop(root / "store")
-    env = {
-        **issuer.settings_env(),
-        "STORAGE_URL": (root / "store").as_uri(),
-        "DATA_DIR": str(root / "var"),
-        "QUERY_WHITELIST_PATH": str(write_whitelist(root / "whitelist.json", SHOP_WHITELIST)),
-        "RATE_LIMIT_REQUESTS": "1000000",
-        "COLUMN_MASK_SECRET": MASK_SECRET,
-        "LOG_JSON": "false",
-    }
-    with make_app_client(env) as client:
+    with make_app_client(shop_env(tmp_path_factory.mktemp("leaks"), issuer)) as client:
         yield client
 
 
