@@ -19,6 +19,7 @@ import datetime as dt
 import decimal
 import hashlib
 import hmac
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "Oracle",
     "arrow_rows",
     "publish_shop",
+    "shop_env",
     "shop_rows",
 ]
 
@@ -125,6 +127,22 @@ SHOP_WHITELIST: dict[str, Any] = {
         "customer_totals": {"sql": "SELECT * FROM v_customer_totals ORDER BY customer_id"},
     },
 }
+
+
+def shop_env(root: Path, issuer: Any) -> dict[str, str]:
+    """API settings serving a freshly published shop under `root` with SHOP_WHITELIST."""
+    publish_shop(root / "store")
+    whitelist = root / "whitelist.json"
+    whitelist.write_text(json.dumps(SHOP_WHITELIST))
+    return {
+        **issuer.settings_env(),
+        "STORAGE_URL": (root / "store").as_uri(),
+        "DATA_DIR": str(root / "var"),
+        "QUERY_WHITELIST_PATH": str(whitelist),
+        "RATE_LIMIT_REQUESTS": "1000000",
+        "COLUMN_MASK_SECRET": MASK_SECRET,
+        "LOG_JSON": "false",
+    }
 
 
 def shop_rows(seed: int = 12) -> dict[str, list[dict[str, Any]]]:

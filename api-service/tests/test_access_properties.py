@@ -20,14 +20,12 @@ from hypothesis import strategies as st
 
 from testsupport.access_data import (
     CLAIM,
-    MASK_SECRET,
-    SHOP_WHITELIST,
     Oracle,
     arrow_rows,
-    publish_shop,
+    shop_env,
     shop_rows,
 )
-from testsupport.api_app import make_app_client, write_whitelist
+from testsupport.api_app import make_app_client
 
 ME = 7
 # Visible integer-ish columns per alias, hidden ones, and text columns.
@@ -40,17 +38,7 @@ REFUSAL_CODES = {"column_not_allowed", "query_error", "query_too_complex", "unsu
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, issuer) -> Iterator[httpx.Client]:
-    root = tmp_path_factory.mktemp("shop-props")
-    publish_shop(root / "store")
-    env = {
-        **issuer.settings_env(),
-        "STORAGE_URL": (root / "store").as_uri(),
-        "DATA_DIR": str(root / "var"),
-        "QUERY_WHITELIST_PATH": str(write_whitelist(root / "wl.json", SHOP_WHITELIST)),
-        "RATE_LIMIT_REQUESTS": "1000000",
-        "COLUMN_MASK_SECRET": MASK_SECRET,
-    }
-    with make_app_client(env) as client:
+    with make_app_client(shop_env(tmp_path_factory.mktemp("shop-props"), issuer)) as client:
         yield client
 
 

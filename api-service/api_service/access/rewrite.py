@@ -378,14 +378,18 @@ _MISSING_COLUMN = re.compile(
 
 @contextmanager
 def column_refusals(hidden: frozenset[str]) -> Iterator[None]:
-    """DuckDB's 'column not found' for a hidden column becomes `column_not_allowed`."""
+    """DuckDB's 'column not found' becomes `column_not_allowed` when the query
+    reads a table with hidden columns, for hidden and non-existent names alike:
+    GET /schema does not list hidden columns, so no answer may confirm that one
+    exists (a name such as `fraud_flag` can be the secret)."""
     try:
         yield
     except duckdb.BinderException as exc:
         match = _MISSING_COLUMN.search(str(exc))
         name = next((g for g in match.groups() if g), "") if match else ""
-        if name and name.lower() in hidden:
+        if name and hidden:
             raise ColumnNotAllowed(
-                f"column {name!r} is not visible to this application (see GET /schema)"
+                f"column {name!r} does not exist or is not visible to this application"
+                " (see GET /schema)"
             ) from None
         raise
