@@ -8,6 +8,7 @@ that cannot be reached.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -188,9 +189,13 @@ def test_api_probe_names_the_unreachable_dependency(issuer, tmp_path, redis_url)
     assert result.returncode == 0, result.stdout
 
 
-def test_etl_probe_names_the_unreachable_dependency(pg_url, tmp_path):
+def test_etl_probe_names_the_unreachable_dependency(tmp_path):
+    source = tmp_path / "source.db"
+    with sqlite3.connect(source) as conn:  # the probe also looks for TABLES_TO_SYNC
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
     env = {
-        "SOURCE_URL": pg_url,
+        "SOURCE_URL": f"sqlite:///{source}",
+        "TABLES_TO_SYNC": "orders",
         "DATABASE_URL": UNREACHABLE_PG,
         "DATA_DIR": str(tmp_path / "var"),
         "LOG_JSON": "false",

@@ -1,0 +1,151 @@
+"""What an operator meets when a port is taken, a dependency is down or a
+setting is malformed: one line that names the setting and the address (never
+the password) and says what to do, with the documented exit code (1 runtime,
+2 configuration). Found by operating the demo from the docs alone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+PASSWORD = "s3cr3t-Pa55word"
+CONFIG, RUNTIME = 2, 1
+API_BASE = {"AUTH0_DOMAIN": "tenant.example.com", "AUTH0_API_AUDIENCE": "https://api"}
+
+
+def _run(
+    argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "S3_", "AWS_"))}
+    env = {"DATA_DIR": str(cwd / "var"), "LOG_JSON": "false", **env}
+    return subprocess.run(
+        argv, env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _one_line(result: subprocess.CompletedProcess[str], code: int, *names: str) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.returncode == code, result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process listens on (here: this test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def _source(tmp_path: Path, *tables: str) -> str:
+    path = tmp_path / "source.db"
+    with sqlite3.connect(path) as conn:
+        for table in tables:
+            conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, updated_at TIMESTAMP)")
+    return f"sqlite:///{path}"
+
+
+def test_api_serve_with_its_port_taken_exits_at_once_naming_it(taken_port, tmp_path):
+    env = {**API_BASE, "API_BIND": f"127.0.0.1:{taken_port}"}
+    started = time.monotonic()
+    result = _run([str(BIN / "analytics-api"), "serve"], env, tmp_path, timeout=30)
+    # Gunicorn alone retries five times and logs a dozen lines, none naming the setting.
+    assert time.monotonic() - started < 15
+    line = _one_line(result, RUNTIME, "API_BIND", f"127.0.0.1:{taken_port}", "in use")
+    assert "free port" in line
+
+
+def test_api_serve_with_a_bind_that_is_not_host_port_is_a_configuration_error(tmp_path):
+    result = _run(
+        [str(BIN / "analytics-api"), "serve"], {**API_BASE, "API_BIND": "nonsense"}, tmp_path
+    )
+    _one_line(result, CONFIG, "API_BIND", "host:port")
+
+
+def test_etl_worker_with_its_metrics_port_taken_names_the_setting(taken_port, tmp_path):
+    env = {"SOURCE_URL": _source(tmp_path, "orders"), "ETL_METRICS_PORT": str(taken_port)}
+    env["TABLES_TO_SYNC"] = "orders"
+    result = _run([str(BIN / "analytics-etl"), "run"], env, tmp_path, timeout=60)
+    _one_line(result, RUNTIME, "ETL_METRICS_PORT", str(taken_port), "in use")
+
+
+def test_a_failed_sync_names_the_source_setting_and_what_to_check(tmp_path):
+    env = {
+        "SOURCE_URL": f"postgresql://analyst:{PASSWORD}@127.0.0.1:1/src",
+        "RETRY_ATTEMPTS": "1",
+        "LOG_LEVEL": "ERROR",  # the cycle's own log lines aside: the CLI's line
+    }
+    result = _run([str(BIN / "analytics-etl"), "sync"], env, tmp_path)
+    assert result.returncode == RUNTIME, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("analytics-etl: sync failed:"), result.stderr
+    assert "127.0.0.1" in last and "check SOURCE_URL" in last, last
+    assert PASSWORD not in result.stderr + result.stdout
+
+
+def test_a_sync_that_cannot_publish_names_the_store_settings(tmp_path):
+    env = {
+        "SOURCE_URL": _source(tmp_path, "orders"),
+        "TABLES_TO_SYNC": "orders",
+        "MODELS_DIR": "",  # no models over a one-table source
+        "STORAGE_URL": "s3://bucket/prefix",
+        "S3_ENDPOINT_URL": "http://127.0.0.1:1",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": PASSWORD,
+        "S3_REGION": "us-east-1",
+        "RETRY_ATTEMPTS": "1",
+        "LOG_LEVEL": "ERROR",
+    }
+    result = _run([str(BIN / "analytics-etl"), "sync"], env, tmp_path)
+    assert result.returncode == RUNTIME, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert "127.0.0.1:1" in last and "check STORAGE_URL" in last, last
+    assert PASSWORD not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("value", ["{bad", '[{"orders": 1}'])
+def test_table_config_that_is_not_json_names_the_variable(value, tmp_path):
+    env = {"TABLE_CONFIG": value}
+    result = _run([str(BIN / "analytics-etl"), "check-config"], env, tmp_path)
+    line = _one_line(result, CONFIG, "TABLE_CONFIG", "not valid JSON")
+    assert "table_config" not in line  # pydantic's field name is not what the operator set
+
+
+def test_etl_probe_names_a_table_missing_from_the_source(tmp_path):
+    env = {"SOURCE_URL": _source(tmp_path, "orders"), "TABLES_TO_SYNC": "orders,ordres"}
+    result = _run([str(BIN / "analytics-etl"), "check-config", "--probe"], env, tmp_path)
+    assert result.returncode == RUNTIME, result.stdout + result.stderr
+    [source] = [line for line in result.stdout.splitlines() if line.startswith("source:")]
+    assert "FAILED" in source and "'ordres'" in source and "TABLES_TO_SYNC" in source, source
+
+    env["TABLES_TO_SYNC"] = "orders"
+    result = _run([str(BIN / "analytics-etl"), "check-config", "--probe"], env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_api_probe_names_the_identity_provider_url_it_cannot_reach(tmp_path):
+    env = {
+        "AUTH0_API_AUDIENCE": "https://api",
+        "AUTH0_JWKS_URL": "http://127.0.0.1:1/keys.json",
+        "AUTH0_ISSUER": "http://127.0.0.1:1/",
+    }
+    result = _run([str(BIN / "analytics-api"), "check-config", "--probe"], env, tmp_path)
+    assert result.returncode == RUNTIME, result.stdout + result.stderr
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
+    assert "http://127.0.0.1:1/keys.json" in lines["jwks"], lines
+    assert "http://127.0.0.1:1/.well-known/openid-configuration" in lines["issuer metadata"]
