@@ -6,6 +6,7 @@ the password) and says what to do, with the documented exit code (1 runtime,
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -149,3 +150,16 @@ def test_api_probe_names_the_identity_provider_url_it_cannot_reach(tmp_path):
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
     assert "http://127.0.0.1:1/keys.json" in lines["jwks"], lines
     assert "http://127.0.0.1:1/.well-known/openid-configuration" in lines["issuer metadata"]
+
+
+def test_every_read_only_command_says_which_state_it_read(tmp_path):
+    env = {"SOURCE_URL": _source(tmp_path, "orders"), "TABLES_TO_SYNC": "orders"}
+    env["MODELS_DIR"] = ""
+    assert _run([str(BIN / "analytics-etl"), "sync"], env, tmp_path).returncode == 0
+    where = f"state: sqlite:///{tmp_path / 'var' / 'etl_state.db'}"
+    for argv in (["status"], ["dlq", "list"], ["commands"]):
+        result = _run([str(BIN / "analytics-etl"), *argv, "--text"], env, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[0] == where, (argv, result.stdout)
+    result = _run([str(BIN / "analytics-etl"), "commands", "--json"], env, tmp_path)
+    assert json.loads(result.stdout)["state"] == where.removeprefix("state: ")
