@@ -163,3 +163,36 @@ def test_every_read_only_command_says_which_state_it_read(tmp_path):
         assert result.stdout.splitlines()[0] == where, (argv, result.stdout)
     result = _run([str(BIN / "analytics-etl"), "commands", "--json"], env, tmp_path)
     assert json.loads(result.stdout)["state"] == where.removeprefix("state: ")
+
+
+def test_every_line_the_running_etl_worker_logs_names_its_service(tmp_path):
+    # The scheduler's thread logged its cycles without `service` (a context
+    # variable bound in the main thread only).
+    env = {
+        "SOURCE_URL": _source(tmp_path, "orders"),
+        "TABLES_TO_SYNC": "orders",
+        "MODELS_DIR": "",
+        "LOG_JSON": "true",
+        "ETL_METRICS_PORT": "0",
+        "SYNC_INTERVAL_SECONDS": "1",
+    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "S3_", "AWS_"))}
+    log = tmp_path / "etl.log"
+    with log.open("w") as sink:
+        worker = subprocess.Popen(
+            [str(BIN / "analytics-etl"), "run"],
+            env={**base, "DATA_DIR": str(tmp_path / "var"), **env},
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "sync_cycle_finished" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert any(r["event"] == "table_synced" for r in records), records
+    assert [r for r in records if r.get("service") != "etl-service"] == []

@@ -57,7 +57,12 @@ if os.environ.get("LOG_JSON", "true").strip().lower() not in ("0", "false", "no"
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "analytics_shared.logging_config.json_formatter"}},
+        "formatters": {
+            "json": {
+                "()": "analytics_shared.logging_config.json_formatter",
+                "service": "api-service",
+            }
+        },
         "handlers": {
             "json": {
                 "class": "logging.StreamHandler",
