@@ -78,3 +78,15 @@ def test_variable_list_names_the_required_variables(aliases_of: Aliases) -> None
     ]
     missing = [names[0] for names in required if f"`{names[0]}`" not in text]
     assert not missing, f"infrastructure/railway/variables.md lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    ("service", "command"),
+    [("etl-service", "analytics-etl check-config"), ("api-service", "analytics-api check-config")],
+)
+def test_a_bad_setting_fails_the_deploy_before_the_running_service_stops(
+    service: str, command: str
+) -> None:
+    # The ETL runs with overlapSeconds 0: without the check a bad variable stops
+    # the good scheduler, and the new one crash-loops.
+    assert config(service)["deploy"].get("preDeployCommand") == [command]
