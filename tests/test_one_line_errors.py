@@ -12,33 +12,19 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-PASSWORD = "s3cr3t-Pa55word"
-CONFIG, RUNTIME = 2, 1
+from testsupport.cli_runs import (
+    BIN,
+    CONFIG,
+    PASSWORD,
+    RUNTIME,
+    assert_one_line,
+    run_cli,
+)
 
-
-def _run(
-    argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "S3_", "AWS_"))}
-    return subprocess.run(
-        argv, env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _assert_one_line(result: subprocess.CompletedProcess[str], code: int, *names: str) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    assert PASSWORD not in result.stderr + result.stdout
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
+_run, _assert_one_line = run_cli, assert_one_line
 
 
 UNREACHABLE_PG = f"postgresql://analyst:{PASSWORD}@127.0.0.1:1/state"

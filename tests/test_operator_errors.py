@@ -11,37 +11,32 @@ import os
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-PASSWORD = "s3cr3t-Pa55word"
-CONFIG, RUNTIME = 2, 1
+from testsupport.cli_runs import (
+    BIN,
+    CONFIG,
+    PASSWORD,
+    RUNTIME,
+    assert_one_line,
+    run_cli,
+)
+
 API_BASE = {"AUTH0_DOMAIN": "tenant.example.com", "AUTH0_API_AUDIENCE": "https://api"}
 
 
 def _run(
     argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "S3_", "AWS_"))}
     env = {"DATA_DIR": str(cwd / "var"), "LOG_JSON": "false", **env}
-    return subprocess.run(
-        argv, env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+    return run_cli(argv, env, cwd, timeout)
 
 
-def _one_line(result: subprocess.CompletedProcess[str], code: int, *names: str) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert result.returncode == code, result.stderr
-    assert PASSWORD not in result.stderr + result.stdout
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
+_one_line = assert_one_line
 
 
 @pytest.fixture
