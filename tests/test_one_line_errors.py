@@ -8,36 +8,23 @@ that cannot be reached.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-PASSWORD = "s3cr3t-Pa55word"
-CONFIG, RUNTIME = 2, 1
+from testsupport.cli_runs import (
+    BIN,
+    CONFIG,
+    PASSWORD,
+    RUNTIME,
+    assert_one_line,
+    run_cli,
+)
 
-
-def _run(
-    argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH0_", "S3_", "AWS_"))}
-    return subprocess.run(
-        argv, env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _assert_one_line(result: subprocess.CompletedProcess[str], code: int, *names: str) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    assert PASSWORD not in result.stderr + result.stdout
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
+_run, _assert_one_line = run_cli, assert_one_line
 
 
 UNREACHABLE_PG = f"postgresql://analyst:{PASSWORD}@127.0.0.1:1/state"
@@ -188,9 +175,13 @@ def test_api_probe_names_the_unreachable_dependency(issuer, tmp_path, redis_url)
     assert result.returncode == 0, result.stdout
 
 
-def test_etl_probe_names_the_unreachable_dependency(pg_url, tmp_path):
+def test_etl_probe_names_the_unreachable_dependency(tmp_path):
+    source = tmp_path / "source.db"
+    with sqlite3.connect(source) as conn:  # the probe also looks for TABLES_TO_SYNC
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
     env = {
-        "SOURCE_URL": pg_url,
+        "SOURCE_URL": f"sqlite:///{source}",
+        "TABLES_TO_SYNC": "orders",
         "DATABASE_URL": UNREACHABLE_PG,
         "DATA_DIR": str(tmp_path / "var"),
         "LOG_JSON": "false",

@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (args.workers or int(os.environ.get("WEB_CONCURRENCY") or 1)) != 1:
                 raise ConfigurationError("all-in-one runs one worker: unset WEB_CONCURRENCY")
             args.workers = 1
+        from api_service.ops.bind_check import check_bind
+
+        check_bind(args.bind)  # a port in use: one line and exit 1, not Gunicorn's retries
         _plan_memory(args.workers)  # ConfigurationError: exit 2, naming the settings
         argv_g = [sys.executable, "-m", "gunicorn", "-c", "python:api_service.ops.gunicorn_conf"]
         if args.bind:

@@ -38,5 +38,7 @@ def test_every_line_of_a_running_api_is_json(tmp_path, issuer):
     for line in lines:
         record = json.loads(line)  # fails on the first plain-text line
         loggers.add(record.get("logger"))
+        # Log collectors tell the services apart by it: every thread, the master too.
+        assert record.get("service") == "api-service", line
     assert any(name and name.startswith("gunicorn") for name in loggers), loggers
     assert any(name and name.startswith("uvicorn") for name in loggers), loggers

@@ -43,6 +43,7 @@ from typing import ClassVar
 import sqlalchemy as sa
 
 from analytics_shared.errors import AnalyticsError, ConfigurationError, TransientError
+from analytics_shared.object_store import StoreUnavailable
 
 __all__ = [
     "CommandFailed",
@@ -60,7 +61,9 @@ __all__ = [
     "WorkerBusy",
     "describe",
     "is_connection_trouble",
+    "remedy",
     "source_failure",
+    "with_remedy",
 ]
 
 # Error texts (from ConnectorX's Rust drivers and from DBAPI drivers) that
@@ -166,3 +169,29 @@ def describe(exc: BaseException) -> str:
     """`<type>: <message>`, as runs, logs and dead letters show a failure."""
     name = getattr(type(exc), "reported_as", None) or type(exc).__name__
     return f"{name}: {exc}"
+
+
+def remedy(exc: BaseException) -> str | None:
+    """What an operator should check for a failure, by its type (or its cause's):
+    the settings that name the dependency. None when the message says enough."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SourceUnavailable):
+            return (
+                "check SOURCE_URL (or MSSQL_HOST, MSSQL_PORT) and that the source"
+                " accepts connections from here"
+            )
+        if isinstance(seen, SourceError):
+            return "check SOURCE_URL (or MSSQL_*), TABLES_TO_SYNC and the login's permissions"
+        if isinstance(seen, StoreUnavailable):
+            return "check STORAGE_URL, S3_ENDPOINT_URL, the network and the keys"
+        if isinstance(seen, StateStoreUnavailable):
+            return "check that the database is up and DATABASE_URL names it"
+        seen = seen.__cause__
+    return None
+
+
+def with_remedy(message: str, exc: BaseException) -> str:
+    """`message`, followed by what to check when the failure's type says it."""
+    hint = remedy(exc)
+    return f"{message}; {hint}" if hint else message

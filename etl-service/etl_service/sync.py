@@ -24,7 +24,13 @@ from typing import Any, Literal, TypeVar
 
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import ColumnSchema, Manifest, SchemaChange, TableInfo
-from etl_service.errors import ModelBuildError, RetryError, SchemaContractError, describe
+from etl_service.errors import (
+    ModelBuildError,
+    RetryError,
+    SchemaContractError,
+    describe,
+    with_remedy,
+)
 from etl_service.export import export_snapshot
 from etl_service.incremental import TableOutcome, TableSyncer
 from etl_service.lake_publisher import LakePublisher
@@ -222,7 +228,9 @@ class SyncEngine:
                 result = self._locked_cycle(specs, full_refresh, reconcile, kind)
         except Exception as exc:  # the state store itself is unreachable
             log.exception("sync_cycle_crashed")
-            result = CycleResult(run_id=None, status="failed", error=describe(exc))
+            result = CycleResult(
+                run_id=None, status="failed", error=with_remedy(describe(exc), exc)
+            )
         result.duration_seconds = time.monotonic() - started
         if result.status != "skipped":  # after the commit point, and after failures
             self.status_file.write(self.state, result, kind)
@@ -476,12 +484,13 @@ class SyncEngine:
     def _fail_cycle(
         self, result: CycleResult, err: RetryError | ModelBuildError, started_at: datetime
     ) -> CycleResult:
-        result.status, result.error = "failed", str(err)
-        log.error("sync_cycle_dead_lettered", run_id=result.run_id, error=str(err))
+        # The operator's next step (the settings to check) goes with the error.
+        result.status, result.error = "failed", with_remedy(str(err), err)
+        log.error("sync_cycle_dead_lettered", run_id=result.run_id, error=result.error)
         assert result.run_id is not None
         attempts = err.attempts if isinstance(err, RetryError) else 1
-        self.state.dead_letter(result.run_id, None, str(err), attempts)
-        self.state.finish_run(result.run_id, "failed", result.rows, error=str(err))
+        self.state.dead_letter(result.run_id, None, result.error, attempts)
+        self.state.finish_run(result.run_id, "failed", result.rows, error=result.error)
         self._write_run_log(result, started_at)
         return result
 

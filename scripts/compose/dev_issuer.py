@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlparse
 
 from api_service.dev.issuer import DevIssuer
 
-DEFAULT_SCOPES = "read:analytics read:schema"
+# Every scope the API checks, as the demo's token: the operator tries GET /status too.
+DEFAULT_SCOPES = "read:analytics read:schema read:status"
 
 
 def main() -> int:

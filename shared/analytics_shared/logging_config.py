@@ -13,8 +13,23 @@ import structlog
 
 __all__ = ["configure_logging", "get_logger", "json_formatter"]
 
+# The process's service name, on every line: a context variable bound once
+# reaches only the thread that bound it (the scheduler's and the query pool's
+# threads logged without it).
+_service: str | None = None
+
+
+def _add_service(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    if _service is not None:
+        event_dict.setdefault("service", _service)
+    return event_dict
+
+
 _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
+    _add_service,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -25,6 +40,8 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
 
 def configure_logging(level: str = "INFO", *, service: str, json: bool = True) -> None:
     """Configure structlog and the stdlib root logger once per process."""
+    global _service
+    _service = service
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if json
@@ -58,12 +75,13 @@ def configure_logging(level: str = "INFO", *, service: str, json: bool = True) -
         logging.getLogger(noisy).setLevel(
             logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
         )
-    structlog.contextvars.bind_contextvars(service=service)
 
 
-def json_formatter() -> logging.Formatter:
+def json_formatter(service: str | None = None) -> logging.Formatter:
     """The JSON line formatter, for logging set up elsewhere (Gunicorn's
     `logconfig_dict`: its master and its error/access logs)."""
+    global _service
+    _service = service or _service
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[

@@ -7,6 +7,7 @@ variable names are the same everywhere.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -132,6 +133,15 @@ def _env_name(cls: type[BaseSettings], field: str) -> str:
     return field.upper()
 
 
+def _undecodable(cls: type[BaseSettings], exc: PydanticSettingsError) -> str:
+    found = re.search(r'field "([^"]+)"', str(exc))
+    if found is None:
+        return str(exc).split(" from source")[0]
+    # The decoder's reason names a position, never the value (it may be a secret).
+    reason = f" ({exc.__cause__})" if isinstance(exc.__cause__, ValueError) else ""
+    return f"{_env_name(cls, found.group(1))}: is not valid JSON{reason}"
+
+
 def load_settings(cls: type[T], **overrides: object) -> T:
     """Instantiate a settings class; on failure exit with a readable message.
 
@@ -141,8 +151,9 @@ def load_settings(cls: type[T], **overrides: object) -> T:
     try:
         return cls(**overrides)  # type: ignore[arg-type]
     except PydanticSettingsError as exc:
-        # Raised before validation when a value cannot be decoded; names the field.
-        raise SettingsError(f"invalid configuration: {str(exc).split(' from source')[0]}") from None
+        # Raised before validation when a value (JSON for dicts and lists) cannot
+        # be decoded; pydantic names the field, the operator knows the variable.
+        raise SettingsError(f"invalid configuration: {_undecodable(cls, exc)}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

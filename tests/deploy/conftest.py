@@ -28,15 +28,22 @@ def settings_aliases(cls: type[BaseSettings]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+# The modules that read Gunicorn's variables (they are not settings fields).
+GUNICORN_MODULES = ("api_service.ops.gunicorn_conf", "api_service.ops.bind_check")
+
+
 def gunicorn_env_names() -> set[str]:
-    """Environment variables api_service.ops.gunicorn_conf reads (they are not settings fields)."""
-    spec = importlib.util.find_spec("api_service.ops.gunicorn_conf")
-    assert spec is not None and spec.origin, "api_service.ops.gunicorn_conf not importable"
-    text = Path(spec.origin).read_text(encoding="utf-8")
+    """Environment variables the Gunicorn configuration reads (GUNICORN_MODULES)."""
     pattern = (
         r"""os\.(?:environ\.get|getenv)\(\s*["'](\w+)["']|os\.environ\[\s*["'](\w+)["']\s*\]"""
     )
-    return {a or b for a, b in re.findall(pattern, text)}
+    names: set[str] = set()
+    for module in GUNICORN_MODULES:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin, f"{module} not importable"
+        text = Path(spec.origin).read_text(encoding="utf-8")
+        names |= {a or b for a, b in re.findall(pattern, text)}
+    return names
 
 
 @pytest.fixture

@@ -205,3 +205,19 @@ def test_seeded_login_is_the_one_the_etl_uses(compose: dict[str, Any]) -> None:
     assert seed["ETL_PASSWORD"] == etl["MSSQL_PASSWORD"]
     assert seed["DATABASE_NAME"] == etl["MSSQL_DATABASE"]
     assert seed["MSSQL_SA_PASSWORD"] == service_env(compose, "mssql")["MSSQL_SA_PASSWORD"]
+
+
+def test_the_dev_issuers_default_token_carries_every_scope_the_api_checks() -> None:
+    # The guide's compose recipe takes the default token; GET /status needs read:status.
+    import importlib.util
+
+    deps = (ROOT / "api-service" / "api_service" / "deps.py").read_text(encoding="utf-8")
+    checked = set(re.findall(r'require_scope\("([\w:]+)"\)', deps))
+    assert "read:status" in checked
+    spec = importlib.util.spec_from_file_location(
+        "dev_issuer", ROOT / "scripts" / "compose" / "dev_issuer.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert checked <= set(module.DEFAULT_SCOPES.split())

@@ -91,3 +91,15 @@ def test_all_in_one_runs_api_and_etl_as_one_single_replica_service() -> None:
     paths = {getattr(route, "path", None) for route in health_router.routes}
     assert deploy["healthcheckPath"] in paths
     assert "WITH_ETL" in (RAILWAY / "variables.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("service", "command"),
+    [("etl-service", "analytics-etl check-config"), ("api-service", "analytics-api check-config")],
+)
+def test_a_bad_setting_fails_the_deploy_before_the_running_service_stops(
+    service: str, command: str
+) -> None:
+    # The ETL runs with overlapSeconds 0: without the check a bad variable stops
+    # the good scheduler, and the new one crash-loops.
+    assert config(service)["deploy"].get("preDeployCommand") == [command]

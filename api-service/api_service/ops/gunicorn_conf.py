@@ -14,8 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# Railway and most PaaS set PORT; API_BIND wins when given.
-bind = os.environ.get("API_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+from api_service.ops.bind_check import bind_address
+
+# Railway and most PaaS set PORT; API_BIND wins when given (`serve` checked it).
+bind = bind_address()
 
 
 # Each worker holds its own read-only DuckDB connection and thread pool; DuckDB
@@ -57,7 +59,12 @@ if os.environ.get("LOG_JSON", "true").strip().lower() not in ("0", "false", "no"
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "analytics_shared.logging_config.json_formatter"}},
+        "formatters": {
+            "json": {
+                "()": "analytics_shared.logging_config.json_formatter",
+                "service": "api-service",
+            }
+        },
         "handlers": {
             "json": {
                 "class": "logging.StreamHandler",

@@ -19,8 +19,16 @@ __all__ = ["probe_dependencies"]
 TIMEOUT_SECONDS = 5.0
 
 
+def _get(url: str) -> httpx.Response:
+    """GET `url`; a failure to reach it names the URL (httpx's own message does not)."""
+    try:
+        return httpx.get(url, timeout=TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        raise ConnectionError(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
 def _jwks(settings: ApiSettings) -> str:
-    response = httpx.get(settings.jwks_url, timeout=TIMEOUT_SECONDS)
+    response = _get(settings.jwks_url)
     response.raise_for_status()
     keys = response.json().get("keys")
     if not isinstance(keys, list) or not keys:
@@ -30,7 +38,7 @@ def _jwks(settings: ApiSettings) -> str:
 
 def _issuer(settings: ApiSettings) -> str:
     url = settings.issuer + ".well-known/openid-configuration"
-    response = httpx.get(url, timeout=TIMEOUT_SECONDS)
+    response = _get(url)
     if response.status_code == 404:
         return f"{url} not served (only the key set is used)"
     response.raise_for_status()

@@ -15,7 +15,7 @@ from analytics_shared.logging_config import get_logger
 from etl_service.control.commands import Command, CommandQueue
 from etl_service.control.execute import CommandRunner, Outcome
 from etl_service.control.worker_lock import WorkerLock
-from etl_service.errors import WorkerBusy, describe
+from etl_service.errors import WorkerBusy, describe, with_remedy
 
 if TYPE_CHECKING:
     from etl_service.settings import EtlSettings
@@ -72,6 +72,7 @@ class WorkerControl:
         except Exception as exc:  # a command's failure never stops the worker
             log.exception("command_failed", command_id=command.id, kind=command.kind)
             error = str(exc) if isinstance(exc, AnalyticsError) else describe(exc)
+            error = with_remedy(error, exc)
             outcome = Outcome(False, error=error)
         finally:
             self.engine.syncer.progress_sink = None

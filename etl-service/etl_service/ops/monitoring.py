@@ -6,9 +6,11 @@ monitoring trouble cannot stop syncing.
 
 from __future__ import annotations
 
+import errno
 from datetime import UTC, datetime
 
 from analytics_shared.logging_config import get_logger
+from etl_service.errors import EtlError
 from etl_service.ops.alerts import AlertNotifier
 from etl_service.ops.health_server import EtlMetrics, HealthServer
 from etl_service.settings import EtlSettings
@@ -21,6 +23,20 @@ log = get_logger(__name__)
 
 # "skipped" means another replica holds the leader lock: healthy, just standing by.
 _OK: frozenset[CycleStatus] = frozenset({"success", "skipped"})
+
+
+def _health_server(metrics: EtlMetrics, port: int) -> HealthServer | None:
+    """The /health and /metrics server; a port in use is one line naming the setting."""
+    if not port:
+        return None
+    try:
+        return HealthServer(metrics, port=port)
+    except OSError as exc:
+        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"({exc.strerror})"
+        raise EtlError(
+            f"ETL_METRICS_PORT: port {port} {reason}; stop the other process, set"
+            " ETL_METRICS_PORT to a free port, or 0 to serve no /health"
+        ) from exc
 
 
 class CycleMonitor:
@@ -36,11 +52,7 @@ class CycleMonitor:
             failure_threshold=settings.alert_failure_threshold,
             stale_after_seconds=settings.alert_stale_after_seconds,
         )
-        self.server = (
-            HealthServer(self.metrics, port=settings.etl_metrics_port)
-            if settings.etl_metrics_port
-            else None
-        )
+        self.server = _health_server(self.metrics, settings.etl_metrics_port)
 
     def start(self) -> None:
         if self.server is not None:

@@ -2,9 +2,10 @@
 
 Without --probe: the settings parse (load_settings already did) and the table
 configuration is valid. With --probe: one line per dependency, `ok` or the
-reason, reached the way the worker reaches it: the source (a connection and
-`SELECT 1`), the state database (a connection; migrations are not run), the
-object store (the current manifest read). Exit 0 when all are ok, 1 when one
+reason, reached the way the worker reaches it: the source (a connection,
+`SELECT 1`, and each table of TABLES_TO_SYNC visible to the login), the state
+database (a connection; migrations are not run), the object store (the
+current manifest read). Exit 0 when all are ok, 1 when one
 is unreachable (the configuration itself parsed).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from analytics_shared.probes import probe_store, run_probes
+from etl_service.errors import TableConfigError
 from etl_service.settings import EtlSettings
 from etl_service.tables import table_specs
 
@@ -23,8 +25,9 @@ __all__ = ["check_config", "probe_database"]
 PROBE_TIMEOUT_SECONDS = 5
 
 
-def probe_database(url: str) -> str:
-    """Connect and run SELECT 1; returns where it connected (no password)."""
+def probe_database(url: str, tables: list[str] | None = None) -> str:
+    """Connect and run SELECT 1, and see each of `tables` (`schema.table` allowed);
+    returns where it connected (no password)."""
     parsed = sa.make_url(url)
     connect_args: dict[str, object] = {}
     if parsed.get_backend_name() == "postgresql":
@@ -35,6 +38,19 @@ def probe_database(url: str) -> str:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1")).fetchall()
+            inspector = sa.inspect(conn)
+            missing = [
+                t
+                for t in tables or []
+                if not inspector.has_table(
+                    t.rpartition(".")[2], schema=t.rpartition(".")[0] or None
+                )
+            ]
+        if missing:
+            raise TableConfigError(
+                f"{', '.join(map(repr, missing))} not found in the source: fix TABLES_TO_SYNC,"
+                " or grant the login SELECT on it (setup_database.sql)"
+            )
     finally:
         engine.dispose()
     return parsed.render_as_string(hide_password=True)
@@ -58,7 +74,7 @@ def check_config(settings: EtlSettings, *, probe: bool) -> int:
             (
                 "source",
                 "SOURCE_URL / MSSQL_*",
-                lambda: probe_database(settings.resolved_source_url),
+                lambda: probe_database(settings.resolved_source_url, settings.tables_to_sync),
             ),
             ("state database", "DATABASE_URL", lambda: _state(settings)),
             ("store", "STORAGE_URL / S3_*", lambda: probe_store(settings.open_store())),

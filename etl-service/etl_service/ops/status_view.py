@@ -162,6 +162,7 @@ def print_dead_letters(settings: EtlSettings, *, as_json: bool, include_closed: 
     if as_json:
         print(json.dumps(entries, default=str, indent=2))
         return 0
+    print(f"state: {state.where}")
     print(
         render_table(
             ["id", "table", "status", "attempts", "last_failed_at", "error"],
@@ -193,12 +194,14 @@ def print_commands(settings: EtlSettings, *, as_json: bool, limit: int) -> int:
         state.close()
     if as_json:
         doc = {
+            "state": state.where,
             "worker": asdict(holder) if holder and holder.role == "worker" else None,
             "commands": [c.as_dict() for c in commands],
         }
         print(json.dumps(doc, default=str, indent=2))
         return 0
     worker = holder.describe() if holder else "none (commands run directly)"
+    print(f"state: {state.where}")
     print(f"worker: {worker}", file=sys.stdout)
     print(
         render_table(
