@@ -76,6 +76,7 @@ def test_api_serve_with_a_bind_that_is_not_host_port_is_a_configuration_error(tm
 def test_etl_worker_with_its_metrics_port_taken_names_the_setting(taken_port, tmp_path):
     env = {"SOURCE_URL": _source(tmp_path, "orders"), "ETL_METRICS_PORT": str(taken_port)}
     env["TABLES_TO_SYNC"] = "orders"
+    env["LOG_LEVEL"] = "WARNING"  # the start-up's own log lines (memory budget) aside
     result = _run([str(BIN / "analytics-etl"), "run"], env, tmp_path, timeout=60)
     _one_line(result, RUNTIME, "ETL_METRICS_PORT", str(taken_port), "in use")
 

@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if args.command == "serve":
+            _all_in_one_workers(args)
         settings = _validated_settings()
         if args.command == "check-config":
             if args.probe:
@@ -79,12 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             replicate(settings)
             return 0
-        if args.with_etl:
-            os.environ["ALL_IN_ONE"] = "true"
-        if os.environ.get("ALL_IN_ONE", "").lower() in ("1", "true", "yes", "on"):
-            if (args.workers or int(os.environ.get("WEB_CONCURRENCY") or 1)) != 1:
-                raise ConfigurationError("all-in-one runs one worker: unset WEB_CONCURRENCY")
-            args.workers = 1
         from api_service.ops.bind_check import check_bind
 
         check_bind(args.bind)  # a port in use: one line and exit 1, not Gunicorn's retries
@@ -98,6 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.execv(sys.executable, argv_g)  # noqa: S606 - replace this process: signals go straight to Gunicorn
 
     return run_cli("analytics-api", body, verbose=args.verbose)
+
+
+def _all_in_one_workers(args: argparse.Namespace) -> None:
+    """All-in-one (`--with-etl` or ALL_IN_ONE) runs one worker, the ETL inside it."""
+    if args.with_etl:
+        os.environ["ALL_IN_ONE"] = "true"
+    if os.environ.get("ALL_IN_ONE", "").lower() in ("1", "true", "yes", "on"):
+        if (args.workers or int(os.environ.get("WEB_CONCURRENCY") or 1)) != 1:
+            raise ConfigurationError("all-in-one runs one worker: unset WEB_CONCURRENCY")
+        args.workers = 1
 
 
 def _plan_memory(workers: int | None) -> None:

@@ -165,8 +165,9 @@ def test_the_api_refuses_an_uncompressed_snapshot_whose_sha256_differs(tmp_path,
         tmp.write_bytes((staging / MANIFEST_KEY).read_bytes())
         os.replace(tmp, manifest)
         deadline = time.monotonic() + 30
+        details = {"Authorization": f"Bearer {issuer.mint(scopes='read:status')}"}
         while True:
-            health = api.get("/health").json()
+            health = api.get("/health", headers=details).json()  # refresh errors are details
             if health["latest_version_seen"] == v2.version and health["last_refresh_failed"]:
                 break
             assert time.monotonic() < deadline, health

@@ -6,6 +6,7 @@ and the 8 KiB token cap is exact."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import jwt
@@ -126,10 +127,13 @@ def test_the_api_serves_stale_signing_keys_for_24_hours_by_default(own_issuer, t
     identity-provider outage the API keeps accepting tokens for 24 h, then
     answers 503 auth_unavailable; then recovers when the provider is back."""
     env = api_env(tmp_path, own_issuer, {"policies": {"default": {"tables": ["inventory"]}}})
-    clock = FakeClock()
     with make_app_client(env) as client:
         validator = client.app.state.validator
         assert validator.jwks.max_stale == 86_400  # the default reached the cache
+        # The keys were fetched on the real monotonic clock: continue from its reading.
+        base = time.monotonic()
+        clock = FakeClock()
+        clock.now = base
         validator.jwks.clock = validator.clock = clock
         validator.cache_entries = 0  # every request asks the JWKS cache
         auth = {"Authorization": f"Bearer {own_issuer.mint(ttl=3600)}"}
@@ -137,10 +141,10 @@ def test_the_api_serves_stale_signing_keys_for_24_hours_by_default(own_issuer, t
         assert client.get("/schema", headers=auth).status_code == 200
         own_issuer.fail_jwks = True
         for hours in (1, 12, 23.9):
-            clock.now = 1_000.0 + hours * 3600  # TTL long past; every refetch fails
+            clock.now = base + hours * 3600  # TTL long past; every refetch fails
             response = client.get("/schema", headers=auth)
             assert response.status_code == 200, (hours, response.text)
-        clock.now = 1_000.0 + 86_400 + 120
+        clock.now = base + 86_400 + 120
         refused = client.get("/schema", headers=auth)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "auth_unavailable"

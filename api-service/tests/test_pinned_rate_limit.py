@@ -12,6 +12,8 @@ import redis
 
 from api_service.auth.rate_limit import RedisRateLimiter
 
+WINDOW = 60  # seconds; the policy window the limiter keys its Redis set by
+
 
 def _plant_hits(url: str, key: str, ages_seconds: list[float]) -> None:
     client = redis.Redis.from_url(url)
@@ -28,7 +30,7 @@ def _plant_hits(url: str, key: str, ages_seconds: list[float]) -> None:
 def _run(limiter: RedisRateLimiter, user: str, n: int) -> list[bool]:
     async def go() -> list[bool]:
         try:
-            return [(await limiter.hit(user, 3, 60)).allowed for _ in range(n)]
+            return [(await limiter.hit(user, 3, WINDOW)).allowed for _ in range(n)]
         finally:
             await limiter.aclose()
 
@@ -39,7 +41,7 @@ def test_hits_from_the_previous_window_no_longer_count(redis_url):
     prefix = f"test-rl-{uuid.uuid4().hex}"
     limiter = RedisRateLimiter(redis_url, prefix=prefix)
     # The limit (3) was used up 61-90 s ago: a new window has begun.
-    _plant_hits(redis_url, limiter._key("alice"), [90, 75, 61])
+    _plant_hits(redis_url, limiter._key("alice", WINDOW), [90, 75, 61])
     assert _run(limiter, "alice", 4) == [True, True, True, False]
 
 
@@ -47,11 +49,11 @@ def test_hits_inside_the_window_still_count(redis_url):
     prefix = f"test-rl-{uuid.uuid4().hex}"
     limiter = RedisRateLimiter(redis_url, prefix=prefix)
     # Two old hits (pruned), two within the last 60 s (counted): one more fits.
-    _plant_hits(redis_url, limiter._key("bob"), [120, 70, 59, 1])
+    _plant_hits(redis_url, limiter._key("bob", WINDOW), [120, 70, 59, 1])
     assert _run(limiter, "bob", 2) == [True, False]
     client = redis.Redis.from_url(redis_url)
     try:
-        key = limiter._key("bob")
+        key = limiter._key("bob", WINDOW)
         assert client.zcard(key) == 3  # the two old hits are gone, the refusal not counted
         client.delete(key)
     finally:
