@@ -249,7 +249,9 @@ def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
             after = _answer(api, token, INVENTORY_SQL)
             assert after["data_version"] == manifest_version
             assert after["data"] == expected
-            lake = httpx.get(api.url + "/health", timeout=5).json()["lake_replica"]
+            details = {"Authorization": f"Bearer {issuer.mint(scopes='read:status')}"}
+            health = httpx.get(api.url + "/health", headers=details, timeout=5).json()
+            lake = health["lake_replica"]
             assert lake["bootstraps_total"] == 1
     finally:
         for api in hosts:
