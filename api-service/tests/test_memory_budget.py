@@ -16,8 +16,10 @@ from analytics_shared.memory_limit import MemoryLimit, detect_memory_limit, pars
 from api_service.errors import Busy
 from api_service.ops.memory_budget import (
     ENCODE_FACTOR,
+    LIGHT_WORK_BYTES,
     MASTER_BYTES,
     apply_budget,
+    duckdb_untracked,
     plan_budget,
     plan_workers,
 )
@@ -186,3 +188,20 @@ def test_the_event_loop_side_waits_without_blocking_the_loop():
         return order
 
     assert asyncio.run(scenario()) == ["loop runs", "admitted"]
+
+
+def test_what_duckdb_holds_past_its_limit_and_each_query_threads_light_work_are_budgeted():
+    limit = MemoryLimit(512 * MIB, "cgroup v1")
+    budget = plan_budget(limit, workers=1, query_workers=4)
+    # DuckDB's share covers its memory_limit and what it was measured to hold past it.
+    assert 0 <= budget.duckdb_untracked - duckdb_untracked(budget.duckdb) <= 1  # (rounding)
+    assert budget.light == 4 * LIGHT_WORK_BYTES
+    _fits(budget, limit.bytes)
+    # An explicit DUCKDB_MEMORY_LIMIT keeps its value and still pays for the rest.
+    given = plan_budget(limit, workers=1, query_workers=4, duckdb_memory_limit=96 * MIB)
+    assert given.duckdb == 96 * MIB and given.duckdb_untracked == duckdb_untracked(96 * MIB)
+    _fits(given, limit.bytes)
+    # More query threads: more light work, less for the shares.
+    wider = plan_budget(limit, workers=1, query_workers=8)
+    assert wider.light == 2 * budget.light and wider.duckdb < budget.duckdb
+    _fits(wider, limit.bytes)

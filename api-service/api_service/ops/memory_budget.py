@@ -5,13 +5,22 @@ size itself) the limit the kernel will enforce (`analytics_shared.memory_limit`)
 is divided:
 
     limit = headroom + master + reserve (an ETL in the same container)
-            + workers x (python + malloc retained + DuckDB + heavy work + cache)
+            + workers x (python + light work + malloc retained
+                         + DuckDB + DuckDB untracked + heavy work + cache)
 
-- python: a worker's own footprint with its libraries and a snapshot open
-  (measured: benchmarks/README.md, "Memory");
+- python: a worker's own footprint with its libraries and a snapshot open,
+  idle (measured: benchmarks/README.md, "Memory");
+- light work: what each query thread holds while it answers a result under
+  LIGHT_RESULT_BYTES, which takes no reservation: the Arrow batches DuckDB
+  hands over (malloc'd), the encoded body, a br/gzip copy (measured per
+  10,000-row page, benchmarks/README.md "Where a worker's memory goes");
 - malloc retained: freed heap glibc keeps per arena (ops/malloc_tuning.py);
 - DuckDB: `memory_limit` of the worker's database (it spills sorts and
   joins to `temp_directory` beyond it);
+- DuckDB untracked: what DuckDB holds past `memory_limit` (state outside its
+  buffer manager, its allocator's caches): measured at DUCKDB_UNTRACKED_FRACTION
+  of the limit plus DUCKDB_UNTRACKED_BYTES under concurrent sorts, with its
+  allocator flushed early (data/snapshots.py, DUCKDB_FLUSH_THRESHOLD);
 - heavy work: the admission budget (query/admission.py) for results past
   LIGHT_RESULT_BYTES and open streams: their Arrow data, encoded bodies and
   compression buffers. MAX_RESULT_BYTES follows from it;
@@ -54,8 +63,18 @@ HEADROOM_FRACTION = 0.10
 MIN_HEADROOM = 32 * MIB
 MIN_DUCKDB = 64 * MIB
 MIN_HEAVY = 24 * MIB
-# Below this DuckDB gets, a worker is not worth its footprint.
-MIN_WORKER_BYTES = PYTHON_WORKER_BYTES + MIN_DUCKDB + MIN_HEAVY
+# Per query thread: a light (unreserved) result being encoded and compressed.
+# Measured: a 10,000-row JSON page (0.7 MB of Arrow, 1.9 MB of JSON) peaks at
+# 3-6 MiB identity or gzip, 8-19 MiB with br; under the mixed load the worker's
+# malloc heap held 90-130 MiB past its idle size with 4 query threads.
+LIGHT_WORK_BYTES = 12 * MIB
+# DuckDB's resident memory past its memory_limit: measured 20-25 MiB over the
+# limit with two 400,000-500,000-row sorts at once (117 MB and 76 MB limits).
+DUCKDB_UNTRACKED_FRACTION = 0.10
+DUCKDB_UNTRACKED_BYTES = 16 * MIB
+# Below this DuckDB gets, a worker is not worth its footprint (4 query threads,
+# the fewest settings.py gives a worker).
+MIN_WORKER_BYTES = PYTHON_WORKER_BYTES + 4 * LIGHT_WORK_BYTES + MIN_DUCKDB + MIN_HEAVY
 # Freed heap glibc keeps per arena; a tight worker keeps less (malloc_tuning).
 RETAIN_PER_ARENA = 16 * MIB
 RETAIN_PER_ARENA_TIGHT = 2 * MIB
@@ -82,9 +101,11 @@ class MemoryBudget:
     master: int
     reserve: int  # for an ETL sharing the container (all-in-one), 0 otherwise
     python: int
+    light: int  # query_workers x LIGHT_WORK_BYTES
     malloc_retained: int
     malloc_retain_per_arena: int
     duckdb: int
+    duckdb_untracked: int  # DuckDB's resident memory past `duckdb` (its memory_limit)
     heavy: int
     cache: int
     max_result_bytes: int
@@ -92,13 +113,26 @@ class MemoryBudget:
 
     @property
     def per_worker(self) -> int:
-        return self.python + self.malloc_retained + self.duckdb + self.heavy + self.cache
+        return (
+            self.python
+            + self.light
+            + self.malloc_retained
+            + self.duckdb
+            + self.duckdb_untracked
+            + self.heavy
+            + self.cache
+        )
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["explicit"] = list(self.explicit)
         out["per_worker"] = self.per_worker
         return out
+
+
+def duckdb_untracked(memory_limit: int) -> int:
+    """What DuckDB holds past `memory_limit` (measured, see the constants)."""
+    return int(memory_limit * DUCKDB_UNTRACKED_FRACTION) + DUCKDB_UNTRACKED_BYTES
 
 
 def _headroom(limit: int) -> int:
@@ -141,7 +175,8 @@ def plan_budget(
     # Every query thread may own a malloc arena, plus the event loop's.
     arenas = query_workers + 1
     retain = RETAIN_PER_ARENA if per_worker >= 768 * MIB else RETAIN_PER_ARENA_TIGHT
-    fixed = PYTHON_WORKER_BYTES + arenas * retain
+    light = query_workers * LIGHT_WORK_BYTES
+    fixed = PYTHON_WORKER_BYTES + light + arenas * retain
     free = per_worker - fixed
     fix = f"the memory limit is {limit.bytes // MIB} MiB ({limit.source})" + (
         f" for {workers} workers: lower WEB_CONCURRENCY" if workers > 1 else ""
@@ -155,9 +190,10 @@ def plan_budget(
     # Shares of what is free: DuckDB 45%, heavy work 35%, cache 20%; an explicit
     # value takes its bytes and the others share the rest in proportion.
     shares = {"duckdb": 0.45, "heavy": 0.35, "cache": 0.20}
+    # The DuckDB share covers its memory_limit and what it holds past it.
     given: dict[str, int] = {}
     if duckdb_memory_limit is not None:
-        given["duckdb"] = duckdb_memory_limit
+        given["duckdb"] = duckdb_memory_limit + duckdb_untracked(duckdb_memory_limit)
     if result_cache_bytes is not None:
         given["cache"] = result_cache_bytes
     rest = free - sum(given.values())
@@ -169,7 +205,12 @@ def plan_budget(
             parts["cache"] - DEFAULT_CACHE_BYTES
         )
         parts["cache"] = DEFAULT_CACHE_BYTES
-    if parts["duckdb"] < MIN_DUCKDB or parts["heavy"] < MIN_HEAVY:
+    duckdb = (
+        duckdb_memory_limit
+        if duckdb_memory_limit is not None
+        else int((parts["duckdb"] - DUCKDB_UNTRACKED_BYTES) / (1 + DUCKDB_UNTRACKED_FRACTION))
+    )
+    if duckdb < MIN_DUCKDB or parts["heavy"] < MIN_HEAVY:
         raise ConfigurationError(
             f"{fix}, or lower DUCKDB_MEMORY_LIMIT / RESULT_CACHE_BYTES (each worker has"
             f" {free // MIB} MiB after Python's own; DuckDB needs at least"
@@ -195,9 +236,11 @@ def plan_budget(
         master=MASTER_BYTES,
         reserve=reserve,
         python=PYTHON_WORKER_BYTES,
+        light=light,
         malloc_retained=arenas * retain,
         malloc_retain_per_arena=retain,
-        duckdb=parts["duckdb"],
+        duckdb=duckdb,
+        duckdb_untracked=parts["duckdb"] - duckdb,
         heavy=parts["heavy"],
         cache=parts["cache"],
         max_result_bytes=max_result_bytes,
