@@ -202,6 +202,8 @@ def test_what_duckdb_holds_past_its_limit_and_each_query_threads_light_work_are_
     assert given.duckdb == 96 * MIB and given.duckdb_untracked == duckdb_untracked(96 * MIB)
     _fits(given, limit.bytes)
     # More query threads: more light work, less for the shares.
-    wider = plan_budget(limit, workers=1, query_workers=8)
-    assert wider.light == 2 * budget.light and wider.duckdb < budget.duckdb
-    _fits(wider, limit.bytes)
+    big = MemoryLimit(1024 * MIB, "cgroup v1")
+    narrow = plan_budget(big, workers=1, query_workers=4)
+    wider = plan_budget(big, workers=1, query_workers=8)
+    assert wider.light == 2 * narrow.light and wider.duckdb < narrow.duckdb
+    _fits(wider, big.bytes)
