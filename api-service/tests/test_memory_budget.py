@@ -207,3 +207,10 @@ def test_what_duckdb_holds_past_its_limit_and_each_query_threads_light_work_are_
     wider = plan_budget(big, workers=1, query_workers=8)
     assert wider.light == 2 * narrow.light and wider.duckdb < narrow.duckdb
     _fits(wider, big.bytes)
+
+
+def test_many_cores_at_512_mb_still_start_and_encode_no_more_than_the_budget_holds():
+    # 8 cores, one worker: 16 query threads by default; their encodes share 4 slots.
+    budget = plan_budget(MemoryLimit(512 * MIB, "cgroup v1"), workers=1, query_workers=16)
+    assert budget.encode_slots == 4 and budget.light == 4 * LIGHT_WORK_BYTES
+    _fits(budget, 512 * MIB)

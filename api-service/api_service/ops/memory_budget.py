@@ -10,8 +10,9 @@ is divided:
 
 - python: a worker's own footprint with its libraries and a snapshot open,
   idle (measured: benchmarks/README.md, "Memory");
-- light work: what each query thread holds while it answers a result under
-  LIGHT_RESULT_BYTES, which takes no reservation: the Arrow batches DuckDB
+- light work: what each encode slot holds while it answers a result under
+  LIGHT_RESULT_BYTES, which takes no reservation (at most `encode_slots`
+  buffered results are encoded at once per worker, query/executor.py): the Arrow batches DuckDB
   hands over (malloc'd), the encoded body, a br/gzip copy (measured per
   10,000-row page, benchmarks/README.md "Where a worker's memory goes");
 - malloc retained: freed heap glibc keeps per arena (ops/malloc_tuning.py);
@@ -61,7 +62,7 @@ MASTER_BYTES = 40 * MIB
 PYTHON_WORKER_BYTES = 150 * MIB
 HEADROOM_FRACTION = 0.10
 MIN_HEADROOM = 32 * MIB
-MIN_DUCKDB = 64 * MIB
+MIN_DUCKDB = 48 * MIB  # its memory_limit; the share adds what it holds past it
 MIN_HEAVY = 24 * MIB
 # Per query thread: a light (unreserved) result being encoded and compressed.
 # Measured: a 10,000-row JSON page (0.7 MB of Arrow, 1.9 MB of JSON) peaks at
@@ -72,9 +73,13 @@ LIGHT_WORK_BYTES = 12 * MIB
 # limit with two 400,000-500,000-row sorts at once (117 MB and 76 MB limits).
 DUCKDB_UNTRACKED_FRACTION = 0.10
 DUCKDB_UNTRACKED_BYTES = 16 * MIB
-# Below this DuckDB gets, a worker is not worth its footprint (4 query threads,
-# the fewest settings.py gives a worker).
-MIN_WORKER_BYTES = PYTHON_WORKER_BYTES + 4 * LIGHT_WORK_BYTES + MIN_DUCKDB + MIN_HEAVY
+# Buffered results encoded at once by a worker whose share is under 768 MiB
+# (a larger one encodes on every query thread).
+TIGHT_ENCODE_SLOTS = 4
+# Below this DuckDB gets, a worker is not worth its footprint.
+MIN_WORKER_BYTES = (
+    PYTHON_WORKER_BYTES + TIGHT_ENCODE_SLOTS * LIGHT_WORK_BYTES + MIN_DUCKDB + MIN_HEAVY
+)
 # Freed heap glibc keeps per arena; a tight worker keeps less (malloc_tuning).
 RETAIN_PER_ARENA = 16 * MIB
 RETAIN_PER_ARENA_TIGHT = 2 * MIB
@@ -101,7 +106,8 @@ class MemoryBudget:
     master: int
     reserve: int  # for an ETL sharing the container (all-in-one), 0 otherwise
     python: int
-    light: int  # query_workers x LIGHT_WORK_BYTES
+    light: int  # encode_slots x LIGHT_WORK_BYTES
+    encode_slots: int  # buffered results encoded at once
     malloc_retained: int
     malloc_retain_per_arena: int
     duckdb: int
@@ -174,8 +180,10 @@ def plan_budget(
     per_worker = (limit.bytes - headroom - MASTER_BYTES - reserve) // max(1, workers)
     # Every query thread may own a malloc arena, plus the event loop's.
     arenas = query_workers + 1
-    retain = RETAIN_PER_ARENA if per_worker >= 768 * MIB else RETAIN_PER_ARENA_TIGHT
-    light = query_workers * LIGHT_WORK_BYTES
+    tight = per_worker < 768 * MIB
+    retain = RETAIN_PER_ARENA_TIGHT if tight else RETAIN_PER_ARENA
+    encode_slots = min(query_workers, TIGHT_ENCODE_SLOTS) if tight else query_workers
+    light = encode_slots * LIGHT_WORK_BYTES
     fixed = PYTHON_WORKER_BYTES + light + arenas * retain
     free = per_worker - fixed
     fix = f"the memory limit is {limit.bytes // MIB} MiB ({limit.source})" + (
@@ -237,6 +245,7 @@ def plan_budget(
         reserve=reserve,
         python=PYTHON_WORKER_BYTES,
         light=light,
+        encode_slots=encode_slots,
         malloc_retained=arenas * retain,
         malloc_retain_per_arena=retain,
         duckdb=duckdb,
