@@ -16,8 +16,10 @@ from analytics_shared.memory_limit import MemoryLimit, detect_memory_limit, pars
 from api_service.errors import Busy
 from api_service.ops.memory_budget import (
     ENCODE_FACTOR,
+    LIGHT_WORK_BYTES,
     MASTER_BYTES,
     apply_budget,
+    duckdb_untracked,
     plan_budget,
     plan_workers,
 )
@@ -199,9 +201,6 @@ def test_all_in_one_at_512_mb_leaves_the_etl_its_share_and_still_fits() -> None:
     assert budget.reserve == share and budget.duckdb >= 48 * MIB
     etl = plan_etl_budget(MemoryLimit(share, "all-in-one share"), cores=2, embedded=True)
     assert etl.headroom == 0 and etl.duckdb >= 32 * MIB
-    # Alone, the API would refuse a DuckDB that small; sharing, it accepts it.
-    with pytest.raises(ConfigurationError, match="DuckDB needs at least 64 MiB"):
-        plan_budget(limit, workers=1, query_workers=4, reserve=0, duckdb_memory_limit=50 * MIB)
 
 
 def test_all_in_one_refuses_more_than_one_worker(monkeypatch, capsys) -> None:
@@ -211,3 +210,29 @@ def test_all_in_one_refuses_more_than_one_worker(monkeypatch, capsys) -> None:
     monkeypatch.setenv("ALL_IN_ONE", "false")  # restored afterwards: --with-etl sets it
     assert main(["serve", "--with-etl"]) == 2
     assert "all-in-one runs one worker" in capsys.readouterr().err
+
+
+def test_what_duckdb_holds_past_its_limit_and_each_query_threads_light_work_are_budgeted():
+    limit = MemoryLimit(512 * MIB, "cgroup v1")
+    budget = plan_budget(limit, workers=1, query_workers=4)
+    # DuckDB's share covers its memory_limit and what it was measured to hold past it.
+    assert 0 <= budget.duckdb_untracked - duckdb_untracked(budget.duckdb) <= 1  # (rounding)
+    assert budget.light == 4 * LIGHT_WORK_BYTES
+    _fits(budget, limit.bytes)
+    # An explicit DUCKDB_MEMORY_LIMIT keeps its value and still pays for the rest.
+    given = plan_budget(limit, workers=1, query_workers=4, duckdb_memory_limit=96 * MIB)
+    assert given.duckdb == 96 * MIB and given.duckdb_untracked == duckdb_untracked(96 * MIB)
+    _fits(given, limit.bytes)
+    # More query threads: more light work, less for the shares.
+    big = MemoryLimit(1024 * MIB, "cgroup v1")
+    narrow = plan_budget(big, workers=1, query_workers=4)
+    wider = plan_budget(big, workers=1, query_workers=8)
+    assert wider.light == 2 * narrow.light and wider.duckdb < narrow.duckdb
+    _fits(wider, big.bytes)
+
+
+def test_many_cores_at_512_mb_still_start_and_encode_no_more_than_the_budget_holds():
+    # 8 cores, one worker: 16 query threads by default; their encodes share 4 slots.
+    budget = plan_budget(MemoryLimit(512 * MIB, "cgroup v1"), workers=1, query_workers=16)
+    assert budget.encode_slots == 4 and budget.light == 4 * LIGHT_WORK_BYTES
+    _fits(budget, 512 * MIB)

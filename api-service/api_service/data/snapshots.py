@@ -50,6 +50,9 @@ __all__ = ["Snapshot", "SnapshotManager", "open_sandboxed"]
 log = get_logger(__name__)
 
 
+DUCKDB_FLUSH_THRESHOLD = "8MB"
+
+
 def open_sandboxed(
     path: Path,
     *,
@@ -69,6 +72,12 @@ def open_sandboxed(
         "python_enable_replacements": False,
         "memory_limit": memory_limit,
         "threads": threads,
+        # DuckDB's own allocator (jemalloc) keeps freed pages until 128 MiB of
+        # them pile up, on top of `memory_limit`: purge in the background, and
+        # after any task past a few MiB, so its resident memory follows the limit
+        # (ops/memory_budget.py, DUCKDB_OVERSHOOT).
+        "allocator_flush_threshold": DUCKDB_FLUSH_THRESHOLD,
+        "allocator_background_threads": True,
     }
     if temp_directory is not None:
         # DuckDB refuses a temp_directory once external access is off, so that

@@ -5,13 +5,23 @@ size itself) the limit the kernel will enforce (`analytics_shared.memory_limit`)
 is divided:
 
     limit = headroom + master + reserve (an ETL in the same container)
-            + workers x (python + malloc retained + DuckDB + heavy work + cache)
+            + workers x (python + light work + malloc retained
+                         + DuckDB + DuckDB untracked + heavy work + cache)
 
-- python: a worker's own footprint with its libraries and a snapshot open
-  (measured: benchmarks/README.md, "Memory");
+- python: a worker's own footprint with its libraries and a snapshot open,
+  idle (measured: benchmarks/README.md, "Memory");
+- light work: what each encode slot holds while it answers a result under
+  LIGHT_RESULT_BYTES, which takes no reservation (at most `encode_slots`
+  buffered results are encoded at once per worker, query/executor.py): the Arrow batches DuckDB
+  hands over (malloc'd), the encoded body, a br/gzip copy (measured per
+  10,000-row page, benchmarks/README.md "Where a worker's memory goes");
 - malloc retained: freed heap glibc keeps per arena (ops/malloc_tuning.py);
 - DuckDB: `memory_limit` of the worker's database (it spills sorts and
   joins to `temp_directory` beyond it);
+- DuckDB untracked: what DuckDB holds past `memory_limit` (state outside its
+  buffer manager, its allocator's caches): measured at DUCKDB_UNTRACKED_FRACTION
+  of the limit plus DUCKDB_UNTRACKED_BYTES under concurrent sorts, with its
+  allocator flushed early (data/snapshots.py, DUCKDB_FLUSH_THRESHOLD);
 - heavy work: the admission budget (query/admission.py) for results past
   LIGHT_RESULT_BYTES and open streams: their Arrow data, encoded bodies and
   compression buffers. MAX_RESULT_BYTES follows from it;
@@ -52,13 +62,24 @@ MASTER_BYTES = 40 * MIB
 PYTHON_WORKER_BYTES = 150 * MIB
 HEADROOM_FRACTION = 0.10
 MIN_HEADROOM = 32 * MIB
-MIN_DUCKDB = 64 * MIB
-# Sharing the container with an ETL (all-in-one), DuckDB may get less: it
-# spills to temp_directory sooner.
-MIN_DUCKDB_SHARED = 48 * MIB
+MIN_DUCKDB = 48 * MIB  # its memory_limit; the share adds what it holds past it
 MIN_HEAVY = 24 * MIB
+# Per query thread: a light (unreserved) result being encoded and compressed.
+# Measured: a 10,000-row JSON page (0.7 MB of Arrow, 1.9 MB of JSON) peaks at
+# 3-6 MiB identity or gzip, 8-19 MiB with br; under the mixed load the worker's
+# malloc heap held 90-130 MiB past its idle size with 4 query threads.
+LIGHT_WORK_BYTES = 12 * MIB
+# DuckDB's resident memory past its memory_limit: measured 20-25 MiB over the
+# limit with two 400,000-500,000-row sorts at once (117 MB and 76 MB limits).
+DUCKDB_UNTRACKED_FRACTION = 0.10
+DUCKDB_UNTRACKED_BYTES = 16 * MIB
+# Buffered results encoded at once by a worker whose share is under 768 MiB
+# (a larger one encodes on every query thread).
+TIGHT_ENCODE_SLOTS = 4
 # Below this DuckDB gets, a worker is not worth its footprint.
-MIN_WORKER_BYTES = PYTHON_WORKER_BYTES + MIN_DUCKDB + MIN_HEAVY
+MIN_WORKER_BYTES = (
+    PYTHON_WORKER_BYTES + TIGHT_ENCODE_SLOTS * LIGHT_WORK_BYTES + MIN_DUCKDB + MIN_HEAVY
+)
 # Freed heap glibc keeps per arena; a tight worker keeps less (malloc_tuning).
 RETAIN_PER_ARENA = 16 * MIB
 RETAIN_PER_ARENA_TIGHT = 2 * MIB
@@ -85,9 +106,12 @@ class MemoryBudget:
     master: int
     reserve: int  # for an ETL sharing the container (all-in-one), 0 otherwise
     python: int
+    light: int  # encode_slots x LIGHT_WORK_BYTES
+    encode_slots: int  # buffered results encoded at once
     malloc_retained: int
     malloc_retain_per_arena: int
     duckdb: int
+    duckdb_untracked: int  # DuckDB's resident memory past `duckdb` (its memory_limit)
     heavy: int
     cache: int
     max_result_bytes: int
@@ -95,13 +119,26 @@ class MemoryBudget:
 
     @property
     def per_worker(self) -> int:
-        return self.python + self.malloc_retained + self.duckdb + self.heavy + self.cache
+        return (
+            self.python
+            + self.light
+            + self.malloc_retained
+            + self.duckdb
+            + self.duckdb_untracked
+            + self.heavy
+            + self.cache
+        )
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["explicit"] = list(self.explicit)
         out["per_worker"] = self.per_worker
         return out
+
+
+def duckdb_untracked(memory_limit: int) -> int:
+    """What DuckDB holds past `memory_limit` (measured, see the constants)."""
+    return int(memory_limit * DUCKDB_UNTRACKED_FRACTION) + DUCKDB_UNTRACKED_BYTES
 
 
 def _headroom(limit: int) -> int:
@@ -143,8 +180,11 @@ def plan_budget(
     per_worker = (limit.bytes - headroom - MASTER_BYTES - reserve) // max(1, workers)
     # Every query thread may own a malloc arena, plus the event loop's.
     arenas = query_workers + 1
-    retain = RETAIN_PER_ARENA if per_worker >= 768 * MIB else RETAIN_PER_ARENA_TIGHT
-    fixed = PYTHON_WORKER_BYTES + arenas * retain
+    tight = per_worker < 768 * MIB
+    retain = RETAIN_PER_ARENA_TIGHT if tight else RETAIN_PER_ARENA
+    encode_slots = min(query_workers, TIGHT_ENCODE_SLOTS) if tight else query_workers
+    light = encode_slots * LIGHT_WORK_BYTES
+    fixed = PYTHON_WORKER_BYTES + light + arenas * retain
     free = per_worker - fixed
     fix = f"the memory limit is {limit.bytes // MIB} MiB ({limit.source})" + (
         f" for {workers} workers: lower WEB_CONCURRENCY" if workers > 1 else ""
@@ -158,9 +198,10 @@ def plan_budget(
     # Shares of what is free: DuckDB 45%, heavy work 35%, cache 20%; an explicit
     # value takes its bytes and the others share the rest in proportion.
     shares = {"duckdb": 0.45, "heavy": 0.35, "cache": 0.20}
+    # The DuckDB share covers its memory_limit and what it holds past it.
     given: dict[str, int] = {}
     if duckdb_memory_limit is not None:
-        given["duckdb"] = duckdb_memory_limit
+        given["duckdb"] = duckdb_memory_limit + duckdb_untracked(duckdb_memory_limit)
     if result_cache_bytes is not None:
         given["cache"] = result_cache_bytes
     rest = free - sum(given.values())
@@ -172,12 +213,16 @@ def plan_budget(
             parts["cache"] - DEFAULT_CACHE_BYTES
         )
         parts["cache"] = DEFAULT_CACHE_BYTES
-    min_duckdb = MIN_DUCKDB_SHARED if reserve else MIN_DUCKDB
-    if parts["duckdb"] < min_duckdb or parts["heavy"] < MIN_HEAVY:
+    duckdb = (
+        duckdb_memory_limit
+        if duckdb_memory_limit is not None
+        else int((parts["duckdb"] - DUCKDB_UNTRACKED_BYTES) / (1 + DUCKDB_UNTRACKED_FRACTION))
+    )
+    if duckdb < MIN_DUCKDB or parts["heavy"] < MIN_HEAVY:
         raise ConfigurationError(
             f"{fix}, or lower DUCKDB_MEMORY_LIMIT / RESULT_CACHE_BYTES (each worker has"
             f" {free // MIB} MiB after Python's own; DuckDB needs at least"
-            f" {min_duckdb // MIB} MiB and large results {MIN_HEAVY // MIB} MiB)"
+            f" {MIN_DUCKDB // MIB} MiB and large results {MIN_HEAVY // MIB} MiB)"
         )
     # Two of the largest buffered JSON results fit the heavy budget at once.
     largest = max(ENCODE_FACTOR.values())
@@ -199,9 +244,12 @@ def plan_budget(
         master=MASTER_BYTES,
         reserve=reserve,
         python=PYTHON_WORKER_BYTES,
+        light=light,
+        encode_slots=encode_slots,
         malloc_retained=arenas * retain,
         malloc_retain_per_arena=retain,
-        duckdb=parts["duckdb"],
+        duckdb=duckdb,
+        duckdb_untracked=parts["duckdb"] - duckdb,
         heavy=parts["heavy"],
         cache=parts["cache"],
         max_result_bytes=max_result_bytes,

@@ -119,7 +119,17 @@ class _DataFreshness(Collector):
 class _MemoryBudget(Collector):
     """The answering worker's memory budget (ops/memory_budget.py) and its use."""
 
-    _PARTS = ("limit", "headroom", "python", "malloc_retained", "duckdb", "heavy", "cache")
+    _PARTS = (
+        "limit",
+        "headroom",
+        "python",
+        "light",
+        "malloc_retained",
+        "duckdb",
+        "duckdb_untracked",
+        "heavy",
+        "cache",
+    )
 
     def __init__(self, memory: dict[str, object] | None) -> None:
         self.memory = memory

@@ -249,9 +249,13 @@ class ResultStream:
 
 
 class QueryExecutor:
-    def __init__(self, workers: int, admission: AdmissionGate | None = None) -> None:
+    def __init__(
+        self, workers: int, admission: AdmissionGate | None = None, encode_slots: int | None = None
+    ) -> None:
         self.workers = workers
         self.admission = admission
+        # Buffered results encoded at once: the budget's light work (memory_budget.py).
+        self._encodes = threading.BoundedSemaphore(encode_slots or workers)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._local = threading.local()
         self.active = 0  # queries submitted and not finished (for metrics/tests)
@@ -337,7 +341,10 @@ class QueryExecutor:
                 total=total,
             )
             # Encoding in the same pool task saves a second thread hop per request.
-            return (result, then(result)) if then is not None else result
+            if then is None:
+                return result
+            with self._encodes:
+                return result, then(result)
 
     def _open_stream(
         self,

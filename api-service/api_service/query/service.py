@@ -126,7 +126,9 @@ class QueryService:
             if budget is not None
             else None
         )
-        executor = QueryExecutor(settings.query_workers, gate)
+        executor = QueryExecutor(
+            settings.query_workers, gate, budget.encode_slots if budget is not None else None
+        )
         cache = ResultCache(settings.result_cache_bytes)
         return cls(settings, snapshots, executor, cache, Paginator(signer), budget)
 
