@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 from api_service.dev.issuer import DevIssuer
 
 # Every scope the API checks, as the demo's token: the operator tries GET /status too.
-DEFAULT_SCOPES = "read:analytics read:schema read:status"
+DEFAULT_SCOPES = "read:analytics read:schema read:status admin:etl"  # local compose only
 
 
 def main() -> int:

@@ -419,6 +419,9 @@ def _shape(schema: dict[str, Any], whitelist: Whitelist) -> dict[str, Any]:
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     }
                 }
+            elif "422" in op.get("responses", {}):
+                # Any other route (status, admin): 422 in the API's own error shape.
+                op["responses"].update(_errors([422]))
     generic = schema["paths"].get("/queries/{name}")
     if generic is not None:
         for name, query in sorted(whitelist.named_queries.items()):
