@@ -76,6 +76,9 @@ DUCKDB_UNTRACKED_BYTES = 16 * MIB
 # Buffered results encoded at once by a worker whose share is under 768 MiB
 # (a larger one encodes on every query thread).
 TIGHT_ENCODE_SLOTS = 4
+# Sharing the container with the ETL (all-in-one): fewer at once, so the worker's
+# light work still leaves DuckDB and large results their minimums at 512 MiB.
+SHARED_ENCODE_SLOTS = 2
 # Below this DuckDB gets, a worker is not worth its footprint.
 MIN_WORKER_BYTES = (
     PYTHON_WORKER_BYTES + TIGHT_ENCODE_SLOTS * LIGHT_WORK_BYTES + MIN_DUCKDB + MIN_HEAVY
@@ -183,6 +186,8 @@ def plan_budget(
     tight = per_worker < 768 * MIB
     retain = RETAIN_PER_ARENA_TIGHT if tight else RETAIN_PER_ARENA
     encode_slots = min(query_workers, TIGHT_ENCODE_SLOTS) if tight else query_workers
+    if reserve:
+        encode_slots = min(encode_slots, SHARED_ENCODE_SLOTS)
     light = encode_slots * LIGHT_WORK_BYTES
     fixed = PYTHON_WORKER_BYTES + light + arenas * retain
     free = per_worker - fixed
