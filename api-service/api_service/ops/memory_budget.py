@@ -78,7 +78,9 @@ DUCKDB_UNTRACKED_BYTES = 16 * MIB
 TIGHT_ENCODE_SLOTS = 4
 # Sharing the container with the ETL (all-in-one): fewer at once, so the worker's
 # light work still leaves DuckDB and large results their minimums at 512 MiB.
-SHARED_ENCODE_SLOTS = 2
+SHARED_ENCODE_SLOTS = 1
+# ... and DuckDB may get less than alone: it spills to temp_directory sooner.
+MIN_DUCKDB_SHARED = 32 * MIB
 # Below this DuckDB gets, a worker is not worth its footprint.
 MIN_WORKER_BYTES = (
     PYTHON_WORKER_BYTES + TIGHT_ENCODE_SLOTS * LIGHT_WORK_BYTES + MIN_DUCKDB + MIN_HEAVY
@@ -223,11 +225,12 @@ def plan_budget(
         if duckdb_memory_limit is not None
         else int((parts["duckdb"] - DUCKDB_UNTRACKED_BYTES) / (1 + DUCKDB_UNTRACKED_FRACTION))
     )
-    if duckdb < MIN_DUCKDB or parts["heavy"] < MIN_HEAVY:
+    min_duckdb = MIN_DUCKDB_SHARED if reserve else MIN_DUCKDB
+    if duckdb < min_duckdb or parts["heavy"] < MIN_HEAVY:
         raise ConfigurationError(
             f"{fix}, or lower DUCKDB_MEMORY_LIMIT / RESULT_CACHE_BYTES (each worker has"
             f" {free // MIB} MiB after Python's own; DuckDB needs at least"
-            f" {MIN_DUCKDB // MIB} MiB and large results {MIN_HEAVY // MIB} MiB)"
+            f" {min_duckdb // MIB} MiB and large results {MIN_HEAVY // MIB} MiB)"
         )
     # Two of the largest buffered JSON results fit the heavy budget at once.
     largest = max(ENCODE_FACTOR.values())
