@@ -83,7 +83,7 @@ def _published_checksum(env: dict[str, str], work: Path) -> tuple[int, int]:
 
 
 @pytest.mark.timeout(1800)  # 10-15 minutes on a busy 2-core machine
-def test_a_10m_row_table_loads_publishes_and_syncs_within_512_mb(
+def test_a_multi_million_row_table_loads_publishes_and_syncs_within_512_mb(
     source_url: str, s3_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {
