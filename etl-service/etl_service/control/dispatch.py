@@ -93,6 +93,9 @@ def _wait(queue: CommandQueue, lock: WorkerLock, command_id: int, holder: Holder
         command = queue.get(command_id)
         assert command is not None
         if command.finished:
+            if command.progress and command.progress != seen[1]:
+                # Finished between two polls: its last progress still gets said.
+                _say(f"command {command_id} {command.progress}")
             return _finish(_outcome(command), command.kind)
         now = (command.status, command.progress)
         if now != seen:
