@@ -7,11 +7,12 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from analytics_shared.manifest import Manifest
+from analytics_shared.manifest import MANIFEST_KEY, Manifest
 from testsupport.api_server import ApiServer
 from testsupport.snapshots import QueryLoad, TinyWarehouse, run_etl, store_from_env, wait_for
 
@@ -86,7 +87,8 @@ def test_ten_versions_under_continuous_load_without_a_failed_request(
     assert len(results) > 100
     seen = {r[1] for r in results}
     assert seen <= set(published), seen - set(published)
-    assert len(seen) >= 8  # the swaps happened while the clients were querying
+    # every version published under load answered while the clients were querying
+    assert set(published) - {first.version} <= seen
     for _status, version, row, _ in results:
         # Each answer is consistent with the version that claims to have produced it.
         assert row == {"q": published[version], "lo": published[version], "n": ROWS}
@@ -98,24 +100,43 @@ def test_rollback_reaches_the_api_within_one_poll_interval(api_env, warehouse, i
     v1 = warehouse.publish(1)
     v2 = warehouse.publish(2)
     api = start_api(api_env, poll=poll, log_path=tmp_path / "api.log")
-    token = issuer.mint(sub="rollback-user")
+    token = issuer.mint(sub="rollback-user", scopes="read:analytics read:status")
     try:
         with httpx.Client(
             base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         ) as client:
             wait_for(lambda: all_answers_are(client, v2.version), timeout=60, what="v2 everywhere")
-            result = run_etl(["rollback", v1.version], api_env)
+            store = store_from_env(api_env)
+            with ThreadPoolExecutor(1) as pool:
+                rollback = pool.submit(run_etl, ["rollback", v1.version], api_env)
+                # While the CLI runs: when the store's manifest turns to v1 (the
+                # commit), and when each worker (by pid, a new connection per look)
+                # first answers from v1.
+                committed: list[float] = []
+                on_v1: dict[int, float] = {}
+
+                def both_workers_on_v1() -> bool:
+                    if not committed:
+                        manifest = Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0])
+                        if manifest.version == v1.version:
+                            committed.append(time.monotonic())
+                    h = client.get("/health", headers={"Connection": "close"}).json()
+                    if h["data_version"] == v1.version:
+                        on_v1.setdefault(h["worker_pid"], time.monotonic())
+                    return bool(committed) and len(on_v1) == 2
+
+                wait_for(both_workers_on_v1, timeout=90, interval=0.01, what="v1 on both")
+                result = rollback.result(timeout=120)
             assert result.returncode == 0, result.stderr[-3000:]
-            committed = time.monotonic()
-            wait_for(lambda: all_answers_are(client, v1.version), timeout=60, what="v1 everywhere")
-            elapsed = time.monotonic() - committed
-            assert ask(client) == (v1.version, 1)
+            assert all_answers_are(client, v1.version) and ask(client) == (v1.version, 1)
             health = client.get("/health").json()
             assert health["data_version"] == v1.version and health["status"] == "ok"
     finally:
         api.stop()
-    # One poll interval, plus slack for the check itself on a shared, loaded machine.
-    assert elapsed <= poll + 8, f"rollback took {elapsed:.1f}s to reach every worker"
+    # One poll interval, plus the time to fetch, verify and open v1 (a small snapshot:
+    # well under a second on an idle machine; 2 s here for a shared, loaded one).
+    elapsed = {pid: round(t - committed[0], 3) for pid, t in on_v1.items()}
+    assert max(elapsed.values()) <= poll + 2.0, f"seconds from the commit to each worker: {elapsed}"
     current = Manifest.from_json(store_from_env(api_env).get_bytes("current/manifest.json")[0])
     assert current.version == v1.version and current.previous_version == v2.version
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,20 @@ import httpx
 from testsupport.ports import free_port
 from testsupport.processes import stop_process
 
-__all__ = ["ApiServer"]
+__all__ = ["ApiServer", "request_records"]
+
+
+def request_records(log_path: Path) -> list[dict[str, Any]]:
+    """The `request` lines of a server's JSON log (`LOG_JSON=true`): each names
+    its `request_id` (the X-Request-ID answered), `path`, `status` and the `pid`
+    of the worker that answered."""
+    records = []
+    for line in log_path.read_text().splitlines():
+        if line.startswith("{") and '"request"' in line:
+            record = json.loads(line)
+            if record.get("event") == "request":
+                records.append(record)
+    return records
 
 
 class ApiServer:

@@ -124,46 +124,107 @@ def _tampered_signature(dev: DevIssuer) -> str:
     return f"{head}.{payload}.{flipped}"
 
 
-ATTACKS: dict[str, Callable[[DevIssuer], str]] = {
-    "alg_none": lambda d: raw_token({"alg": "none", "typ": "JWT", "kid": d.keys[0].kid}, claims(d)),
-    "alg_None_casing": lambda d: raw_token({"alg": "None", "kid": d.keys[0].kid}, claims(d)),
-    "hs256_signed_with_public_key": _hs256_with_public_key,
-    "ps256_when_only_rs256_allowed": lambda d: d.mint(algorithm="PS256"),
-    "expired": lambda d: d.mint(ttl=-120),
-    "not_yet_valid_nbf": lambda d: d.mint(nbf=int(time.time()) + 3600),
-    "issued_in_the_future": lambda d: d.mint(iat=int(time.time()) + 3600),
-    "wrong_issuer": lambda d: d.mint(iss="https://evil.example.com/"),
-    "issuer_prefix_trick": lambda d: d.mint(iss=d.issuer + "evil/"),
-    "issuer_without_trailing_slash": lambda d: d.mint(iss=d.issuer.rstrip("/")),
-    "issuer_as_list": lambda d: signed(d, claims(d, iss=[d.issuer])),
-    "wrong_audience": lambda d: d.mint(aud="https://other-api.example.com"),
-    "audience_list_without_ours": lambda d: d.mint(aud=["https://a.example", "https://b.example"]),
-    "audience_prefix_trick": lambda d: d.mint(aud=AUDIENCE + ".evil"),
-    "missing_exp": lambda d: d.mint(exp=None),
-    "missing_iat": lambda d: d.mint(iat=None),
-    "missing_sub": lambda d: d.mint(sub=None),
-    "missing_aud": lambda d: d.mint(aud=None),
-    "unknown_kid": lambda d: d.mint(headers={"kid": uuid.uuid4().hex}),
-    "no_kid": lambda d: raw_token({"alg": "RS256"}, claims(d), b"x" * 256),
-    "signed_by_attacker_key_with_real_kid": lambda d: d.mint(key=_attacker_key(d.keys[0].kid)),
-    "tampered_payload": _tampered_payload,
-    "tampered_signature": _tampered_signature,
-    "unknown_crit_header": lambda d: d.mint(headers={"crit": ["exp-ext"], "exp-ext": 1}),
-    "b64_false_unencoded_payload": lambda d: d.mint(headers={"b64": False, "crit": ["b64"]}),
-    "jku_header_injection": lambda d: d.mint(headers={"jku": "https://evil.example/jwks.json"}),
-    "embedded_jwk_header": lambda d: d.mint(headers={"jwk": _attacker_key("x").public_jwk}),
-    "id_token_nonce": lambda d: d.mint(nonce="n-0S6_WzA2Mj"),
-    "id_token_at_hash": lambda d: d.mint(at_hash="77QmUPtjPfzWtF2AnpK9RQ"),
-    "id_token_audience_is_client_id": lambda d: d.mint(aud="demo-app", nonce=None),
-    "typ_not_an_access_token": lambda d: d.mint(headers={"typ": "dpop+jwt"}),
-    "oversized_token": lambda d: d.mint(padding="x" * 20_000),
-    "malformed_base64": lambda d: "eyJhbGciOiJSUzI1NiJ9!!.e30.c2ln",
-    "two_parts_only": lambda d: ".".join(d.mint().split(".")[:2]),
-    "four_parts": lambda d: d.mint() + ".extra",
-    "header_not_an_object": lambda d: f"{b64(b'[1,2]')}.{b64(b'{}')}.{b64(b'sig')}",
-    "non_ascii_token": lambda d: d.mint() + "\u00e9",
-    "scope_not_a_string": lambda d: d.mint(scopes=None, scope=["read:analytics"]),
-    "empty_string": lambda d: "",
+# name: (the reason the validator gives, the token)
+ATTACKS: dict[str, tuple[str, Callable[[DevIssuer], str]]] = {
+    "alg_none": (
+        "token algorithm not accepted",
+        lambda d: raw_token({"alg": "none", "typ": "JWT", "kid": d.keys[0].kid}, claims(d)),
+    ),
+    "alg_None_casing": (
+        "token algorithm not accepted",
+        lambda d: raw_token({"alg": "None", "kid": d.keys[0].kid}, claims(d)),
+    ),
+    "hs256_signed_with_public_key": ("token algorithm not accepted", _hs256_with_public_key),
+    "ps256_when_only_rs256_allowed": (
+        "token algorithm not accepted",
+        lambda d: d.mint(algorithm="PS256"),
+    ),
+    "expired": ("token expired", lambda d: d.mint(ttl=-120)),
+    "not_yet_valid_nbf": ("token not yet valid", lambda d: d.mint(nbf=int(time.time()) + 3600)),
+    "issued_in_the_future": ("token not yet valid", lambda d: d.mint(iat=int(time.time()) + 3600)),
+    "wrong_issuer": (
+        "token issuer not accepted",
+        lambda d: d.mint(iss="https://evil.example.com/"),
+    ),
+    "issuer_prefix_trick": ("token issuer not accepted", lambda d: d.mint(iss=d.issuer + "evil/")),
+    "issuer_without_trailing_slash": (
+        "token issuer not accepted",
+        lambda d: d.mint(iss=d.issuer.rstrip("/")),
+    ),
+    "issuer_as_list": ("token issuer not accepted", lambda d: signed(d, claims(d, iss=[d.issuer]))),
+    "wrong_audience": (
+        "token audience is not this API",
+        lambda d: d.mint(aud="https://other-api.example.com"),
+    ),
+    "audience_list_without_ours": (
+        "token audience is not this API",
+        lambda d: d.mint(aud=["https://a.example", "https://b.example"]),
+    ),
+    "audience_prefix_trick": (
+        "token audience is not this API",
+        lambda d: d.mint(aud=AUDIENCE + ".evil"),
+    ),
+    "missing_exp": ("token lacks the required 'exp' claim", lambda d: d.mint(exp=None)),
+    "missing_iat": ("token lacks the required 'iat' claim", lambda d: d.mint(iat=None)),
+    "missing_sub": ("token lacks the required 'sub' claim", lambda d: d.mint(sub=None)),
+    "missing_aud": ("token lacks the required 'aud' claim", lambda d: d.mint(aud=None)),
+    "unknown_kid": (
+        "token signed with an unknown key",
+        lambda d: d.mint(headers={"kid": uuid.uuid4().hex}),
+    ),
+    "no_kid": ("token has no key id", lambda d: raw_token({"alg": "RS256"}, claims(d), b"x" * 256)),
+    "signed_by_attacker_key_with_real_kid": (
+        "token signature verification failed",
+        lambda d: d.mint(key=_attacker_key(d.keys[0].kid)),
+    ),
+    "tampered_payload": ("token signature verification failed", _tampered_payload),
+    "tampered_signature": ("token signature verification failed", _tampered_signature),
+    "unknown_crit_header": (
+        "malformed token",
+        lambda d: d.mint(headers={"crit": ["exp-ext"], "exp-ext": 1}),
+    ),
+    "b64_false_unencoded_payload": (
+        "token has critical header extensions this API does not support",
+        lambda d: d.mint(headers={"b64": False, "crit": ["b64"]}),
+    ),
+    "jku_header_injection": (
+        "token header not accepted",
+        lambda d: d.mint(headers={"jku": "https://evil.example/jwks.json"}),
+    ),
+    "embedded_jwk_header": (
+        "token header not accepted",
+        lambda d: d.mint(headers={"jwk": _attacker_key("x").public_jwk}),
+    ),
+    "id_token_nonce": (
+        "ID tokens are not accepted; send an access token for this API",
+        lambda d: d.mint(nonce="n-0S6_WzA2Mj"),
+    ),
+    "id_token_at_hash": (
+        "ID tokens are not accepted; send an access token for this API",
+        lambda d: d.mint(at_hash="77QmUPtjPfzWtF2AnpK9RQ"),
+    ),
+    "id_token_audience_is_client_id": (
+        "token audience is not this API",
+        lambda d: d.mint(aud="demo-app", nonce=None),
+    ),
+    "typ_not_an_access_token": (
+        "not an access token",
+        lambda d: d.mint(headers={"typ": "dpop+jwt"}),
+    ),
+    "oversized_token": ("token is too large", lambda d: d.mint(padding="x" * 20_000)),
+    "malformed_base64": ("malformed token", lambda d: "eyJhbGciOiJSUzI1NiJ9!!.e30.c2ln"),
+    "two_parts_only": ("malformed token", lambda d: ".".join(d.mint().split(".")[:2])),
+    "four_parts": ("malformed token", lambda d: d.mint() + ".extra"),
+    "header_not_an_object": (
+        "malformed token",
+        lambda d: f"{b64(b'[1,2]')}.{b64(b'{}')}.{b64(b'sig')}",
+    ),
+    "non_ascii_token": ("malformed token", lambda d: d.mint() + "\u00e9"),
+    "scope_not_a_string": (
+        "token scopes are malformed",
+        lambda d: d.mint(scopes=None, scope=["read:analytics"]),
+    ),
+    "empty_string": ("malformed token", lambda d: ""),
 }
 
 _attacker_keys: dict[str, SigningKey] = {}
@@ -179,14 +240,18 @@ def test_the_suite_has_at_least_twenty_attacks():
     assert len(ATTACKS) >= 20
 
 
-def test_every_attack_is_refused_and_a_good_token_passes(own_issuer):
+def test_every_attack_is_refused_for_its_reason_and_a_good_token_passes(own_issuer):
     names = list(ATTACKS)
-    tokens = [ATTACKS[name](own_issuer) for name in names]
+    tokens = [ATTACKS[name][1](own_issuer) for name in names]
     good = own_issuer.mint(sub="good-user")
     results = validate(own_issuer, good, *tokens)
     assert isinstance(results[0], Principal) and results[0].sub == "good-user"
-    accepted = [n for n, r in zip(names, results[1:], strict=True) if not isinstance(r, AuthError)]
-    assert accepted == []
+    got = {
+        name: (type(r).__name__, getattr(r, "code", None), str(r))
+        for name, r in zip(names, results[1:], strict=True)
+    }
+    expected = {name: ("AuthError", "invalid_token", ATTACKS[name][0]) for name in names}
+    assert got == expected
     # The messages say what is wrong without echoing the token.
     for token, result in zip(tokens, results[1:], strict=True):
         assert len(token) < 12 or token not in str(result)
@@ -203,10 +268,13 @@ def test_claims_become_a_principal_with_scopes_and_app(own_issuer):
     assert isinstance(b, Principal) and b.app == "demo-app"
 
 
-def test_small_leeway_tolerates_clock_skew(own_issuer):
-    just_expired = own_issuer.mint(ttl=-2)  # within the 5 s leeway of this validator
-    (result,) = validate(own_issuer, just_expired)
-    assert isinstance(result, Principal)
+def test_small_leeway_tolerates_clock_skew_and_no_more(own_issuer):
+    # this validator's leeway is 5 s (PyJWT compares exp with the real clock)
+    just_expired = own_issuer.mint(ttl=-2)
+    too_late = own_issuer.mint(ttl=-7)  # more time passing only makes it later
+    accepted, refused = validate(own_issuer, just_expired, too_late)
+    assert isinstance(accepted, Principal)
+    assert isinstance(refused, AuthError) and str(refused) == "token expired"
 
 
 def test_a_kid_flood_costs_at_most_one_jwks_refetch_per_cooldown(own_issuer):
@@ -232,7 +300,7 @@ def test_a_kid_flood_costs_at_most_one_jwks_refetch_per_cooldown(own_issuer):
             await validator.jwks.aclose()
 
     results = asyncio.run(run())
-    assert all(isinstance(r, AuthError) for r in results)
+    assert {(type(r), str(r)) for r in results} == {(AuthError, "token signed with an unknown key")}
 
 
 def test_key_rotation_without_restart(own_issuer):

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from testsupport.api_app import make_app_client, serving_env
-from testsupport.api_server import ApiServer
+from testsupport.api_server import ApiServer, request_records
 from testsupport.publishing import publish_file
 from testsupport.serving import build_database
 
@@ -78,27 +80,46 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path, issuer):
         "STORAGE_URL": (tmp_path / "store").resolve().as_uri(),
         "DATA_DIR": str(tmp_path / "data"),
         "RATE_LIMIT_REQUESTS": "100000",
+        "LOG_JSON": "true",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    api = ApiServer(env, workers=2, log_path=tmp_path / "api.log").start()
+    log_path = tmp_path / "api.log"
+    api = ApiServer(env, workers=2, log_path=log_path).start()
     try:
         headers = {"Authorization": f"Bearer {issuer.mint(sub='gunicorn-metrics')}"}
-        # New connections spread the requests over both workers.
-        for n in range(12):
+
+        def query(n: int) -> str:
             r = httpx.get(
                 api.url + "/query", params={"q": f"SELECT {n} AS n"}, headers=headers, timeout=30
             )
             assert r.status_code == 200, r.text
-        totals = [
-            sample(
-                httpx.get(api.url + "/metrics", timeout=10).text,
-                "api_requests_total",
-                route="/query",
-                method="GET",
-                status="200",
-            )
-            for _ in range(4)
-        ]
-        assert totals == [12.0] * 4  # whichever worker answers
+            return r.headers["X-Request-ID"]
+
+        # Concurrent new connections spread the queries over both workers;
+        # the request log says which worker answered each one.
+        sent: list[str] = []
+        answered_by: set[int] = set()
+        with ThreadPoolExecutor(4) as pool:
+            while len(answered_by) < 2 and len(sent) < 96:
+                sent += pool.map(query, range(len(sent), len(sent) + 12))
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # the log lines are written after the answer
+                    pids = {r["request_id"]: r["pid"] for r in request_records(log_path)}
+                    if all(rid in pids for rid in sent):
+                        break
+                    time.sleep(0.1)
+                answered_by = {pids[rid] for rid in sent}
+        assert len(answered_by) == 2, f"one worker answered all {len(sent)} queries"
+
+        # Every scrape, whichever worker answers it, counts the queries of both.
+        scraped_by: set[str] = set()
+        for _ in range(100):
+            text = httpx.get(api.url + "/metrics", timeout=10).text
+            total = sample(text, "api_requests_total", route="/query", method="GET", status="200")
+            assert total == len(sent)
+            scraped_by |= set(re.findall(r'api_snapshot_swaps_total\{worker_pid="(\d+)"', text))
+            if len(scraped_by) == 2:
+                break
+        assert scraped_by == {str(pid) for pid in answered_by}
     finally:
         api.stop()

@@ -140,6 +140,17 @@ def test_listing_shows_only_what_the_app_may_run(client, issuer):
     assert [q["name"] for q in dashboard.json()["queries"]] == ["low_stock"]
 
 
+def _low_stock(threshold: int, limit: int) -> list[dict[str, object]]:
+    """What low_stock must answer over the test snapshot's inventory (ids 1..200,
+    warehouse 'wh-' || id % 3, quantity id * 7 % 50), computed here independently."""
+    rows = [
+        {"id": i, "warehouse": f"wh-{i % 3}", "quantity": i * 7 % 50}
+        for i in range(1, 201)
+        if i * 7 % 50 <= threshold
+    ]
+    return rows[:limit]
+
+
 def test_running_a_named_query_binds_parameters(client, issuer):
     r = client.post(
         "/queries/low_stock",
@@ -148,11 +159,46 @@ def test_running_a_named_query_binds_parameters(client, issuer):
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["success"] is True and 0 < body["row_count"] <= 5
-    assert all(row["quantity"] <= 3 for row in body["data"])
-    # Without a body the defaults apply.
-    r = client.post("/queries/low_stock", headers=_auth(issuer, sub="nq-3", azp="dashboard-app"))
+    assert body["success"] is True and body["row_count"] == 5
+    assert body["data"] == _low_stock(3, 5)
+
+
+def test_defaults_fill_what_the_caller_leaves_out(client, issuer):
+    dashboard = _auth(issuer, sub="nq-3", azp="dashboard-app")
+    # no body at all: threshold 10 and limit 100 (44 rows qualify, under the limit)
+    r = client.post("/queries/low_stock", headers=dashboard)
     assert r.status_code == 200, r.text
+    assert r.json()["data"] == _low_stock(10, 100) and r.json()["row_count"] == 44
+    # an empty params object is the same
+    r = client.post("/queries/low_stock", json={"params": {}}, headers=dashboard)
+    assert r.json()["data"] == _low_stock(10, 100)
+    # one given, the other defaulted: 124 rows qualify, the default limit keeps 100
+    r = client.post("/queries/low_stock", json={"params": {"threshold": 30}}, headers=dashboard)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == _low_stock(30, 100) and r.json()["row_count"] == 100
+    # over GET the query string carries the values, typed the same way
+    r = client.get("/queries/low_stock", params={"limit": "7"}, headers=dashboard)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == _low_stock(10, 7)
+
+
+def test_date_and_string_parameters_select_the_right_rows(client, issuer):
+    # orders: ids 1..200, status ['new', 'paid', 'shipped'][1 + id % 3], created 2024-01-01 + id days
+    paid_since_february = sum(1 for i in range(31, 201) if i % 3 == 1)
+    r = client.post(
+        "/queries/orders_by_status",
+        json={"params": {"since": "2024-02-01", "status": "paid"}},
+        headers=_auth(issuer, sub="nq-4"),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == [{"status": "paid", "orders": paid_since_february}]
+    r = client.get(
+        "/queries/orders_by_status",
+        params={"since": "2024-02-01", "status": "paid"},
+        headers=_auth(issuer, sub="nq-4"),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == [{"status": "paid", "orders": paid_since_february}]
 
 
 def test_string_parameters_are_bound_never_interpolated(client, issuer):
@@ -170,11 +216,12 @@ def test_refusals(client, issuer):
     r = client.post("/queries/orders_by_status", json={"params": {}}, headers=dashboard)
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_query"
     r = client.post("/queries/no_such_query", headers=dashboard)
-    assert r.status_code == 404
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_query"
     r = client.post("/queries/low_stock", json={"params": {"limit": "all"}}, headers=dashboard)
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameters"
+    assert "limit" in r.json()["error"]["message"]
     r = client.post("/queries/low_stock", json={"sql": "SELECT 1"}, headers=dashboard)
-    assert r.status_code == 422
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     r = client.get("/query", params={"q": "SELECT 1"}, headers=dashboard)
     assert r.status_code == 403 and r.json()["error"]["code"] == "ad_hoc_sql_not_allowed"
     r = client.get("/queries", headers=_auth(issuer, sub="nq-6", scopes="read:schema"))

@@ -20,6 +20,7 @@ from api_service.data.snapshots import SnapshotManager
 from api_service.deps import may_see_status_details
 from api_service.errors import NoSnapshot
 from api_service.routes import health
+from testsupport.clock import FakeClock
 
 
 class FlakyStore(LocalObjectStore):
@@ -212,6 +213,39 @@ def test_a_damaged_object_is_refused_and_the_old_version_keeps_serving(
     assert manager.refresh() is True
     assert quantity(manager) == (v3.version, 3)
     assert manager.status()["last_refresh_failed"] is False
+
+
+def test_a_refused_version_is_retried_after_2_s_doubling_to_5_minutes(source, store, cache):
+    """docs/architecture.md: "retried with backoff (2 s doubling to 5 min), not on
+    every poll"; the retry of a version that stays broken, on a controllable clock."""
+    clock = FakeClock()
+    manager = SnapshotManager(store, cache, memory_limit="256MB", threads=1, clock=clock)
+    try:
+        v1 = source.publish(quantity=1)
+        assert manager.refresh() is True
+        v2 = source.publish(quantity=2)
+        path = source.object_path(v2)
+        path.write_bytes(path.read_bytes()[:-7])  # stays damaged
+
+        def attempts() -> int:
+            return manager.status()["verification_failures_total"]
+
+        assert manager.refresh() is False and attempts() == 1
+        for expected in (2, 4, 8, 16, 32, 64, 128, 256, 300, 300):
+            downloads = store.downloads
+            clock.advance(expected - 0.05)  # every poll before the retry is due: no attempt
+            assert manager.refresh() is False and store.downloads == downloads
+            assert f"next attempt in {0.05:.0f} s" in manager.status()["last_refresh_error"]
+            clock.advance(0.05)
+            tried = attempts()
+            assert manager.refresh() is False
+            assert attempts() == tried + 1 and store.downloads == downloads + 1
+        assert quantity(manager) == (v1.version, 1)  # served throughout
+        # a new version is not held back by the old one's back-off
+        v3 = source.publish(quantity=3)
+        assert manager.refresh() is True and quantity(manager) == (v3.version, 3)
+    finally:
+        manager.close()
 
 
 def test_an_unreadable_or_inconsistent_file_is_never_swapped_in(managers, source, store):

@@ -19,107 +19,174 @@ from api_service.query import sql_guard
 from api_service.query.sql_guard import cached_decision, check_query
 from testsupport.api_app import make_app_client, publish_test_snapshot, write_whitelist
 
+API_DOCS = Path(__file__).resolve().parents[2] / "docs" / "api-docs.md"
 CANARY_TEXT = f"CANARY-{uuid.uuid4().hex}"
 ALLOWED = {"inventory", "products", "orders"}
 
 # {canary} is replaced by the canary file's path, {dir} by its folder.
-ATTACKS: list[tuple[str, str]] = [
+ATTACKS: list[tuple[str, str, str]] = [
     # stacked statements and comment tricks
-    ("stacked", "SELECT 1; SELECT * FROM read_text('{canary}')"),
-    ("stacked_drop", "SELECT * FROM inventory; DROP TABLE inventory"),
-    ("comment_hides_nothing", "SELECT 1 /* harmless */; ATTACH '{canary}' AS x"),
-    ("line_comment_newline", "SELECT 1 -- comment\n; COPY inventory TO '{dir}/out.csv'"),
-    ("nul_byte", "SELECT 1\x00; SELECT * FROM read_text('{canary}')"),
+    ("stacked", "multiple_statements", "SELECT 1; SELECT * FROM read_text('{canary}')"),
+    ("stacked_drop", "multiple_statements", "SELECT * FROM inventory; DROP TABLE inventory"),
+    (
+        "comment_hides_nothing",
+        "multiple_statements",
+        "SELECT 1 /* harmless */; ATTACH '{canary}' AS x",
+    ),
+    (
+        "line_comment_newline",
+        "multiple_statements",
+        "SELECT 1 -- comment\n; COPY inventory TO '{dir}/out.csv'",
+    ),
+    ("nul_byte", "syntax_error", "SELECT 1\x00; SELECT * FROM read_text('{canary}')"),
     # DML hidden in a CTE
-    ("cte_delete", "WITH x AS (DELETE FROM inventory RETURNING *) SELECT * FROM x"),
-    ("cte_insert", "WITH x AS (INSERT INTO inventory VALUES (1, 1, 'a', 1) RETURNING *) SELECT 1"),
+    ("cte_delete", "not_a_select", "WITH x AS (DELETE FROM inventory RETURNING *) SELECT * FROM x"),
+    (
+        "cte_insert",
+        "not_a_select",
+        "WITH x AS (INSERT INTO inventory VALUES (1, 1, 'a', 1) RETURNING *) SELECT 1",
+    ),
     # file reads by function, quoted, case-mangled, qualified, nested
-    ("read_text", "SELECT * FROM read_text('{canary}')"),
-    ("read_csv", "SELECT * FROM read_csv('{canary}', header=false)"),
-    ("read_csv_auto", "SELECT * FROM read_csv_auto('{canary}')"),
-    ("read_blob", "SELECT * FROM read_blob('{canary}')"),
-    ("read_json", "SELECT * FROM read_json_objects('{canary}')"),
-    ("read_parquet", "SELECT * FROM read_parquet('{canary}')"),
-    ("parquet_scan", "SELECT * FROM parquet_scan('{canary}')"),
-    ("sniff_csv", "SELECT * FROM sniff_csv('{canary}')"),
-    ("glob", "SELECT * FROM glob('{dir}/*')"),
-    ("quoted_function", "SELECT * FROM \"read_text\"('{canary}')"),
-    ("mixed_case_function", "SELECT * FROM ReAd_TeXt('{canary}')"),
-    ("schema_qualified", "SELECT * FROM main.read_text('{canary}')"),
-    ("catalog_qualified", "SELECT * FROM system.main.read_text('{canary}')"),
-    ("in_cte", "WITH x AS (SELECT * FROM read_text('{canary}')) SELECT * FROM x"),
-    ("in_scalar_subquery", "SELECT (SELECT content FROM read_text('{canary}'))"),
-    ("in_exists", "SELECT * FROM inventory WHERE EXISTS (SELECT 1 FROM read_text('{canary}'))"),
-    ("in_lateral", "SELECT * FROM inventory, LATERAL (SELECT * FROM read_text('{canary}'))"),
-    ("in_union", "SELECT 'a' UNION ALL SELECT content FROM read_text('{canary}')"),
+    ("read_text", "function_not_allowed", "SELECT * FROM read_text('{canary}')"),
+    ("read_csv", "function_not_allowed", "SELECT * FROM read_csv('{canary}', header=false)"),
+    ("read_csv_auto", "function_not_allowed", "SELECT * FROM read_csv_auto('{canary}')"),
+    ("read_blob", "function_not_allowed", "SELECT * FROM read_blob('{canary}')"),
+    ("read_json", "function_not_allowed", "SELECT * FROM read_json_objects('{canary}')"),
+    ("read_parquet", "function_not_allowed", "SELECT * FROM read_parquet('{canary}')"),
+    ("parquet_scan", "function_not_allowed", "SELECT * FROM parquet_scan('{canary}')"),
+    ("sniff_csv", "function_not_allowed", "SELECT * FROM sniff_csv('{canary}')"),
+    ("glob", "function_not_allowed", "SELECT * FROM glob('{dir}/*')"),
+    ("quoted_function", "function_not_allowed", "SELECT * FROM \"read_text\"('{canary}')"),
+    ("mixed_case_function", "function_not_allowed", "SELECT * FROM ReAd_TeXt('{canary}')"),
+    ("schema_qualified", "function_not_allowed", "SELECT * FROM main.read_text('{canary}')"),
+    (
+        "catalog_qualified",
+        "function_not_allowed",
+        "SELECT * FROM system.main.read_text('{canary}')",
+    ),
+    (
+        "in_cte",
+        "function_not_allowed",
+        "WITH x AS (SELECT * FROM read_text('{canary}')) SELECT * FROM x",
+    ),
+    (
+        "in_scalar_subquery",
+        "function_not_allowed",
+        "SELECT (SELECT content FROM read_text('{canary}'))",
+    ),
+    (
+        "in_exists",
+        "function_not_allowed",
+        "SELECT * FROM inventory WHERE EXISTS (SELECT 1 FROM read_text('{canary}'))",
+    ),
+    (
+        "in_lateral",
+        "function_not_allowed",
+        "SELECT * FROM inventory, LATERAL (SELECT * FROM read_text('{canary}'))",
+    ),
+    (
+        "in_union",
+        "function_not_allowed",
+        "SELECT 'a' UNION ALL SELECT content FROM read_text('{canary}')",
+    ),
     # file reads by bare path (replacement scans)
-    ("bare_path", "SELECT * FROM '{canary}'"),
-    ("bare_path_quoted_identifier", 'SELECT * FROM "{canary}"'),
-    ("bare_csv_name", "SELECT * FROM 'secrets.csv'"),
-    ("url_path", "SELECT * FROM 'https://example.com/data.parquet'"),
+    ("bare_path", "file_access", "SELECT * FROM '{canary}'"),
+    ("bare_path_quoted_identifier", "file_access", 'SELECT * FROM "{canary}"'),
+    ("bare_csv_name", "file_access", "SELECT * FROM 'secrets.csv'"),
+    ("url_path", "file_access", "SELECT * FROM 'https://example.com/data.parquet'"),
     # SQL running SQL
-    ("query_function", "SELECT * FROM query('SELECT * FROM read_text(''{canary}'')')"),
-    ("query_table", "SELECT * FROM query_table('customers')"),
-    ("json_execute", "SELECT * FROM json_execute_serialized_sql('{{}}')"),
+    (
+        "query_function",
+        "function_not_allowed",
+        "SELECT * FROM query('SELECT * FROM read_text(''{canary}'')')",
+    ),
+    ("query_table", "function_not_allowed", "SELECT * FROM query_table('customers')"),
+    ("json_execute", "function_not_allowed", "SELECT * FROM json_execute_serialized_sql('{{}}')"),
     # statements other than SELECT
-    ("copy_to", "COPY inventory TO '{dir}/out.csv'"),
-    ("copy_from", "COPY inventory FROM '{canary}'"),
-    ("attach", "ATTACH '{dir}/new.db' AS evil"),
-    ("detach", "DETACH DATABASE evil"),
-    ("install", "INSTALL httpfs"),
-    ("load", "LOAD httpfs"),
-    ("set", "SET enable_external_access = true"),
-    ("reset", "RESET lock_configuration"),
-    ("pragma", "PRAGMA database_list"),
-    ("export", "EXPORT DATABASE '{dir}/export'"),
-    ("import", "IMPORT DATABASE '{dir}'"),
-    ("call", "CALL pragma_version()"),
-    ("explain_analyze", "EXPLAIN ANALYZE SELECT * FROM inventory"),
-    ("create_table", "CREATE TABLE evil AS SELECT 1"),
-    ("create_macro", "CREATE MACRO evil() AS TABLE SELECT * FROM read_text('{canary}')"),
-    ("create_secret", "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')"),
-    ("update", "UPDATE inventory SET quantity = 0"),
-    ("checkpoint", "CHECKPOINT"),
-    ("use", "USE system"),
-    ("pivot_statement", "PIVOT inventory ON warehouse USING sum(quantity)"),
+    ("copy_to", "not_a_select", "COPY inventory TO '{dir}/out.csv'"),
+    ("copy_from", "not_a_select", "COPY inventory FROM '{canary}'"),
+    ("attach", "not_a_select", "ATTACH '{dir}/new.db' AS evil"),
+    ("detach", "not_a_select", "DETACH DATABASE evil"),
+    ("install", "not_a_select", "INSTALL httpfs"),
+    ("load", "not_a_select", "LOAD httpfs"),
+    ("set", "not_a_select", "SET enable_external_access = true"),
+    ("reset", "not_a_select", "RESET lock_configuration"),
+    ("pragma", "not_a_select", "PRAGMA database_list"),
+    ("export", "not_a_select", "EXPORT DATABASE '{dir}/export'"),
+    ("import", "not_a_select", "IMPORT DATABASE '{dir}'"),
+    ("call", "not_a_select", "CALL pragma_version()"),
+    ("explain_analyze", "not_a_select", "EXPLAIN ANALYZE SELECT * FROM inventory"),
+    ("create_table", "not_a_select", "CREATE TABLE evil AS SELECT 1"),
+    (
+        "create_macro",
+        "not_a_select",
+        "CREATE MACRO evil() AS TABLE SELECT * FROM read_text('{canary}')",
+    ),
+    ("create_secret", "not_a_select", "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')"),
+    ("update", "not_a_select", "UPDATE inventory SET quantity = 0"),
+    ("checkpoint", "not_a_select", "CHECKPOINT"),
+    ("use", "not_a_select", "USE system"),
+    ("pivot_statement", "not_a_select", "PIVOT inventory ON warehouse USING sum(quantity)"),
     # environment, settings, secrets, session state
-    ("getenv", "SELECT getenv('HOME')"),
-    ("current_setting", "SELECT current_setting('home_directory')"),
-    ("current_setting_qualified", "SELECT system.main.current_setting('temp_directory')"),
-    ("getvariable", "SELECT getvariable('x')"),
-    ("duckdb_secrets", "SELECT * FROM duckdb_secrets()"),
-    ("which_secret", "SELECT * FROM which_secret('s3://bucket/x', 's3')"),
-    ("duckdb_settings", "SELECT * FROM duckdb_settings()"),
-    ("pg_settings_view", "SELECT * FROM pg_settings"),
-    ("information_schema", "SELECT * FROM information_schema.tables"),
-    ("duckdb_tables_view", "SELECT * FROM duckdb_tables"),
-    ("sqlite_master", "SELECT * FROM sqlite_master"),
-    ("write_log", "SELECT write_log('x')"),
-    ("setseed", "SELECT setseed(0.5)"),
+    ("getenv", "function_not_allowed", "SELECT getenv('HOME')"),
+    ("current_setting", "function_not_allowed", "SELECT current_setting('home_directory')"),
+    (
+        "current_setting_qualified",
+        "function_not_allowed",
+        "SELECT system.main.current_setting('temp_directory')",
+    ),
+    ("getvariable", "function_not_allowed", "SELECT getvariable('x')"),
+    ("duckdb_secrets", "function_not_allowed", "SELECT * FROM duckdb_secrets()"),
+    ("which_secret", "function_not_allowed", "SELECT * FROM which_secret('s3://bucket/x', 's3')"),
+    ("duckdb_settings", "function_not_allowed", "SELECT * FROM duckdb_settings()"),
+    ("pg_settings_view", "table_not_allowed", "SELECT * FROM pg_settings"),
+    ("information_schema", "table_not_allowed", "SELECT * FROM information_schema.tables"),
+    ("duckdb_tables_view", "table_not_allowed", "SELECT * FROM duckdb_tables"),
+    ("sqlite_master", "table_not_allowed", "SELECT * FROM sqlite_master"),
+    ("write_log", "function_not_allowed", "SELECT write_log('x')"),
+    ("setseed", "function_not_allowed", "SELECT setseed(0.5)"),
     # tables outside the whitelist, by every route
-    ("not_whitelisted", "SELECT * FROM customers"),
-    ("not_whitelisted_subquery", "SELECT (SELECT max(api_secret) FROM customers)"),
-    ("not_whitelisted_join", "SELECT * FROM inventory JOIN customers USING (id)"),
+    ("not_whitelisted", "table_not_allowed", "SELECT * FROM customers"),
+    (
+        "not_whitelisted_subquery",
+        "table_not_allowed",
+        "SELECT (SELECT max(api_secret) FROM customers)",
+    ),
+    (
+        "not_whitelisted_join",
+        "table_not_allowed",
+        "SELECT * FROM inventory JOIN customers USING (id)",
+    ),
     (
         "cte_shadowing_in_sibling",
+        "table_not_allowed",
         "SELECT 1 FROM (WITH customers AS (SELECT 1) SELECT * FROM customers) t, customers",
     ),
-    ("cte_self_reference", "WITH customers AS (SELECT * FROM customers) SELECT * FROM customers"),
-    ("catalog_prefix", "SELECT * FROM analytics.main.inventory"),
-    ("other_schema", "SELECT * FROM temp.main.inventory"),
-    ("time_travel", "SELECT * FROM inventory AT (VERSION => 1)"),
-    ("describe", "DESCRIBE customers"),
-    ("show_tables", "SHOW TABLES"),
-    ("summarize", "SUMMARIZE customers"),
+    (
+        "cte_self_reference",
+        "table_not_allowed",
+        "WITH customers AS (SELECT * FROM customers) SELECT * FROM customers",
+    ),
+    ("catalog_prefix", "table_not_allowed", "SELECT * FROM analytics.main.inventory"),
+    ("other_schema", "table_not_allowed", "SELECT * FROM temp.main.inventory"),
+    ("time_travel", "unsupported", "SELECT * FROM inventory AT (VERSION => 1)"),
+    ("describe", "unsupported", "DESCRIBE customers"),
+    ("show_tables", "unsupported", "SHOW TABLES"),
+    ("summarize", "unsupported", "SUMMARIZE customers"),
     # bombs the guard can see
-    ("range_table_function", "SELECT * FROM range(1000000000000)"),
-    ("generate_series", "SELECT count(*) FROM generate_series(1, 1000000000000)"),
-    ("huge_repeat", "SELECT repeat('x', 1000000000)"),
-    ("nested_repeat", "SELECT repeat(repeat('x', 10000), 10000)"),
-    ("huge_lpad", "SELECT lpad('', 1000000000, 'x')"),
-    ("printf_width", "SELECT printf('%999999999d', 1)"),
-    ("python_variable_scan", "SELECT * FROM canary_table"),
+    ("range_table_function", "function_not_allowed", "SELECT * FROM range(1000000000000)"),
+    (
+        "generate_series",
+        "function_not_allowed",
+        "SELECT count(*) FROM generate_series(1, 1000000000000)",
+    ),
+    ("huge_repeat", "function_not_allowed", "SELECT repeat('x', 1000000000)"),
+    ("nested_repeat", "function_not_allowed", "SELECT repeat(repeat('x', 10000), 10000)"),
+    ("huge_lpad", "function_not_allowed", "SELECT lpad('', 1000000000, 'x')"),
+    ("printf_width", "function_not_allowed", "SELECT printf('%999999999d', 1)"),
+    ("python_variable_scan", "table_not_allowed", "SELECT * FROM canary_table"),
 ]
+TEMPLATES = {name: template for name, _, template in ATTACKS}
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +206,17 @@ def _sql(template: str, canary: Path) -> str:
 
 def test_the_suite_has_at_least_forty_attacks():
     assert len(ATTACKS) >= 40
-    assert len({name for name, _ in ATTACKS}) == len(ATTACKS)
+    assert len({name for name, _, _ in ATTACKS}) == len(ATTACKS)
+    # each refusal names its reason with a code the API documents
+    documented = set(re.findall(r"^\| 400 \| `([a-z_]+)`", API_DOCS.read_text(), flags=re.M))
+    assert {code for _, code, _ in ATTACKS} <= documented
 
 
-@pytest.mark.parametrize(("name", "template"), ATTACKS, ids=[a[0] for a in ATTACKS])
-def test_the_guard_refuses(name, template, canary):
+@pytest.mark.parametrize(("name", "code", "template"), ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_the_guard_refuses(name, code, template, canary):
     with pytest.raises(QueryRejected) as refused:
         check_query(_sql(template, canary), allowed_tables=ALLOWED)
-    assert refused.value.code
+    assert refused.value.code == code, str(refused.value)
     assert CANARY_TEXT not in str(refused.value)
 
 
@@ -181,22 +251,27 @@ def test_the_guard_reports_tables_parameters_and_a_literal_free_fingerprint():
 
 
 def test_limits_on_length_and_nesting():
-    with pytest.raises(QueryRejected, match="longer than"):
+    with pytest.raises(QueryRejected, match="longer than") as refused:
         check_query("SELECT 1 " + " " * 30_000, allowed_tables=ALLOWED, max_length=20_000)
+    assert refused.value.code == "query_too_long"
+    # DuckDB's parser stops at 1000 levels, before the guard's own depth limit
+    # (query_too_complex at GUARD_MAX_EXPRESSION_DEPTH, test_sql_limits.py) sees a tree
     deep = "SELECT " + "(" * 3000 + "1" + ")" * 3000
-    with pytest.raises(QueryRejected):
+    with pytest.raises(QueryRejected, match="depth") as refused:
         check_query(deep, allowed_tables=ALLOWED, max_length=100_000)
+    assert refused.value.code == "syntax_error"
 
 
 def test_table_functions_need_the_policy_and_the_safe_list():
     sql = "SELECT * FROM range(10)"
     assert check_query(sql, allowed_tables=ALLOWED, allowed_table_functions={"range"})
-    with pytest.raises(QueryRejected):
+    with pytest.raises(QueryRejected, match=r"read_text\(\)") as refused:
         check_query(
             "SELECT * FROM read_text('x')",
             allowed_tables=ALLOWED,
             allowed_table_functions={"read_text"},
         )
+    assert refused.value.code == "function_not_allowed"
 
 
 # -- the decision cache --------------------------------------------------------------
@@ -235,7 +310,7 @@ def test_a_cached_decision_never_crosses_policies(monkeypatch):
 def test_cached_refusals_keep_their_code_and_message(canary):
     sql_guard.clear_guard_cache()
     for name in ("read_text", "cte_delete", "stacked", "not_whitelisted", "syntax_garbage"):
-        template = dict(ATTACKS).get(name, "SELEC 1 FROM")
+        template = TEMPLATES.get(name, "SELEC 1 FROM")
         refusals = []
         for _ in range(2):
             with pytest.raises(QueryRejected) as refused:
@@ -368,34 +443,38 @@ def _assert_refused_cleanly(response, canary: Path) -> None:
     assert not re.search(r"/(tmp|home|root|work|var)/", response.text)
 
 
-@pytest.mark.parametrize(("name", "template"), ATTACKS, ids=[a[0] for a in ATTACKS])
-def test_attacks_through_http_are_refused(client, headers, canary, name, template):
+@pytest.mark.parametrize(("name", "code", "template"), ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_attacks_through_http_are_refused(client, headers, canary, name, code, template):
     response = client.post("/query", json={"sql": _sql(template, canary)}, headers=headers)
     _assert_refused_cleanly(response, canary)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, code)
     assert not (canary.parent / "out.csv").exists()
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("name", "code"),
     [
-        "read_text",
-        "bare_path",
-        "query_function",
-        "pg_settings_view",
-        "information_schema",
-        "duckdb_tables_view",
-        "sqlite_master",
-        "catalog_prefix",
-        "current_setting",
-        "python_variable_scan",
+        ("read_text", "function_not_allowed"),
+        ("bare_path", "file_access"),
+        ("query_function", "function_not_allowed"),
+        ("pg_settings_view", "table_not_allowed"),
+        ("information_schema", "table_not_allowed"),
+        ("duckdb_tables_view", "table_not_allowed"),
+        ("sqlite_master", "table_not_allowed"),
+        ("catalog_prefix", "table_not_allowed"),
+        ("current_setting", "function_not_allowed"),
+        # '*' lets the name through the guard; the sandbox has no such table
+        # (no replacement scan of the process's variables), so DuckDB refuses it
+        ("python_variable_scan", "query_error"),
     ],
 )
 def test_a_wildcard_policy_still_refuses_files_and_catalog_views(
-    client, wildcard_headers, canary, name
+    client, wildcard_headers, canary, name, code
 ):
-    template = dict(ATTACKS)[name]
+    template = TEMPLATES[name]
     response = client.post("/query", json={"sql": _sql(template, canary)}, headers=wildcard_headers)
     _assert_refused_cleanly(response, canary)
+    assert response.json()["error"]["code"] == code, response.text
 
 
 def test_the_same_sql_is_decided_per_policy_through_http(client, headers, wildcard_headers):
@@ -431,8 +510,8 @@ def test_a_cross_join_bomb_is_cut_by_the_row_cap(client, headers):
 )
 def test_heavy_queries_are_stopped_by_the_timeout(client, headers, sql):
     response = client.post("/query", json={"sql": sql}, headers=headers)
-    assert response.status_code in (400, 503), response.text
-    assert response.json()["error"]["code"] in ("query_timeout", "query_error")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "query_timeout"
 
 
 def test_huge_lists_are_refused_before_they_are_built(client, headers):

@@ -148,7 +148,20 @@ def test_a_commit_whose_retry_already_landed_is_not_a_conflict(tmp_path, working
     store = LocalObjectStore(tmp_path / "store")
     publisher = Publisher(store)
     manifest = working.publish(publisher)
-    publisher.commit(manifest, "stale-etag")  # the manifest already says exactly this
+    stored, etag = store.get_bytes(MANIFEST_KEY)
+    # A retried PUT whose first attempt landed gets 412: the manifest already says
+    # exactly this, so the commit succeeds and the commit point is left as it was.
+    publisher.commit(manifest, "stale-etag")
+    assert store.get_bytes(MANIFEST_KEY) == (stored, etag)
+    assert publisher.current() == manifest
+    # The same stale etag with any other version or content is another writer's win.
+    for other in (
+        manifest.model_copy(update={"version": "20990101T000000000000Z"}),
+        manifest.model_copy(update={"sha256": "0" * 64}),
+    ):
+        with pytest.raises(ManifestConflict, match="another writer is active"):
+            publisher.commit(other, "stale-etag")
+        assert store.get_bytes(MANIFEST_KEY) == (stored, etag)
 
 
 def test_retention_keeps_last_n_current_and_young(tmp_path, working):

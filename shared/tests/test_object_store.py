@@ -93,27 +93,30 @@ def test_put_bytes_if_none_match_only_creates(store):
 
 
 def test_concurrent_conditional_writers_have_one_winner(store):
+    """docs/architecture.md: twenty races of six writers with the same If-Match,
+    each with exactly one winner, on both stores."""
     import threading
 
-    base = store.put_bytes("current/manifest.json", b"base")
-    winners: list[int] = []
-    barrier = threading.Barrier(4)
+    for race in range(20):
+        base = store.put_bytes("current/manifest.json", f"base-{race}".encode())
+        winners: list[int] = []
+        barrier = threading.Barrier(6)
 
-    def writer(i: int) -> None:
-        barrier.wait()
-        try:
-            store.put_bytes("current/manifest.json", f"w{i}".encode(), if_match=base.etag)
-            winners.append(i)
-        except PreconditionFailed:
-            pass
+        def writer(i: int, etag: str = base.etag) -> None:
+            barrier.wait()
+            try:
+                store.put_bytes("current/manifest.json", f"w{i}".encode(), if_match=etag)
+                winners.append(i)
+            except PreconditionFailed:
+                pass
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert len(winners) == 1
-    assert store.get_bytes("current/manifest.json")[0] == f"w{winners[0]}".encode()
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(winners) == 1, f"race {race}: winners {winners}"
+        assert store.get_bytes("current/manifest.json")[0] == f"w{winners[0]}".encode()
     assert [o.key for o in store.list("current/")] == ["current/manifest.json"]
 
 

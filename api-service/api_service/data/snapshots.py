@@ -164,8 +164,10 @@ class SnapshotManager:
         lock_timeout: float = 600.0,
         retry_max_seconds: float = 300.0,
         max_spill_size: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.clock = clock  # monotonic seconds; injectable so tests can move time
         self.cache = SnapshotCache(store, cache_dir, lock_timeout=lock_timeout)
         # DuckDB's temp files: one directory per version and worker process
         # (cache.spill_directory), bounded by `max_spill_size`.
@@ -231,7 +233,7 @@ class SnapshotManager:
             "last_refresh_failed": self.last_refresh_error is not None,
             "last_refresh_error": self.last_refresh_error,
             "seconds_since_refresh": (
-                round(time.monotonic() - self.last_refresh_at, 3) if self.last_refresh_at else None
+                round(self.clock() - self.last_refresh_at, 3) if self.last_refresh_at else None
             ),
             "refresh_failures_total": self.refresh_failures,
             "verification_failures_total": self.verification_failures,
@@ -268,7 +270,7 @@ class SnapshotManager:
                 self._failed(exc)
                 return False
             self.last_refresh_error = None
-            self.last_refresh_at = time.monotonic()
+            self.last_refresh_at = self.clock()
             self._collect_garbage()
             return swapped
 
@@ -297,9 +299,9 @@ class SnapshotManager:
             self.serving_cached = False
             return False
         refused = self._refused.get((manifest.version, manifest.sha256))
-        if refused is not None and time.monotonic() < refused[1]:
+        if refused is not None and self.clock() < refused[1]:
             raise _Deferred(
-                f"{refused[2]} (refused; next attempt in {refused[1] - time.monotonic():.0f} s)"
+                f"{refused[2]} (refused; next attempt in {refused[1] - self.clock():.0f} s)"
             )
         try:
             new = self._load(manifest)
@@ -323,7 +325,7 @@ class SnapshotManager:
         failures = self._refused.get(key, (0, 0.0, ""))[0] + 1
         delay = min(self.retry_max_seconds, 2.0**failures)
         reason = f"{type(exc).__name__}: {exc}"
-        self._refused[key] = (failures, time.monotonic() + delay, reason)
+        self._refused[key] = (failures, self.clock() + delay, reason)
         log.error(
             "snapshot_refused",
             version=manifest.version,
