@@ -15,7 +15,7 @@ policy is resolved once, by `get_principal`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -74,19 +74,13 @@ _api_key = APIKeyHeader(
 
 # `async def` on purpose: FastAPI runs a plain-`def` dependency on its thread
 # pool (one thread hop each); these only read the app state.
-async def get_snapshots(request: Request) -> SnapshotManager:
-    manager: SnapshotManager = request.app.state.snapshots
-    return manager
+def _app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that returns what create_app put on `app.state.<name>`."""
 
+    async def from_app_state(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-async def get_whitelist(request: Request) -> Whitelist:
-    whitelist: Whitelist = request.app.state.whitelist
-    return whitelist
-
-
-async def get_query_service(request: Request) -> QueryService:
-    service: QueryService = request.app.state.query_service
-    return service
+    return from_app_state
 
 
 async def get_memory_status(request: Request) -> dict[str, object] | None:
@@ -114,35 +108,15 @@ async def get_etl_commands(request: Request) -> EtlCommands:
 EtlCommandsDep = Annotated[EtlCommands, Depends(get_etl_commands)]
 
 
-async def get_settings(request: Request) -> ApiSettings:
-    settings: ApiSettings = request.app.state.settings
-    return settings
-
-
-async def get_signer(request: Request) -> Signer:
-    signer: Signer = request.app.state.signer
-    return signer
-
-
-async def get_events(request: Request) -> VersionEvents:
-    events: VersionEvents = request.app.state.events
-    return events
-
-
-async def get_status_feed(request: Request) -> EtlStatusFeed:
-    feed: EtlStatusFeed = request.app.state.status_feed
-    return feed
-
-
-SnapshotsDep = Annotated[SnapshotManager, Depends(get_snapshots)]
-StatusFeedDep = Annotated[EtlStatusFeed, Depends(get_status_feed)]
+SnapshotsDep = Annotated[SnapshotManager, Depends(_app_state("snapshots"))]
+StatusFeedDep = Annotated[EtlStatusFeed, Depends(_app_state("status_feed"))]
 MemoryStatusDep = Annotated[dict[str, object] | None, Depends(get_memory_status)]
 IdentityDep = Annotated[JwksCache, Depends(get_identity)]
-SignerDep = Annotated[Signer, Depends(get_signer)]
-SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
-EventsDep = Annotated[VersionEvents, Depends(get_events)]
-WhitelistDep = Annotated[Whitelist, Depends(get_whitelist)]
-QueryServiceDep = Annotated[QueryService, Depends(get_query_service)]
+SignerDep = Annotated[Signer, Depends(_app_state("signer"))]
+SettingsDep = Annotated[ApiSettings, Depends(_app_state("settings"))]
+EventsDep = Annotated[VersionEvents, Depends(_app_state("events"))]
+WhitelistDep = Annotated[Whitelist, Depends(_app_state("whitelist"))]
+QueryServiceDep = Annotated[QueryService, Depends(_app_state("query_service"))]
 
 
 async def _authenticate(request: Request, api_key: str | None) -> Principal:
