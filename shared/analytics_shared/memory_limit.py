@@ -20,7 +20,14 @@ from typing import Literal
 
 from analytics_shared.errors import ConfigurationError
 
-__all__ = ["MemoryLimit", "detect_memory_limit", "format_size", "parse_size"]
+__all__ = [
+    "MemoryLimit",
+    "detect_memory_limit",
+    "explicit_settings",
+    "format_size",
+    "headroom",
+    "parse_size",
+]
 
 Source = Literal["MEMORY_LIMIT", "cgroup v2", "cgroup v1", "machine", "all-in-one share"]
 
@@ -49,6 +56,22 @@ def parse_size(text: str, setting: str = "size") -> int:
 def format_size(size: int) -> str:
     """A size DuckDB and people read the same way (MiB, whole numbers)."""
     return f"{max(1, size // 2**20)}MiB"
+
+
+# What a container keeps free of its services' budgets: the kernel's page cache
+# for the files they read, allocator slack, measurement error.
+HEADROOM_FRACTION = 0.10
+MIN_HEADROOM = 32 * 2**20
+
+
+def headroom(limit_bytes: int) -> int:
+    """The part of a memory limit no budget hands out."""
+    return max(MIN_HEADROOM, int(limit_bytes * HEADROOM_FRACTION))
+
+
+def explicit_settings(**values: object) -> tuple[str, ...]:
+    """The names of the sizing settings the operator set (not None), for the log."""
+    return tuple(name for name, value in values.items() if value is not None)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from analytics_shared.errors import ConfigurationError
-from analytics_shared.memory_limit import MemoryLimit, format_size, parse_size
+from analytics_shared.memory_limit import (
+    MemoryLimit,
+    explicit_settings,
+    format_size,
+    headroom,
+    parse_size,
+)
 
 if TYPE_CHECKING:  # the Gunicorn master imports this module without the app's settings
     from api_service.settings import ApiSettings
@@ -60,8 +66,6 @@ MIB = 2**20
 # Gunicorn master without the app, and a worker with it.
 MASTER_BYTES = 40 * MIB
 PYTHON_WORKER_BYTES = 150 * MIB
-HEADROOM_FRACTION = 0.10
-MIN_HEADROOM = 32 * MIB
 MIN_DUCKDB = 48 * MIB  # its memory_limit; the share adds what it holds past it
 MIN_HEAVY = 24 * MIB
 # Per query thread: a light (unreserved) result being encoded and compressed.
@@ -146,10 +150,6 @@ def duckdb_untracked(memory_limit: int) -> int:
     return int(memory_limit * DUCKDB_UNTRACKED_FRACTION) + DUCKDB_UNTRACKED_BYTES
 
 
-def _headroom(limit: int) -> int:
-    return max(MIN_HEADROOM, int(limit * HEADROOM_FRACTION))
-
-
 def cpu_workers(cores: int) -> int:
     """Workers the cores call for: one or two per core, 2 to 4."""
     return max(2, min(4, cores))
@@ -157,7 +157,7 @@ def cpu_workers(cores: int) -> int:
 
 def plan_workers(limit: MemoryLimit, cpu_workers: int, reserve: int = 0) -> int:
     """How many workers the limit holds (at most `cpu_workers`, at least 1)."""
-    room = limit.bytes - _headroom(limit.bytes) - MASTER_BYTES - reserve
+    room = limit.bytes - headroom(limit.bytes) - MASTER_BYTES - reserve
     return max(1, min(cpu_workers, room // MIN_WORKER_BYTES))
 
 
@@ -172,17 +172,13 @@ def plan_budget(
     reserve: int = 0,
 ) -> MemoryBudget:
     """Split `limit` (see the module docstring); `None` settings are derived."""
-    explicit = tuple(
-        name
-        for name, value in (
-            ("DUCKDB_MEMORY_LIMIT", duckdb_memory_limit),
-            ("RESULT_CACHE_BYTES", result_cache_bytes),
-            ("MAX_RESULT_BYTES", max_result_bytes),
-        )
-        if value is not None
+    explicit = explicit_settings(
+        DUCKDB_MEMORY_LIMIT=duckdb_memory_limit,
+        RESULT_CACHE_BYTES=result_cache_bytes,
+        MAX_RESULT_BYTES=max_result_bytes,
     )
-    headroom = _headroom(limit.bytes)
-    per_worker = (limit.bytes - headroom - MASTER_BYTES - reserve) // max(1, workers)
+    spare = headroom(limit.bytes)
+    per_worker = (limit.bytes - spare - MASTER_BYTES - reserve) // max(1, workers)
     # Every query thread may own a malloc arena, plus the event loop's.
     arenas = query_workers + 1
     tight = per_worker < 768 * MIB
@@ -248,7 +244,7 @@ def plan_budget(
         limit=limit.bytes,
         limit_source=limit.source,
         workers=workers,
-        headroom=headroom,
+        headroom=spare,
         master=MASTER_BYTES,
         reserve=reserve,
         python=PYTHON_WORKER_BYTES,

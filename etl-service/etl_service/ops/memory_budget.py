@@ -27,7 +27,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from analytics_shared.errors import ConfigurationError
-from analytics_shared.memory_limit import MemoryLimit, detect_memory_limit, format_size, parse_size
+from analytics_shared.memory_limit import (
+    MemoryLimit,
+    detect_memory_limit,
+    explicit_settings,
+    format_size,
+    headroom,
+    parse_size,
+)
 
 if TYPE_CHECKING:
     from etl_service.settings import EtlSettings
@@ -47,8 +54,6 @@ DUCKDB_OVERHEAD = 0.5
 # DuckDB works (slower, spilling) with little memory.
 MIN_DUCKDB = 32 * MIB
 DUCKDB_BYTES_PER_THREAD = 128 * MIB
-HEADROOM_FRACTION = 0.10
-MIN_HEADROOM = 32 * MIB
 # The least an ETL embedded in the API's worker needs (all-in-one).
 EMBEDDED_MINIMUM_BYTES = (
     EMBEDDED_PYTHON_BYTES + STREAM_BYTES + int(MIN_DUCKDB * (1 + DUCKDB_OVERHEAD))
@@ -80,7 +85,7 @@ def plan_etl_budget(
 ) -> EtlBudget:
     """Split `limit`; `embedded` when it is the ETL's share of the API's worker
     (all-in-one): the container's headroom and the libraries are counted there."""
-    spare = 0 if embedded else max(MIN_HEADROOM, int(limit.bytes * HEADROOM_FRACTION))
+    spare = 0 if embedded else headroom(limit.bytes)
     python = EMBEDDED_PYTHON_BYTES if embedded else PYTHON_BYTES
     free = limit.bytes - spare - python - STREAM_BYTES
     room = int(free / (1 + DUCKDB_OVERHEAD))
@@ -99,13 +104,8 @@ def plan_etl_budget(
         )
     duckdb = duckdb_memory_limit if duckdb_memory_limit is not None else room
     threads = duckdb_threads or max(1, min(cores, duckdb // DUCKDB_BYTES_PER_THREAD))
-    explicit = tuple(
-        name
-        for name, value in (
-            ("ETL_DUCKDB_MEMORY_LIMIT", duckdb_memory_limit),
-            ("ETL_DUCKDB_THREADS", duckdb_threads),
-        )
-        if value is not None
+    explicit = explicit_settings(
+        ETL_DUCKDB_MEMORY_LIMIT=duckdb_memory_limit, ETL_DUCKDB_THREADS=duckdb_threads
     )
     return EtlBudget(
         limit=limit.bytes,
