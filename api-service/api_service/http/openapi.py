@@ -419,9 +419,16 @@ def _shape(schema: dict[str, Any], whitelist: Whitelist) -> dict[str, Any]:
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     }
                 }
-            elif "422" in op.get("responses", {}):
-                # Any other route (status, admin): 422 in the API's own error shape.
-                op["responses"].update(_errors([422]))
+            else:
+                # Any other route (status, admin): JSON objects, and 422 in the
+                # API's own error shape, never FastAPI's untyped defaults.
+                responses = op.setdefault("responses", {})
+                for answer in responses.values():
+                    for media in answer.get("content", {}).values():
+                        if media.get("schema") == {}:
+                            media["schema"] = {"type": "object", "additionalProperties": True}
+                if "422" in responses:
+                    responses.update(_errors([422]))
     generic = schema["paths"].get("/queries/{name}")
     if generic is not None:
         for name, query in sorted(whitelist.named_queries.items()):

@@ -60,7 +60,12 @@ class Backfill(_Strict):
 CommandRequest = Annotated[Rollback | DeadLetter | Backfill, Field(discriminator="kind")]
 
 
-@router.post("/commands", status_code=202, summary="Hand a command to the ETL worker")
+@router.post(
+    "/commands",
+    status_code=202,
+    operation_id="submitEtlCommand",
+    summary="Hand a command to the ETL worker",
+)
 async def submit_command(
     body: CommandRequest, principal: AdminEtl, commands: EtlCommandsDep
 ) -> Response:
@@ -70,7 +75,9 @@ async def submit_command(
     return json_response({"success": True, "command": command}, 202)
 
 
-@router.get("/commands", summary="The latest commands, newest first")
+@router.get(
+    "/commands", operation_id="listEtlCommands", summary="The latest commands, newest first"
+)
 async def list_commands(
     principal: AdminEtl,
     commands: EtlCommandsDep,
@@ -81,7 +88,9 @@ async def list_commands(
     )
 
 
-@router.get("/commands/{command_id}", summary="One command and its outcome")
+@router.get(
+    "/commands/{command_id}", operation_id="getEtlCommand", summary="One command and its outcome"
+)
 async def get_command(
     command_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     principal: AdminEtl,

@@ -67,7 +67,7 @@ def _for_caller(doc: dict[str, Any], policy: AppPolicy) -> dict[str, Any]:
     return doc
 
 
-@router.get("/status")
+@router.get("/status", operation_id="getStatus")
 async def status(
     principal: ReadStatus,
     policy: PolicyDep,
