@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +34,11 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def render_records(records: Sequence[Mapping[str, object]], columns: Mapping[str, str]) -> str:
+    """`render_table` of dict rows: `columns` maps each header to its key."""
+    return render_table(list(columns), [[r[key] for key in columns.values()] for r in records])
 
 
 def _cell(value: object) -> str:
@@ -102,20 +107,17 @@ def print_status(settings: EtlSettings, *, as_json: bool) -> int:
         return 0
     print(f"state: {doc['state']}")
     print(
-        render_table(
-            ["table", "watermark", "rows", "lag_s", "last_synced_at", "dead_letters", "last_error"],
-            [
-                [
-                    t["table_name"],
-                    t["watermark"],
-                    t["row_count"],
-                    t["lag_seconds"],
-                    t["last_synced_at"],
-                    t["open_dead_letters"],
-                    t["last_error"],
-                ]
-                for t in doc["tables"]
-            ],
+        render_records(
+            doc["tables"],
+            {
+                "table": "table_name",
+                "watermark": "watermark",
+                "rows": "row_count",
+                "lag_s": "lag_seconds",
+                "last_synced_at": "last_synced_at",
+                "dead_letters": "open_dead_letters",
+                "last_error": "last_error",
+            },
         )
     )
     print(
@@ -125,29 +127,24 @@ def print_status(settings: EtlSettings, *, as_json: bool) -> int:
     )
     if doc["schema_changes"]:
         print(
-            render_table(
-                ["table", "detected_at", "contract", "action", "change"],
-                [
-                    [c["table_name"], c["detected_at"], c["contract"], c["action"], c["change"]]
-                    for c in doc["schema_changes"]
-                ],
+            render_records(
+                doc["schema_changes"],
+                {"table": "table_name"}
+                | {name: name for name in ("detected_at", "contract", "action", "change")},
             )
         )
         print()
     print(
-        render_table(
-            ["run", "kind", "status", "started_at", "version", "error"],
-            [
-                [
-                    r["id"],
-                    r["kind"],
-                    r["status"],
-                    r["started_at"],
-                    r["published_version"],
-                    r["error"],
-                ]
-                for r in doc["runs"]
-            ],
+        render_records(
+            doc["runs"],
+            {
+                "run": "id",
+                "kind": "kind",
+                "status": "status",
+                "started_at": "started_at",
+                "version": "published_version",
+                "error": "error",
+            },
         )
     )
     return 0
@@ -164,19 +161,16 @@ def print_dead_letters(settings: EtlSettings, *, as_json: bool, include_closed: 
         return 0
     print(f"state: {state.where}")
     print(
-        render_table(
-            ["id", "table", "status", "attempts", "last_failed_at", "error"],
-            [
-                [
-                    e["id"],
-                    e["table_name"] or "*cycle*",
-                    e["status"],
-                    e["attempts"],
-                    e["last_failed_at"],
-                    e["error"],
-                ]
-                for e in entries
-            ],
+        render_records(
+            [{**e, "table_name": e["table_name"] or "*cycle*"} for e in entries],
+            {
+                "id": "id",
+                "table": "table_name",
+                "status": "status",
+                "attempts": "attempts",
+                "last_failed_at": "last_failed_at",
+                "error": "error",
+            },
         )
     )
     return 0
