@@ -86,6 +86,7 @@ class RewrittenQuery:
     masks: bool  # binds the mask keys
     positional: bool  # the caller's ? / $n placeholders became named ones
     hidden: frozenset[str]  # hidden columns of the tables it reads (for the error)
+    rules: tuple[TableRule, ...] = ()  # the rules applied (their claims' types: claim_types.py)
 
 
 def refused_models(rules: AccessRules, manifest: Manifest) -> frozenset[str]:
@@ -309,7 +310,14 @@ def rewrite(sql: str, rules: AccessRules, manifest: Manifest) -> RewrittenQuery:
     hidden = frozenset(
         c for r in rewriter.touched.values() for c in r.hidden(_columns(manifest, r.table) or ())
     )
-    return RewrittenQuery(rewritten, claims, rewriter.masks, rewriter.positional, hidden)
+    return RewrittenQuery(
+        rewritten,
+        claims,
+        rewriter.masks,
+        rewriter.positional,
+        hidden,
+        tuple(rewriter.touched.values()),
+    )
 
 
 # -- the cache --------------------------------------------------------------------

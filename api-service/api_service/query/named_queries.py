@@ -9,7 +9,6 @@ bound as parameters, never interpolated into the SQL.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import math
 import re
@@ -78,10 +77,9 @@ def _coerce(name: str, spec: QueryParameter, value: Any) -> Any:
 
 def _from_claim(name: str, spec: QueryParameter, claims: Mapping[str, Any]) -> Any:
     assert spec.from_claim is not None
+    # Strict: the claim's JSON type must be the parameter's (a string "7" is not
+    # the integer 7), as for row filters (access/claim_types.py).
     value = claim_value(claims, spec.from_claim)  # MissingClaim, InvalidClaim
-    if isinstance(value, str) and spec.type in ("integer", "number"):
-        with contextlib.suppress(ValueError):
-            value = int(value) if spec.type == "integer" else float(value)
     try:
         return _coerce(name, spec, value)
     except ParameterError as exc:

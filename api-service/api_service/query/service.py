@@ -31,6 +31,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
+from api_service.access.claim_types import cached_claim_types, checked_claims, learn_claim_types
 from api_service.access.rewrite import (
     QueryAccess,
     bind,
@@ -38,7 +39,6 @@ from api_service.access.rewrite import (
     column_refusals,
     rewrite_and_cache,
 )
-from api_service.access.rules import claim_value
 from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import Busy, QueryFailed
@@ -260,7 +260,14 @@ class QueryService:
             rewritten = await self.executor.call(
                 rewrite_and_cache, query.sql, access.rules, snap.manifest
             )
-        values = {c: claim_value(access.claims, c) for c in rewritten.claims}
+        # Each claim must be of exactly the type its filter compares it with on
+        # this snapshot (learned once per version and rule): never coerced.
+        typing = cached_claim_types(snap.version, rewritten.rules)
+        if typing is None:
+            typing = await self.executor.call(
+                learn_claim_types, snap.con, snap.version, rewritten.rules
+            )
+        values = checked_claims(access.claims, rewritten.claims, typing)
         params = bind(rewritten, query.params, values, access.mask_keys)
         return dataclasses.replace(
             query, sql=rewritten.sql, params=params, access=None, hidden_columns=rewritten.hidden
