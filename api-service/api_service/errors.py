@@ -13,9 +13,11 @@
         │   ├── InsufficientScope   403 insufficient_scope
         │   ├── AdHocSqlNotAllowed  403 ad_hoc_sql_not_allowed
         │   ├── MissingClaim        403 missing_claim    a row filter or parameter needs a claim
-        │   └── InvalidClaim        403 invalid_claim    the claim is not a scalar (or a list)
+        │   └── InvalidClaim        403 invalid_claim    the claim is not of the type its use needs
         ├── UnknownQuery            404 unknown_query    (missing and not-yours look alike)
         ├── StaleCursor             409 stale_cursor     a page cursor from an older data version
+        ├── RequestHeaderTooLarge   431 request_header_too_large  request line or headers past the
+        │                                                LIMIT_REQUEST_* limits (connection closed)
         ├── RateLimited             429 rate_limited     with the X-RateLimit-* headers
         ├── TooManyConcurrentQueries 429 too_many_concurrent_queries  per user/app cap (Retry-After)
         ├── QueueTimeout            503 queue_timeout    no query slot before the deadline
@@ -80,6 +82,7 @@ __all__ = [
     "QueryTimeout",
     "QueueTimeout",
     "RateLimited",
+    "RequestHeaderTooLarge",
     "ResultTooLarge",
     "SnapshotError",
     "StaleCursor",
@@ -308,6 +311,14 @@ class Busy(ApiError, TransientError):
 
     def default_headers(self) -> dict[str, str]:
         return {"Retry-After": "2"}
+
+
+class RequestHeaderTooLarge(ApiError):
+    """Answered by the HTTP protocol itself (ops/uvicorn_worker.py), before any
+    route: the request head passed a LIMIT_REQUEST_* limit."""
+
+    status = 431
+    code = "request_header_too_large"
 
 
 class TooManyConnections(ApiError):

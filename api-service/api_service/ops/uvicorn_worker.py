@@ -16,14 +16,20 @@ workers; this worker applies them:
 - a request line longer than `limit_request_line`, more than
   `limit_request_fields` headers, or one header line longer than
   `limit_request_field_size` is answered 431 as well.
+
+The 431 is in the API's error shape (JSON, code `request_header_too_large`,
+`Connection: close`); no route ran, so it carries no request id.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
+
+from api_service.errors import RequestHeaderTooLarge
 
 __all__ = ["BoundedHttpToolsProtocol", "BoundedUvicornWorker"]
 
@@ -91,10 +97,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._refused = True
-        body = f"431 Request Header Fields Too Large: {reason}".encode()
+        error = {
+            "code": RequestHeaderTooLarge.code,
+            "message": f"{reason} (see LIMIT_REQUEST_* in the API documentation)",
+            "request_id": None,
+        }
+        body = json.dumps({"success": False, "error": error}).encode()
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body
         )
