@@ -103,6 +103,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 await poller
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
+            await app.state.query_service.aclose()
             app.state.query_service.close()
             if app.state.etl_commands is not None:
                 app.state.etl_commands.close()

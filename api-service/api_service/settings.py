@@ -134,6 +134,11 @@ class ApiSettings(CommonSettings):
     max_concurrent_queries_per_app: int | None = Field(
         None, validation_alias="MAX_CONCURRENT_QUERIES_PER_APP", ge=1
     )
+    # With REDIS_URL the caps above are counted across workers (query/shared_slots.py):
+    # a killed worker's slots come back after this long.
+    query_slot_lease_seconds: float = Field(
+        30.0, validation_alias="QUERY_SLOT_LEASE_SECONDS", ge=1, le=3600
+    )
     # Signs page cursors and /events tickets (auth/signing.py); unset: a random
     # key per host. Several hosts behind one load balancer must share one.
     api_signing_secret: str | None = Field(

@@ -14,7 +14,12 @@ deadline. What must always hold:
   by more than one turn;
 - a user may have at most `per_user_queue` queries waiting: past that the
   request is refused at once (429 `too_many_concurrent_queries`, Retry-After);
-- a waiter whose deadline passes leaves the queue with 503 `queue_timeout`.
+- a waiter whose deadline passes leaves the queue with 503 `queue_timeout`;
+- with `shared` (Redis, shared_slots.py) the per-user and per-app caps hold
+  across all workers: a query admitted here also takes a lease there; when
+  the user's slots are all held by other workers it gives its local slot
+  back and tries again every `SHARED_RETRY_SECONDS` (counted as waiting)
+  until its deadline.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from api_service.errors import QueueTimeout, TooManyConcurrentQueries
+from api_service.query.shared_slots import Lease, SharedSlots
 
-__all__ = ["QueryGate", "Slot"]
+__all__ = ["SHARED_RETRY_SECONDS", "QueryGate", "Slot"]
+
+SHARED_RETRY_SECONDS = 0.1
 
 
 @dataclass(eq=False)
@@ -35,15 +43,25 @@ class Slot:
     app: str
     admitted: asyncio.Future[None] | None = None
     released: bool = field(default=False)
+    lease: Lease | None = None  # the slot's lease in Redis (shared caps)
 
 
 class QueryGate:
-    def __init__(self, capacity: int, per_user: int, per_app: int, per_user_queue: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        per_user: int,
+        per_app: int,
+        per_user_queue: int,
+        shared: SharedSlots | None = None,
+    ) -> None:
         self.capacity = capacity
         self.per_user = per_user
         self.per_app = per_app
         self.per_user_queue = per_user_queue
+        self.shared = shared
         self.running = 0
+        self._parked: dict[str, int] = {}  # per user: waiting for a shared slot
         self._users: dict[str, int] = {}  # running, per user
         self._apps: dict[str, int] = {}  # running, per app
         self._waiting: OrderedDict[str, deque[Slot]] = OrderedDict()
@@ -61,17 +79,59 @@ class QueryGate:
         self._apps[slot.app] = self._apps.get(slot.app, 0) + 1
 
     async def acquire(self, user: str, app: str, timeout: float) -> Slot:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            slot = await self._acquire_local(user, app, deadline - loop.time())
+            if self.shared is None:
+                return slot
+            try:
+                lease = await self.shared.try_acquire(user, app)
+            except BaseException:
+                self.release(slot)
+                raise
+            if lease is not None:
+                slot.lease = lease if isinstance(lease, Lease) else None
+                return slot
+            # Every slot of this user (or app) is held by other workers.
+            self.release(slot)
+            if self._waiting_count(user) >= self.per_user_queue:
+                raise self._too_many()
+            if deadline - loop.time() <= SHARED_RETRY_SECONDS:
+                raise self._queue_timeout()
+            self._parked[user] = self._parked.get(user, 0) + 1
+            try:
+                await asyncio.sleep(SHARED_RETRY_SECONDS)
+            finally:
+                self._parked[user] -= 1
+                if not self._parked[user]:
+                    del self._parked[user]
+
+    def _waiting_count(self, user: str) -> int:
+        return len(self._waiting.get(user, ())) + self._parked.get(user, 0)
+
+    def _too_many(self) -> TooManyConcurrentQueries:
+        return TooManyConcurrentQueries(
+            f"this user already has {self.per_user} queries running and"
+            f" {self.per_user_queue} waiting; wait for one to finish",
+            headers={"Retry-After": "1"},
+        )
+
+    def _queue_timeout(self) -> QueueTimeout:
+        return QueueTimeout(
+            "every query slot this caller may use stayed busy until the"
+            " request's deadline; try again",
+            headers={"Retry-After": "2"},
+        )
+
+    async def _acquire_local(self, user: str, app: str, timeout: float) -> Slot:
         slot = Slot(user, app)
         queue = self._waiting.get(user)
         if queue is None and self._may_run(slot):
             self._start(slot)
             return slot
-        if queue is not None and len(queue) >= self.per_user_queue:
-            raise TooManyConcurrentQueries(
-                f"this user already has {self.per_user} queries running and"
-                f" {self.per_user_queue} waiting; wait for one to finish",
-                headers={"Retry-After": "1"},
-            )
+        if self._waiting_count(user) >= self.per_user_queue:
+            raise self._too_many()
         slot.admitted = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(user, deque()).append(slot)
         self._dispatch()  # (caps of other users may leave room right now)
@@ -83,11 +143,7 @@ class QueryGate:
             else:
                 self._unqueue(slot)
             if isinstance(exc, TimeoutError):
-                raise QueueTimeout(
-                    "every query slot this caller may use stayed busy until the"
-                    " request's deadline; try again",
-                    headers={"Retry-After": "2"},
-                ) from None
+                raise self._queue_timeout() from None
             raise
         return slot
 
@@ -96,6 +152,8 @@ class QueryGate:
         if slot.released:
             return
         slot.released = True
+        if slot.lease is not None and self.shared is not None:
+            self.shared.release(slot.lease)
         self.running -= 1
         for counts, key in ((self._users, slot.user), (self._apps, slot.app)):
             left = counts.get(key, 1) - 1

@@ -52,6 +52,7 @@ from api_service.query.executor import Params, QueryExecutor, QueryResult
 from api_service.query.fairness import QueryGate
 from api_service.query.pagination import FIRST_PAGE, Paginator, Paging
 from api_service.query.result_cache import CachedResponse, ResultCache, query_key
+from api_service.query.shared_slots import SharedSlots
 from api_service.query.streaming import StreamLimits, columns_header, stream_response
 from api_service.settings import ApiSettings
 
@@ -97,6 +98,7 @@ class QueryService:
         cache: ResultCache,
         paginator: Paginator,
         budget: MemoryBudget | None = None,
+        shared_slots: SharedSlots | None = None,
     ) -> None:
         self.settings = settings
         self.snapshots = snapshots
@@ -109,6 +111,7 @@ class QueryService:
             per_user=settings.max_concurrent_queries_per_user,
             per_app=settings.max_concurrent_queries_per_app or settings.query_workers,
             per_user_queue=settings.max_queued_queries_per_user,
+            shared=shared_slots,
         )
 
     @classmethod
@@ -130,7 +133,19 @@ class QueryService:
             settings.query_workers, gate, budget.encode_slots if budget is not None else None
         )
         cache = ResultCache(settings.result_cache_bytes)
-        return cls(settings, snapshots, executor, cache, Paginator(signer), budget)
+        # With Redis, a user's (and app's) query caps hold across workers.
+        shared = (
+            SharedSlots(
+                settings.redis_url,
+                prefix=settings.rate_limit_key_prefix,
+                per_user=settings.max_concurrent_queries_per_user,
+                per_app=settings.max_concurrent_queries_per_app,
+                lease_seconds=settings.query_slot_lease_seconds,
+            )
+            if settings.redis_url
+            else None
+        )
+        return cls(settings, snapshots, executor, cache, Paginator(signer), budget, shared)
 
     def memory_status(self) -> dict[str, object] | None:
         """The worker's budget and what of it is in use (for /health and /metrics)."""
@@ -146,6 +161,11 @@ class QueryService:
 
     def close(self) -> None:
         self.executor.shutdown()
+
+    async def aclose(self) -> None:
+        """Give back the shared query slots this worker holds (on the event loop)."""
+        if self.gate.shared is not None:
+            await self.gate.shared.aclose()
 
     def prepare(
         self,
