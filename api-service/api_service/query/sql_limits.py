@@ -25,7 +25,17 @@ fails when an upgrade brings a name nobody reviewed):
   counts over the whole query is at most `MAX_AMPLIFY`; `printf`/`format`
   need a literal format string without computed (`*`, nested `{}`) or huge
   widths and precisions. The table functions `range`/`generate_series` take
-  constant arguments, and integer ones span at most `MAX_SERIES_ROWS` rows.
+  constant arguments, and integer ones span at most `MAX_SERIES_ROWS` rows;
+- growing: calls that join values read from the data (`s || s`, `concat(s, s,
+  s)`, `list_concat`, `[s, s]`, `format('{}{}', s, s)`, ...) multiply a value's
+  size by the number of their arguments that read a column, and chained
+  through CTE or subquery levels they double it again each time: 12 levels of
+  `s || s` over a 4 KB string build 16 MB per value and GBs per vector,
+  allocated outside DuckDB's memory limit and before it checks for an
+  interrupt. The product of those counts over the whole query is at most
+  `MAX_CONCAT_GROWTH` (it also spends the repeat-like budget), and
+  `replace`/`regexp_replace` take a constant replacement (one that reads a
+  column multiplies the size by the number of matches).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ __all__ = [
     "DENIED_FUNCTIONS",
     "DENIED_PREFIXES",
     "MAX_AMPLIFY",
+    "MAX_CONCAT_GROWTH",
     "MAX_SERIES_ROWS",
     "AmplifyBudget",
     "GuardLimits",
@@ -117,6 +128,7 @@ _ALLOWED_PG = frozenset({"pg_typeof", "pg_size_pretty"})
 
 MAX_AMPLIFY = 10_000
 MAX_SERIES_ROWS = 1_000_000
+MAX_CONCAT_GROWTH = 64
 # name -> index of the argument that sets the output's absolute size.
 _ABSOLUTE_SIZE = {"lpad": 1, "rpad": 1, "bar": 3, "to_base": 2, "equi_width_bins": 2}
 # name -> index of the count that multiplies the input.
@@ -124,6 +136,25 @@ _MULTIPLYING = {"repeat": 1, "list_resize": 1, "array_resize": 1}
 _SERIES = frozenset({"range", "generate_series"})
 AMPLIFYING_FUNCTIONS = frozenset(_ABSOLUTE_SIZE) | frozenset(_MULTIPLYING) | _SERIES
 _FORMAT_FUNCTIONS = frozenset({"printf", "format"})
+# Calls whose result holds each argument: name -> index of the first that counts.
+_JOINING = {
+    "||": 0,
+    "concat": 0,
+    "concat_ws": 1,
+    "list_concat": 0,
+    "list_cat": 0,
+    "array_concat": 0,
+    "array_cat": 0,
+    "list_value": 0,
+    "array_value": 0,
+    "list_pack": 0,
+    "struct_pack": 0,
+    "row": 0,
+    "map": 0,
+    "printf": 1,
+    "format": 1,
+}
+_REPLACING = {"replace": 2, "regexp_replace": 2}  # name -> the replacement's index
 _WIDE_FORMAT = re.compile(r"\d{5,}")
 _NESTED_FIELD = re.compile(r"\{[^{}]*\{")
 _STAR_WIDTH = re.compile(r"%[^a-zA-Z%]*\*")
@@ -134,6 +165,18 @@ class AmplifyBudget:
 
     def __init__(self) -> None:
         self.product = 1
+        self.growth = 1  # of the joining calls alone
+
+    def grow(self, name: str, factor: int) -> None:
+        self.growth *= factor
+        if self.growth > MAX_CONCAT_GROWTH:
+            raise QueryRejected(
+                f"{name}(): this query joins values read from the data into ever larger"
+                f" ones (their sizes multiply past {MAX_CONCAT_GROWTH}x); build fewer"
+                " copies of a column into one value",
+                "function_not_allowed",
+            )
+        self.spend(name, factor)
 
     def spend(self, name: str, count: int) -> None:
         self.product *= max(1, count)
@@ -179,6 +222,28 @@ def check_function(name: str, node: dict[str, Any], budget: AmplifyBudget) -> No
         budget.spend(name, span)
     elif name in _FORMAT_FUNCTIONS:
         _check_format(name, args)
+    if name in _JOINING:
+        reading = sum(1 for a in args[_JOINING[name] :] if _reads_data(a))
+        if reading >= 2:
+            budget.grow(name, reading)
+    elif name in _REPLACING and _reads_data(args[_REPLACING[name] :][:1]):
+        raise QueryRejected(
+            f"{name}() needs a replacement that reads no column", "function_not_allowed"
+        )
+
+
+def _reads_data(node: Any) -> bool:
+    """Whether an expression reads a column (or a subquery's result)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, list):
+            stack.extend(current)
+        elif isinstance(current, dict):
+            if current.get("class") in ("COLUMN_REF", "SUBQUERY", "PARAMETER", "STAR"):
+                return True
+            stack.extend(v for v in current.values() if isinstance(v, dict | list))
+    return False
 
 
 def check_series_table_function(name: str, node: dict[str, Any]) -> None:
