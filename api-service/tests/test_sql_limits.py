@@ -117,6 +117,47 @@ def test_computed_or_huge_sizes_are_refused(sql):
     _refused(sql, "function_not_allowed")
 
 
+def _levels(step: str, levels: int) -> str:
+    ctes = ["a0 AS (SELECT warehouse AS s FROM inventory)"]
+    ctes += [f"a{i} AS (SELECT {step} AS s FROM a{i - 1})" for i in range(1, levels + 1)]
+    return f"WITH {', '.join(ctes)} SELECT length(s) FROM a{levels}"
+
+
+LABEL_20 = " || ' ' || ".join(["warehouse", "CAST(id AS VARCHAR)"] * 10)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # one label joined from twenty column reads: additive, not multiplying
+        f"SELECT {LABEL_20} AS label FROM inventory",
+        # independent expressions of one level do not multiply each other
+        "SELECT "
+        + ", ".join(f"warehouse || CAST(id + {i} AS VARCHAR)" for i in range(12))
+        + " FROM inventory",
+        # a few levels of modest growth: 4 * 4 * 4 = 64
+        _levels("s || '-' || s || '-' || s || s", 3),
+        _levels("concat(s, s)", 6),  # 2^6 = 64
+    ],
+)
+def test_joining_values_is_bounded_per_value_not_per_query(sql):
+    assert check_query(sql, allowed_tables=ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        _levels("concat(s, s)", 7),  # 2^7 = 128
+        _levels("s || s || s || s", 4),  # 4^4 = 256
+        # nested calls in one value add up: 4 reads at each of 4 levels
+        _levels("concat(concat(s, s), list_value(s, s)[1])", 4),
+        f"WITH a AS (SELECT {LABEL_20} AS s FROM inventory) SELECT s || s || s || s FROM a",
+    ],
+)
+def test_values_grown_level_after_level_are_refused(sql):
+    _refused(sql, "function_not_allowed")
+
+
 def test_series_table_functions_take_constants():
     functions = {"range", "generate_series"}
     ok = "SELECT * FROM generate_series(DATE '2024-01-01', DATE '2024-12-31', INTERVAL 1 DAY)"

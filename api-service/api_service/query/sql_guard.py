@@ -142,6 +142,9 @@ def _parse_tree(sql: str) -> dict[str, Any]:
     return tree
 
 
+_Entry = tuple[Any, frozenset[str], int, int]  # node, CTE scope, depth, query level
+
+
 class _Walker:
     def __init__(
         self,
@@ -162,12 +165,13 @@ class _Walker:
 
     def walk(self, tree: dict[str, Any]) -> None:
         # Iterative (an explicit stack): a deeply nested query cannot exhaust Python's stack.
-        # Each entry carries its CTE scope and its expression depth.
-        stack: list[tuple[Any, frozenset[str], int]] = [(tree, frozenset(), 0)]
+        # Each entry carries its CTE scope, its expression depth and its query
+        # level (the id of the SELECT node it belongs to; see AmplifyBudget).
+        stack: list[_Entry] = [(tree, frozenset(), 0, 0)]
         while stack:
-            node, scope, depth = stack.pop()
+            node, scope, depth, level = stack.pop()
             if isinstance(node, list):
-                stack.extend((item, scope, depth) for item in reversed(node))
+                stack.extend((item, scope, depth, level) for item in reversed(node))
                 continue
             if not isinstance(node, dict):
                 continue
@@ -175,9 +179,11 @@ class _Walker:
                 depth += 1
                 if depth > self.limits.expression_depth:
                     raise _too_complex(f"nested deeper than {self.limits.expression_depth} levels")
-            scope = self._visit(node, scope, depth, stack)
+            scope = self._visit(node, scope, depth, level, stack)
+            if str(node.get("type", "")).endswith("_NODE"):
+                level = id(node)
             stack.extend(
-                (value, scope, depth)
+                (value, scope, depth, level)
                 for key, value in reversed(node.items())
                 if key != "cte_map" and isinstance(value, dict | list)
             )
@@ -193,12 +199,13 @@ class _Walker:
         node: dict[str, Any],
         scope: frozenset[str],
         depth: int,
-        stack: list[tuple[Any, frozenset[str], int]],
+        level: int,
+        stack: list[_Entry],
     ) -> frozenset[str]:
         kind = node.get("type")
         cls = node.get("class")
         if isinstance(cls, str):
-            self._expression(node, cls)
+            self._expression(node, cls, level)
             return scope
         if not isinstance(kind, str):
             return scope
@@ -214,7 +221,7 @@ class _Walker:
         kind: str,
         scope: frozenset[str],
         depth: int,
-        stack: list[tuple[Any, frozenset[str], int]],
+        stack: list[_Entry],
     ) -> frozenset[str]:
         if kind not in _QUERY_NODES:
             what = kind.removesuffix("_QUERY_NODE").removesuffix("_NODE")
@@ -237,11 +244,11 @@ class _Walker:
             if not isinstance(entry, dict):
                 continue
             name = str(entry.get("key", "")).lower()
-            stack.append((entry.get("value"), scope, depth))
+            stack.append((entry.get("value"), scope, depth, id(node)))
             scope = scope | {name}
         return scope
 
-    def _expression(self, node: dict[str, Any], cls: str) -> None:
+    def _expression(self, node: dict[str, Any], cls: str, level: int) -> None:
         self.shape.update(cls.encode())
         self.expression_nodes += 1
         if self.expression_nodes > self.limits.expression_nodes:
@@ -256,7 +263,7 @@ class _Walker:
                     f"call {name}() without a schema or catalog prefix", "function_not_allowed"
                 )
             if id(node) not in self._table_function_calls:
-                check_function(name, node, self.budget)
+                check_function(name, node, self.budget, level)
 
     def _table_ref(self, node: dict[str, Any], kind: str, scope: frozenset[str]) -> None:
         self.shape.update(kind.encode())

@@ -27,15 +27,18 @@ fails when an upgrade brings a name nobody reviewed):
   widths and precisions. The table functions `range`/`generate_series` take
   constant arguments, and integer ones span at most `MAX_SERIES_ROWS` rows;
 - growing: calls that join values read from the data (`s || s`, `concat(s, s,
-  s)`, `list_concat`, `[s, s]`, `format('{}{}', s, s)`, ...) multiply a value's
-  size by the number of their arguments that read a column, and chained
-  through CTE or subquery levels they double it again each time: 12 levels of
-  `s || s` over a 4 KB string build 16 MB per value and GBs per vector,
-  allocated outside DuckDB's memory limit and before it checks for an
-  interrupt. The product of those counts over the whole query is at most
-  `MAX_CONCAT_GROWTH` (it also spends the repeat-like budget), and
-  `replace`/`regexp_replace` take a constant replacement (one that reads a
-  column multiplies the size by the number of matches).
+  s)`, `list_concat`, `[s, s]`, `format('{}{}', s, s)`, ...) make a value as
+  large as the values they join: an expression's size counts the column reads
+  joined into it (`a || ' ' || b` holds 2). Chained through CTE or subquery
+  levels the sizes multiply (12 levels of `s || s` over a 4 KB string build
+  16 MB per value and GBs per vector, allocated outside DuckDB's memory limit
+  and before it checks for an interrupt), so the product over the query's
+  levels of each level's largest value is at most `MAX_CONCAT_GROWTH`, and it
+  also spends the repeat-like budget. Independent expressions of one level
+  do not multiply: `SELECT a || b, c || d, ...` or one label joined from
+  twenty columns is fine. `replace`/`regexp_replace` take a constant
+  replacement (one that reads a column multiplies the size by the number of
+  matches).
 """
 
 from __future__ import annotations
@@ -161,30 +164,86 @@ _STAR_WIDTH = re.compile(r"%[^a-zA-Z%]*\*")
 
 
 class AmplifyBudget:
-    """The product of the multiplying counts seen in one query."""
+    """One query's amplification: the product of its repeat-like counts, and per
+    query level (SELECT node) the largest number of column reads joined into one
+    value there (their product bounds any chain of levels)."""
 
     def __init__(self) -> None:
         self.product = 1
-        self.growth = 1  # of the joining calls alone
+        self._levels: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}  # id(expression) -> joined reads, memoised
 
-    def grow(self, name: str, factor: int) -> None:
-        self.growth *= factor
+    @property
+    def growth(self) -> int:
+        return math.prod(self._levels.values())
+
+    def grow(self, name: str, level: int, size: int) -> None:
+        if size <= self._levels.get(level, 1):
+            return
+        self._levels[level] = size
         if self.growth > MAX_CONCAT_GROWTH:
             raise QueryRejected(
                 f"{name}(): this query joins values read from the data into ever larger"
-                f" ones (their sizes multiply past {MAX_CONCAT_GROWTH}x); build fewer"
-                " copies of a column into one value",
+                f" ones, level after level (their sizes multiply past {MAX_CONCAT_GROWTH}x);"
+                " build fewer copies of a column into one value",
                 "function_not_allowed",
             )
-        self.spend(name, factor)
+        self._check(name)
 
     def spend(self, name: str, count: int) -> None:
         self.product *= max(1, count)
-        if self.product > MAX_AMPLIFY:
+        self._check(name)
+
+    def _check(self, name: str) -> None:
+        if self.product * self.growth > MAX_AMPLIFY:
             raise QueryRejected(
                 f"{name}(): the repeat-like counts of this query multiply past {MAX_AMPLIFY}",
                 "function_not_allowed",
             )
+
+    def joined_size(self, node: Any) -> int:
+        """How many column reads an expression joins into one value: a joining
+        call adds its arguments' sizes, any other expression is as large as its
+        largest argument. Iterative and memoised (the guard runs this on each
+        joining call of a chain before the walk has checked its depth)."""
+        stack: list[tuple[Any, bool]] = [(node, False)]
+        while stack:
+            current, ready = stack.pop()
+            if id(current) in self._sizes:
+                continue
+            children = _children(current)
+            if not ready:
+                stack.append((current, True))
+                stack.extend((child, False) for child in children)
+                continue
+            sizes = [self._sizes[id(child)] for child in children]
+            if isinstance(current, dict) and current.get("class") in _READS:
+                size = 1
+            elif isinstance(current, dict) and _joining_start(current) is not None:
+                start = _joining_start(current) or 0
+                args = arguments(current)
+                size = sum(self._sizes[id(a)] for a in args[start:] if id(a) in self._sizes)
+            else:
+                size = max(sizes, default=0)
+            self._sizes[id(current)] = size
+        return self._sizes[id(node)]
+
+
+_READS = frozenset({"COLUMN_REF", "SUBQUERY", "PARAMETER", "STAR"})
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, list):
+        return [v for v in node if isinstance(v, dict | list)]
+    if isinstance(node, dict) and node.get("class") not in _READS:
+        return [v for v in node.values() if isinstance(v, dict | list)]
+    return []
+
+
+def _joining_start(node: dict[str, Any]) -> int | None:
+    if node.get("class") != "FUNCTION":
+        return None
+    return _JOINING.get(str(node.get("function_name", "")).lower())
 
 
 def denied(name: str) -> bool:
@@ -193,8 +252,9 @@ def denied(name: str) -> bool:
     return name.startswith(DENIED_PREFIXES) and name not in _ALLOWED_PG
 
 
-def check_function(name: str, node: dict[str, Any], budget: AmplifyBudget) -> None:
-    """Refuse a call to `name` (lower case) the rules above do not allow."""
+def check_function(name: str, node: dict[str, Any], budget: AmplifyBudget, level: int = 0) -> None:
+    """Refuse a call to `name` (lower case) the rules above do not allow; `level`
+    names the query level (SELECT node) the call is part of."""
     if denied(name):
         raise QueryRejected(f"function {name}() is not allowed", "function_not_allowed")
     args = arguments(node)
@@ -223,9 +283,7 @@ def check_function(name: str, node: dict[str, Any], budget: AmplifyBudget) -> No
     elif name in _FORMAT_FUNCTIONS:
         _check_format(name, args)
     if name in _JOINING:
-        reading = sum(1 for a in args[_JOINING[name] :] if _reads_data(a))
-        if reading >= 2:
-            budget.grow(name, reading)
+        budget.grow(name, level, budget.joined_size(node))
     elif name in _REPLACING and _reads_data(args[_REPLACING[name] :][:1]):
         raise QueryRejected(
             f"{name}() needs a replacement that reads no column", "function_not_allowed"
