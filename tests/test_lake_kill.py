@@ -20,6 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from analytics_shared.manifest import MANIFEST_KEY, Manifest
@@ -65,6 +66,7 @@ def _sync_killed_at(point: str, env: dict[str, str], tmp_path: Path) -> None:
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_kill_9_inside_a_lake_commit(
     platform_env: dict[str, str], pg_url: str, issuer, tmp_path: Path
 ) -> None:

@@ -193,15 +193,22 @@ def restore(request: dict[str, Any]) -> dict[str, Any]:
                 f"snapshot {target} is not in the lake (never committed, or expired by the"
                 " retention)"
             )
+        # The old rows are read before the transaction: read after its DELETE,
+        # `AT (VERSION => ...)` misses the rows deleted in the same transaction.
+        for n, name in enumerate(request["tables"]):
+            con.execute(
+                f"CREATE TEMP TABLE __restore_{n} AS"
+                f" SELECT * FROM lake.main.{quote_ident(name)} AT (VERSION => {target})"
+            )
         con.execute("BEGIN")
         con.execute(
             f"CALL ducklake_set_commit_message('lake', 'analytics-etl rollback',"
             f" {quote_literal(f'rollback to snapshot {target}')})"
         )
-        for name in request["tables"]:
+        for n, name in enumerate(request["tables"]):
             t = f"lake.main.{quote_ident(name)}"
             con.execute(f"DELETE FROM {t}")
-            con.execute(f"INSERT INTO {t} SELECT * FROM {t} AT (VERSION => {target})")
+            con.execute(f"INSERT INTO {t} SELECT * FROM __restore_{n}")
         con.execute("COMMIT")
         return {"snapshot_id": _current_snapshot(con)}
     finally:
