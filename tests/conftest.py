@@ -7,14 +7,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from analytics_shared.lake import LakeConfig
 from api_service.data.cache import SnapshotCache
 from api_service.data.lake_replica import LakeReplicator
 from api_service.settings import ApiSettings
+from etl_service.demo_source import create_demo_source
 from etl_service.settings import EtlSettings
 from etl_service.sync import SyncEngine
-from testsupport.lake import LAKE_TABLES
+from testsupport.lake import LAKE_TABLES, lake_platform_env
+from testsupport.snapshots import run_etl
 
 
 @pytest.fixture
@@ -66,3 +69,19 @@ def make_replicator(
         return LakeReplicator(store, config, SnapshotCache(store, settings.cache_dir))
 
     return build
+
+
+@pytest.fixture
+def lake_platform(
+    platform_env: dict[str, str], pg_url: str
+) -> Iterator[tuple[dict[str, str], sa.Engine]]:
+    """Settings for both services in lake mode and the demo source, after a first
+    `analytics-etl sync` published the first lake version."""
+    env = lake_platform_env(platform_env, pg_url)
+    source = create_demo_source(pg_url)
+    try:
+        first = run_etl(["sync"], env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        yield env, source
+    finally:
+        source.dispose()

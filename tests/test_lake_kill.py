@@ -23,8 +23,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from analytics_shared.manifest import MANIFEST_KEY, Manifest
-from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
 from testsupport.lake import (
     LAKE_TABLES,
@@ -32,18 +30,14 @@ from testsupport.lake import (
     assert_equal_to_source,
     change_inventory,
     lake_config,
-    lake_platform_env,
     lake_snapshots,
     lake_table,
+    published_manifest,
     source_inventory,
     wait_for_version,
     working_db,
 )
-from testsupport.snapshots import ETL, run_etl, store_from_env, wait_for
-
-
-def _manifest(env: dict[str, str]) -> Manifest:
-    return Manifest.from_json(store_from_env(env).get_bytes(MANIFEST_KEY)[0])
+from testsupport.snapshots import ETL, run_etl, wait_for
 
 
 def _sync_killed_at(point: str, env: dict[str, str], tmp_path: Path) -> None:
@@ -68,12 +62,9 @@ def _sync_killed_at(point: str, env: dict[str, str], tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_inside_a_lake_commit(
-    platform_env: dict[str, str], pg_url: str, issuer, tmp_path: Path
+    lake_platform: tuple[dict[str, str], sa.Engine], issuer, tmp_path: Path
 ) -> None:
-    env = lake_platform_env(platform_env, pg_url)
-    source = create_demo_source(pg_url)
-    first = run_etl(["sync"], env)
-    assert first.returncode == 0, first.stderr[-3000:]
+    env, source = lake_platform
     api = ApiServer(env, workers=1, log_path=tmp_path / "api.log")
     token = issuer.mint(sub="lake-kill")
     try:
@@ -82,7 +73,6 @@ def test_kill_9_inside_a_lake_commit(
             _kill_and_recover(point, n, env, source, api, token, tmp_path)
     finally:
         api.stop()
-        source.dispose()
 
 
 def _kill_and_recover(
@@ -94,7 +84,7 @@ def _kill_and_recover(
     token: str,
     tmp_path: Path,
 ) -> None:
-    old = _manifest(env)
+    old = published_manifest(env)
     assert old.lake is not None
     served_before = source_inventory(source)
     assert answer(api, token)["data"] == served_before
@@ -105,7 +95,7 @@ def _kill_and_recover(
     killed_after = time.monotonic() - started
 
     # The manifest still names the old snapshot, which the lake has committed ...
-    manifest = _manifest(env)
+    manifest = published_manifest(env)
     assert manifest.version == old.version, point
     lake = lake_snapshots(env)
     assert old.lake.snapshot_id in {s["snapshot_id"] for s in lake["snapshots"]}
@@ -121,7 +111,7 @@ def _kill_and_recover(
     # The next cycle re-sends the changes and everything converges.
     again = run_etl(["sync"], env)
     assert again.returncode == 0, again.stderr[-3000:]
-    new = _manifest(env)
+    new = published_manifest(env)
     assert new.lake is not None and new.lake.snapshot_id > old.lake.snapshot_id
     assert new.lake.snapshot_id == lake_snapshots(env)["current"]
     wait_for_version(api, new.version)

@@ -137,10 +137,15 @@ def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
         second = run_etl(["sync"], env)
         assert second.returncode == 0, second.stderr + second.stdout
         time.sleep(3)
+        details = {"Authorization": f"Bearer {issuer.mint(scopes='read:status')}"}
         for api in hosts:
-            health = httpx.get(api.url + "/health", timeout=5)
+            health = httpx.get(api.url + "/health", headers=details, timeout=5)
             assert health.status_code == 200
             assert health.json()["data_version"] == answers[0]["data_version"]
+            # The replica's lag behind the version published meanwhile shows.
+            lag = health.json()["lake_replica"]
+            assert lag["lag_snapshots"] >= 1 and lag["lag_seconds"] > 0, lag
+            assert lag["last_error"], lag
             assert answer(api, token, INVENTORY_SQL)["data"] == expected
         # ... and catch up, by the change, once it is back.
         proxy.restore()
@@ -156,10 +161,10 @@ def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
             after = answer(api, token, INVENTORY_SQL)
             assert after["data_version"] == manifest_version
             assert after["data"] == expected
-            details = {"Authorization": f"Bearer {issuer.mint(scopes='read:status')}"}
             health = httpx.get(api.url + "/health", headers=details, timeout=5).json()
             lake = health["lake_replica"]
             assert lake["bootstraps_total"] == 1
+            assert lake["lag_snapshots"] == 0 and lake["lag_seconds"] == 0
     finally:
         for api in hosts:
             api.stop()

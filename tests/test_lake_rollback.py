@@ -11,13 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
-from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
 from testsupport.lake import (
     answer,
     change_inventory,
-    lake_platform_env,
+    published_manifest,
     source_inventory,
     wait_for_version,
 )
@@ -36,13 +36,10 @@ def _version_of(done_stdout: str) -> str:
 
 @pytest.mark.slow
 def test_rollback_in_lake_mode(
-    platform_env: dict[str, str], pg_url: str, issuer, tmp_path: Path
+    lake_platform: tuple[dict[str, str], sa.Engine], issuer, tmp_path: Path
 ) -> None:
-    env = lake_platform_env(platform_env, pg_url)
-    source = create_demo_source(pg_url)
-    first = run_etl(["sync"], env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    v1, rows_v1 = _version_of(first.stdout), source_inventory(source)
+    env, source = lake_platform
+    v1, rows_v1 = published_manifest(env).version, source_inventory(source)
     change_inventory(source, delta=100, delete_id=3)
     second = run_etl(["sync"], env)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -104,4 +101,3 @@ def test_rollback_in_lake_mode(
         assert "snapshot 99999 is not in the lake" in refused.stderr, refused.stderr[-2000:]
     finally:
         api.stop()
-        source.dispose()

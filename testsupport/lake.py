@@ -13,8 +13,10 @@ import httpx
 import sqlalchemy as sa
 
 from analytics_shared.lake import LakeConfig, run_lake
+from analytics_shared.manifest import MANIFEST_KEY, Manifest
 from etl_service.settings import EtlSettings
 from testsupport.api_server import ApiServer
+from testsupport.snapshots import store_from_env
 
 __all__ = [
     "INVENTORY_SQL",
@@ -26,6 +28,7 @@ __all__ = [
     "lake_platform_env",
     "lake_snapshots",
     "lake_table",
+    "published_manifest",
     "source_inventory",
     "wait_for_version",
     "working_db",
@@ -51,6 +54,11 @@ def lake_platform_env(platform_env: dict[str, str], pg_url: str) -> dict[str, st
         "RATE_LIMIT_REQUESTS": "100000",
         "LOG_LEVEL": "WARNING",
     }
+
+
+def published_manifest(env: dict[str, str]) -> Manifest:
+    """The manifest the store publishes now."""
+    return Manifest.from_json(store_from_env(env).get_bytes(MANIFEST_KEY)[0])
 
 
 def lake_config(env: dict[str, str]) -> LakeConfig:
