@@ -7,103 +7,35 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from analytics_shared.lake import LakeConfig, run_lake
-from api_service.data.cache import SnapshotCache
 from api_service.data.lake_replica import LakeReplicator
-from api_service.settings import ApiSettings
 from etl_service.demo_source import create_demo_source
-from etl_service.settings import EtlSettings
-from etl_service.sync import SyncEngine
 from testsupport.api_server import ApiServer
+from testsupport.lake import (
+    INVENTORY_SQL,
+    LAKE_TABLES,
+    answer,
+    assert_equal_to_source,
+    lake_table,
+    wait_for_version,
+)
 from testsupport.proxy import TcpProxy
 from testsupport.snapshots import run_etl, store_from_env
 from testsupport.source_writers import writers_running
 
-TABLES = ("inventory", "orders")
-
-
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> set[tuple[Any, ...]]:
-    rows = con.execute(sql).fetchall()
-    assert len(rows) == len(set(rows)), "duplicate rows"
-    return set(rows)
+TABLES = LAKE_TABLES
 
 
 @pytest.fixture
-def lake_env(pg_url: str, s3_env: dict[str, str], data_dir: Path) -> dict[str, str]:
-    return {
-        **s3_env,
-        "SOURCE_URL": pg_url,
-        "DATABASE_URL": pg_url,  # the state database is the lake's catalog too
-        "DATA_DIR": str(data_dir),
-        "PUBLISH_MODE": "lake",
-        "TABLES_TO_SYNC": ",".join(TABLES),
-        "RETRY_ATTEMPTS": "3",
-        "RETRY_BASE_SECONDS": "0.01",
-        "RETRY_MAX_SECONDS": "0.05",
-    }
-
-
-@pytest.fixture
-def lake_etl(lake_env: dict[str, str]) -> Iterator[Callable[..., SyncEngine]]:
-    engines: list[SyncEngine] = []
-
-    def build(**overrides: str) -> SyncEngine:
-        engine = SyncEngine.from_settings(EtlSettings(**{**lake_env, **overrides}), progress=False)
-        engines.append(engine)
-        return engine
-
-    yield build
-    for engine in engines:
-        engine.close()
-
-
-@pytest.fixture
-def replicator(
-    lake_env: dict[str, str], auth_env: dict[str, str], pg_url: str, tmp_path: Path
-) -> LakeReplicator:
-    """An API host's replicator (its own cache directory)."""
-    settings = ApiSettings(
-        **{**lake_env, **auth_env, "DATA_DIR": str(tmp_path / "api"), "LAKE_CATALOG_URL": pg_url}
-    )
-    store = settings.open_store()
-    config = LakeConfig.from_settings(settings, pg_url)
-    return LakeReplicator(store, config, SnapshotCache(store, settings.cache_dir))
-
-
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    return [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
-
-
-def _assert_equal_to_source(
-    source: sa.Engine, con: duckdb.DuckDBPyConnection, table: str, what: str
-) -> None:
-    cols = _columns(con, table)
-    listed = ", ".join(f'"{c}"' for c in cols)
-    with source.connect() as conn:
-        expected = {tuple(r) for r in conn.execute(sa.text(f'SELECT {listed} FROM "{table}"'))}
-    actual = _rows(con, f'SELECT {listed} FROM "{table}"')
-    assert actual == expected, (
-        f"{what} {table}: {len(actual)} rows vs {len(expected)} in the source;"
-        f" missing {sorted(expected - actual)[:3]}, unexpected {sorted(actual - expected)[:3]}"
-    )
-
-
-def _lake_table(config: LakeConfig, table: str, dest: Path) -> duckdb.DuckDBPyConnection:
-    """The lake's current table, read by the lake environment, as a DuckDB table here."""
-    path = dest / f"{table}.parquet"
-    run_lake(config, "export", {"table": table, "path": str(path)})
-    con = duckdb.connect()
-    con.execute(f"CREATE TABLE \"{table}\" AS FROM read_parquet('{path}')")
-    return con
+def replicator(make_replicator: Callable[[str], LakeReplicator]) -> LakeReplicator:
+    return make_replicator("api")
 
 
 @pytest.mark.parametrize("seed", [11, 44])
@@ -142,41 +74,16 @@ def test_lake_and_replica_equal_source_after_concurrent_changes(
     replica = duckdb.connect(str(served), read_only=True)
     try:
         for table in TABLES:
-            _assert_equal_to_source(source, etl.warehouse.con, table, "working DuckDB")
-            _assert_equal_to_source(source, replica, table, "replica")
-            lake = _lake_table(replicator.config, table, tmp_path)
+            assert_equal_to_source(source, etl.warehouse.con, table, "working DuckDB")
+            assert_equal_to_source(source, replica, table, "replica")
+            lake = lake_table(replicator.config, table, tmp_path)
             try:
-                _assert_equal_to_source(source, lake, table, "lake")
+                assert_equal_to_source(source, lake, table, "lake")
             finally:
                 lake.close()
     finally:
         replica.close()
         source.dispose()
-
-
-def _answer(api: ApiServer, token: str, sql: str) -> dict[str, Any]:
-    r = httpx.post(
-        api.url + "/query",
-        json={"sql": sql},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
-def _wait_for_version(api: ApiServer, version: str, timeout: float = 90) -> None:
-    """Until every worker serves `version` (each polls on its own): ten /health
-    answers in a row name it."""
-    deadline, in_a_row = time.monotonic() + timeout, 0
-    while time.monotonic() < deadline and in_a_row < 10:
-        health = httpx.get(api.url + "/health", timeout=5).json()
-        in_a_row = in_a_row + 1 if health.get("data_version") == version else 0
-        time.sleep(0.1 if in_a_row else 0.3)
-    assert in_a_row >= 10, f"{api.url} did not serve {version} within {timeout} s"
-
-
-INVENTORY_SQL = "SELECT id, product_id, warehouse, quantity FROM inventory ORDER BY id"
 
 
 @pytest.mark.slow
@@ -211,7 +118,7 @@ def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
             api.start(ready_timeout=120)
         with source.connect() as conn:
             expected = [dict(r._mapping) for r in conn.execute(sa.text(INVENTORY_SQL))]
-        answers = [_answer(api, token, INVENTORY_SQL) for api in hosts]
+        answers = [answer(api, token, INVENTORY_SQL) for api in hosts]
         assert answers[0]["data_version"] == answers[1]["data_version"]
         assert answers[0]["data_version"].startswith("lake-")
         assert answers[0]["data"] == answers[1]["data"] == expected
@@ -230,11 +137,16 @@ def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
         second = run_etl(["sync"], env)
         assert second.returncode == 0, second.stderr + second.stdout
         time.sleep(3)
+        details = {"Authorization": f"Bearer {issuer.mint(scopes='read:status')}"}
         for api in hosts:
-            health = httpx.get(api.url + "/health", timeout=5)
+            health = httpx.get(api.url + "/health", headers=details, timeout=5)
             assert health.status_code == 200
             assert health.json()["data_version"] == answers[0]["data_version"]
-            assert _answer(api, token, INVENTORY_SQL)["data"] == expected
+            # The replica's lag behind the version published meanwhile shows.
+            lag = health.json()["lake_replica"]
+            assert lag["lag_snapshots"] >= 1 and lag["lag_seconds"] > 0, lag
+            assert lag["last_error"], lag
+            assert answer(api, token, INVENTORY_SQL)["data"] == expected
         # ... and catch up, by the change, once it is back.
         proxy.restore()
         manifest_version = json.loads(store_from_env(env).get_bytes("current/manifest.json")[0])[
@@ -242,17 +154,17 @@ def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
         ]
         assert manifest_version != answers[0]["data_version"]
         for api in hosts:
-            _wait_for_version(api, manifest_version)
+            wait_for_version(api, manifest_version)
         with source.connect() as conn:
             expected = [dict(r._mapping) for r in conn.execute(sa.text(INVENTORY_SQL))]
         for api in hosts:
-            after = _answer(api, token, INVENTORY_SQL)
+            after = answer(api, token, INVENTORY_SQL)
             assert after["data_version"] == manifest_version
             assert after["data"] == expected
-            details = {"Authorization": f"Bearer {issuer.mint(scopes='read:status')}"}
             health = httpx.get(api.url + "/health", headers=details, timeout=5).json()
             lake = health["lake_replica"]
             assert lake["bootstraps_total"] == 1
+            assert lake["lag_snapshots"] == 0 and lake["lag_seconds"] == 0
     finally:
         for api in hosts:
             api.stop()

@@ -115,7 +115,7 @@ class LakePublisher:
             if name in full or name in keyed or name not in self._checksums:
                 self._checksums[name] = table_checksum(warehouse.con, name)
         checksums = {name: self._checksums[name] for name in sorted(tables)}
-        manifest = self._manifest(snapshot_id, tables, checksums, primary_keys, previous)
+        manifest = self.manifest_for(snapshot_id, tables, checksums, primary_keys, previous)
         manifest = manifest.model_copy(update={"schema_changes": schema_changes or []})
         if (
             previous is not None
@@ -132,7 +132,7 @@ class LakePublisher:
         self.maintain_if_due()
         return manifest
 
-    def _manifest(
+    def manifest_for(
         self,
         snapshot_id: int,
         tables: dict[str, TableInfo],
@@ -168,8 +168,15 @@ class LakePublisher:
 
     def maintain(self) -> dict[str, Any] | None:
         try:
+            current = self.manifests.current()
             done = run_lake(
-                self.config, "maintain", {"retention_seconds": int(self.retention_seconds)}
+                self.config,
+                "maintain",
+                {
+                    "retention_seconds": int(self.retention_seconds),
+                    # The manifest's snapshot stays, whatever its age.
+                    "keep_from": current.lake.snapshot_id if current and current.lake else None,
+                },
             )
         except Exception as exc:  # maintenance is best effort: the next interval retries
             log.warning("lake_maintenance_failed", error=str(exc))

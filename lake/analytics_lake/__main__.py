@@ -13,12 +13,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from analytics_lake import publish, replica
+from analytics_lake import history, publish, replica
 
 COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "publish": publish.publish,
     "maintain": publish.maintain,
     "restore": publish.restore,
+    "snapshots": history.snapshots,
     "plan": replica.plan,
     "bootstrap": replica.bootstrap,
     "advance": replica.advance,

@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 
 from analytics_lake.connection import connect, quote_ident, quote_literal
+from analytics_lake.fault_points import pause_point
 
 __all__ = ["MAINTENANCE_AUTHOR", "maintain", "publish", "restore"]
 
@@ -109,8 +110,10 @@ def publish(request: dict[str, Any]) -> dict[str, Any]:
                 applied[table["name"]] = (
                     _load_full(con, table) if table.get("full") else _merge_delta(con, table)
                 )
+            pause_point("before-commit")  # files written, nothing committed
             con.execute("COMMIT")
         snapshot = _current_snapshot(con)
+        pause_point("after-commit")  # committed; the ETL has not written the manifest
         return {"snapshot_id": snapshot, "previous_snapshot_id": before, "tables": applied}
     finally:
         con.close()
@@ -138,19 +141,38 @@ def _maintenance_step(con: duckdb.DuckDBPyConnection, name: str, call: str) -> i
 
 def maintain(request: dict[str, Any]) -> dict[str, Any]:
     """Flush inlined rows to files, merge small files, expire snapshots older
-    than the retention and delete the files no snapshot needs any more."""
-    older = f"now() - INTERVAL {int(request['retention_seconds'])} SECOND"
+    than the retention and delete the files no snapshot needs any more.
+
+    Snapshots from `keep_from` on (the one the manifest names) are never
+    expired, however old: a host that bootstraps now needs that snapshot, and
+    a quiet source leaves it as the newest data for longer than the retention.
+    """
+    seconds = int(request["retention_seconds"])
+    older = f"now() - INTERVAL {seconds} SECOND"
     con = connect(request["lake"])
     try:
-        steps = {
-            "flushed": "ducklake_flush_inlined_data('lake')",
-            "merged": "ducklake_merge_adjacent_files('lake')",
-            "expired": f"ducklake_expire_snapshots('lake', older_than => {older})",
-            "deleted_files": f"ducklake_cleanup_old_files('lake', older_than => {older})",
-        }
         out: dict[str, Any] = {
-            name: _maintenance_step(con, name, call) for name, call in steps.items()
+            "flushed": _maintenance_step(con, "flushed", "ducklake_flush_inlined_data('lake')"),
+            "merged": _maintenance_step(con, "merged", "ducklake_merge_adjacent_files('lake')"),
         }
+        keep_from = request.get("keep_from")
+        expired = con.execute(
+            "SELECT snapshot_id FROM ducklake_snapshots('lake')"
+            f" WHERE snapshot_time < {older} AND snapshot_id < ?"
+            " ORDER BY snapshot_id",
+            [int(keep_from) if keep_from is not None else _current_snapshot(con)],
+        ).fetchall()
+        ids = ", ".join(str(int(r[0])) for r in expired)
+        out["expired"] = (
+            _maintenance_step(
+                con, "expired", f"ducklake_expire_snapshots('lake', versions => [{ids}])"
+            )
+            if ids
+            else 0
+        )
+        out["deleted_files"] = _maintenance_step(
+            con, "deleted_files", f"ducklake_cleanup_old_files('lake', older_than => {older})"
+        )
         out["snapshot_id"] = _current_snapshot(con)
         return out
     finally:
@@ -158,15 +180,35 @@ def maintain(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(request: dict[str, Any]) -> dict[str, Any]:
-    """A new snapshot whose tables equal those at `snapshot_id` (rollback moves forward)."""
+    """A new snapshot whose tables equal those at `snapshot_id` (rollback moves
+    forward: the history replicas follow is never rewritten)."""
     target = int(request["snapshot_id"])
     con = connect(request["lake"])
     try:
+        known = con.execute(
+            "SELECT count(*) FROM ducklake_snapshots('lake') WHERE snapshot_id = ?", [target]
+        ).fetchall()[0][0]
+        if not known:
+            raise ValueError(
+                f"snapshot {target} is not in the lake (never committed, or expired by the"
+                " retention)"
+            )
+        # The old rows are read before the transaction: read after its DELETE,
+        # `AT (VERSION => ...)` misses the rows deleted in the same transaction.
+        for n, name in enumerate(request["tables"]):
+            con.execute(
+                f"CREATE TEMP TABLE __restore_{n} AS"
+                f" SELECT * FROM lake.main.{quote_ident(name)} AT (VERSION => {target})"
+            )
         con.execute("BEGIN")
-        for name in request["tables"]:
+        con.execute(
+            f"CALL ducklake_set_commit_message('lake', 'analytics-etl rollback',"
+            f" {quote_literal(f'rollback to snapshot {target}')})"
+        )
+        for n, name in enumerate(request["tables"]):
             t = f"lake.main.{quote_ident(name)}"
             con.execute(f"DELETE FROM {t}")
-            con.execute(f"INSERT INTO {t} SELECT * FROM {t} AT (VERSION => {target})")
+            con.execute(f"INSERT INTO {t} SELECT * FROM __restore_{n}")
         con.execute("COMMIT")
         return {"snapshot_id": _current_snapshot(con)}
     finally:

@@ -170,7 +170,10 @@ def run_lake(
     except subprocess.TimeoutExpired:
         raise LakeUnavailable(f"lake {command}: no answer within {timeout:g} s") from None
     except OSError as exc:
-        raise ConfigurationError(f"LAKE_PYTHON: cannot run {config.python} ({exc})") from exc
+        raise ConfigurationError(
+            f"LAKE_PYTHON: cannot run {config.python} ({exc}); lake mode needs the lake"
+            " environment: `make lake-env`, or an image built with WITH_LAKE=true"
+        ) from exc
     lines = proc.stdout.strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else None

@@ -221,3 +221,22 @@ def test_the_dev_issuers_default_token_carries_every_scope_the_api_checks() -> N
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert checked <= set(module.DEFAULT_SCOPES.split())
+
+
+def test_lake_mode_is_one_override_away(
+    compose: dict[str, Any], aliases_of: Aliases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`PUBLISH_MODE=lake WITH_LAKE=true docker compose up --build`: both images
+    take the build argument, and both services read one catalog in lake mode."""
+    for service in ("etl", "api", "all-in-one"):
+        args = compose["services"][service]["build"].get("args") or {}
+        assert interpolate(str(args.get("WITH_LAKE"))) == "false", service
+    seen = {}
+    for service, cls in (("etl", EtlSettings), ("api", ApiSettings)):
+        env = service_env(compose, service)
+        assert env.get("PUBLISH_MODE") == "file", f"{service}: PUBLISH_MODE defaults to file"
+        settings = settings_from(cls, {**env, "PUBLISH_MODE": "lake"}, monkeypatch, aliases_of(cls))
+        assert settings.publish_mode == "lake"
+        catalog = settings.lake_catalog_url
+        seen[service] = catalog.get_secret_value() if catalog else None
+    assert seen["api"] and seen["etl"] == seen["api"], seen

@@ -76,7 +76,10 @@ class LakeReplicator:
         except ObjectNotFound:
             return None
         manifest = Manifest.from_json(raw)
-        if manifest.lake is None or self.cache.has(manifest):
+        if manifest.lake is None:
+            return None
+        self._note_published(manifest)
+        if self.cache.has(manifest):
             return None
         started = time.monotonic()
         downloaded = self._advance_or_bootstrap(manifest)
@@ -99,6 +102,19 @@ class LakeReplicator:
         self._write_status()
         log.info("replica_advanced", **{k: v for k, v in self.status.items() if k != "updated_at"})
         return manifest.version
+
+    def _note_published(self, manifest: Manifest) -> None:
+        """What the store publishes now: /health measures the replica's lag against it
+        (api_service.data.snapshots), also while the rounds fail."""
+        assert manifest.lake is not None
+        if self.status.get("published_version") == manifest.version:
+            return
+        self.status.update(
+            published_version=manifest.version,
+            published_snapshot_id=manifest.lake.snapshot_id,
+            published_at=manifest.created_at.timestamp(),
+        )
+        self._write_status()
 
     def _state(self) -> dict[str, Any] | None:
         try:

@@ -243,11 +243,22 @@ class SnapshotManager:
         }
 
     def _lake_status(self) -> dict[str, Any]:
-        """Lake mode: what this host's replicator last reported (data/lake_replica.py)."""
+        """Lake mode: what this host's replicator last reported (data/lake_replica.py),
+        and its lag: how many snapshots and seconds the replica is behind the
+        version the store publishes (0 when it has it)."""
         try:
-            return {"lake_replica": json.loads((self.cache_dir / "lake-status.json").read_text())}
+            replica = json.loads((self.cache_dir / "lake-status.json").read_text())
         except (OSError, ValueError):
             return {}
+        published = replica.get("published_version")
+        if published is None or replica.get("version") == published:
+            replica.update(lag_snapshots=0, lag_seconds=0.0)
+        else:
+            behind = replica.get("snapshot_id")
+            target = replica.get("published_snapshot_id")
+            replica["lag_snapshots"] = target - behind if None not in (behind, target) else None
+            replica["lag_seconds"] = round(max(0.0, time.time() - replica["published_at"]), 1)
+        return {"lake_replica": replica}
 
     def next_poll_delay(self, interval: float) -> float:
         """Poll quickly until the first snapshot is in service, then every interval."""

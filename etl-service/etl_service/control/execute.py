@@ -131,22 +131,30 @@ class CommandRunner:
         return _cycle(self.engine().run_cycle(tables=tables, kind="dlq-retry"))
 
     def _rollback(self, version: str) -> Outcome:
-        from etl_service.ops.versions import rollback
-        from etl_service.publisher import Publisher
-
-        publisher = (
-            self._engine.publisher
-            if self._engine is not None
-            else Publisher.from_settings(self.settings)
-        )
         workdir = Path(self.settings.data_dir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        manifest = rollback(publisher, version, workdir)
+        if self.settings.publish_mode == "lake":
+            from etl_service.ops.lake_versions import lake_rollback
+
+            engine = self.engine()  # the working DuckDB is told to resend whole tables
+            assert engine.lake is not None
+            manifest = lake_rollback(engine.lake, engine.warehouse, version, workdir)
+        else:
+            from etl_service.ops.versions import rollback
+            from etl_service.publisher import Publisher
+
+            publisher = (
+                self._engine.publisher
+                if self._engine is not None
+                else Publisher.from_settings(self.settings)
+            )
+            manifest = rollback(publisher, version, workdir)
         return Outcome(
             True,
             {
                 "status": "current",
                 "version": manifest.version,
+                "rolled_back_to": version,  # lake mode: as a new snapshot with its data
                 "previous_version": manifest.previous_version,
                 "created_at": manifest.created_at.isoformat(),
                 "note": ROLLBACK_HOLDS,

@@ -96,16 +96,34 @@ def status_document(state: StateStore) -> dict[str, Any]:
     }
 
 
+def _lake_status(settings: EtlSettings) -> dict[str, Any]:
+    from etl_service.lake_publisher import LakePublisher
+    from etl_service.ops.lake_versions import lake_status
+    from etl_service.publisher import Publisher
+
+    return lake_status(LakePublisher.from_settings(settings, Publisher.from_settings(settings)))
+
+
 def print_status(settings: EtlSettings, *, as_json: bool) -> int:
     state = _open_state(settings)
     try:
         doc = status_document(state)
     finally:
         state.close()
+    if settings.publish_mode == "lake":
+        doc["lake"] = _lake_status(settings)
     if as_json:
         print(json.dumps(doc, default=str, indent=2))
         return 0
     print(f"state: {doc['state']}")
+    if "lake" in doc:
+        lake = doc["lake"]
+        print(
+            f"lake: version {lake.get('version', '-')} (snapshot {lake.get('snapshot_id', '-')},"
+            f" {lake.get('age_seconds', '-')} s old); newest lake snapshot"
+            f" {lake.get('lake_newest_snapshot_id', '-')}"
+            + (f"; error: {lake['error']}" if lake.get("error") else "")
+        )
     print(
         render_records(
             doc["tables"],

@@ -79,9 +79,11 @@ def rollback(publisher: Publisher, version: str, workdir: Path) -> Manifest:
 
 def cmd_versions(settings: EtlSettings, args: argparse.Namespace) -> int:
     """The published versions, newest first: a table, or JSON (--json, or piped)."""
+    as_json = args.json if getattr(args, "json", None) is not None else not sys.stdout.isatty()
+    if settings.publish_mode == "lake":
+        return _print_lake_versions(settings, as_json)
     publisher = Publisher.from_settings(settings)
     listed = publisher.versions()  # read everything before printing anything
-    as_json = args.json if getattr(args, "json", None) is not None else not sys.stdout.isatty()
     if as_json:
         print(json.dumps([_version_doc(v) for v in listed], indent=2))
         return 0
@@ -100,6 +102,27 @@ def cmd_versions(settings: EtlSettings, args: argparse.Namespace) -> int:
         print(
             f"{marker} {v.version:<24} {m.created_at.isoformat(timespec='seconds'):<26}"
             f" {m.size:>12} {m.compression or 'none':<5} {rows}{missing}"
+        )
+    return 0
+
+
+def _print_lake_versions(settings: EtlSettings, as_json: bool) -> int:
+    from etl_service.lake_publisher import LakePublisher
+    from etl_service.ops.lake_versions import lake_versions
+
+    lake = LakePublisher.from_settings(settings, Publisher.from_settings(settings))
+    listed = lake_versions(lake, list(settings.tables_to_sync))
+    if as_json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    print(f"lake: {lake.config.data_path} (catalog schema {lake.config.metadata_schema})")
+    print(f"  {'VERSION':<24} {'CREATED_AT':<26} {'ROWS':>12} NOTE")
+    for v in listed:
+        marker = "*" if v["current"] else " "
+        counts = [n for n in v["rows"].values() if n is not None]
+        print(
+            f"{marker} {v['version']:<24} {(v['created_at'] or '-')[:25]:<26}"
+            f" {sum(counts):>12} {v['message'] or ''}"
         )
     return 0
 
