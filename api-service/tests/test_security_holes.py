@@ -355,7 +355,9 @@ def test_one_user_holding_its_slots_does_not_slow_another_user(served, issuer):
         assert r.status_code == 200, r.text
     for t in threads:
         t.join(timeout=60)
-    p95 = statistics.quantiles(latencies, n=20)[-1]
+    # p95 of 20 tries is the 19th slowest ("inclusive"; the default method
+    # extrapolates to nearly the maximum, one cold request on a busy machine)
+    p95 = statistics.quantiles(latencies, n=20, method="inclusive")[-1]
     assert p95 < 1.0, latencies
     assert set(codes) <= {400, 429, 503}  # timed out, or refused in the error shape
 
