@@ -77,8 +77,20 @@ demo: $(SERVICES_STAMP) console
 demo-check: $(SERVICES_STAMP)
 	$(BIN)/python scripts/demo.py --check
 
+# The suite runs in two phases: most tests spread over TEST_WORKERS processes
+# (pytest-xdist; they mostly wait on the servers they start), then the ones
+# marked serial alone (memory cgroups at their limit, latency, browsers).
+# PYTEST_ARGS runs just what it names, in one process.
+TEST_WORKERS ?= 3
 test: $(STAMP) $(LAKE_STAMP) ts-client console browser
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@status=0; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial" || status=$$?; \
+	$(BIN)/python -m pytest -m serial || { s=$$?; [ $$status -ne 0 ] || status=$$s; }; \
+	exit $$status
+else
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+endif
 
 # Mutation testing of the modules that hold the guarantees (docs/testing.md);
 # long-running, not part of `make test`. MODULES=sql_guard,tokens runs some.

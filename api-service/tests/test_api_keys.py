@@ -67,6 +67,17 @@ def test_keys_are_stored_only_as_hashes():
         (KEY + "x" * 5000, "invalid API key"),  # oversized, the real key as its prefix
         (OLD_KEY, "API key expired"),  # the right secret, past its expires_at
     ],
+    # fixed ids: the keys are random, and parallel workers must collect the same tests
+    ids=[
+        "wrong-secret",
+        "other-id",
+        "unknown-id",
+        "no-secret",
+        "bearer",
+        "empty",
+        "oversized",
+        "expired",
+    ],
 )
 def test_bad_keys_are_refused(presented, message):
     with pytest.raises(AuthError) as refused:
