@@ -387,6 +387,7 @@ class QueryService:
             timeout_seconds=settings.stream_timeout_seconds,
             deadline=deadline,
             idle_write_seconds=settings.stream_idle_write_seconds,
+            spool_dir=self.snapshots.cache.spill_directory(snap.version),
             buffer_bytes=int(settings.max_result_bytes * STREAM_FACTOR),
         )
         response = await stream_response(
