@@ -60,6 +60,11 @@ T = TypeVar("T")
 # caller is answered anyway (the thread finishes on its own; `on_done` says when).
 ABANDON_GRACE_SECONDS = 0.25
 
+# A query DuckDB could not give memory to runs again after these pauses
+# (doubling), within the executor's `oom_wait_seconds` (ADMISSION_WAIT_SECONDS).
+OOM_FIRST_PAUSE_SECONDS = 0.05
+OOM_MAX_PAUSE_SECONDS = 1.0
+
 # Values for `$name` or `?` placeholders, bound by DuckDB (never interpolated).
 Params = dict[str, Any] | list[Any] | None
 
@@ -302,10 +307,15 @@ class ResultStream:
 
 class QueryExecutor:
     def __init__(
-        self, workers: int, admission: AdmissionGate | None = None, encode_slots: int | None = None
+        self,
+        workers: int,
+        admission: AdmissionGate | None = None,
+        encode_slots: int | None = None,
+        oom_wait_seconds: float = 0.0,
     ) -> None:
         self.workers = workers
         self.admission = admission
+        self.oom_wait_seconds = oom_wait_seconds
         # Buffered results encoded at once: the budget's light work (memory_budget.py).
         self._encodes = threading.BoundedSemaphore(encode_slots or workers)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
@@ -336,6 +346,22 @@ class QueryExecutor:
             with contextlib.suppress(Exception):
                 old.close()
 
+    def _out_of_memory_waits(self, job: _Job, run: Callable[[], T]) -> T:
+        """`run()`, run again while DuckDB is out of memory, for up to
+        `oom_wait_seconds`: its memory_limit is shared by the worker's queries,
+        and one large sort holds most of a small one for a few seconds. The
+        caller answers `503 busy` only when it stays full (or at the deadline)."""
+        deadline = time.monotonic() + self.oom_wait_seconds
+        pause = OOM_FIRST_PAUSE_SECONDS
+        while True:
+            try:
+                return run()
+            except duckdb.OutOfMemoryException:
+                if job.timed_out or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, OOM_MAX_PAUSE_SECONDS)
+
     def _execute(
         self,
         job: _Job,
@@ -355,9 +381,14 @@ class QueryExecutor:
         on_heavy: Callable[[], object] | None = None
         if self.admission is not None and heavy_bytes:
             gate = self.admission
+            reserved = False
 
             def reserve() -> object:
-                return held.enter_context(gate.reserve(heavy_bytes, "a large result"))
+                nonlocal reserved
+                if not reserved:  # once, though DuckDB may run the query again
+                    held.enter_context(gate.reserve(heavy_bytes, "a large result"))
+                    reserved = True
+                return None
 
             on_heavy = reserve
         with held:
@@ -368,12 +399,16 @@ class QueryExecutor:
             started = time.perf_counter()
             cursor = self._cursor(snapshot)
             job.start(cursor)
-            try:
+
+            def run() -> tuple[pa.Table, list[Column], int | None]:
                 relation, columns = _relation(cursor, sql, params)
                 total = _count(relation) if count else None
                 if offset:  # a later page (query/pagination.py)
                     relation = relation.limit(max_rows + 1, offset)
-                table = _capped_table(relation, max_rows, max_bytes, on_heavy)
+                return _capped_table(relation, max_rows, max_bytes, on_heavy), columns, total
+
+            try:
+                table, columns, total = self._out_of_memory_waits(job, run)
             except duckdb.Error:
                 if job.timed_out:
                     self._forget_cursor()  # an interrupted cursor is not reused
@@ -411,14 +446,18 @@ class QueryExecutor:
         max_bytes: int,
     ) -> ResultStream:
         cursor = snapshot.con.cursor()  # private: closed once the result is spooled
-        try:
-            job.start(cursor)
+
+        def run() -> tuple[pa.RecordBatchReader, bool, list[Column]]:
             relation, columns = _relation(cursor, sql, params)
             reader = relation.limit(max_rows + 1).to_arrow_reader(batch_rows)
             try:
-                spooled, cut = _spool(reader, spool_dir, max_batch_bytes, max_bytes)
+                return *_spool(reader, spool_dir, max_batch_bytes, max_bytes), columns
             finally:
                 reader.close()
+
+        try:
+            job.start(cursor)
+            spooled, cut, columns = self._out_of_memory_waits(job, run)
         except duckdb.Error:
             if job.timed_out:
                 raise job.error() from None

@@ -127,7 +127,10 @@ class QueryService:
             else None
         )
         executor = QueryExecutor(
-            settings.query_workers, gate, budget.encode_slots if budget is not None else None
+            settings.query_workers,
+            gate,
+            budget.encode_slots if budget is not None else None,
+            oom_wait_seconds=settings.admission_wait_seconds,
         )
         cache = ResultCache(settings.result_cache_bytes)
         return cls(settings, snapshots, executor, cache, Paginator(signer), budget)
