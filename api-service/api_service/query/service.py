@@ -43,7 +43,7 @@ from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import Busy, QueryFailed
 from api_service.http.responses import accepted_encoding, compress
-from api_service.ops.memory_budget import ENCODE_FACTOR, STREAM_FACTOR, MemoryBudget
+from api_service.ops.memory_budget import ENCODE_FACTOR, MemoryBudget, stream_reservation
 from api_service.ops.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
 from api_service.query import encodings
 from api_service.query.admission import AdmissionGate
@@ -391,7 +391,7 @@ class QueryService:
             deadline=deadline,
             idle_write_seconds=settings.stream_idle_write_seconds,
             spool_dir=self.snapshots.cache.spill_directory(snap.version),
-            buffer_bytes=int(settings.max_result_bytes * STREAM_FACTOR),
+            buffer_bytes=stream_reservation(settings.max_result_bytes),
         )
         response = await stream_response(
             self.executor,
