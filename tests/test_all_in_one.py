@@ -29,6 +29,8 @@ pytestmark = pytest.mark.skipif(
 ROWS = 2_000_000
 AUDIENCE = "https://analytics-api.all-in-one-test"
 API = str(Path(sys.executable).parent / "analytics-api")
+# Refusals a client retries or reports as they are, in the error shape.
+REFUSED_CLEANLY = ("503 busy", "503 queue_timeout", "400 query_timeout")
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -129,11 +131,15 @@ def test_api_and_etl_share_512_mb_under_load_while_the_etl_cycles(
     for shape in ("point", "page_10k_json", "aggregate"):
         assert report.by_shape[f"{shape} 200"] > 0, summary
     # Each heavy shape (500,000-row sorts, exports) was answered or refused
-    # cleanly and retryably (503 busy with Retry-After): never a cut stream,
-    # a 500, or DuckDB's out-of-memory error passed on as a query error.
+    # cleanly (503 with Retry-After, or the query's timeout): never a cut
+    # stream, a 500, or DuckDB's out-of-memory error passed on as a query error.
     for shape in ("arrow_500k", "sorted_csv_400k", "full_ndjson_export"):
         seen = {k.removeprefix(f"{shape} ") for k in report.by_shape if k.startswith(f"{shape} ")}
-        assert seen and seen <= {"200", "503 busy"}, summary
+        assert seen and seen <= {"200", *REFUSED_CLEANLY}, summary
+    # ... and the sorts fit at all: with 17 MiB of DuckDB per open version
+    # every one of them was refused (benchmarks/README.md, "All-in-one").
+    sorted_answers = report.by_shape["arrow_500k 200"] + report.by_shape["sorted_csv_400k 200"]
+    assert sorted_answers > 0, summary
     memory = health["memory"]
     assert memory["limit"] == 512 * MIB and memory["workers"] == 1
     assert memory["reserve"] >= 128 * MIB  # the ETL's share, left aside by the API
