@@ -29,6 +29,8 @@ pytestmark = pytest.mark.skipif(
 ROWS = 2_000_000
 AUDIENCE = "https://analytics-api.all-in-one-test"
 API = str(Path(sys.executable).parent / "analytics-api")
+# Refusals a client retries or reports as they are, in the error shape.
+REFUSED_CLEANLY = ("503 busy", "503 queue_timeout", "400 query_timeout")
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -72,6 +74,11 @@ def test_api_and_etl_share_512_mb_under_load_while_the_etl_cycles(
             "LOG_LEVEL": "WARNING",
             "STREAM_MAX_ROWS": "3000000",
             "STREAM_MAX_BYTES": str(2 * 10**9),
+            # ... nor a cut at the stream deadline (60 s by default, counted from
+            # the request's start): with the ETL cycling on the same 2 loaded
+            # cores, sending the 2M-row export (~470 MB of NDJSON) took 60-144 s,
+            # and a cut there says nothing about memory (as in test_memory_fit).
+            "STREAM_TIMEOUT_SECONDS": "300",
         }
         token = issuer.mint(sub="all-in-one", ttl=3600)
         argv = [API, "serve", "--with-etl"]
@@ -112,17 +119,27 @@ def test_api_and_etl_share_512_mb_under_load_while_the_etl_cycles(
     published = len(list((store / "history").glob("*.json")))
     summary = (
         f"{report.summary()}; peak {usage.peak_mb:.0f} MB, {usage.oom_kills} OOM kills,"
-        f" {published} snapshots published, {changes} source changes"
+        f" {usage.limit_hits} limit hits, {published} snapshots published,"
+        f" {changes} source changes; {dict(sorted(report.by_shape.items()))}"
     )
+    print(summary, dict(report.reasons))  # (pytest -s: the run's figures)
     assert usage.oom_kills == 0, summary
     assert report.dropped == 0 and report.bad == [], summary
     assert still == before, "a process was replaced: " + summary
     assert found[1] != first_version and published >= 3, summary  # the ETL kept publishing
-    # The everyday shapes got through; the heavy ones (500,000-row sorted
-    # results, full exports) may all be refused `503 busy` in this share of
-    # 512 MB: clean (report.bad above), but refused.
+    # The everyday shapes got through.
     for shape in ("point", "page_10k_json", "aggregate"):
         assert report.by_shape[f"{shape} 200"] > 0, summary
+    # Each heavy shape (500,000-row sorts, exports) was answered or refused
+    # cleanly (503 with Retry-After, or the query's timeout): never a cut
+    # stream, a 500, or DuckDB's out-of-memory error passed on as a query error.
+    for shape in ("arrow_500k", "sorted_csv_400k", "full_ndjson_export"):
+        seen = {k.removeprefix(f"{shape} ") for k in report.by_shape if k.startswith(f"{shape} ")}
+        assert seen and seen <= {"200", *REFUSED_CLEANLY}, summary
+    # ... and the sorts fit at all: with 17 MiB of DuckDB per open version
+    # every one of them was refused (benchmarks/README.md, "All-in-one").
+    sorted_answers = report.by_shape["arrow_500k 200"] + report.by_shape["sorted_csv_400k 200"]
+    assert sorted_answers > 0, summary
     memory = health["memory"]
     assert memory["limit"] == 512 * MIB and memory["workers"] == 1
     assert memory["reserve"] >= 128 * MIB  # the ETL's share, left aside by the API

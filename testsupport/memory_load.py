@@ -40,6 +40,7 @@ from testsupport.publishing import publish_database
 __all__ = [
     "CgroupServer",
     "LoadReport",
+    "create_random_inventory",
     "process_pss",
     "process_rss",
     "publish_random_inventory",
@@ -49,30 +50,35 @@ __all__ = [
 MIB = 2**20
 
 
+def create_random_inventory(con: duckdb.DuckDBPyConnection, rows: int, seed: float = 0.42) -> None:
+    """An `inventory` table of `rows` random rows in `con`."""
+    con.execute(f"SELECT setseed({seed})")
+    con.execute(
+        f"""
+        CREATE TABLE inventory AS
+        SELECT row_number() OVER ()::INTEGER AS id,
+               (random() * 50000)::INTEGER + 1 AS product_id,
+               ['AMS-1','BER-2','NYC-1','SFO-3','SIN-1','LON-2','PAR-1']
+                   [(random() * 6)::INTEGER + 1] AS warehouse,
+               substr(md5(random()::VARCHAR), 1, 12) AS sku,
+               (random() * 1000)::INTEGER AS quantity,
+               (random() * 100000)::DECIMAL(12, 2) AS unit_cost,
+               TIMESTAMP '2024-01-01' + to_microseconds((random() * 6.3e13)::BIGINT)
+                   AS created_at,
+               TIMESTAMP '2026-01-01' + to_microseconds((random() * 3.0e13)::BIGINT)
+                   AS updated_at
+        FROM range({rows})
+        """
+    )
+
+
 def publish_random_inventory(work: Path, rows: int, seed: float = 0.42) -> Path:
     """Publish a random `inventory` of `rows` rows to a local folder store; its root."""
     store_root = work / "store"
     db = work / "random.duckdb"
     con = duckdb.connect(str(db))
     try:
-        con.execute(f"SELECT setseed({seed})")
-        con.execute(
-            f"""
-            CREATE TABLE inventory AS
-            SELECT row_number() OVER ()::INTEGER AS id,
-                   (random() * 50000)::INTEGER + 1 AS product_id,
-                   ['AMS-1','BER-2','NYC-1','SFO-3','SIN-1','LON-2','PAR-1']
-                       [(random() * 6)::INTEGER + 1] AS warehouse,
-                   substr(md5(random()::VARCHAR), 1, 12) AS sku,
-                   (random() * 1000)::INTEGER AS quantity,
-                   (random() * 100000)::DECIMAL(12, 2) AS unit_cost,
-                   TIMESTAMP '2024-01-01' + to_microseconds((random() * 6.3e13)::BIGINT)
-                       AS created_at,
-                   TIMESTAMP '2026-01-01' + to_microseconds((random() * 3.0e13)::BIGINT)
-                       AS updated_at
-            FROM range({rows})
-            """
-        )
+        create_random_inventory(con, rows, seed)
         con.execute("CHECKPOINT")
         publish_database(con, LocalObjectStore(store_root), work / "export")
     finally:
@@ -261,6 +267,8 @@ class LoadReport:
     outcomes: Counter[str] = field(default_factory=Counter)  # "200", "503 busy", "dropped ..."
     by_shape: Counter[str] = field(default_factory=Counter)
     bad: list[str] = field(default_factory=list)  # responses that are neither 200 nor clean
+    # Why the clean refusals were refused: "shape status code: message head".
+    reasons: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
@@ -277,8 +285,8 @@ class LoadReport:
         return f"{self.requests} requests in {self.seconds:.0f} s ({parts})"
 
 
-def _clean_error(status: int, body: bytes, headers: httpx.Headers) -> str | None:
-    """The error code when the body is the error shape, else None."""
+def _clean_error(status: int, body: bytes, headers: httpx.Headers) -> tuple[str, str] | None:
+    """(code, message) when the body is the error shape, else None."""
     import orjson
 
     try:
@@ -291,7 +299,7 @@ def _clean_error(status: int, body: bytes, headers: httpx.Headers) -> str | None
         return None
     if status == 503 and "retry-after" not in headers:
         return None
-    return str(error["code"])
+    return str(error["code"]), str(error["message"])
 
 
 async def _one(
@@ -306,11 +314,13 @@ async def _one(
             if status != 200:
                 body = await response.aread()
                 size = len(body)
-                code = _clean_error(status, body, response.headers)
+                error = _clean_error(status, body, response.headers)
                 if not (400 <= status < 500 or status == 503):
                     key = f"{status} unexpected"
                 else:
-                    key = f"{status} {code}" if code else f"{status} unclean"
+                    key = f"{status} {error[0]}" if error else f"{status} unclean"
+                if error:
+                    report.reasons[f"{shape.name} {key}: {error[1][:60]}"] += 1
             else:
                 async for chunk in response.aiter_raw(65_536):
                     size += len(chunk)

@@ -97,8 +97,9 @@ class ApiSettings(CommonSettings):
     duckdb_max_temp_directory_size: str = Field(
         "2GB", validation_alias="DUCKDB_MAX_TEMP_DIRECTORY_SIZE"
     )
-    # How long a large result or export waits for the worker's memory budget
-    # before it is answered 503 busy (query/admission.py).
+    # How long a large result or export waits for the worker's memory budget,
+    # and a query for DuckDB's memory other queries hold, before it is answered
+    # 503 busy (query/admission.py, query/executor.py).
     admission_wait_seconds: float = Field(5.0, validation_alias="ADMISSION_WAIT_SECONDS", ge=0)
     # Serving: DuckDB threads per worker process default to the cores shared
     # among WEB_CONCURRENCY Gunicorn workers; the pool bounds concurrent queries

@@ -401,9 +401,12 @@ def test_small_json_path_keeps_the_precision_rules():
     assert second["ratio"] is None and second["name"] is None and third["ratio"] == 1e300
 
 
-def test_json_paths_switch_on_size_and_agree():
+# 600 rows x 26 columns: past the small-path limit; 9,000 rows: several chunks
+# of encodings.ROWS_PER_CHUNK, joined.
+@pytest.mark.parametrize("repeat", [200, 3_000])
+def test_json_paths_switch_on_size_and_agree(repeat):
     small_table, columns = _awkward_table(1)
-    big_table, _ = _awkward_table(200)  # 600 rows x 26 columns: past the small-path limit
+    big_table, _ = _awkward_table(repeat)
     keep = [i for i, c in enumerate(columns) if c.name != "real"]
     cols = [columns[i] for i in keep]
     big = big_table.select(keep)
@@ -415,6 +418,8 @@ def test_json_paths_switch_on_size_and_agree():
     )
     assert body == large
     assert small_table.num_rows == 3
+    lines = encodings.ndjson_batch(big, cols).splitlines()
+    assert _same_json([orjson.loads(line) for line in lines], orjson.loads(large)["data"])
 
 
 def test_duplicate_column_names_keep_both_values():

@@ -22,6 +22,7 @@ from api_service.ops.memory_budget import (
     duckdb_untracked,
     plan_budget,
     plan_workers,
+    stream_reservation,
 )
 from api_service.query.admission import AdmissionGate
 from api_service.settings import ApiSettings
@@ -54,6 +55,7 @@ def test_a_512_mb_cgroup_v2_container_gets_one_worker_and_a_budget_that_adds_up(
     _fits(budget, 512 * MIB)
     assert 64 * MIB <= budget.duckdb <= 160 * MIB
     assert budget.cache > 0 and budget.heavy >= 2 * ENCODE_FACTOR["json"] * budget.max_result_bytes
+    assert budget.heavy >= 2 * stream_reservation(budget.max_result_bytes)  # two exports at once
     assert budget.explicit == ()
 
 
@@ -198,9 +200,24 @@ def test_all_in_one_at_512_mb_leaves_the_etl_its_share_and_still_fits() -> None:
     share = etl_share(limit)
     budget = plan_budget(limit, workers=1, query_workers=4, reserve=share)
     _fits(budget, 512 * MIB)
-    assert budget.reserve == share and budget.duckdb >= 32 * MIB
+    # Each of the two versions open during a swap gets half of DuckDB's memory:
+    # enough for one 500,000-row sort at one thread (24 MB measured); the
+    # proportional share (35 MiB) was not, and every such sort failed.
+    assert budget.reserve == share and budget.duckdb // 2 >= 24 * MIB
+    assert budget.heavy >= stream_reservation(budget.max_result_bytes) and budget.cache > 0
     etl = plan_etl_budget(MemoryLimit(share, "all-in-one share"), cores=2, embedded=True)
     assert etl.headroom == 0 and etl.duckdb >= 32 * MIB
+
+
+def test_all_in_one_runs_duckdb_on_one_thread_unless_told_otherwise(monkeypatch):
+    for name, value in AUTH.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DUCKDB_THREADS", raising=False)
+    limit = MemoryLimit(512 * MIB, "cgroup v1")
+    shared, _ = apply_budget(ApiSettings(), limit, 1, reserve=128 * MIB)
+    assert shared.duckdb_threads == 1
+    monkeypatch.setenv("DUCKDB_THREADS", "2")
+    assert apply_budget(ApiSettings(), limit, 1, reserve=128 * MIB)[0].duckdb_threads == 2
 
 
 def test_all_in_one_refuses_more_than_one_worker(monkeypatch, capsys) -> None:

@@ -53,12 +53,13 @@ if TYPE_CHECKING:  # the Gunicorn master imports this module without the app's s
 __all__ = [
     "ENCODE_FACTOR",
     "LIGHT_RESULT_BYTES",
-    "STREAM_FACTOR",
+    "SHARED_DUCKDB_THREADS",
     "MemoryBudget",
     "apply_budget",
     "cpu_workers",
     "plan_budget",
     "plan_workers",
+    "stream_reservation",
 ]
 
 MIB = 2**20
@@ -83,8 +84,13 @@ TIGHT_ENCODE_SLOTS = 4
 # Sharing the container with the ETL (all-in-one): fewer at once, so the worker's
 # light work still leaves DuckDB and large results their minimums at 512 MiB.
 SHARED_ENCODE_SLOTS = 1
-# ... and DuckDB may get less than alone: it spills to temp_directory sooner.
-MIN_DUCKDB_SHARED = 32 * MIB
+# ... and DuckDB runs one thread per query: a 500,000-row sort of the test's
+# 8-column table needed 24 MB of memory_limit with 1 thread, 48 MB with 2, and
+# failed below that even with temp_directory (benchmarks/README.md, "All-in-one").
+SHARED_DUCKDB_THREADS = 1
+# Two snapshot versions are open during a swap, each with half of DuckDB's
+# share (main.py): each half must still hold one such sort.
+MIN_DUCKDB_SHARED = 2 * 24 * MIB
 # Below this DuckDB gets, a worker is not worth its footprint.
 MIN_WORKER_BYTES = (
     PYTHON_WORKER_BYTES + TIGHT_ENCODE_SLOTS * LIGHT_WORK_BYTES + MIN_DUCKDB + MIN_HEAVY
@@ -96,10 +102,17 @@ RETAIN_PER_ARENA_TIGHT = 2 * MIB
 # reservation; smaller ones (a 10,000-row page of a narrow table) do not.
 LIGHT_RESULT_BYTES = 2 * MIB
 # Peak bytes per Arrow byte while a buffered result is encoded (the Arrow
-# table, the per-column texts, the body, a compressed copy) and for a stream
-# (one batch, its encoded chunk, the compressor's buffers).
-ENCODE_FACTOR = {"json": 5.0, "json_compact": 4.0, "arrow": 2.0, "parquet": 3.0}
-STREAM_FACTOR = 3.0
+# table, the per-column texts, the body, a compressed copy). Measured with
+# benchmarks/encode_memory.py at 2, 5 and 10 MiB of Arrow data with identity,
+# gzip and br: the largest of each format's cells (br's fixed cost makes its
+# 2 MiB cells the largest; benchmarks/README.md, "Encoding memory").
+ENCODE_FACTOR = {"json": 14.0, "json_compact": 11.5, "arrow": 5.0, "parquet": 8.0}
+# A stream holds one batch (at most MAX_RESULT_BYTES of Arrow) being encoded,
+# and its compressor for the whole stream: measured (same benchmark, CSV and
+# NDJSON, 0.67-10 MiB batches) as a fixed ~13 MiB (br's window and tables)
+# plus up to 8.4 bytes per Arrow byte (NDJSON).
+STREAM_FIXED_BYTES = 13 * MIB
+STREAM_FACTOR = 8.5
 DEFAULT_MAX_RESULT_BYTES = 32_000_000
 DEFAULT_CACHE_BYTES = 100_000_000
 
@@ -145,9 +158,20 @@ class MemoryBudget:
         return out
 
 
+def stream_reservation(max_result_bytes: int) -> int:
+    """What one open stream reserves: its batch's encoding and its compressor."""
+    return STREAM_FIXED_BYTES + int(STREAM_FACTOR * max_result_bytes)
+
+
 def duckdb_untracked(memory_limit: int) -> int:
     """What DuckDB holds past `memory_limit` (measured, see the constants)."""
     return int(memory_limit * DUCKDB_UNTRACKED_FRACTION) + DUCKDB_UNTRACKED_BYTES
+
+
+def _rest_share(free: int, given: dict[str, int], shares: dict[str, float], part: str) -> int:
+    """`part`'s proportional share of what `given` leaves of `free`."""
+    weight = sum(share for name, share in shares.items() if name not in given)
+    return int((free - sum(given.values())) * shares[part] / weight)
 
 
 def cpu_workers(cores: int) -> int:
@@ -207,6 +231,13 @@ def plan_budget(
         given["duckdb"] = duckdb_memory_limit + duckdb_untracked(duckdb_memory_limit)
     if result_cache_bytes is not None:
         given["cache"] = result_cache_bytes
+    min_duckdb = MIN_DUCKDB_SHARED if reserve else MIN_DUCKDB
+    floor = min_duckdb + duckdb_untracked(min_duckdb)
+    if duckdb_memory_limit is None and _rest_share(free, given, shares, "duckdb") < floor:
+        # DuckDB's proportional share cannot hold its minimum: it takes the
+        # minimum first and the others share what is left.
+        duckdb_memory_limit = min_duckdb
+        given["duckdb"] = floor
     rest = free - sum(given.values())
     weight = sum(share for part, share in shares.items() if part not in given)
     parts = {part: given.get(part, int(rest * share / weight)) for part, share in shares.items()}
@@ -221,7 +252,6 @@ def plan_budget(
         if duckdb_memory_limit is not None
         else int((parts["duckdb"] - DUCKDB_UNTRACKED_BYTES) / (1 + DUCKDB_UNTRACKED_FRACTION))
     )
-    min_duckdb = MIN_DUCKDB_SHARED if reserve else MIN_DUCKDB
     if duckdb < min_duckdb or parts["heavy"] < MIN_HEAVY:
         raise ConfigurationError(
             f"{fix}, or lower DUCKDB_MEMORY_LIMIT / RESULT_CACHE_BYTES (each worker has"
@@ -282,11 +312,12 @@ def apply_budget(
         max_result_bytes=settings.max_result_bytes if "max_result_bytes" in given else None,
         reserve=reserve,
     )
-    derived = settings.model_copy(
-        update={
-            "duckdb_memory_limit": format_size(budget.duckdb),
-            "result_cache_bytes": budget.cache,
-            "max_result_bytes": budget.max_result_bytes,
-        }
-    )
+    update: dict[str, object] = {
+        "duckdb_memory_limit": format_size(budget.duckdb),
+        "result_cache_bytes": budget.cache,
+        "max_result_bytes": budget.max_result_bytes,
+    }
+    if reserve and "duckdb_threads" not in given:
+        update["duckdb_threads"] = SHARED_DUCKDB_THREADS
+    derived = settings.model_copy(update=update)
     return derived, budget

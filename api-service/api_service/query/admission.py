@@ -6,8 +6,9 @@ holds the memory, and gives it back when done:
 - a buffered result (JSON, Arrow, Parquet) whose Arrow data passes
   LIGHT_RESULT_BYTES reserves MAX_RESULT_BYTES x its encoding's factor
   (memory_budget.ENCODE_FACTOR) before reading on, until it is encoded;
-- a stream (NDJSON, CSV) reserves MAX_RESULT_BYTES x STREAM_FACTOR (one batch,
-  its encoded chunk, the compressor) from opening until it ends, however
+- a stream (NDJSON, CSV) reserves memory_budget.stream_reservation (one batch
+  of up to MAX_RESULT_BYTES, its encoded chunk, the compressor) from opening
+  until it ends, however
   slowly its client reads (Uvicorn pauses the body while the socket is full,
   so nothing else piles up).
 

@@ -258,10 +258,28 @@ def _big_int(values: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedArray:
     return pc.if_else(safe, text, _quoted(text))
 
 
-def _rows(table: pa.Table, columns: list[Column], *, shape: str, row_sep: str) -> pa.Buffer | bytes:
-    """Rows as JSON objects (or arrays), joined by `row_sep`."""
-    if table.num_rows == 0:
-        return b""
+# Rows are written this many at a time: each column's text and their joins are
+# copies of the body, so a whole large result at once held several bodies
+# (a 10 MiB Arrow result peaked at 18x its size; benchmarks/encode_memory.py).
+ROWS_PER_CHUNK = 8192
+
+
+def _rows(
+    table: pa.Table, columns: list[Column], *, shape: str, row_sep: str
+) -> list[pa.Buffer | bytes]:
+    """Rows as JSON objects (or arrays), joined by `row_sep`: the body's pieces."""
+    pieces: list[pa.Buffer | bytes] = []
+    for start in range(0, table.num_rows, ROWS_PER_CHUNK):
+        if start:
+            pieces.append(row_sep.encode())
+        chunk = table.slice(start, ROWS_PER_CHUNK)
+        pieces.append(_row_chunk(chunk, columns, shape=shape, row_sep=row_sep))
+    return pieces
+
+
+def _row_chunk(
+    table: pa.Table, columns: list[Column], *, shape: str, row_sep: str
+) -> pa.Buffer | bytes:
     if not table.columns:
         return row_sep.join(["{}" if shape == "objects" else "[]"] * table.num_rows).encode()
     # Literal text and value arrays alternate; quotes of columns without NULLs
@@ -395,13 +413,13 @@ def _arrow_json_body(
 ) -> bytes:
     rows = _rows(table, columns, shape="arrays" if compact else "objects", row_sep=",")
     end = orjson.dumps(tail)
-    # One copy of the rows into the body (bytes.join takes the Arrow buffer as is).
-    return b"".join((b'{"success":true,"data":[', memoryview(rows), b"],", memoryview(end)[1:]))
+    # One copy of the rows into the body (bytes.join takes Arrow buffers as they are).
+    return b"".join((b'{"success":true,"data":[', *rows, b"],", memoryview(end)[1:]))
 
 
 def ndjson_batch(batch: pa.Table, columns: list[Column]) -> bytes:
     rows = _rows(batch, columns, shape="objects", row_sep="\n")
-    return b"".join((memoryview(rows), b"\n")) if len(rows) else b""
+    return b"".join((*rows, b"\n")) if rows else b""
 
 
 def _csv_column(values: pa.ChunkedArray, duckdb_type: str) -> pa.ChunkedArray | pa.Array:

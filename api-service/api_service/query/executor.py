@@ -12,17 +12,29 @@ the deadline (plus `ABANDON_GRACE_SECONDS` for the interrupt to land) even
 when DuckDB ignores the interrupt (it does while planning): the work is then
 abandoned, and `on_done` tells the caller when the thread is really free. Results come back as Arrow
 tables capped at `max_rows` (`truncated` tells whether there was more).
+
+A stream's query runs to its end before the stream opens: its batches are
+spooled to an Arrow file on local disk (the snapshot's spill directory) and
+the stream reads that file. DuckDB's part of an export (its sort, the
+blocks a scan pins) is then over before the first byte is sent, so DuckDB
+running out of memory, an error in a late row or the statement timeout is a
+clean error response rather than a cut connection; and a slow client holds a
+file, not DuckDB's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
@@ -47,6 +59,11 @@ T = TypeVar("T")
 # How long past its deadline an interrupted query may take to stop before its
 # caller is answered anyway (the thread finishes on its own; `on_done` says when).
 ABANDON_GRACE_SECONDS = 0.25
+
+# A query DuckDB could not give memory to runs again after these pauses
+# (doubling), within the executor's `oom_wait_seconds` (ADMISSION_WAIT_SECONDS).
+OOM_FIRST_PAUSE_SECONDS = 0.05
+OOM_MAX_PAUSE_SECONDS = 1.0
 
 # Values for `$name` or `?` placeholders, bound by DuckDB (never interpolated).
 Params = dict[str, Any] | list[Any] | None
@@ -91,7 +108,7 @@ class _Job:
         self.timed_out = False
         self.done = False
 
-    def start(self, cursor: duckdb.DuckDBPyConnection) -> None:
+    def start(self, cursor: duckdb.DuckDBPyConnection | None) -> None:
         with self._lock:
             if self.timed_out:
                 raise self.error()
@@ -143,6 +160,31 @@ def _relation(
     return _text_projection(relation, types), columns
 
 
+# DuckDB's Arrow reader reports a failure past its first batch as pyarrow's
+# OSError carrying DuckDB's message ("Out of Memory Error: ...").
+_DUCKDB_MESSAGE = re.compile(r"^([A-Za-z]+(?: [A-Za-z]+)*) Error: ")
+_DUCKDB_ERRORS: dict[str, type[duckdb.Error]] = {
+    "Out of Memory": duckdb.OutOfMemoryException,
+    "INTERRUPT": duckdb.InterruptException,
+    "Invalid Input": duckdb.InvalidInputException,
+    "Conversion": duckdb.ConversionException,
+}
+
+
+def _read_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    """The next batch of a DuckDB Arrow reader, None at the end; DuckDB's
+    failures as DuckDB's exceptions (so OOM is `busy`, a bad row a 400)."""
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+    except OSError as exc:
+        found = _DUCKDB_MESSAGE.match(str(exc))
+        if found is None:
+            raise
+        raise _DUCKDB_ERRORS.get(found.group(1), duckdb.Error)(str(exc)) from None
+
+
 def _too_large(max_bytes: int) -> ResultTooLarge:
     return ResultTooLarge(
         f"the result is larger than {max_bytes:,} bytes (MAX_RESULT_BYTES): select fewer"
@@ -169,9 +211,8 @@ def _capped_table(
         batches: list[pa.RecordBatch] = []
         rows = size = 0
         while rows <= max_rows:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
+            batch = _read_batch(reader)
+            if batch is None:
                 break
             size += batch.nbytes
             if max_bytes is not None and size > max_bytes:
@@ -191,28 +232,53 @@ def _count(relation: duckdb.DuckDBPyRelation) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def _spool(
+    reader: pa.RecordBatchReader, directory: Path, max_batch_bytes: int | None, max_bytes: int
+) -> tuple[pa.RecordBatchReader, bool]:
+    """Write every batch of `reader` to an Arrow file in `directory`; a reader
+    of that file (memory-mapped: its pages are the file's, not the heap's), and
+    whether it stopped at `max_bytes` with more to come. The file is unlinked
+    at once (the map keeps it readable), so nothing is left behind."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, suffix=".stream.arrow")
+    os.close(fd)
+    try:
+        size, cut = 0, False
+        with pa.OSFile(name, "wb") as sink, pa.ipc.new_stream(sink, reader.schema) as writer:
+            while (batch := _read_batch(reader)) is not None:
+                if max_batch_bytes is not None and batch.nbytes > max_batch_bytes:
+                    # One batch of a few huge values: each batch is encoded in memory.
+                    raise _too_large(max_batch_bytes)
+                writer.write_batch(batch)
+                size += batch.nbytes
+                if size > max_bytes:  # past the stream's cap: enough to say so
+                    cut = True
+                    break
+        return pa.ipc.open_stream(pa.memory_map(name)), cut
+    finally:
+        os.unlink(name)
+
+
 class ResultStream:
-    """A query result read batch by batch (NDJSON/CSV). Owns a private cursor."""
+    """A query result read batch by batch (NDJSON/CSV) from its spooled file."""
 
     def __init__(
         self,
-        cursor: duckdb.DuckDBPyConnection,
         reader: pa.RecordBatchReader,
         columns: list[Column],
         data_version: str,
-        max_batch_bytes: int | None = None,
+        cut: bool = False,
     ) -> None:
-        self._cursor = cursor
         self._reader = reader
         self.columns = columns
         self.data_version = data_version
-        self.max_batch_bytes = max_batch_bytes
+        self.cut = cut  # the spool stopped at the stream's byte cap: more rows exist
         self.reading = 0  # reads submitted to the pool and not finished
         self._close_requested = False
         self._on_close: list[Callable[[], None]] = []
 
     def on_close(self, fn: Callable[[], None]) -> None:
-        """Run `fn` once the stream's cursor is closed (e.g. release the lease)."""
+        """Run `fn` once the stream is closed (e.g. release the lease)."""
         self._on_close.append(fn)
 
     def read_done(self) -> None:
@@ -221,19 +287,12 @@ class ResultStream:
             self._close_now()
 
     def next_batch(self) -> pa.Table | None:
-        """Blocking; None at the end. A single batch past `max_batch_bytes` (a few
-        huge values) raises ResultTooLarge: each batch is encoded in memory."""
-        try:
-            batch = self._reader.read_next_batch()
-        except StopIteration:
-            return None
-        if self.max_batch_bytes is not None and batch.nbytes > self.max_batch_bytes:
-            raise _too_large(self.max_batch_bytes)
-        return pa.Table.from_batches([batch])
+        """Blocking; None at the end."""
+        batch = _read_batch(self._reader)
+        return None if batch is None else pa.Table.from_batches([batch])
 
     def close(self) -> None:
-        """Close now, or when the read still running on a pool thread ends
-        (a cursor is never closed under a running query)."""
+        """Close now, or when the read still running on a pool thread ends."""
         self._close_requested = True
         if self.reading == 0:
             self._close_now()
@@ -241,8 +300,6 @@ class ResultStream:
     def _close_now(self) -> None:
         with contextlib.suppress(Exception):
             self._reader.close()
-        with contextlib.suppress(Exception):
-            self._cursor.close()
         callbacks, self._on_close = self._on_close, []
         for fn in callbacks:
             fn()
@@ -250,10 +307,15 @@ class ResultStream:
 
 class QueryExecutor:
     def __init__(
-        self, workers: int, admission: AdmissionGate | None = None, encode_slots: int | None = None
+        self,
+        workers: int,
+        admission: AdmissionGate | None = None,
+        encode_slots: int | None = None,
+        oom_wait_seconds: float = 0.0,
     ) -> None:
         self.workers = workers
         self.admission = admission
+        self.oom_wait_seconds = oom_wait_seconds
         # Buffered results encoded at once: the budget's light work (memory_budget.py).
         self._encodes = threading.BoundedSemaphore(encode_slots or workers)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
@@ -284,6 +346,22 @@ class QueryExecutor:
             with contextlib.suppress(Exception):
                 old.close()
 
+    def _out_of_memory_waits(self, job: _Job, run: Callable[[], T]) -> T:
+        """`run()`, run again while DuckDB is out of memory, for up to
+        `oom_wait_seconds`: its memory_limit is shared by the worker's queries,
+        and one large sort holds most of a small one for a few seconds. The
+        caller answers `503 busy` only when it stays full (or at the deadline)."""
+        deadline = time.monotonic() + self.oom_wait_seconds
+        pause = OOM_FIRST_PAUSE_SECONDS
+        while True:
+            try:
+                return run()
+            except duckdb.OutOfMemoryException:
+                if job.timed_out or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, OOM_MAX_PAUSE_SECONDS)
+
     def _execute(
         self,
         job: _Job,
@@ -303,9 +381,14 @@ class QueryExecutor:
         on_heavy: Callable[[], object] | None = None
         if self.admission is not None and heavy_bytes:
             gate = self.admission
+            reserved = False
 
             def reserve() -> object:
-                return held.enter_context(gate.reserve(heavy_bytes, "a large result"))
+                nonlocal reserved
+                if not reserved:  # once, though DuckDB may run the query again
+                    held.enter_context(gate.reserve(heavy_bytes, "a large result"))
+                    reserved = True
+                return None
 
             on_heavy = reserve
         with held:
@@ -316,12 +399,16 @@ class QueryExecutor:
             started = time.perf_counter()
             cursor = self._cursor(snapshot)
             job.start(cursor)
-            try:
+
+            def run() -> tuple[pa.Table, list[Column], int | None]:
                 relation, columns = _relation(cursor, sql, params)
                 total = _count(relation) if count else None
                 if offset:  # a later page (query/pagination.py)
                     relation = relation.limit(max_rows + 1, offset)
-                table = _capped_table(relation, max_rows, max_bytes, on_heavy)
+                return _capped_table(relation, max_rows, max_bytes, on_heavy), columns, total
+
+            try:
+                table, columns, total = self._out_of_memory_waits(job, run)
             except duckdb.Error:
                 if job.timed_out:
                     self._forget_cursor()  # an interrupted cursor is not reused
@@ -355,18 +442,30 @@ class QueryExecutor:
         max_rows: int,
         max_batch_bytes: int | None,
         batch_rows: int,
+        spool_dir: Path,
+        max_bytes: int,
     ) -> ResultStream:
-        cursor = snapshot.con.cursor()  # private: the stream outlives this call
-        try:
-            job.start(cursor)
+        cursor = snapshot.con.cursor()  # private: closed once the result is spooled
+
+        def run() -> tuple[pa.RecordBatchReader, bool, list[Column]]:
             relation, columns = _relation(cursor, sql, params)
             reader = relation.limit(max_rows + 1).to_arrow_reader(batch_rows)
-        except BaseException:
-            cursor.close()
+            try:
+                return *_spool(reader, spool_dir, max_batch_bytes, max_bytes), columns
+            finally:
+                reader.close()
+
+        try:
+            job.start(cursor)
+            spooled, cut, columns = self._out_of_memory_waits(job, run)
+        except duckdb.Error:
+            if job.timed_out:
+                raise job.error() from None
             raise
         finally:
             job.finish()
-        return ResultStream(cursor, reader, columns, snapshot.version, max_batch_bytes)
+            cursor.close()
+        return ResultStream(spooled, columns, snapshot.version, cut)
 
     # -- event-loop side ----------------------------------------------------
     async def _submit(
@@ -456,16 +555,29 @@ class QueryExecutor:
         limit_seconds: float | None = None,
         batch_rows: int = 10_000,
         buffer_bytes: int = 0,
+        spool_dir: Path,
+        max_bytes: int,
     ) -> ResultStream:
-        """Start a streamed result; the caller holds the lease until it closes it.
-        The stream holds `buffer_bytes` of the admission budget until it closes."""
+        """Run a streamed result's query to its end, spooled to `spool_dir`
+        (at most `max_rows` + 1 rows, about `max_bytes` of Arrow data); the
+        caller holds the lease until it closes the stream. The stream holds
+        `buffer_bytes` of the admission budget until it closes."""
         reservation = None
         if self.admission is not None and buffer_bytes:
             reservation = await self.admission.areserve(buffer_bytes, "an export")
         job = _Job(timeout_seconds, limit_seconds)
         try:
             stream = await self._submit(
-                job, self._open_stream, snapshot, sql, params, max_rows, max_batch_bytes, batch_rows
+                job,
+                self._open_stream,
+                snapshot,
+                sql,
+                params,
+                max_rows,
+                max_batch_bytes,
+                batch_rows,
+                spool_dir,
+                max_bytes,
             )
         except BaseException:
             if reservation is not None:
@@ -478,18 +590,14 @@ class QueryExecutor:
     async def next_batch(
         self, stream: ResultStream, *, timeout_seconds: float, limit_seconds: float | None = None
     ) -> pa.Table | None:
-        """The next batch by the deadline. A read abandoned at the deadline keeps
-        the stream's cursor busy: `stream.close()` then waits for it (on_done)."""
+        """The next batch (from the spooled file) by the deadline. A read abandoned
+        at the deadline keeps the file open: `stream.close()` then waits for it (on_done)."""
         job = _Job(timeout_seconds, limit_seconds)
 
         def read(job: _Job) -> pa.Table | None:
-            job.start(stream._cursor)
+            job.start(None)
             try:
                 return stream.next_batch()
-            except duckdb.Error:
-                if job.timed_out:
-                    raise job.error() from None
-                raise
             finally:
                 job.finish()
 

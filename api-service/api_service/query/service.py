@@ -43,7 +43,7 @@ from api_service.auth.signing import Signer
 from api_service.data.snapshots import Snapshot, SnapshotManager
 from api_service.errors import Busy, QueryFailed
 from api_service.http.responses import accepted_encoding, compress
-from api_service.ops.memory_budget import ENCODE_FACTOR, STREAM_FACTOR, MemoryBudget
+from api_service.ops.memory_budget import ENCODE_FACTOR, MemoryBudget, stream_reservation
 from api_service.ops.metrics import CACHE_BYTES, CACHE_REQUESTS, QUERY_SECONDS, ROWS_RETURNED
 from api_service.query import encodings
 from api_service.query.admission import AdmissionGate
@@ -130,7 +130,10 @@ class QueryService:
             else None
         )
         executor = QueryExecutor(
-            settings.query_workers, gate, budget.encode_slots if budget is not None else None
+            settings.query_workers,
+            gate,
+            budget.encode_slots if budget is not None else None,
+            oom_wait_seconds=settings.admission_wait_seconds,
         )
         cache = ResultCache(settings.result_cache_bytes)
         # With Redis, a user's (and app's) query caps hold across workers.
@@ -414,7 +417,8 @@ class QueryService:
             timeout_seconds=settings.stream_timeout_seconds,
             deadline=deadline,
             idle_write_seconds=settings.stream_idle_write_seconds,
-            buffer_bytes=int(settings.max_result_bytes * STREAM_FACTOR),
+            spool_dir=self.snapshots.cache.spill_directory(snap.version),
+            buffer_bytes=stream_reservation(settings.max_result_bytes),
         )
         response = await stream_response(
             self.executor,

@@ -1,7 +1,9 @@
 """Streamed answers (NDJSON, CSV): batch by batch from the worker pool, capped.
 
-What must always hold: the first batch is read before the response starts, so
-its failures are still a proper error response; past the stream cap
+What must always hold: the query has run to its end (spooled to local disk,
+query/executor.py) before the response starts, so its failures (DuckDB out of
+memory: 503 busy; a bad value in a late row, a batch past MAX_RESULT_BYTES,
+the deadline) are still a proper error response; past the stream cap
 (STREAM_MAX_ROWS / STREAM_MAX_BYTES) the connection is cut (`StreamTooLarge`)
 so that no client mistakes a partial export for a complete one; the stream
 owns the snapshot lease (and its query slot) from the first byte and releases
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -25,7 +28,7 @@ from starlette.types import Message, Send
 
 from analytics_shared.logging_config import get_logger
 from api_service.data.snapshots import Snapshot
-from api_service.errors import QueryTimeout, ResultTooLarge, StreamStalled, StreamTooLarge
+from api_service.errors import QueryTimeout, StreamStalled, StreamTooLarge
 from api_service.http.responses import StreamCompressor
 from api_service.ops.metrics import ROWS_RETURNED
 from api_service.query import encodings
@@ -45,6 +48,7 @@ class StreamLimits:
     timeout_seconds: float  # the whole stream's (STREAM_TIMEOUT_SECONDS), for messages
     deadline: float  # loop time by which the whole stream ends
     idle_write_seconds: float
+    spool_dir: Path  # where the query's result is spooled before the answer starts
     buffer_bytes: int = 0  # the stream's admission reservation (admission.py)
 
     def remaining(self) -> float:
@@ -108,6 +112,8 @@ async def stream_response(
             timeout_seconds=limits.remaining(),
             limit_seconds=limits.timeout_seconds,
             buffer_bytes=limits.buffer_bytes,
+            spool_dir=limits.spool_dir,
+            max_bytes=limits.max_bytes,
         )
     except BaseException:
         release()
@@ -116,8 +122,6 @@ async def stream_response(
     stream.on_close(owned.close)
     stream.on_close(release)
     try:
-        # The first batch is read before answering, so that its failures (a batch
-        # past MAX_RESULT_BYTES, a timeout) are still a proper error response.
         batch = await _next(executor, stream, limits)
     except BaseException:
         stream.close()
@@ -183,9 +187,9 @@ async def _body(
             except QueryTimeout:  # the stream's overall deadline: the connection is cut
                 log.warning("stream_deadline_reached", rows=rows, bytes=sent, format=encoding.name)
                 raise
-            except ResultTooLarge as exc:  # one batch of huge values
-                log.warning("stream_cap_reached", rows=rows, bytes=sent, format=encoding.name)
-                raise StreamTooLarge(str(exc)) from None
+        if stream.cut:  # the spool stopped at the byte cap: there is more
+            log.warning("stream_cap_reached", rows=rows, bytes=sent, format=encoding.name)
+            raise StreamTooLarge(f"the result passed the stream cap ({max_bytes} bytes)")
         if first and encoding.name == "csv":
             chunk = encode(_empty(columns), True)
             yield compressor.feed(chunk) if compressor else chunk
