@@ -86,6 +86,11 @@ def test_structural_limits_are_named_settings():
         "SELECT repeat('-', 40)",
         "SELECT range(1, 100)",
         "SELECT bar(quantity, 0, 100, 40) FROM inventory",
+        "SELECT repeat(warehouse, 3) FROM inventory",
+        "SELECT list_transform(string_split(warehouse, '-'), lambda x: upper(x)) FROM inventory",
+        "SELECT [x FOR x IN string_split(warehouse, '-') IF x <> warehouse] FROM inventory",
+        "SELECT list_transform([1, 2], lambda x: x * quantity + id) FROM inventory",
+        "SELECT list_filter(string_split(warehouse, '-'), lambda x: x = warehouse) FROM inventory",
     ],
 )
 def test_ordinary_formatting_passes(sql):
@@ -111,6 +116,16 @@ def test_ordinary_formatting_passes(sql):
         "SELECT range(0, 1000000)",
         "SELECT generate_series(1, id) FROM inventory",
         "SELECT list_resize([1], 100000)",
+        # Copies of a value read from the data or a parameter (its size is the caller's).
+        "SELECT length(repeat(warehouse, 100)) FROM inventory",
+        "SELECT length(repeat($s, 10000))",
+        "SELECT list_resize([warehouse], 1000, warehouse) FROM inventory",
+        "SELECT [warehouse FOR x IN range(100)] FROM inventory",
+        "SELECT len([$s FOR x IN range(9000)])",
+        "SELECT list_transform(string_split(warehouse, ''), lambda x: warehouse) FROM inventory",
+        "SELECT list_reduce(string_split($s, ''), lambda a, b: a || $s)",
+        "SELECT list_transform([[1]], lambda x: list_transform(range(100), lambda y: x))",
+        "SELECT list_transform([1], lambda x: (SELECT max(warehouse) FROM inventory))",
     ],
 )
 def test_computed_or_huge_sizes_are_refused(sql):
