@@ -221,3 +221,41 @@ def test_the_gate_caps_users_and_serves_them_in_turn():
 
     order = asyncio.run(scenario())
     assert order[0] == "other" and order.count("hog") == 3
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT quantity * 2 AS q2, q2 + 1 AS q3, q2 * q3 AS q4 FROM inventory",
+        "SELECT nullif(nullif(warehouse, ''), '-') FROM inventory",
+        "WITH a AS (SELECT * FROM inventory), b AS (SELECT * FROM a JOIN a AS a2 USING (id))"
+        " SELECT * FROM b, a",
+        "WITH a AS NOT MATERIALIZED (SELECT id FROM inventory) SELECT * FROM a",
+        "SELECT * FROM inventory a JOIN inventory b USING (id) JOIN inventory c USING (id)",
+        "SELECT * FROM inventory UNION ALL BY NAME SELECT * FROM inventory",
+    ],
+)
+def test_what_the_binder_copies_a_little_passes(sql):
+    assert check_query(sql, allowed_tables=ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id AS a0, "
+        + ", ".join(f"a{i - 1} + a{i - 1} AS a{i}" for i in range(1, 14))
+        + " FROM inventory",
+        "SELECT " + "nullif(" * 13 + "id" + ", 1)" * 13 + " FROM inventory",
+        "WITH c0 AS NOT MATERIALIZED (SELECT id FROM inventory), "
+        + ", ".join(
+            f"c{i} AS NOT MATERIALIZED (SELECT x.id FROM c{i - 1} x JOIN c{i - 1} y USING (id))"
+            for i in range(1, 6)
+        )
+        + " SELECT count(*) FROM c5",
+        "WITH c0 AS (SELECT id, warehouse FROM inventory), "
+        + ", ".join(f"c{i} AS (SELECT * FROM c{i - 1} a, c{i - 1} b)" for i in range(1, 13))
+        + " SELECT count(*) FROM c12",
+    ],
+)
+def test_what_the_binder_copies_counts_towards_the_limits(sql):
+    _refused(sql, "query_too_complex")
