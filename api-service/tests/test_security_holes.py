@@ -141,6 +141,14 @@ BINDER_COPIES = {
     "cte_joined_to_itself_widens": _chain(
         "SELECT id, warehouse FROM inventory", "SELECT * FROM {p} a, {p} b", 13
     ),
+    "nested_in_lists": "SELECT "
+    + _nested("id", "({inner} IN (1, 2, 3))::INT", 14)
+    + " FROM inventory",
+    # Copied by DuckDB's parser itself: 750 characters took 1.5 GB in the
+    # guard's json_serialize_sql and the worker with it (an OOM kill).
+    "nested_simple_case": "SELECT "
+    + _nested("id", "CASE {inner} WHEN 1 THEN 1 WHEN 2 THEN 2 WHEN 3 THEN 3 ELSE 0 END", 13)
+    + " FROM inventory",
 }
 
 

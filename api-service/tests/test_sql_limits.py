@@ -233,6 +233,9 @@ def test_the_gate_caps_users_and_serves_them_in_turn():
         "WITH a AS NOT MATERIALIZED (SELECT id FROM inventory) SELECT * FROM a",
         "SELECT * FROM inventory a JOIN inventory b USING (id) JOIN inventory c USING (id)",
         "SELECT * FROM inventory UNION ALL BY NAME SELECT * FROM inventory",
+        "SELECT id FROM inventory WHERE id IN (" + ", ".join(map(str, range(3000))) + ")",
+        "SELECT CASE warehouse WHEN 'a' THEN 1 WHEN 'b' THEN 2 ELSE 3 END FROM inventory",
+        "SELECT CASE CASE id WHEN 1 THEN 'x' ELSE 'y' END WHEN 'x' THEN 1 END FROM inventory",
     ],
 )
 def test_what_the_binder_copies_a_little_passes(sql):
@@ -255,6 +258,12 @@ def test_what_the_binder_copies_a_little_passes(sql):
         "WITH c0 AS (SELECT id, warehouse FROM inventory), "
         + ", ".join(f"c{i} AS (SELECT * FROM c{i - 1} a, c{i - 1} b)" for i in range(1, 13))
         + " SELECT count(*) FROM c12",
+        "SELECT " + "(" * 10 + "id" + " IN (1, 2, 3))::INT" * 10 + " FROM inventory",
+        "SELECT "
+        + "CASE " * 9
+        + "id"
+        + " WHEN 1 THEN 1 WHEN 2 THEN 2 WHEN 3 THEN 3 END" * 9
+        + " FROM inventory",
     ],
 )
 def test_what_the_binder_copies_counts_towards_the_limits(sql):

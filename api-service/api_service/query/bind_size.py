@@ -9,7 +9,8 @@ the request; the pool thread keeps binding, one core busy, for minutes):
   minutes;
 - a built-in macro whose body names a parameter twice (`nullif(a, b)` is
   `CASE WHEN a = b THEN NULL ELSE a END`) copies that argument: 16 nested
-  `nullif` bound for 35 s;
+  `nullif` bound for 35 s; `x IN (a, b, c)` copies `x` once per item (14
+  nested `(... IN (1, 2, 3))::INT` bound for more than 30 s);
 - a CTE marked `NOT MATERIALIZED` is bound again at every reference: a chain
   of 12 such CTEs, each joining the previous one to itself, planned for
   minutes;
@@ -22,6 +23,13 @@ query with those copies made (a table of unknown width counts as
 `TABLE_WIDTH` columns; a CTE without NOT MATERIALIZED is bound once, as
 DuckDB materialises a CTE used more than once) and the guard holds it to
 `GUARD_MAX_EXPRESSION_NODES`.
+
+One copy happens earlier, in DuckDB's parser: a simple `CASE x WHEN a THEN
+... WHEN b ...` becomes `CASE WHEN x = a ... WHEN x = b ...`, one copy of `x`
+per WHEN, so nested simple CASEs grow exponentially before the guard sees a
+tree (13 of them, 750 characters, took 1.5 GB in `json_serialize_sql` and the
+worker with it). `parsed_tokens(sql)` counts the tokens of the query with
+those copies made, from DuckDB's tokenizer alone, before anything parses it.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import duckdb
 
 from api_service.query.sql_tree import tree_nodes
 
-__all__ = ["TABLE_WIDTH", "bound_size", "macro_copies"]
+__all__ = ["TABLE_WIDTH", "bound_size", "macro_copies", "parsed_tokens"]
 
 # Columns assumed for a published table when `*` expands it (the guard does
 # not know the snapshot's widths; exponential shapes pass any such bound).
@@ -235,6 +243,13 @@ class _Sizer:
                 return aliases[str(names[0]).lower()]
             return 1
         own = 1 if isinstance(cls, str) else 0
+        if cls == "OPERATOR" and expr.get("type") in ("COMPARE_IN", "COMPARE_NOT_IN"):
+            # `x IN (a, b, c)` binds as x = a OR x = b OR x = c: x once per item
+            # (a column or constant is a reference, not a copy worth counting).
+            left, *items = expr.get("children") or [None]
+            operand = self.size(left, scope, aliases)
+            times = max(1, len(items)) if operand > 1 else 1
+            return own + times * operand + self.size(items, scope, aliases)
         if cls == "FUNCTION":
             copies = self.copies.get(str(expr.get("function_name", "")).lower())
             if copies:
@@ -272,3 +287,57 @@ def bound_size(tree: dict[str, Any], copies: dict[str, tuple[int, ...]]) -> tupl
     statements = tree.get("statements") or []
     size = sum(sizer.total(s.get("node"), {}) for s in statements if isinstance(s, dict))
     return size, sizer.inlined_tables
+
+
+class _Case:
+    """A CASE being read: its tokens, and for a simple CASE its operand's."""
+
+    def __init__(self) -> None:
+        self.simple: bool | None = None  # unknown until the token after CASE
+        self.in_operand = False
+        self.operand = 0
+        self.whens = 0
+        self.size = 1
+
+    def add(self, n: int) -> None:
+        if self.in_operand:
+            self.operand += n
+        else:
+            self.size += n
+
+    def expanded(self) -> int:
+        return self.size + self.operand * max(1, self.whens)
+
+
+def parsed_tokens(sql: str) -> int:
+    """Tokens of `sql` once the parser has copied each simple CASE's operand
+    into each of its WHENs (nested ones multiply)."""
+    root = _Case()
+    stack = [root]
+    for position, end, kind in _tokens(sql):
+        word = sql[position:end].strip().upper() if kind == duckdb.token_type.keyword else ""
+        top = stack[-1]
+        if top is not root and top.simple is None:
+            top.simple = word != "WHEN"
+            top.in_operand = top.simple
+        if word == "CASE":
+            stack.append(_Case())
+        elif word == "WHEN" and top is not root:
+            top.whens += 1
+            top.in_operand = False
+            top.size += 1
+        elif word == "END" and top is not root:
+            stack.pop()
+            stack[-1].add(top.expanded())
+        else:
+            top.add(1)
+    while len(stack) > 1:  # unbalanced: the parser will refuse it
+        top = stack.pop()
+        stack[-1].add(top.expanded())
+    return root.expanded()
+
+
+def _tokens(sql: str) -> list[tuple[int, int, Any]]:
+    tokens = [(p, k) for p, k in duckdb.tokenize(sql) if k != duckdb.token_type.comment]
+    ends = [p for p, _ in tokens[1:]] + [len(sql)]
+    return [(p, e, k) for (p, k), e in zip(tokens, ends, strict=True)]

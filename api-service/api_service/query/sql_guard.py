@@ -43,7 +43,7 @@ from typing import Any
 import duckdb
 
 from api_service.errors import QueryRejected
-from api_service.query.bind_size import bound_size, macro_copies
+from api_service.query.bind_size import bound_size, macro_copies, parsed_tokens
 from api_service.query.sql_limits import (
     AMPLIFYING_FUNCTIONS,
     DENIED_FUNCTIONS,
@@ -467,6 +467,10 @@ def _check(
         raise QueryRejected(f"the query is longer than {max_length} characters", "query_too_long")
     if "\x00" in sql:
         raise QueryRejected("the query contains a NUL character", "syntax_error")
+    # The parser copies a simple CASE's operand into each WHEN: nested ones
+    # grow exponentially inside DuckDB's parser, before any tree exists.
+    if parsed_tokens(sql) > 2 * max_length:
+        raise _too_complex("nested simple CASE expressions copy their operand into each WHEN")
     tree = _parse_tree(sql)
     walker = _Walker(
         set(allowed_tables) if allowed_tables is not None else None,
