@@ -144,6 +144,9 @@ BINDER_COPIES = {
     "nested_in_lists": "SELECT "
     + _nested("id", "({inner} IN (1, 2, 3))::INT", 14)
     + " FROM inventory",
+    "pivot_on_four_columns": "PIVOT inventory ON "
+    + ", ".join(f"(id % {i + 11}) IN ({', '.join(map(str, range(10)))})" for i in range(4))
+    + " USING count(*), sum(id), max(id) GROUP BY warehouse",
     # Copied by DuckDB's parser itself: 750 characters took 1.5 GB in the
     # guard's json_serialize_sql and the worker with it (an OOM kill).
     "nested_simple_case": "SELECT "
