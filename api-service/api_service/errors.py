@@ -329,6 +329,12 @@ class TooManyConnections(ApiError):
         return {"Retry-After": "30"}
 
 
+class TooManyUserConnections(TooManyConnections):
+    """The caller's own streams, not the server's: 429, like other per-user caps."""
+
+    status = 429
+
+
 class StreamTooLarge(ApiError, RuntimeError):
     """A streamed result passed its cap: the connection is cut so that no
     client mistakes a partial export for a complete one."""

@@ -139,7 +139,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     signer = Signer(signing_key(settings.api_signing_secret, settings.cache_dir))
     app.state.signer = signer
     app.state.query_service = QueryService.from_settings(settings, snapshots, signer, budget)
-    app.state.events = VersionEvents(snapshots, settings.events_max_connections)
+    app.state.events = VersionEvents(
+        snapshots, settings.events_max_connections, settings.events_max_connections_per_user
+    )
     app.state.status_feed = EtlStatusFeed(snapshots.store)  # GET /status
     install_error_handlers(app)
     install_cors(app, settings.cors_origins)

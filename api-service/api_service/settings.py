@@ -146,6 +146,9 @@ class ApiSettings(CommonSettings):
         None, validation_alias="API_SIGNING_SECRET", min_length=16, repr=False
     )
     events_max_connections: int = Field(100, validation_alias="EVENTS_MAX_CONNECTIONS", ge=1)
+    events_max_connections_per_user: int = Field(
+        4, validation_alias="EVENTS_MAX_CONNECTIONS_PER_USER", ge=1
+    )
     events_heartbeat_seconds: float = Field(
         15.0, validation_alias="EVENTS_HEARTBEAT_SECONDS", gt=0, le=300
     )

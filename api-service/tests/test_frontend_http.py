@@ -240,3 +240,39 @@ def _no_streams_left(api) -> None:
     while api.app.state.events.connections:
         assert time.monotonic() < deadline, "event stream slots were not given back"
         time.sleep(0.1)
+
+
+def test_one_caller_cannot_take_every_event_stream(tmp_path, issuer):
+    """One user with one ticket opened every stream slot of both workers in a
+    second (a ticket is reusable and the rate limit never sees the streams):
+    a caller holds at most EVENTS_MAX_CONNECTIONS_PER_USER per worker."""
+    env = api_env(
+        tmp_path,
+        issuer,
+        WHITELIST,
+        EVENTS_MAX_CONNECTIONS="4",
+        EVENTS_MAX_CONNECTIONS_PER_USER="2",
+        EVENTS_HEARTBEAT_SECONDS="0.5",
+    )
+    with make_app_client(env) as api:
+        base = str(api.base_url).rstrip("/")
+        hog = {"Authorization": f"Bearer {issuer.mint(sub='hog')}"}
+        ticket = api.post("/events/ticket", headers=hog).json()["ticket"]
+        readers = [_Reader(f"{base}/events?ticket={ticket}", {}) for _ in range(2)]
+        try:
+            for reader in readers:
+                reader.wait(lambda reader=reader: reader.events != [])
+            with api.stream("GET", "/events", params={"ticket": ticket}) as r:
+                assert r.status_code == 429, "a third stream opened"
+                r.read()
+            assert r.json()["error"]["code"] == "too_many_connections"
+            assert "Retry-After" in r.headers
+            other = {"Authorization": f"Bearer {issuer.mint(sub='someone-else')}"}
+            reader = _Reader(f"{base}/events", other)
+            readers.append(reader)
+            reader.wait(lambda: reader.events != [])
+            assert reader.status == 200
+        finally:
+            for reader in readers:
+                reader.close()
+        _no_streams_left(api)

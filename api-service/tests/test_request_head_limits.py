@@ -57,9 +57,33 @@ def _exchange(api: ApiServer, head: bytes) -> bytes:
     ids=["request_line", "header_field", "too_many_fields", "unfinished_head"],
 )
 def test_an_oversized_head_is_a_431_in_the_error_shape(api, head):
+    error = _error_answer(_exchange(api, head), b"HTTP/1.1 431 Request Header Fields Too Large")
+    assert error["error"]["code"] == "request_header_too_large"
+
+
+SMUGGLED = b"0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /query HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
+        b"POST /query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /health HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    ],
+    ids=["content_length_and_chunked", "bad_chunk_size", "malformed_request_line"],
+)
+def test_a_request_the_parser_cannot_read_is_a_400_in_the_error_shape(api, head):
     answer = _exchange(api, head)
+    error = _error_answer(answer, b"HTTP/1.1 400 Bad Request")
+    assert error["error"]["code"] == "bad_request"
+    assert answer.count(b"HTTP/1.1 ") == 1  # nothing smuggled in behind it was answered
+
+
+def _error_answer(answer: bytes, status_line: bytes) -> dict:
     status, _, rest = answer.partition(b"\r\n")
-    assert status == b"HTTP/1.1 431 Request Header Fields Too Large", answer[:200]
+    assert status == status_line, answer[:200]
     headers_text, _, body = rest.partition(b"\r\n\r\n")
     headers = dict(
         line.decode().lower().split(": ", 1) for line in headers_text.split(b"\r\n") if line
@@ -69,5 +93,5 @@ def test_an_oversized_head_is_a_431_in_the_error_shape(api, head):
     assert int(headers["content-length"]) == len(body)
     error = json.loads(body)
     assert error["success"] is False
-    assert error["error"]["code"] == "request_header_too_large"
     assert error["error"]["message"]
+    return error

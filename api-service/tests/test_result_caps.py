@@ -126,12 +126,12 @@ def test_a_query_that_runs_duckdb_out_of_memory_is_busy_not_broken(store, issuer
     a 503 busy to retry, and the worker answers the next query."""
     with client_for(store, issuer, "duckdb-oom", MEMORY_LIMIT="512MiB") as client:
         client.headers["Authorization"] = f"Bearer {issuer.mint(sub='caps')}"
-        # 20,000 x ~50 KB of distinct text in one aggregate state: it cannot spill
-        # (5,000 copies of a 2-column value: the guard allows 10,000 column values).
+        # 400,000 x ~3 KB of distinct text in one aggregate state: it cannot spill.
         r = client.get(
             "/query",
             params={
-                "q": "SELECT length(string_agg(repeat(warehouse || id::VARCHAR, 5000), ',')) AS n FROM inventory"
+                "q": "SELECT length(string_agg(repeat('x', 3000) || CAST(a.id * 100 + b.id AS VARCHAR),"
+                " ',')) AS n FROM inventory a, inventory b WHERE b.id <= 20"
             },
         )
         assert r.status_code == 503, r.text

@@ -86,6 +86,11 @@ def test_structural_limits_are_named_settings():
         "SELECT repeat('-', 40)",
         "SELECT range(1, 100)",
         "SELECT bar(quantity, 0, 100, 40) FROM inventory",
+        "SELECT repeat(warehouse, 3) FROM inventory",
+        "SELECT list_transform(string_split(warehouse, '-'), lambda x: upper(x)) FROM inventory",
+        "SELECT [x FOR x IN string_split(warehouse, '-') IF x <> warehouse] FROM inventory",
+        "SELECT list_transform([1, 2], lambda x: x * quantity + id) FROM inventory",
+        "SELECT list_filter(string_split(warehouse, '-'), lambda x: x = warehouse) FROM inventory",
     ],
 )
 def test_ordinary_formatting_passes(sql):
@@ -111,6 +116,16 @@ def test_ordinary_formatting_passes(sql):
         "SELECT range(0, 1000000)",
         "SELECT generate_series(1, id) FROM inventory",
         "SELECT list_resize([1], 100000)",
+        # Copies of a value read from the data or a parameter (its size is the caller's).
+        "SELECT length(repeat(warehouse, 100)) FROM inventory",
+        "SELECT length(repeat($s, 10000))",
+        "SELECT list_resize([warehouse], 1000, warehouse) FROM inventory",
+        "SELECT [warehouse FOR x IN range(100)] FROM inventory",
+        "SELECT len([$s FOR x IN range(9000)])",
+        "SELECT list_transform(string_split(warehouse, ''), lambda x: warehouse) FROM inventory",
+        "SELECT list_reduce(string_split($s, ''), lambda a, b: a || $s)",
+        "SELECT list_transform([[1]], lambda x: list_transform(range(100), lambda y: x))",
+        "SELECT list_transform([1], lambda x: (SELECT max(warehouse) FROM inventory))",
     ],
 )
 def test_computed_or_huge_sizes_are_refused(sql):
@@ -206,3 +221,50 @@ def test_the_gate_caps_users_and_serves_them_in_turn():
 
     order = asyncio.run(scenario())
     assert order[0] == "other" and order.count("hog") == 3
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT quantity * 2 AS q2, q2 + 1 AS q3, q2 * q3 AS q4 FROM inventory",
+        "SELECT nullif(nullif(warehouse, ''), '-') FROM inventory",
+        "WITH a AS (SELECT * FROM inventory), b AS (SELECT * FROM a JOIN a AS a2 USING (id))"
+        " SELECT * FROM b, a",
+        "WITH a AS NOT MATERIALIZED (SELECT id FROM inventory) SELECT * FROM a",
+        "SELECT * FROM inventory a JOIN inventory b USING (id) JOIN inventory c USING (id)",
+        "SELECT * FROM inventory UNION ALL BY NAME SELECT * FROM inventory",
+        "SELECT id FROM inventory WHERE id IN (" + ", ".join(map(str, range(3000))) + ")",
+        "SELECT CASE warehouse WHEN 'a' THEN 1 WHEN 'b' THEN 2 ELSE 3 END FROM inventory",
+        "SELECT CASE CASE id WHEN 1 THEN 'x' ELSE 'y' END WHEN 'x' THEN 1 END FROM inventory",
+    ],
+)
+def test_what_the_binder_copies_a_little_passes(sql):
+    assert check_query(sql, allowed_tables=ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id AS a0, "
+        + ", ".join(f"a{i - 1} + a{i - 1} AS a{i}" for i in range(1, 14))
+        + " FROM inventory",
+        "SELECT " + "nullif(" * 13 + "id" + ", 1)" * 13 + " FROM inventory",
+        "WITH c0 AS NOT MATERIALIZED (SELECT id FROM inventory), "
+        + ", ".join(
+            f"c{i} AS NOT MATERIALIZED (SELECT x.id FROM c{i - 1} x JOIN c{i - 1} y USING (id))"
+            for i in range(1, 6)
+        )
+        + " SELECT count(*) FROM c5",
+        "WITH c0 AS (SELECT id, warehouse FROM inventory), "
+        + ", ".join(f"c{i} AS (SELECT * FROM c{i - 1} a, c{i - 1} b)" for i in range(1, 13))
+        + " SELECT count(*) FROM c12",
+        "SELECT " + "(" * 10 + "id" + " IN (1, 2, 3))::INT" * 10 + " FROM inventory",
+        "SELECT "
+        + "CASE " * 9
+        + "id"
+        + " WHEN 1 THEN 1 WHEN 2 THEN 2 WHEN 3 THEN 3 END" * 9
+        + " FROM inventory",
+    ],
+)
+def test_what_the_binder_copies_counts_towards_the_limits(sql):
+    _refused(sql, "query_too_complex")

@@ -22,7 +22,7 @@ import functools
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from analytics_shared.manifest import ColumnSchema
 from analytics_shared.whitelist import AppPolicy, Whitelist, WhitelistError
 from api_service.errors import InvalidClaim, MissingClaim, QueryRejected
 from api_service.query.sql_guard import check_query, parser_connection
+from api_service.query.sql_tree import tree_nodes
 
 __all__ = [
     "MASK_INNER_PARAM",
@@ -177,24 +178,6 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
     except QueryRejected as exc:
         raise WhitelistError(f"query whitelist: the row filter of {table!r}: {exc}") from None
     return json.dumps(where), tuple(dict.fromkeys(claims))
-
-
-def tree_nodes(
-    tree: Any, prune: Callable[[dict[str, Any]], bool] = lambda _: False
-) -> Iterator[dict[str, Any]]:
-    """Every object of a json_serialize_sql tree (an explicit stack: deep trees
-    cannot exhaust Python's); below a node for which `prune` is true, none."""
-    stack = [tree]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, list):
-            stack.extend(current)
-            continue
-        if not isinstance(current, dict):
-            continue
-        yield current
-        if not prune(current):
-            stack.extend(v for v in current.values() if isinstance(v, dict | list))
 
 
 def _qualify_tables(node: Any, table: str) -> None:

@@ -18,7 +18,10 @@ workers; this worker applies them:
   `limit_request_field_size` is answered 431 as well.
 
 The 431 is in the API's error shape (JSON, code `request_header_too_large`,
-`Connection: close`); no route ran, so it carries no request id.
+`Connection: close`); no route ran, so it carries no request id. So is the
+400 for a request the parser cannot read (code `bad_request`): a request
+smuggling attempt with both Content-Length and Transfer-Encoding, a bad
+chunk size, a malformed request line.
 """
 
 from __future__ import annotations
@@ -97,14 +100,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._refused = True
-        error = {
-            "code": RequestHeaderTooLarge.code,
-            "message": f"{reason} (see LIMIT_REQUEST_* in the API documentation)",
-            "request_id": None,
-        }
+        self._answer(
+            b"431 Request Header Fields Too Large",
+            RequestHeaderTooLarge.code,
+            f"{reason} (see LIMIT_REQUEST_* in the API documentation)",
+        )
+
+    def send_400_response(self, msg: str) -> None:
+        # Uvicorn's own answer to a request it cannot parse (both Content-Length
+        # and Transfer-Encoding, a bad chunk, a malformed line) is plain text.
+        self._answer(b"400 Bad Request", "bad_request", f"malformed HTTP request: {msg}")
+
+    def _answer(self, status: bytes, code: str, message: str) -> None:
+        """An error in the API's shape, then close (no route ran: no request id)."""
+        error = {"code": code, "message": message, "request_id": None}
         body = json.dumps({"success": False, "error": error}).encode()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"HTTP/1.1 " + status + b"\r\n"
             b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body

@@ -43,6 +43,7 @@ from typing import Any
 import duckdb
 
 from api_service.errors import QueryRejected
+from api_service.query.bind_size import bound_size, macro_copies, parsed_tokens
 from api_service.query.sql_limits import (
     AMPLIFYING_FUNCTIONS,
     DENIED_FUNCTIONS,
@@ -114,6 +115,7 @@ def _system_views() -> frozenset[str]:
 
 
 _SYSTEM_VIEWS = _system_views()
+_MACRO_COPIES = macro_copies(_parser())
 
 
 def _parse_tree(sql: str) -> dict[str, Any]:
@@ -465,6 +467,10 @@ def _check(
         raise QueryRejected(f"the query is longer than {max_length} characters", "query_too_long")
     if "\x00" in sql:
         raise QueryRejected("the query contains a NUL character", "syntax_error")
+    # The parser copies a simple CASE's operand into each WHEN: nested ones
+    # grow exponentially inside DuckDB's parser, before any tree exists.
+    if parsed_tokens(sql) > 2 * max_length:
+        raise _too_complex("nested simple CASE expressions copy their operand into each WHEN")
     tree = _parse_tree(sql)
     walker = _Walker(
         set(allowed_tables) if allowed_tables is not None else None,
@@ -472,6 +478,23 @@ def _check(
         limits,
     )
     walker.walk(tree)
+    # What the binder copies (reused aliases, macro arguments, NOT MATERIALIZED
+    # CTEs, `*`) counts too: binding cannot be interrupted (bind_size.py).
+    try:
+        size, inlined_tables = bound_size(tree, _MACRO_COPIES)
+    except RecursionError:
+        raise _too_complex("nested too deeply") from None
+    if walker.counts["table_references"] + inlined_tables > limits.table_references:
+        raise _too_complex(
+            f"more than {limits.table_references} table references once its NOT MATERIALIZED"
+            " CTEs are copied into each use; drop NOT MATERIALIZED"
+        )
+    if size > limits.expression_nodes:
+        raise _too_complex(
+            f"more than {limits.expression_nodes} expression nodes and columns once DuckDB"
+            " expands it: reused aliases, nullif()-like macros, NOT MATERIALIZED CTEs"
+            " used more than once or * over ever wider subqueries copy their expressions"
+        )
     return GuardedQuery(
         sql=sql,
         tables=frozenset(walker.tables),

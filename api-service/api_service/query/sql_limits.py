@@ -38,7 +38,10 @@ fails when an upgrade brings a name nobody reviewed):
   do not multiply: `SELECT a || b, c || d, ...` or one label joined from
   twenty columns is fine. `replace`/`regexp_replace` take a constant
   replacement (one that reads a column multiplies the size by the number of
-  matches).
+  matches). `repeat(s, n)` of a value read from the data or a parameter joins
+  `n` copies; a lambda that builds list elements reads only its own
+  parameters where it builds the value (`[s FOR x IN l]` holds len(l) copies
+  of `s`, and `l` can be as long as the data makes it).
 """
 
 from __future__ import annotations
@@ -136,6 +139,11 @@ MAX_CONCAT_GROWTH = 64
 _ABSOLUTE_SIZE = {"lpad": 1, "rpad": 1, "bar": 3, "to_base": 2, "equi_width_bins": 2}
 # name -> index of the count that multiplies the input.
 _MULTIPLYING = {"repeat": 1, "list_resize": 1, "array_resize": 1}
+# name -> index of the value the result holds `count` copies of (the input of
+# repeat, the fill of list_resize): read from the data, it is as large as the
+# data makes it, so the copies count as joined values (a 200 KB parameter
+# repeated 10 000 times is 2 GB in one value).
+_COPIED = {"repeat": 0, "list_resize": 2, "array_resize": 2}
 _SERIES = frozenset({"range", "generate_series"})
 AMPLIFYING_FUNCTIONS = frozenset(_ABSOLUTE_SIZE) | frozenset(_MULTIPLYING) | _SERIES
 _FORMAT_FUNCTIONS = frozenset({"printf", "format"})
@@ -158,6 +166,26 @@ _JOINING = {
     "format": 1,
 }
 _REPLACING = {"replace": 2, "regexp_replace": 2}  # name -> the replacement's index
+# Lambda functions whose result holds what the lambda returns, once per element.
+_TRANSFORMING = frozenset(
+    {
+        "list_transform",
+        "array_transform",
+        "list_apply",
+        "array_apply",
+        "apply",
+        "list_reduce",
+        "array_reduce",
+        "reduce",
+    }
+)
+# Expressions whose value has a fixed size whatever they read (a predicate, a
+# number): a lambda may read other columns inside them.
+_FIXED_SIZE_CLASSES = frozenset({"COMPARISON", "CONJUNCTION", "BETWEEN"})
+_FIXED_SIZE_OPERATORS = frozenset(
+    {"OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL", "COMPARE_IN", "COMPARE_NOT_IN"}
+)
+_ARITHMETIC = frozenset({"+", "-", "*", "/", "//", "%", "**", "^"})
 _WIDE_FORMAT = re.compile(r"\d{5,}")
 _NESTED_FIELD = re.compile(r"\{[^{}]*\{")
 _STAR_WIDTH = re.compile(r"%[^a-zA-Z%]*\*")
@@ -223,6 +251,9 @@ class AmplifyBudget:
                 start = _joining_start(current) or 0
                 args = arguments(current)
                 size = sum(self._sizes[id(a)] for a in args[start:] if id(a) in self._sizes)
+            elif isinstance(current, dict) and _copies(current) is not None:
+                value, count = _copies(current) or (0, 0)
+                size = max(max(sizes, default=0), count * self._sizes.get(id(value), 0))
             else:
                 size = max(sizes, default=0)
             self._sizes[id(current)] = size
@@ -238,6 +269,19 @@ def _children(node: Any) -> list[Any]:
     if isinstance(node, dict) and node.get("class") not in _READS:
         return [v for v in node.values() if isinstance(v, dict | list)]
     return []
+
+
+def _copies(node: dict[str, Any]) -> tuple[Any, int] | None:
+    """(the copied argument, how many copies) of repeat/list_resize; a count
+    that is not a literal counts as MAX_AMPLIFY (check_function refuses it)."""
+    if node.get("class") != "FUNCTION":
+        return None
+    name = str(node.get("function_name", "")).lower()
+    args = arguments(node)
+    if name not in _COPIED or len(args) <= _COPIED[name]:
+        return None
+    count = _literal_arg(args, _MULTIPLYING[name])
+    return args[_COPIED[name]], MAX_AMPLIFY if count is None else max(count, 0)
 
 
 def _joining_start(node: dict[str, Any]) -> int | None:
@@ -271,6 +315,7 @@ def check_function(name: str, node: dict[str, Any], budget: AmplifyBudget, level
                 f"{name}() needs a literal count of at most {MAX_AMPLIFY}", "function_not_allowed"
             )
         budget.spend(name, count)
+        budget.grow(name, level, budget.joined_size(node))
     elif name in _SERIES:
         span = _series_span(args)
         if span is None or span > MAX_AMPLIFY:
@@ -282,6 +327,8 @@ def check_function(name: str, node: dict[str, Any], budget: AmplifyBudget, level
         budget.spend(name, span)
     elif name in _FORMAT_FUNCTIONS:
         _check_format(name, args)
+    elif name in _TRANSFORMING:
+        _check_lambda_reads(name, args)
     if name in _JOINING:
         budget.grow(name, level, budget.joined_size(node))
     elif name in _REPLACING and _reads_data(args[_REPLACING[name] :][:1]):
@@ -302,6 +349,65 @@ def _reads_data(node: Any) -> bool:
                 return True
             stack.extend(v for v in current.values() if isinstance(v, dict | list))
     return False
+
+
+def _check_lambda_reads(name: str, args: list[Any]) -> None:
+    """A lambda that builds list elements reads only its own parameters (and
+    those of lambdas inside it) where its value is built: `[s FOR x IN l]` or
+    `list_transform(string_split(s, ''), lambda x: s)` holds a copy of `s` per
+    element, len(l) * len(s) bytes in one value, built outside DuckDB's memory
+    limit (a 200 KB parameter took a worker down). Predicates and arithmetic
+    inside the lambda may read anything: their values have a fixed size."""
+    for lam in args:
+        if not isinstance(lam, dict) or lam.get("class") != "LAMBDA":
+            continue
+        params = _lambda_params(lam)
+        stack = [lam.get("expr")]
+        while stack:
+            current = stack.pop()
+            if isinstance(current, list):
+                stack.extend(current)
+                continue
+            if not isinstance(current, dict) or _fixed_size(current):
+                continue
+            cls = current.get("class")
+            if cls == "LAMBDA":
+                params |= _lambda_params(current)
+            elif cls == "COLUMN_REF":
+                names = current.get("column_names") or [""]
+                if str(names[0]).lower() not in params:
+                    _copying_lambda(name, f"column {'.'.join(map(str, names))!r}")
+                continue
+            elif cls in ("SUBQUERY", "PARAMETER", "STAR"):
+                _copying_lambda(name, "a subquery" if cls == "SUBQUERY" else "a parameter")
+            stack.extend(v for v in current.values() if isinstance(v, dict | list))
+
+
+def _lambda_params(lam: dict[str, Any]) -> set[str]:
+    lhs = lam.get("lhs")
+    refs = arguments(lhs) if isinstance(lhs, dict) and lhs.get("class") == "FUNCTION" else [lhs]
+    return {
+        str((ref.get("column_names") or [""])[-1]).lower()
+        for ref in refs
+        if isinstance(ref, dict) and ref.get("class") == "COLUMN_REF"
+    }
+
+
+def _fixed_size(node: dict[str, Any]) -> bool:
+    if node.get("class") in _FIXED_SIZE_CLASSES:
+        return True
+    if node.get("class") == "OPERATOR":
+        return node.get("type") in _FIXED_SIZE_OPERATORS
+    return node.get("class") == "FUNCTION" and node.get("function_name") in _ARITHMETIC
+
+
+def _copying_lambda(name: str, what: str) -> None:
+    raise QueryRejected(
+        f"{name}(): a lambda that builds list elements may read only its own parameters"
+        f" where it builds the value, not {what} (each element would hold a copy of it);"
+        " unnest() the list and join instead",
+        "function_not_allowed",
+    )
 
 
 def check_series_table_function(name: str, node: dict[str, Any]) -> None:

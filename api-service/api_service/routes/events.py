@@ -125,7 +125,9 @@ async def events_stream(
     ] = None,
     last_event_id: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Response:
-    await _caller(request, ticket, signer)
-    events.acquire()  # TooManyConnections past EVENTS_MAX_CONNECTIONS
+    caller = await _caller(request, ticket, signer)
+    # Past EVENTS_MAX_CONNECTIONS_PER_USER (429) or EVENTS_MAX_CONNECTIONS (503):
+    # a ticket opens any number of streams, the rate limit never sees them.
+    events.acquire(caller.sub)
     body = _stream(events, last_event_id or last_event_id_param, settings.events_heartbeat_seconds)
-    return EventStream(body, events.release)
+    return EventStream(body, lambda: events.release(caller.sub))
