@@ -109,7 +109,11 @@ TARGETS: dict[str, Target] = {
     ),
     "whitelist": Target(
         f"{S}/analytics_shared/whitelist.py",
-        (f"{S}/tests/test_settings_and_whitelist.py", f"{S}/tests/test_whitelist_schema.py"),
+        (
+            f"{S}/tests/test_pinned_whitelist.py",
+            f"{S}/tests/test_settings_and_whitelist.py",
+            f"{S}/tests/test_whitelist_schema.py",
+        ),
     ),
     "principal": Target(
         f"{A}/api_service/auth/principal.py",
