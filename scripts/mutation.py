@@ -54,6 +54,7 @@ class Target:
 
 A, E, S = "api-service", "etl-service", "shared"
 _ACCESS_TESTS = (
+    f"{A}/tests/test_pinned_access.py",
     f"{A}/tests/test_access_leaks.py",
     f"{A}/tests/test_access_bypass.py",
     f"--deselect={A}/tests/test_access_bypass.py::test_row_filters_hold_under_gunicorn",
@@ -71,6 +72,7 @@ TARGETS: dict[str, Target] = {
     "sql_guard": Target(
         f"{A}/api_service/query/sql_guard.py",
         (
+            f"{A}/tests/test_pinned_sql_guard.py",
             f"{A}/tests/test_sql_guard_attacks.py",
             f"{A}/tests/test_sql_limits.py",  # the guard's limits, through check_query
             f"{A}/tests/test_query_guard_path.py",
