@@ -364,3 +364,11 @@ def test_a_hidden_column_is_answered_like_one_that_does_not_exist(con):
     # Without hidden columns DuckDB's own error stands.
     with pytest.raises(duckdb.BinderException), rw.column_refusals(frozenset()):
         con.execute("SELECT no_such_column FROM products")
+
+
+def test_a_filter_column_the_table_lacks_fails_instead_of_binding_outside(con):
+    # orders has no `name`: the filter must not read the caller's customers.name.
+    policy = AppPolicy(tables=["orders", "customers"], row_filters={"orders": "name = claim('n')"})
+    sql = "SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 FROM orders)"
+    with pytest.raises(duckdb.BinderException):
+        _run(con, sql, policy, {"n": "Ada"})
