@@ -19,7 +19,8 @@ working tree is never modified and you can keep working while it runs:
 
 `--survivors-of DIR` re-tests only the mutants that survived in DIR's kept
 session of the same module (after tests were added; adding tests cannot revive
-a killed mutant) and reports the combined result. `--budget-minutes` stops a
+a killed mutant) and reports the combined result; the module itself must be
+unchanged since (mutants are matched by position). `--budget-minutes` stops a
 module after that long; the mutants run so far (Cosmic Ray picks them in random
 order, so they are a random sample) are reported as a partial result.
 
@@ -203,8 +204,12 @@ def config(target: Target, copy: Path, timeout: float) -> str:
     )
 
 
-def _mutant_key(mutation: Any) -> tuple[str, int, tuple[int, ...], tuple[int, ...]]:
-    """A mutant's identity across sessions (job ids differ from one `init` to the next)."""
+MutantKey = tuple[str, int, tuple[int, ...], tuple[int, ...]]
+
+
+def _mutant_key(mutation: Any) -> MutantKey:
+    """A mutant's identity across sessions (job ids differ from one `init` to the
+    next): its operator and position, so the module must not change in between."""
     return (
         mutation.operator_name,
         mutation.occurrence,
@@ -218,9 +223,7 @@ class Outcome:
     killed: int = 0
     survived: int = 0
     survivors: list[str] = field(default_factory=list)
-    survivor_keys: set[tuple[str, int, tuple[int, ...], tuple[int, ...]]] = field(
-        default_factory=set
-    )
+    survivor_keys: set[MutantKey] = field(default_factory=set)
     pending: int = 0  # not run (a partial run)
 
 
@@ -245,9 +248,7 @@ def read_session(session: Path, module: str) -> Outcome:
     return outcome
 
 
-def skip_all_but(
-    session: Path, keys: set[tuple[str, int, tuple[int, ...], tuple[int, ...]]]
-) -> int:
+def skip_all_but(session: Path, keys: set[MutantKey]) -> int:
     """Leave pending only the mutants in `keys` (the survivors of an earlier run)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
