@@ -372,3 +372,11 @@ def test_a_filter_column_the_table_lacks_fails_instead_of_binding_outside(con):
     sql = "SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 FROM orders)"
     with pytest.raises(duckdb.BinderException):
         _run(con, sql, policy, {"n": "Ada"})
+
+
+def test_only_claim_calls_become_claim_parameters(con):
+    # abs() and ceil() sort before "claim": ordinary functions all the same.
+    policy = AppPolicy(
+        tables=["orders"], row_filters={"orders": "abs(customer_id) = ceil(claim('cid'))"}
+    )
+    assert _run(con, "SELECT id FROM orders ORDER BY id", policy, {"cid": 8}) == [(2,)]
