@@ -380,3 +380,9 @@ def test_only_claim_calls_become_claim_parameters(con):
         tables=["orders"], row_filters={"orders": "abs(customer_id) = ceil(claim('cid'))"}
     )
     assert _run(con, "SELECT id FROM orders ORDER BY id", policy, {"cid": 8}) == [(2,)]
+
+
+def test_a_requests_claims_and_mask_keys_stay_out_of_its_repr():
+    access = rw.QueryAccess(_rules(), claims={"cid": "c-4711"}, mask_keys=mask_keys(SECRET))
+    text = repr(access)
+    assert "c-4711" not in text and mask_keys(SECRET)[MASK_INNER_PARAM] not in text
