@@ -13,6 +13,16 @@ working tree is never modified and you can keep working while it runs:
     python scripts/mutation.py                  # every module below
     python scripts/mutation.py sql_guard tokens # some of them (by short name)
     python scripts/mutation.py --list           # the modules and their tests
+    python scripts/mutation.py tokens --keep runs/      # keep the session databases
+    python scripts/mutation.py tokens --survivors-of runs/  # rerun only the survivors
+    python scripts/mutation.py access_rewrite --budget-minutes 30  # a partial run
+
+`--survivors-of DIR` re-tests only the mutants that survived in DIR's kept
+session of the same module (after tests were added; adding tests cannot revive
+a killed mutant) and reports the combined result; the module itself must be
+unchanged since (mutants are matched by position). `--budget-minutes` stops a
+module after that long; the mutants run so far (Cosmic Ray picks them in random
+order, so they are a random sample) are reported as a partial result.
 
 Cosmic Ray is pinned in constraints.txt and installed from
 requirements-mutation.txt (`make mutation` does both).
@@ -24,12 +34,14 @@ import argparse
 import ast
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,6 +54,13 @@ class Target:
 
 
 A, E, S = "api-service", "etl-service", "shared"
+_ACCESS_TESTS = (
+    f"{A}/tests/test_pinned_access.py",
+    f"{A}/tests/test_access_leaks.py",
+    f"{A}/tests/test_access_bypass.py",
+    f"--deselect={A}/tests/test_access_bypass.py::test_row_filters_hold_under_gunicorn",
+    f"{A}/tests/test_access_properties.py",
+)
 TARGETS: dict[str, Target] = {
     "incremental": Target(
         f"{E}/etl_service/incremental.py",
@@ -53,7 +72,12 @@ TARGETS: dict[str, Target] = {
     ),
     "sql_guard": Target(
         f"{A}/api_service/query/sql_guard.py",
-        (f"{A}/tests/test_sql_guard_attacks.py", f"{A}/tests/test_query_guard_path.py"),
+        (
+            f"{A}/tests/test_pinned_sql_guard.py",
+            f"{A}/tests/test_sql_guard_attacks.py",
+            f"{A}/tests/test_sql_limits.py",  # the guard's limits, through check_query
+            f"{A}/tests/test_query_guard_path.py",
+        ),
     ),
     "tokens": Target(
         f"{A}/api_service/auth/tokens.py",
@@ -88,12 +112,24 @@ TARGETS: dict[str, Target] = {
     ),
     "whitelist": Target(
         f"{S}/analytics_shared/whitelist.py",
-        (f"{S}/tests/test_settings_and_whitelist.py", f"{S}/tests/test_whitelist_schema.py"),
+        (
+            f"{S}/tests/test_pinned_whitelist.py",
+            f"{S}/tests/test_settings_and_whitelist.py",
+            f"{S}/tests/test_whitelist_schema.py",
+        ),
     ),
     "principal": Target(
         f"{A}/api_service/auth/principal.py",
-        (f"{A}/tests/test_pinned_api.py", f"{A}/tests/test_api_keys.py"),
+        (
+            f"{A}/tests/test_pinned_principal.py",
+            f"{A}/tests/test_pinned_api.py",
+            f"{A}/tests/test_api_keys.py",
+        ),
     ),
+    # Row filters and column policies: every test goes through the API in-process
+    # (module-scoped app); the Gunicorn variant runs the same rewrite, so it is left out.
+    "access_rules": Target(f"{A}/api_service/access/rules.py", _ACCESS_TESTS),
+    "access_rewrite": Target(f"{A}/api_service/access/rewrite.py", _ACCESS_TESTS),
 }
 
 
@@ -168,12 +204,84 @@ def config(target: Target, copy: Path, timeout: float) -> str:
     )
 
 
-def run_target(name: str, target: Target, copy: Path, timeout: float) -> tuple[int, int, list[str]]:
+MutantKey = tuple[str, int, tuple[int, ...], tuple[int, ...]]
+
+
+def _mutant_key(mutation: Any) -> MutantKey:
+    """A mutant's identity across sessions (job ids differ from one `init` to the
+    next): its operator and position, so the module must not change in between."""
+    return (
+        mutation.operator_name,
+        mutation.occurrence,
+        tuple(mutation.start_pos),
+        tuple(mutation.end_pos),
+    )
+
+
+@dataclass
+class Outcome:
+    killed: int = 0
+    survived: int = 0
+    survivors: list[str] = field(default_factory=list)
+    survivor_keys: set[MutantKey] = field(default_factory=set)
+    pending: int = 0  # not run (a partial run)
+
+
+def read_session(session: Path, module: str) -> Outcome:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
+    outcome = Outcome()
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        outcome.pending = len(db.pending_work_items)
+        for item, result in db.completed_work_items:
+            if result.worker_outcome != WorkerOutcome.NORMAL:
+                continue  # skipped, or could not be run at all: neither killed nor survived
+            mutation = item.mutations[0]
+            if result.test_outcome == TestOutcome.SURVIVED:
+                outcome.survived += 1
+                outcome.survivor_keys.add(_mutant_key(mutation))
+                where = f"{module}:{mutation.start_pos[0]}"
+                outcome.survivors.append(f"{where} {mutation.operator_name}\n{result.diff or ''}")
+            elif result.test_outcome == TestOutcome.KILLED:
+                outcome.killed += 1
+    return outcome
+
+
+def skip_all_but(session: Path, keys: set[MutantKey]) -> int:
+    """Leave pending only the mutants in `keys` (the survivors of an earlier run)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    left = 0
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item in list(db.pending_work_items):
+            if _mutant_key(item.mutations[0]) in keys:
+                left += 1
+            else:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+    return left
+
+
+def exec_session(cmd: list[str], copy: Path, env: dict[str, str], budget: float | None) -> None:
+    """`cosmic-ray exec`, stopped (with the test it runs) after `budget` seconds."""
+    process = subprocess.Popen(cmd, cwd=copy, env=env, start_new_session=True)
+    try:
+        code = process.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+        print(f"budget of {budget / 60:.0f} minutes used up: a partial run", flush=True)
+        return
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def run_target(
+    name: str, target: Target, copy: Path, args: argparse.Namespace
+) -> tuple[Outcome, str]:
     cfg = copy / f"mutation-{name}.toml"
-    cfg.write_text(config(target, copy, timeout))
+    cfg.write_text(config(target, copy, args.timeout))
     session = copy / f"mutation-{name}.sqlite"
     env = {
         **os.environ,
@@ -187,23 +295,30 @@ def run_target(name: str, target: Target, copy: Path, timeout: float) -> tuple[i
     )
     skipped = skip_annotation_mutants(session, copy / target.module)
     print(f"{name}: {skipped} mutants in annotations skipped (equivalent)", flush=True)
-    subprocess.run(
-        [str(BIN / "cosmic-ray"), "exec", str(cfg), str(session)], cwd=copy, env=env, check=True
-    )
-    killed = survived = 0
-    survivors: list[str] = []
-    with use_db(str(session), WorkDB.Mode.open) as db:
-        for item, result in db.completed_work_items:
-            if result.worker_outcome != WorkerOutcome.NORMAL:
-                continue  # the mutant could not be run at all: neither killed nor survived
-            if result.test_outcome == TestOutcome.SURVIVED:
-                survived += 1
-                mutation = item.mutations[0]
-                where = f"{target.module}:{mutation.start_pos[0]}"
-                survivors.append(f"{where} {mutation.operator_name}\n{result.diff or ''}")
-            elif result.test_outcome == TestOutcome.KILLED:
-                killed += 1
-    return killed, survived, survivors
+    earlier: Outcome | None = None
+    if args.survivors_of:
+        earlier = read_session(Path(args.survivors_of) / f"mutation-{name}.sqlite", target.module)
+        left = skip_all_but(session, earlier.survivor_keys)
+        print(f"{name}: re-testing the {left} survivors of the kept run", flush=True)
+    pristine = (copy / target.module).read_bytes()
+    budget = args.budget_minutes * 60 if args.budget_minutes else None
+    try:
+        exec_session([str(BIN / "cosmic-ray"), "exec", str(cfg), str(session)], copy, env, budget)
+    finally:
+        (copy / target.module).write_bytes(pristine)  # a stopped run may leave a mutant in place
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(session, Path(args.keep) / session.name)
+    outcome = read_session(session, target.module)
+    note = ""
+    if earlier is not None:
+        outcome.killed += earlier.killed
+        outcome.pending += earlier.pending
+        note = f"{earlier.killed} killed in the kept run, {len(earlier.survivor_keys)} re-tested"
+    if outcome.pending:
+        note = f"{note}; " if note else ""
+        note += f"partial: {outcome.pending} mutants not run"
+    return outcome, note
 
 
 def main() -> int:
@@ -211,6 +326,13 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help=f"short names: {', '.join(TARGETS)}")
     parser.add_argument("--list", action="store_true", help="show the modules and their tests")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
+    parser.add_argument("--keep", metavar="DIR", help="keep each module's session database here")
+    parser.add_argument(
+        "--survivors-of", metavar="DIR", help="re-test only the survivors kept in DIR (--keep)"
+    )
+    parser.add_argument(
+        "--budget-minutes", type=float, help="stop each module after this long (partial result)"
+    )
     args = parser.parse_args()
     names = args.modules or list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]
@@ -220,23 +342,26 @@ def main() -> int:
         for name in names:
             print(f"{name}: {TARGETS[name].module}\n  " + "\n  ".join(TARGETS[name].tests))
         return 0
-    results: dict[str, tuple[int, int, float]] = {}
+    results: dict[str, tuple[Outcome, str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         copy = Path(tmp)
         scratch_copy(copy)
         for name in names:
             started = time.monotonic()
-            killed, survived, survivors = run_target(name, TARGETS[name], copy, args.timeout)
+            outcome, note = run_target(name, TARGETS[name], copy, args)
             elapsed = time.monotonic() - started
-            results[name] = (killed, survived, elapsed)
-            print(f"\n== {name}: {len(survivors)} surviving mutants", flush=True)
-            for survivor in survivors:
+            results[name] = (outcome, note, elapsed)
+            print(f"\n== {name}: {len(outcome.survivors)} surviving mutants", flush=True)
+            for survivor in outcome.survivors:
                 print(survivor)
     print("\nmodule            killed  survived  score   minutes")
-    for name, (killed, survived, elapsed) in results.items():
-        total = killed + survived
-        score = 100.0 * killed / total if total else 100.0
-        print(f"{name:<16} {killed:>7} {survived:>9} {score:>6.1f}% {elapsed / 60:>8.1f}")
+    for name, (outcome, note, elapsed) in results.items():
+        total = outcome.killed + outcome.survived
+        score = 100.0 * outcome.killed / total if total else 100.0
+        print(
+            f"{name:<16} {outcome.killed:>7} {outcome.survived:>9} {score:>6.1f}%"
+            f" {elapsed / 60:>8.1f}  {note}".rstrip()
+        )
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -13,9 +14,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from api_service.auth.principal import Principal
 from api_service.auth.tokens import JwksCache, TokenValidator
@@ -439,3 +442,387 @@ def test_a_jwks_refetch_sends_cached_tokens_through_full_validation(own_issuer):
             await validator.jwks.aclose()
 
     asyncio.run(run())
+
+
+# -- what the JWKS document may hold, and which keys a token may use ------------------
+
+
+class _Jwks:
+    """The identity provider's JWKS endpoint as an httpx transport: serves
+    `document` (or `status`), counts the requests."""
+
+    def __init__(self, document: Any) -> None:
+        self.document = document
+        self.status = 200
+        self.requests = 0
+        self.transport = httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.status != 200:
+            return httpx.Response(self.status)
+        if isinstance(self.document, bytes):
+            return httpx.Response(200, content=self.document)
+        return httpx.Response(200, json=self.document)
+
+
+def _cache(jwks: _Jwks, clock: FakeClock, **kwargs: Any) -> JwksCache:
+    options = {"ttl": 600, "cooldown": 60, "max_stale": 3600, **kwargs}
+    return JwksCache("https://idp.test/jwks", clock=clock, transport=jwks.transport, **options)
+
+
+async def _outcomes(cache: JwksCache, kids: list[str]) -> list[str]:
+    out = []
+    for kid in kids:
+        try:
+            out.append(type(await cache.get(kid)).__name__)
+        except (AuthError, AuthUnavailable) as exc:
+            out.append(f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def test_only_public_signing_keys_of_known_types_are_taken(own_issuer):
+    good = own_issuer.keys[0].public_jwk
+    document = {
+        "keys": [
+            "not-an-object",
+            {**good, "kid": 7},  # kid not a string
+            {**good, "kid": "enc", "use": "enc"},
+            {**good, "kid": "no-use"} | {"use": "sig"},
+            {k: v for k, v in good.items() if k != "use"} | {"kid": "implicit-sig"},
+            {"kid": "hmac", "kty": "oct", "k": "c2VjcmV0"},
+            {**good, "kid": "private", "d": "AQAB"},
+            {**good, "kid": "broken", "n": "!!"},
+            {**good, "kid": "odd-alg", "alg": 256},  # PyJWT refuses it: skipped
+            {k: v for k, v in good.items() if k != "alg"} | {"kid": "no-alg"},
+        ]
+    }
+    clock = FakeClock()
+    cache = _cache(_Jwks(document), clock)
+
+    async def run() -> tuple[list[str], Any]:
+        try:
+            kids = ["no-use", "implicit-sig", "no-alg", "enc", "hmac", "private", "broken"]
+            return await _outcomes(cache, [*kids, "odd-alg"]), await cache.get("no-alg")
+        finally:
+            await cache.aclose()
+
+    outcomes, odd = asyncio.run(run())
+    unknown = "AuthError: token signed with an unknown key"
+    assert outcomes == ["JwksKey"] * 3 + [unknown] * 5
+    assert odd.alg is None and odd.kty == "RSA"  # no alg declared: any RSA algorithm fits
+    assert cache.status()["keys"] == 3
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        (b"x" * (512 * 1024 + 1), "ValueError: JWKS document is too large"),
+        ({"keys": {"a": 1}}, "ValueError: JWKS document has no 'keys' list"),
+        ([1, 2], "ValueError: JWKS document has no 'keys' list"),
+        (b"not json", "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"),
+    ],
+)
+def test_a_bad_jwks_document_is_a_failed_fetch(document, error):
+    cache = _cache(_Jwks(document), FakeClock())
+
+    async def run() -> list[str]:
+        try:
+            return await _outcomes(cache, ["k"])
+        finally:
+            await cache.aclose()
+
+    assert asyncio.run(run()) == [
+        "AuthUnavailable: signing keys are unavailable; try again shortly"
+    ]
+    assert cache.status()["status"] == "unavailable" and cache.last_error == error
+
+
+def test_a_jwks_document_of_exactly_the_cap_is_read(own_issuer):
+    body = json.dumps({"keys": [own_issuer.keys[0].public_jwk]}).encode()
+    padded = body[:-1] + b" " * (512 * 1024 - len(body)) + b"}"
+    cache = _cache(_Jwks(padded), FakeClock())
+
+    async def run() -> list[str]:
+        try:
+            return await _outcomes(cache, [own_issuer.keys[0].kid])
+        finally:
+            await cache.aclose()
+
+    assert len(padded) == 512 * 1024 and asyncio.run(run()) == ["JwksKey"]
+
+
+def test_the_identity_provider_status_as_health_reports_it(own_issuer):
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=600, cooldown=60, max_stale=3600)
+
+    async def run() -> list[tuple[object, ...]]:
+        seen = []
+
+        def note() -> None:
+            s = cache.status()
+            seen.append((s["status"], s["keys"], s["keys_age_seconds"], s["last_error"]))
+
+        try:
+            note()  # never fetched
+            await cache.ensure_fetched()
+            note()
+            clock.advance(600.04)  # past the TTL, not refetched yet: still ok
+            note()
+            jwks.status = 503
+            await cache.ensure_fetched()  # the refetch fails: stale keys are served
+            note()
+            clock.advance(3000)  # 3600.04 s old: past max_stale
+            note()
+        finally:
+            await cache.aclose()
+        return seen
+
+    error = (
+        "HTTPStatusError: Server error '503 Service Unavailable' for url 'https://idp.test/jwks'"
+    )
+    assert asyncio.run(run()) == [
+        ("unavailable", 0, None, None),
+        ("ok", 1, 0.0, None),
+        ("ok", 1, 600.0, None),
+        ("stale", 1, 600.0, error),
+        ("unavailable", 0, 3600.0, error),
+    ]
+    assert cache.status()["jwks_url"] == "https://idp.test/jwks"
+
+
+def test_a_failed_refetch_while_the_keys_are_fresh_is_not_stale(own_issuer):
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=600, cooldown=60)
+
+    async def run() -> None:
+        try:
+            await cache.get(own_issuer.keys[0].kid)
+            jwks.status = 503
+            clock.advance(60)  # an unknown kid, past the cooldown: refetched, and it fails
+            with pytest.raises(AuthError, match="unknown key"):
+                await cache.get("new-kid")
+        finally:
+            await cache.aclose()
+
+    asyncio.run(run())
+    status = cache.status()
+    assert (status["status"], status["keys_age_seconds"]) == ("ok", 60.0)
+    assert str(status["last_error"]).startswith("HTTPStatusError")
+
+
+def test_the_reported_fetch_error_is_one_line_of_at_most_300_characters():
+    url = "https://idp.test/" + "x" * 400
+    jwks = _Jwks({})
+    jwks.status = 500
+    cache = JwksCache(url, clock=FakeClock(), transport=jwks.transport)
+
+    async def run() -> None:
+        try:
+            await cache.ensure_fetched()
+        finally:
+            await cache.aclose()
+
+    asyncio.run(run())
+    error = str(cache.last_error)
+    assert len(error) == 300 and "\n" not in error
+    assert error.startswith("HTTPStatusError: Server error '500 Internal Server Error'")
+
+
+def test_refetch_timing_ttl_and_cooldown_boundaries(own_issuer):
+    kid = own_issuer.keys[0].kid
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=100, cooldown=10, max_stale=1000)
+
+    async def run() -> list[int]:
+        counts = []
+
+        async def get(kid_: str, advance: float = 0.0) -> None:
+            clock.advance(advance)
+            with contextlib.suppress(AuthError):
+                await cache.get(kid_)
+            counts.append(jwks.requests)
+
+        try:
+            await get(kid)  # first fetch
+            await get(kid, 100)  # exactly the TTL: still fresh
+            await get(kid, 0.5)  # past it: refetched
+            await get("unknown", 9.9)  # unknown kid within the cooldown: no refetch
+            await get("unknown", 0.1)  # cooldown over: one refetch
+            await get("unknown")  # and not again at once
+            jwks.status = 503
+            await get(kid, 100.5)  # expired: the refetch fails, stale keys serve
+            await get(kid, 9.9)  # after a failure: once per cooldown ...
+            await get(kid, 0.1)  # ... not sooner
+            jwks.status = 200
+            await get(kid, 10)  # back: refetched and fresh again
+            await get(kid, 50)
+        finally:
+            await cache.aclose()
+        return counts
+
+    assert asyncio.run(run()) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6]
+
+
+def test_ensure_fetched_never_raises_and_respects_the_cooldown(own_issuer):
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    jwks.status = 500
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=100, cooldown=10)
+
+    async def run() -> list[int]:
+        counts = []
+        try:
+            for advance in (0, 5, 5, 0):
+                clock.advance(advance)
+                await cache.ensure_fetched()
+                counts.append(jwks.requests)
+            jwks.status = 200
+            clock.advance(10)
+            await cache.ensure_fetched()
+            await cache.ensure_fetched()  # fresh: nothing to do
+            counts.append(jwks.requests)
+        finally:
+            await cache.aclose()
+        return counts
+
+    assert asyncio.run(run()) == [1, 1, 2, 2, 3]
+    assert cache.status()["status"] == "ok"
+
+
+def _ec_token(dev: DevIssuer, kid: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = int(time.time())
+    payload = {"iss": dev.issuer, "sub": "u", "aud": AUDIENCE, "iat": now, "exp": now + 600}
+    return jwt.encode(payload, key, algorithm="ES256", headers={"kid": kid})
+
+
+def test_a_tokens_algorithm_must_fit_its_key(own_issuer):
+    rsa_key = own_issuer.keys[0]
+    declared = rsa_key.public_jwk  # declares "alg": "RS256"
+    undeclared = {k: v for k, v in declared.items() if k != "alg"} | {"kid": "no-alg"}
+    jwks = _Jwks({"keys": [declared, undeclared]})
+    clock = FakeClock()
+    validator = TokenValidator(
+        _cache(jwks, clock), issuer=own_issuer.issuer, audience=AUDIENCE,
+        algorithms=["RS256", "PS256", "ES256"], clock=clock, wall_clock=clock.wall,
+    )  # fmt: skip
+    no_alg_key = SigningKey(kid="no-alg")
+    no_alg_key.private_key = rsa_key.private_key
+    tokens = [
+        own_issuer.mint(sub="rs"),
+        own_issuer.mint(sub="ps-declared", algorithm="PS256"),  # the JWK says RS256
+        own_issuer.mint(sub="ps-undeclared", algorithm="PS256", key=no_alg_key),
+        _ec_token(own_issuer, "no-alg"),  # an EC algorithm with an RSA key
+    ]
+    results = asyncio.run(_validate_all(validator, tokens))
+    mismatch = "token algorithm does not match its key"
+    assert [getattr(r, "sub", str(r)) for r in results] == [
+        "rs",
+        mismatch,
+        "ps-undeclared",
+        mismatch,
+    ]
+
+
+# -- header and claim rules, at their edges --------------------------------------------
+
+
+def test_header_edges(own_issuer):
+    cases = {
+        "kid_256": (own_issuer, {"kid": "k" * 256}, "token signed with an unknown key"),
+        "kid_257": (own_issuer, {"kid": "k" * 257}, "token has no key id"),
+        "kid_empty": (own_issuer, {"kid": ""}, "token has no key id"),
+        "typ_at_jwt": (own_issuer, {"typ": "at+JWT"}, None),
+        "typ_media_type": (own_issuer, {"typ": "application/at+jwt"}, None),
+        "typ_not_a_string": (own_issuer, {"typ": 1}, "not an access token"),
+        "x5u": (own_issuer, {"x5u": "https://evil.example/cert"}, "token header not accepted"),
+    }
+    tokens = [own_issuer.mint(headers=headers) for _, headers, _ in cases.values()]
+    # PyJWT will not sign with a number as kid, nor read one: built by hand, refused.
+    cases["kid_number"] = (own_issuer, {}, "malformed token")
+    tokens.append(raw_token({"alg": "RS256", "kid": 7}, claims(own_issuer), b"x" * 256))
+    results = validate(own_issuer, *tokens)
+    got = {
+        name: None if isinstance(r, Principal) else str(r)
+        for name, r in zip(cases, results, strict=True)
+    }
+    assert got == {name: expected for name, (_, _, expected) in cases.items()}
+
+
+def test_claim_edges(own_issuer):
+    cases = {
+        "sub_1": ({"sub": "s"}, "s"),
+        "sub_empty": ({"sub": ""}, "token subject is invalid"),
+        "sub_256": ({"sub": "s" * 256}, "s" * 256),
+        "sub_257": ({"sub": "s" * 257}, "token subject is invalid"),
+        "permissions_not_a_list": ({"permissions": "read:analytics"}, "token scopes are malformed"),
+        "c_hash": (
+            {"c_hash": "LDktKdoQak3Pk0cnXxCltA"},
+            "ID tokens are not accepted; send an access token for this API",
+        ),
+        "azp_not_a_string": ({"azp": 42}, "token client id is malformed"),
+        # JSON's Infinity: PyJWT's int(iat) overflows; a 401, never a 500.
+        "iat_infinite": ({"iat": float("inf")}, "invalid token"),
+    }
+    tokens = [signed(own_issuer, claims(own_issuer, **extra)) for extra, _ in cases.values()]
+    results = validate(own_issuer, *tokens)
+    got = {
+        name: r.sub if isinstance(r, Principal) else str(r)
+        for name, r in zip(cases, results, strict=True)
+    }
+    assert got == {name: expected for name, (_, expected) in cases.items()}
+
+
+def test_scopes_and_the_client_id_from_the_claims(own_issuer):
+    tokens = [
+        signed(own_issuer, claims(own_issuer, azp=None, client_id="cli", permissions=["p", 7])),
+        signed(own_issuer, claims(own_issuer, sub="svc@clients", azp="explicit")),
+        signed(own_issuer, claims(own_issuer, sub="human", azp=None, scope=None)),
+    ]
+    a, b, c = validate(own_issuer, *tokens)
+    assert isinstance(a, Principal) and a.app == "cli"
+    assert a.scopes == {"read:analytics", "read:schema", "p"}  # the non-string permission dropped
+    assert isinstance(b, Principal) and b.app == "explicit"
+    assert isinstance(c, Principal) and (c.app, c.scopes) == (None, frozenset())
+
+
+def _signature_checks(dev: DevIssuer, tokens: list[str], **options: Any) -> list[int]:
+    """Validates `tokens` in turn on a fresh validator (options: the validator's);
+    the count of full validations after each."""
+
+    async def run() -> list[int]:
+        clock = FakeClock()
+        validator = TokenValidator(
+            JwksCache(dev.jwks_url, clock=clock), issuer=dev.issuer, audience=AUDIENCE,
+            algorithms=["RS256"], clock=clock, wall_clock=clock.wall, **options,
+        )  # fmt: skip
+        checks = count_signature_checks(validator)
+        seen = []
+        try:
+            for token in tokens:
+                await validator.validate(token)
+                seen.append(checks[0])
+        finally:
+            await validator.jwks.aclose()
+        return seen
+
+    return asyncio.run(run())
+
+
+def test_a_token_used_again_is_the_last_one_the_cache_forgets(own_issuer):
+    a, b, c = (own_issuer.mint(sub=s) for s in "abc")
+    # "a" used again makes "b" the least recent: "c" evicts "b", and "a" is still remembered.
+    assert _signature_checks(own_issuer, [a, b, a, c, a], cache_entries=2) == [1, 2, 2, 3, 3]
+
+
+def test_a_token_accepted_only_within_the_leeway_is_not_remembered(own_issuer):
+    late = own_issuer.mint(ttl=-2)  # expired 2 s ago: accepted (leeway 5 s), never cached
+    assert _signature_checks(own_issuer, [late] * 3, leeway=5) == [1, 2, 3]
+
+
+def test_with_no_cache_entries_every_request_is_verified(own_issuer):
+    assert _signature_checks(own_issuer, [own_issuer.mint()] * 3, cache_entries=0) == [1, 2, 3]

@@ -6,11 +6,24 @@ an offset, as an earlier window would have left them."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import socket
+import sys
+import threading
+import time
 import uuid
 
 import redis
 
-from api_service.auth.rate_limit import RedisRateLimiter
+from api_service.auth import rate_limit
+from api_service.auth.rate_limit import (
+    LocalRateLimiter,
+    RateDecision,
+    RedisRateLimiter,
+    build_rate_limiter,
+)
+from api_service.settings import ApiSettings
+from testsupport.ports import free_port
 
 WINDOW = 60  # seconds; the policy window the limiter keys its Redis set by
 
@@ -27,14 +40,20 @@ def _plant_hits(url: str, key: str, ages_seconds: list[float]) -> None:
         client.close()
 
 
-def _run(limiter: RedisRateLimiter, user: str, n: int) -> list[bool]:
-    async def go() -> list[bool]:
+def _hits(limiter: RedisRateLimiter, user: str, n: int, limit: int = 3) -> list[RateDecision]:
+    """`n` requests of `user` one after the other; the limiter is closed afterwards."""
+
+    async def go() -> list[RateDecision]:
         try:
-            return [(await limiter.hit(user, 3, WINDOW)).allowed for _ in range(n)]
+            return [await limiter.hit(user, limit, WINDOW) for _ in range(n)]
         finally:
             await limiter.aclose()
 
     return asyncio.run(go())
+
+
+def _run(limiter: RedisRateLimiter, user: str, n: int) -> list[bool]:
+    return [d.allowed for d in _hits(limiter, user, n)]
 
 
 def test_hits_from_the_previous_window_no_longer_count(redis_url):
@@ -58,3 +77,192 @@ def test_hits_inside_the_window_still_count(redis_url):
         client.delete(key)
     finally:
         client.close()
+
+
+# -- what a client sees: the decision's numbers and headers ---------------------------
+
+
+def test_a_decision_becomes_the_documented_headers():
+    allowed = RateDecision(True, 5, 4, 0.2).headers()
+    # A reset under one second still says 1 (never 0: "retry now" would be wrong).
+    assert allowed == {
+        "X-RateLimit-Limit": "5",
+        "X-RateLimit-Remaining": "4",
+        "X-RateLimit-Reset": "1",
+    }
+    refused = RateDecision(False, 5, 0, 2.1).headers()
+    assert refused["X-RateLimit-Reset"] == "3" and refused["Retry-After"] == "3"
+
+
+def test_the_local_window_is_half_open_and_its_numbers_are_exact():
+    limiter = LocalRateLimiter()
+    first = limiter.hit_now("u", 2, 10, now=100.0)
+    assert (first.allowed, first.remaining, first.reset_seconds) == (True, 1, 10.0)
+    second = limiter.hit_now("u", 2, 10, now=104.0)
+    assert (second.allowed, second.remaining, second.reset_seconds) == (True, 0, 6.0)
+    refused = limiter.hit_now("u", 2, 10, now=109.5)
+    assert (refused.allowed, refused.remaining, refused.reset_seconds) == (False, 0, 0.5)
+    # Exactly `window` seconds later the first hit no longer counts.
+    again = limiter.hit_now("u", 2, 10, now=110.0)
+    assert (again.allowed, again.remaining, again.reset_seconds) == (True, 0, 4.0)
+    # A limit of zero refuses everything and resets after a whole window.
+    none = limiter.hit_now("z", 0, 10, now=0.0)
+    assert (none.allowed, none.remaining, none.reset_seconds) == (False, 0, 10.0)
+
+
+def test_windows_count_apart_and_a_busy_user_is_not_forgotten_first():
+    limiter = LocalRateLimiter(max_users=2)
+    assert limiter.hit_now("a", 1, 60, now=1.0).allowed
+    assert limiter.hit_now("a", 1, 3600, now=1.0).allowed  # another policy's window
+    assert not limiter.hit_now("a", 1, 60, now=2.0).allowed  # "a" is used again: most recent
+    assert limiter.hit_now("b", 1, 60, now=2.0).allowed  # evicts the least recent: (a, 3600)
+    assert not limiter.hit_now("a", 1, 60, now=3.0).allowed  # still remembered
+    assert not limiter.hit_now("b", 1, 60, now=3.0).allowed  # and so is the newest
+    assert limiter.hit_now("a", 1, 3600, now=3.0).allowed  # the evicted one starts afresh
+    assert len(limiter._hits) == 2
+
+
+# -- Redis: the numbers, the key, and the fallback's timing ------------------------------
+
+
+def test_redis_decisions_carry_the_remaining_count_and_the_reset(redis_url):
+    prefix = f"test-rl-{uuid.uuid4().hex}"
+    decisions = _hits(RedisRateLimiter(redis_url, prefix=prefix, timeout=5.0), "erin", 3, limit=2)
+    assert [(d.allowed, d.limit, d.remaining) for d in decisions] == [
+        (True, 2, 1),
+        (True, 2, 0),
+        (False, 2, 0),
+    ]
+    # Seconds until the oldest hit leaves the 60-second window (not micro- or milliseconds).
+    assert all(WINDOW - 5 < d.reset_seconds <= WINDOW for d in decisions)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() for k in client.scan_iter(f"{prefix}:*")]
+        digest = hashlib.sha256(b"erin").hexdigest()[:32]
+        assert keys == [f"{prefix}:{digest}:{WINDOW}s"]  # hashed user id, window in the key
+        client.delete(*keys)
+    finally:
+        client.close()
+
+
+def test_a_lowered_limit_reports_zero_remaining_not_a_negative_count(redis_url):
+    prefix = f"test-rl-{uuid.uuid4().hex}"
+    limiter = RedisRateLimiter(redis_url, prefix=prefix, timeout=5.0)
+    # Five hits counted under the old limit (5); the operator lowered it to 3.
+    _plant_hits(redis_url, limiter._key("fay", WINDOW), [5, 4, 3, 2, 1])
+    (decision,) = _hits(limiter, "fay", 1)
+    assert (decision.allowed, decision.remaining) == (False, 0)
+    assert decision.headers()["X-RateLimit-Remaining"] == "0"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(limiter._key("fay", WINDOW))
+    finally:
+        client.close()
+
+
+def test_the_default_key_prefix_and_the_configured_one(redis_url, auth_env):
+    assert RedisRateLimiter(redis_url)._key("x", 60).startswith("analytics-api:ratelimit:")
+    settings = ApiSettings(**auth_env, REDIS_URL=redis_url, RATE_LIMIT_KEY_PREFIX="tenant-a:rl")
+    limiter = build_rate_limiter(settings)
+    assert isinstance(limiter, RedisRateLimiter) and limiter.prefix == "tenant-a:rl"
+    assert isinstance(build_rate_limiter(ApiSettings(**auth_env)), LocalRateLimiter)
+    asyncio.run(limiter.aclose())
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, dict[str, object]]] = []
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.warnings.append((event, fields))
+
+
+def test_while_redis_is_down_it_is_retried_every_five_seconds_and_logged_once_a_minute(
+    monkeypatch,
+):
+    clock, log = _Clock(), _Log()
+    monkeypatch.setattr(rate_limit, "time", clock)
+    monkeypatch.setattr(rate_limit, "log", log)
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    attempts = [0]
+    script = limiter._script
+
+    async def counted(**kwargs: object) -> object:
+        attempts[0] += 1
+        return await script(**kwargs)
+
+    limiter._script = counted  # type: ignore[assignment]
+
+    async def at(*times: float) -> list[int]:
+        seen = []
+        for t in times:
+            clock.now = 1_000.0 + t
+            await limiter.hit("dan", 100, 60)
+            seen.append(attempts[0])
+        return seen
+
+    async def run() -> list[int]:
+        try:
+            return await at(0, 1, 4.9, 5.0, 9.9, 10.0, 59.0, 64.0)
+        finally:
+            await limiter.aclose()
+
+    # Tried at 0, then once per 5 s (not per request); counted locally meanwhile.
+    assert asyncio.run(run()) == [1, 1, 1, 2, 2, 3, 4, 5]
+    assert [event for event, _ in log.warnings] == ["rate_limit_redis_unavailable"] * 2
+    assert log.warnings[0][1]["fallback"] == "per-process limiter"
+    # Every request was counted locally (8, less the 2 older than 60 s, plus this one).
+    assert limiter.fallback.hit_now("dan", 100, 60).remaining == 100 - 7
+
+
+def test_a_per_process_limiter_under_several_workers_is_warned_about(monkeypatch):
+    log = _Log()
+    monkeypatch.setattr(rate_limit, "log", log)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    rate_limit.warn_if_per_process(LocalRateLimiter())
+    assert [(e, f["workers"]) for e, f in log.warnings] == [("rate_limit_per_process", 3)]
+    rate_limit.warn_if_per_process(RedisRateLimiter("redis://127.0.0.1:1/0"))  # shared: fine
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    rate_limit.warn_if_per_process(LocalRateLimiter())
+    assert len(log.warnings) == 1
+    # Without WEB_CONCURRENCY: one process, or Gunicorn's default of two workers.
+    monkeypatch.setenv("WEB_CONCURRENCY", "many")
+    assert rate_limit._worker_count() == 1
+    monkeypatch.setitem(sys.modules, "gunicorn.arbiter", sys)
+    assert rate_limit._worker_count() == 2
+    rate_limit.warn_if_per_process(LocalRateLimiter())
+    assert [f["workers"] for _, f in log.warnings] == [3, 2]
+
+
+def test_a_hung_redis_delays_a_request_by_half_a_second_at_most():
+    """A Redis that accepts connections but never answers (overloaded, half-dead):
+    the request is served by the local fallback after the 0.5 s socket timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+
+    async def run() -> tuple[RateDecision, float]:
+        limiter = RedisRateLimiter(f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+        started = time.monotonic()
+        try:
+            return await limiter.hit("gil", 3, WINDOW), time.monotonic() - started
+        finally:
+            await limiter.aclose()
+
+    try:
+        decision, elapsed = asyncio.run(run())
+    finally:
+        for conn in (*held, server):
+            conn.close()
+    assert decision.allowed and decision.remaining == 2  # counted locally
+    assert 0.45 < elapsed < 1.4  # the default timeout; a 1.5 s one would fail here

@@ -105,7 +105,6 @@ class JwksCache:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._lock = asyncio.Lock()
-        self.fetches = 0
         self.last_error: str | None = None  # why the last fetch failed (None: it worked)
 
     async def aclose(self) -> None:
@@ -116,7 +115,6 @@ class JwksCache:
         return None if self._fetched_at is None else self.clock() - self._fetched_at
 
     async def _fetch(self) -> dict[str, JwksKey]:
-        self.fetches += 1
         response = await self._client.get(self.url, headers={"Accept": "application/json"})
         response.raise_for_status()
         if len(response.content) > MAX_JWKS_BYTES:

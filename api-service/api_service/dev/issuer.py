@@ -163,7 +163,11 @@ class DevIssuer:
         }
 
     def start(self) -> DevIssuer:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll: stop() waits up to one poll interval (0.5 s by default),
+        # which every test with its own issuer would pay.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

@@ -1,0 +1,121 @@
+"""The SQL guard's edges, pinned: what its private parsing connection may do,
+how nesting too deep for the analyser is refused, how a chain of set
+operations is counted, and the decision cache's character budget."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from api_service.errors import QueryRejected
+from api_service.query import sql_guard
+from api_service.query.sql_guard import GuardLimits, check_query, parser_connection
+
+ALLOWED = {"inventory"}
+
+
+def _code(sql: str, **kwargs: object) -> tuple[str, str]:
+    with pytest.raises(QueryRejected) as refused:
+        check_query(sql, allowed_tables=ALLOWED, max_length=100_000, **kwargs)  # type: ignore[arg-type]
+    return refused.value.code, str(refused.value)
+
+
+def test_the_parsing_connection_cannot_read_files(tmp_path):
+    # It only parses, but were a query ever run on it, it could read nothing.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    with pytest.raises(duckdb.PermissionException):
+        parser_connection().execute(f"SELECT * FROM read_text('{secret}')").fetchall()
+
+
+def test_nesting_too_deep_to_analyse_is_refused_as_too_complex():
+    # DuckDB parses 300 nested subqueries, but its JSON tree is deeper than
+    # Python's recursion limit: refused with the guard's own code, never a 500.
+    deep = "SELECT " + "(SELECT " * 300 + "1" + ")" * 300
+    assert _code(deep) == ("query_too_complex", "the query is nested too deeply")
+
+
+def test_a_chain_of_set_operations_counts_each_operation():
+    def union(n: int) -> str:
+        return " UNION ALL ".join("SELECT 1" for _ in range(n))
+
+    limits = GuardLimits(set_operations=3)
+    assert check_query(union(4), allowed_tables=ALLOWED, limits=limits)  # three operations
+    code, message = _code(union(5), limits=limits)
+    assert code == "query_too_complex" and "more than 3 set operations" in message
+
+
+def test_a_cleared_decision_cache_has_its_whole_character_budget_again():
+    cache = sql_guard._DecisionCache(entries=10, chars=100)
+
+    def fill() -> None:
+        for i in range(4):
+            cache.put((f"{i:<25}", None, frozenset(), 0, GuardLimits()), ("c", "m"))  # 25 chars
+
+    fill()
+    cache.clear()
+    assert len(cache) == 0
+    fill()  # exactly the 100 characters
+    assert len(cache) == 4
+    cache.put(("x", None, frozenset(), 0, GuardLimits()), ("c", "m"))  # one more: the oldest goes
+    assert len(cache) == 4
+
+
+@pytest.mark.parametrize("qualified", ["temp.inventory", "other.inventory", "db.main.inventory"])
+def test_an_allowed_table_in_another_schema_or_catalog_is_refused(qualified):
+    assert _code(f"SELECT * FROM {qualified}") == (
+        "table_not_allowed",
+        "table 'inventory' is outside the published data; use unqualified table names",
+    )
+    assert check_query("SELECT * FROM main.inventory", allowed_tables=ALLOWED).tables == ALLOWED
+
+
+def test_the_parsing_connection_is_locked_down():
+    settings = (
+        parser_connection()
+        .execute(
+            "SELECT current_setting('enable_external_access'),"
+            " current_setting('autoload_known_extensions'),"
+            " current_setting('autoinstall_known_extensions')"
+        )
+        .fetchone()
+    )
+    assert settings == (False, False, False)
+
+
+@pytest.mark.parametrize("sql", ["-- only a comment", ";", "/* nothing */ ;"])
+def test_text_without_a_statement_is_refused_not_crashed_on(sql):
+    assert _code(sql) == ("multiple_statements", "send exactly one SQL statement (got 0)")
+
+
+@pytest.mark.parametrize("sql", ["", "   \n\t"])
+def test_blank_text_is_an_empty_query(sql):
+    assert _code(sql) == ("empty_query", "the query is empty")
+
+
+def test_the_expression_node_limit_is_exact():
+    sql = "SELECT id + 1 FROM inventory WHERE quantity > 2"  # six expression nodes
+    assert check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(expression_nodes=6))
+    code, message = _code(sql, limits=GuardLimits(expression_nodes=5))
+    assert code == "query_too_complex" and "more than 5 expression nodes" in message
+
+
+def test_a_recursive_cte_and_a_two_way_union_each_count_one_set_operation():
+    recursive = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3)"
+    one = GuardLimits(set_operations=1)
+    assert check_query(f"{recursive} SELECT * FROM r", allowed_tables=ALLOWED, limits=one)
+    assert check_query("SELECT 1 UNION SELECT 2", allowed_tables=ALLOWED, limits=one)
+    code, _ = _code(f"{recursive} SELECT * FROM r UNION SELECT 5", limits=one)
+    assert code == "query_too_complex"
+
+
+def test_a_cte_redefined_inside_another_is_still_a_cte():
+    sql = "WITH x AS (SELECT 1 AS a) SELECT * FROM (WITH x AS (SELECT 2 AS a) SELECT * FROM x) t"
+    assert check_query(sql, allowed_tables=ALLOWED).tables == frozenset()
+
+
+def test_a_query_of_exactly_a_quarter_of_the_character_budget_is_kept():
+    cache = sql_guard._DecisionCache(entries=10, chars=100)
+    cache.put(("q" * 25, None, frozenset(), 0, GuardLimits()), ("c", "m"))
+    cache.put(("r" * 26, None, frozenset(), 0, GuardLimits()), ("c", "m"))  # over: not kept
+    assert len(cache) == 1
