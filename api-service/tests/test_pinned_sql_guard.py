@@ -94,10 +94,13 @@ def test_blank_text_is_an_empty_query(sql):
 
 
 def test_the_expression_node_limit_is_exact():
-    sql = "SELECT id + 1 FROM inventory WHERE quantity > 2"  # six expression nodes
-    assert check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(expression_nodes=6))
+    # six expression nodes as written; bound, one more: the output column (bind_size)
+    sql = "SELECT id + 1 FROM inventory WHERE quantity > 2"
+    assert check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(expression_nodes=7))
+    code, message = _code(sql, limits=GuardLimits(expression_nodes=6))
+    assert code == "query_too_complex" and "more than 6 expression nodes and columns" in message
     code, message = _code(sql, limits=GuardLimits(expression_nodes=5))
-    assert code == "query_too_complex" and "more than 5 expression nodes" in message
+    assert code == "query_too_complex" and "more than 5 expression nodes);" in message
 
 
 def test_a_recursive_cte_and_a_two_way_union_each_count_one_set_operation():

@@ -264,7 +264,28 @@ def test_what_the_binder_copies_a_little_passes(sql):
         + "id"
         + " WHEN 1 THEN 1 WHEN 2 THEN 2 WHEN 3 THEN 3 END" * 9
         + " FROM inventory",
+        # the same with a comment glued to each keyword (the parser ignores comments)
+        "SELECT "
+        + "CASE/**/" * 9
+        + "id"
+        + " WHEN/**/1 THEN 1 WHEN/**/2 THEN 2 WHEN/**/3 THEN 3 END/**/" * 9
+        + " FROM inventory",
     ],
 )
 def test_what_the_binder_copies_counts_towards_the_limits(sql):
     _refused(sql, "query_too_complex")
+
+
+def test_comments_hide_no_keyword_from_the_token_count():
+    """Simple CASEs are counted from DuckDB's tokenizer before anything parses the
+    query (the parser copies the operand into every WHEN); a comment glued to a
+    keyword made it invisible (131 tokens instead of 147,620), and comment-only
+    text crashed the count."""
+    from api_service.query.bind_size import parsed_tokens
+
+    def nested(sep: str) -> str:
+        whens = f" WHEN{sep}1 THEN 1 WHEN{sep}2 THEN 2 WHEN{sep}3 THEN 3 END{sep}"
+        return f"SELECT {f'CASE{sep}' * 9}id{whens * 9} FROM inventory"
+
+    assert parsed_tokens(nested("/**/")) == parsed_tokens(nested(" ")) > 100_000
+    assert parsed_tokens("-- only a comment") <= 1  # counted, not crashed

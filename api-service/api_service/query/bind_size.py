@@ -348,6 +348,10 @@ def parsed_tokens(sql: str) -> int:
 
 
 def _tokens(sql: str) -> list[tuple[int, int, Any]]:
-    tokens = [(p, k) for p, k in duckdb.tokenize(sql) if k != duckdb.token_type.comment]
+    """(start, end, kind) of each token but comments. A token ends where the next
+    one, comment or not, starts: `CASE/**/x` is the keyword CASE, not `CASE/**/`."""
+    tokens = duckdb.tokenize(sql)
     ends = [p for p, _ in tokens[1:]] + [len(sql)]
-    return [(p, e, k) for (p, k), e in zip(tokens, ends, strict=True)]
+    return [
+        (p, e, k) for (p, k), e in zip(tokens, ends, strict=True) if k != duckdb.token_type.comment
+    ]
