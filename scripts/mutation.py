@@ -14,6 +14,13 @@ working tree is never modified and you can keep working while it runs:
     python scripts/mutation.py sql_guard tokens # some of them (by short name)
     python scripts/mutation.py --list           # the modules and their tests
 
+With `--workdir DIR` the copy and each module's Cosmic Ray session are kept
+in DIR; `--survivors-only` then runs again only the mutants that survived
+the last run there, against the tests as they are now. Tests only ever get
+added, so a killed mutant stays killed and the result equals a full run's; the
+script refuses when the module itself changed since that run (the mutants'
+positions would be stale).
+
 Cosmic Ray is pinned in constraints.txt and installed from
 requirements-mutation.txt (`make mutation` does both).
 """
@@ -22,12 +29,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +55,11 @@ A, E, S = "api-service", "etl-service", "shared"
 TARGETS: dict[str, Target] = {
     "incremental": Target(
         f"{E}/etl_service/incremental.py",
-        (f"{E}/tests/test_sync_engine.py",),
+        (f"{E}/tests/test_pinned_incremental.py",),
     ),
     "warehouse": Target(
         f"{E}/etl_service/warehouse.py",
-        (f"{E}/tests/test_warehouse_merge.py", f"{E}/tests/test_sync_engine.py"),
+        (f"{E}/tests/test_warehouse_merge.py",),
     ),
     "sql_guard": Target(
         f"{A}/api_service/query/sql_guard.py",
@@ -150,11 +160,13 @@ def skip_annotation_mutants(session: Path, module: Path) -> int:
     return skipped
 
 
-def config(target: Target, copy: Path, timeout: float) -> str:
+def config(target: Target, copy: Path, timeout: float, server: Path) -> str:
     tests = " ".join(target.tests)
-    # Without the plugins the selected tests do not use: half the start-up time.
+    # Without the plugins the selected tests do not use: half the start-up time;
+    # through the warm pytest (scripts/warm_pytest.py): most of the other half.
     command = (
-        f"{sys.executable} -m pytest -x -q -p no:cacheprovider -p no:schemathesis"
+        f"{sys.executable} {copy / 'scripts' / 'warm_pytest.py'} run {server} --"
+        " -x -q -p no:cacheprovider -p no:schemathesis"
         f" -p no:hypothesispytest -m 'not slow' {tests}"
     )
     return (
@@ -168,25 +180,97 @@ def config(target: Target, copy: Path, timeout: float) -> str:
     )
 
 
-def run_target(name: str, target: Target, copy: Path, timeout: float) -> tuple[int, int, list[str]]:
-    from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+def precompile(copy: Path, module: Path) -> None:
+    """Compile the copy's code once, so each run does not compile it again; the
+    mutated module has no compiled form (it is read from source every run)."""
+    import compileall
+    import importlib.util
 
+    for folder in (S, E, A, "testsupport"):
+        compileall.compile_dir(copy / folder, quiet=1)
+    compileall.compile_file(copy / "conftest.py", quiet=1)
+    Path(importlib.util.cache_from_source(str(module))).unlink(missing_ok=True)
+
+
+def forget_survivors(session: Path) -> int:
+    """Mark the mutants that survived as not yet run, so `exec` runs them again."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(session)) as db, db:
+        return db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+
+
+def run_target(
+    name: str, target: Target, copy: Path, timeout: float, *, survivors_only: bool = False
+) -> tuple[int, int, list[str]]:
     cfg = copy / f"mutation-{name}.toml"
-    cfg.write_text(config(target, copy, timeout))
+    server = copy / f"warm-{name}.sock"
+    cfg.write_text(config(target, copy, timeout, server))
     session = copy / f"mutation-{name}.sqlite"
     env = {
         **os.environ,
         # The copy's packages before the editable installs of the working tree.
         "PYTHONPATH": os.pathsep.join(str(copy / p) for p in (S, E, A, ".")),
+        # Never a cached compilation of a mutant (see precompile).
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
+    precompile(copy, copy / target.module)
+    with warm_pytest(copy, server, env):
+        return _run_session(name, target, copy, cfg, session, env, survivors_only)
+
+
+@contextlib.contextmanager
+def warm_pytest(copy: Path, server: Path, env: dict[str, str]) -> Iterator[None]:
+    """The warm pytest server for this module's runs, stopped afterwards."""
+    server.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(copy / "scripts" / "warm_pytest.py"), "serve", str(server)],
+        cwd=copy,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not server.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not server.exists():  # the test command falls back to a cold pytest
+            print("warm pytest did not start; every run starts cold", flush=True)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+        server.unlink(missing_ok=True)
+
+
+def _run_session(
+    name: str,
+    target: Target,
+    copy: Path,
+    cfg: Path,
+    session: Path,
+    env: dict[str, str],
+    survivors_only: bool,
+) -> tuple[int, int, list[str]]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    digest_file = copy / f"mutation-{name}.module-sha256"
+    digest = hashlib.sha256((copy / target.module).read_bytes()).hexdigest()
     # The tests must pass on the unmutated copy, or every mutant would look killed.
     subprocess.run([str(BIN / "cosmic-ray"), "baseline", str(cfg)], cwd=copy, env=env, check=True)
-    subprocess.run(
-        [str(BIN / "cosmic-ray"), "init", str(cfg), str(session)], cwd=copy, env=env, check=True
-    )
-    skipped = skip_annotation_mutants(session, copy / target.module)
-    print(f"{name}: {skipped} mutants in annotations skipped (equivalent)", flush=True)
+    if survivors_only:
+        if not session.exists() or not digest_file.exists():
+            sys.exit(f"{name}: no earlier run in this --workdir to take the survivors from")
+        if digest_file.read_text() != digest:
+            sys.exit(f"{name}: {target.module} changed since the last run; run it in full")
+        print(f"{name}: running again the {forget_survivors(session)} survivors", flush=True)
+    else:
+        session.unlink(missing_ok=True)
+        subprocess.run(
+            [str(BIN / "cosmic-ray"), "init", str(cfg), str(session)], cwd=copy, env=env, check=True
+        )
+        digest_file.write_text(digest)
+        skipped = skip_annotation_mutants(session, copy / target.module)
+        print(f"{name}: {skipped} mutants in annotations skipped (equivalent)", flush=True)
     subprocess.run(
         [str(BIN / "cosmic-ray"), "exec", str(cfg), str(session)], cwd=copy, env=env, check=True
     )
@@ -211,6 +295,14 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help=f"short names: {', '.join(TARGETS)}")
     parser.add_argument("--list", action="store_true", help="show the modules and their tests")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the copy and the sessions here (default: discarded)"
+    )
+    parser.add_argument(
+        "--survivors-only",
+        action="store_true",
+        help="with --workdir: run again only the mutants that survived the last run there",
+    )
     args = parser.parse_args()
     names = args.modules or list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]
@@ -220,13 +312,21 @@ def main() -> int:
         for name in names:
             print(f"{name}: {TARGETS[name].module}\n  " + "\n  ".join(TARGETS[name].tests))
         return 0
+    if args.survivors_only and args.workdir is None:
+        parser.error("--survivors-only needs the --workdir of an earlier run")
     results: dict[str, tuple[int, int, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
-        copy = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.workdir is None:
+            copy = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mutation-")))
+        else:
+            copy = args.workdir.resolve()
+            copy.mkdir(parents=True, exist_ok=True)
         scratch_copy(copy)
         for name in names:
             started = time.monotonic()
-            killed, survived, survivors = run_target(name, TARGETS[name], copy, args.timeout)
+            killed, survived, survivors = run_target(
+                name, TARGETS[name], copy, args.timeout, survivors_only=args.survivors_only
+            )
             elapsed = time.monotonic() - started
             results[name] = (killed, survived, elapsed)
             print(f"\n== {name}: {len(survivors)} surviving mutants", flush=True)
