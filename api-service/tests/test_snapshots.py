@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -594,3 +597,139 @@ def test_spill_directories_of_dead_workers_are_removed_at_start(store, cache, so
     alive.mkdir()
     SnapshotManager(store, cache, memory_limit="256MB", threads=1).close()
     assert not dead.exists() and alive.exists()
+
+
+def test_a_refused_version_is_retried_exactly_when_due(source, store, cache):
+    clock = FakeClock()
+    manager = SnapshotManager(store, cache, memory_limit="256MB", threads=1, clock=clock)
+    try:
+        source.publish(quantity=1)
+        manager.refresh()
+        v2 = source.publish(quantity=2)
+        source.object_path(v2).write_bytes(b"damaged")
+        manager.refresh()
+        clock.advance(2.0)  # exactly the first delay
+        manager.refresh()
+        assert manager.status()["verification_failures_total"] == 2
+        clock.advance(7.1254)  # since the last successful refresh, in ms
+        assert manager.status()["seconds_since_refresh"] == 9.125
+    finally:
+        manager.close()
+
+
+def test_only_unexpected_errors_are_logged_with_a_traceback(managers, source, store, monkeypatch):
+    from structlog.testing import capture_logs
+
+    manager = managers()
+    source.publish(quantity=1)
+    manager.refresh()
+    source.publish(quantity=2)
+    store.down = True
+    with capture_logs() as logs:
+        manager.refresh()
+    [known] = [e for e in logs if e["event"] == "snapshot_refresh_failed"]
+    assert known["log_level"] == "warning" and "exc_info" not in known
+    store.down = False
+
+    def broken(*_a, **_k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "get_bytes", broken)
+    with capture_logs() as logs:
+        manager.refresh()
+    [bug] = [e for e in logs if e["event"] == "snapshot_refresh_failed"]
+    assert bug["log_level"] == "error" and bug["exc_info"] is True
+
+
+def test_an_outage_while_serving_does_not_fall_back_to_a_cached_copy(managers, source, store):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    store.down = True
+    manager._manifest_etag = None
+    assert manager.refresh() is False
+    status = manager.status()
+    assert not status["serving_cached"] and status["swaps_total"] == 1
+    assert status["data_version"] == v1.version
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    found = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                found.append(target)
+    return found
+
+
+def test_a_refused_file_leaves_the_cache_and_no_handle_open(managers, source, store, cache):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    v2 = source.publish(quantity=2, rows=5, compress=False)
+    lying = v2.model_copy(
+        update={"version": "lying", "tables": {"inventory": TableInfo(row_count=6)}}
+    )
+    source.point_to(lying)
+    assert manager.refresh() is False
+    assert not list(cache.glob("lying.*"))
+    assert not [f for f in _open_files_under(cache) if "lying" in f]
+    assert quantity(manager) == (v1.version, 1)
+
+
+def test_a_spill_directory_already_removed_is_no_error_at_close(managers, source):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    spill = manager.cache.spill_directory(v1.version)
+    shutil.rmtree(spill.parent)  # e.g. a sibling's clean-up got there first
+    manager.close()
+    assert not manager.ready
+
+
+def test_a_worker_starting_in_an_outage_skips_unusable_cached_copies(
+    managers, source, store, cache
+):
+    first = managers()
+    v1 = source.publish(quantity=1)
+    first.refresh()
+    first.close()
+    hour_ago = time.time() - 3600  # the broken markers below are newer: tried first
+    os.utime(cache / f"{v1.version}.ok", (hour_ago, hour_ago))
+    junk = v1.model_copy(update={"version": "junk"})  # not a database
+    (cache / "junk.db").write_bytes(os.urandom(4096))
+    (cache / "junk.ok").write_bytes(junk.to_json())
+    lying = v1.model_copy(  # a database whose row counts differ
+        update={"version": "lying", "tables": {"inventory": TableInfo(row_count=6)}}
+    )
+    shutil.copyfile(cache / f"{v1.version}.db", cache / "lying.db")
+    (cache / "lying.ok").write_bytes(lying.to_json())
+    (cache / "garbled.ok").write_text("{not a manifest")
+    (cache / "folder.ok").mkdir()
+    store.down = True
+    second = managers()
+    assert second.refresh() is False
+    assert quantity(second) == (v1.version, 1) and second.status()["serving_cached"]
+
+
+def test_a_cache_locked_too_long_refuses_the_version_for_a_while(source, store, cache):
+    from filelock import FileLock
+
+    clock = FakeClock()
+    manager = SnapshotManager(
+        store, cache, memory_limit="256MB", threads=1, lock_timeout=0.05, clock=clock
+    )
+    try:
+        source.publish(quantity=1)
+        with FileLock(str(cache / ".cache.lock")):  # another worker, stuck mid-download
+            assert manager.refresh() is False
+        status = manager.status()
+        assert "locked by another worker" in status["last_refresh_error"]
+        assert status["verification_failures_total"] == 1
+        assert manager.refresh() is False  # not before the back-off
+        clock.advance(2.0)
+        assert manager.refresh() is True
+    finally:
+        manager.close()

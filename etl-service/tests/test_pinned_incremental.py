@@ -326,3 +326,24 @@ def test_the_bar_follows_the_terminal_unless_told(rig: Rig, monkeypatch) -> None
     assert not told(
         rig.source, rig.warehouse, batch_size=1, lookback_seconds=0, progress=False
     ).progress
+
+
+def test_reconciled_deletes_add_to_the_merged_changes(rig: Rig) -> None:
+    rig.sql(f"INSERT INTO t VALUES (4, 'd', '{T0}'), (5, 'e', '{T0}')")
+    loaded(rig)
+    rig.sql(
+        f"UPDATE t SET v = 'x', updated_at = '{T5}' WHERE id = 1",
+        "DELETE FROM t WHERE id IN (3, 4, 5)",
+    )
+    outcome = rig.sync(watermark=T5, reconcile=True)
+    assert (outcome.rows_read, outcome.changed, outcome.row_count) == (1, 4, 2)  # 1 + 3
+
+
+def test_a_full_load_logs_its_reason_and_duration(rig: Rig) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        loaded(rig)
+    [entry] = [e for e in logs if e["event"] == "table_full_load"]
+    assert (entry["table"], entry["rows"], entry["reason"]) == ("t", 3, "first run")
+    assert 0 <= entry["duration_s"] < 120

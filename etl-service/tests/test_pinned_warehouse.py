@@ -159,6 +159,19 @@ def test_a_column_named_rowid_deletes_by_key(tmp_path: Path) -> None:
     wh.close()
 
 
+def test_a_column_named_rowid_that_is_not_the_key_may_be_null(tmp_path: Path) -> None:
+    """Rows are then found by the key, not by the (NULL) column named rowid."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    cols: Columns = [("id", "INTEGER"), ("rowid", "BIGINT"), ("v", "VARCHAR")]
+    wh.replace_table("r", reader(["id", "rowid", "v"], [(1, None, "a")]), cols)
+    result = wh.merge(
+        "r", reader(["id", "rowid", "v"], [(1, None, "b")]), cols, primary_key=["id"], cursor=None
+    )
+    assert result.upserted == 1 and content(wh, "r") == [(1, None, "b")]
+    assert wh.row_count("r") == 1
+    wh.close()
+
+
 def test_a_composite_key_matches_on_every_column(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path / "w.duckdb")
     cols: Columns = [("a", "INTEGER"), ("b", "INTEGER"), ("v", "VARCHAR")]
@@ -175,14 +188,14 @@ def test_a_soft_delete_of_an_unknown_row_counts_nothing(wh: Warehouse) -> None:
     wh.replace_table("s", reader(["id", "v", "gone"], [(1, "a", None), (2, "b", None)]), cols)
     result = wh.merge(
         "s",
-        reader(["id", "v", "gone"], [(1, "a", 5), (9, "z", 1), (2, "b", None)]),
+        reader(["id", "v", "gone"], [(1, "a", 5), (9, "z", 1), (2, "b", None), (3, "c", None)]),
         cols,
         primary_key=["id"],
         cursor=None,
         soft_delete="gone",
     )
-    assert (result.read, result.upserted, result.deleted, result.changed) == (3, 0, 1, 1)
-    assert content(wh, "s") == [(2, "b", None)] and wh.row_count("s") == 1
+    assert (result.read, result.upserted, result.deleted, result.changed) == (4, 1, 1, 2)
+    assert content(wh, "s") == [(2, "b", None), (3, "c", None)] and wh.row_count("s") == 2
 
 
 def test_without_lake_mode_no_change_records_are_kept(tmp_path: Path) -> None:
