@@ -339,11 +339,19 @@ def test_reconciled_deletes_add_to_the_merged_changes(rig: Rig) -> None:
     assert (outcome.rows_read, outcome.changed, outcome.row_count) == (1, 4, 2)  # 1 + 3
 
 
-def test_a_full_load_logs_its_reason_and_duration(rig: Rig) -> None:
+def test_a_full_load_logs_its_reason_and_duration(rig: Rig, monkeypatch) -> None:
+    from types import SimpleNamespace
+
     from structlog.testing import capture_logs
 
+    import etl_service.incremental
+
+    ticks = iter([100.0, 100.2564])  # the load's start and end, in ms resolution
+    monkeypatch.setattr(
+        etl_service.incremental, "time", SimpleNamespace(monotonic=lambda: next(ticks))
+    )
     with capture_logs() as logs:
         loaded(rig)
     [entry] = [e for e in logs if e["event"] == "table_full_load"]
     assert (entry["table"], entry["rows"], entry["reason"]) == ("t", 3, "first run")
-    assert 0 <= entry["duration_s"] < 120
+    assert entry["duration_s"] == 0.256

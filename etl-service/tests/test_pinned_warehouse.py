@@ -131,6 +131,8 @@ def test_a_full_load_counts_rows_and_compares_only_the_same_shape(wh: Warehouse)
         3,
         True,
     )
+    narrower = wh.replace_table("x", reader(NAMES, same), COLS, detect_changes=True)
+    assert narrower == (3, True)
     assert wh.replace_table("x", reader(NAMES, []), COLS) == (0, True)
     assert wh.row_count("x") == 0 and wh.columns("x") == list(COLS)
 
@@ -184,24 +186,45 @@ def test_a_composite_key_matches_on_every_column(tmp_path: Path) -> None:
 
 
 def test_a_soft_delete_of_an_unknown_row_counts_nothing(wh: Warehouse) -> None:
-    cols: Columns = [("id", "INTEGER"), ("v", "VARCHAR"), ("gone", "INTEGER")]
+    """Any value in a non-boolean soft-delete column, even 0, marks the row deleted."""
+    cols: Columns = [("id", "INTEGER"), ("v", "VARCHAR"), ("gone", "BIGINT")]
     wh.replace_table("s", reader(["id", "v", "gone"], [(1, "a", None), (2, "b", None)]), cols)
+    rows = [
+        (1, "a", 0),
+        (9, "z", 1),
+        (2, "b", None),
+        (3, "c", None),
+        (4, "d", None),
+        (5, "e", None),
+    ]
     result = wh.merge(
         "s",
-        reader(["id", "v", "gone"], [(1, "a", 5), (9, "z", 1), (2, "b", None), (3, "c", None)]),
+        reader(["id", "v", "gone"], rows),
         cols,
         primary_key=["id"],
         cursor=None,
         soft_delete="gone",
     )
-    assert (result.read, result.upserted, result.deleted, result.changed) == (4, 1, 1, 2)
-    assert content(wh, "s") == [(2, "b", None), (3, "c", None)] and wh.row_count("s") == 2
+    assert (result.read, result.upserted, result.deleted, result.changed) == (6, 3, 1, 4)
+    assert [r[0] for r in content(wh, "s")] == [2, 3, 4, 5] and wh.row_count("s") == 4
+    again = wh.merge(
+        "s",
+        reader(["id", "v", "gone"], rows[2:]),
+        cols,
+        primary_key=["id"],
+        cursor=None,
+        soft_delete="gone",
+    )
+    assert (again.upserted, again.deleted) == (0, 0)
 
 
 def test_without_lake_mode_no_change_records_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     Warehouse(path, track_changes=True).close()
     wh = Warehouse(path)
+    nested = Warehouse(tmp_path / "new" / "dir" / "w.duckdb")  # folders made as needed
+    assert nested.path.exists()
+    nested.close()
     assert wh.con.execute(
         "SELECT count(*) FROM duckdb_schemas() WHERE schema_name = '__lake'"
     ).fetchall() == [(0,)]
@@ -218,16 +241,18 @@ def test_lake_mode_records_what_changed_until_cleared(tmp_path: Path) -> None:
     assert wh.pending_changes() == (set(), set())
 
     merge(wh, [(1, "a", 1), (2, "B", 2), (4, "d", 4)])  # 1 is unchanged
-    wh.reconcile("x", keys([2, 4]), [("id", "INTEGER")])  # 1 and 3 go
+    assert wh.reconcile("x", keys([2, 3, 4]), [("id", "INTEGER")]) == 1  # 1 goes
+    assert wh.reconcile("x", keys([2, 3, 4]), [("id", "INTEGER")]) == 0
     assert wh.pending_changes() == (set(), {"x"})
-    files = wh.export_changes("x", ["id"], tmp_path / "out", full=False)
-    assert sorted(pq.read_table(files["keys"]).column("id").to_pylist()) == [1, 2, 3, 4]
+    out = tmp_path / "out" / "cycle"
+    files = wh.export_changes("x", ["id"], out, full=False)
+    assert sorted(pq.read_table(files["keys"]).column("id").to_pylist()) == [1, 2, 4]
     assert sorted(pq.read_table(files["rows"]).to_pylist(), key=lambda r: r["id"]) == [
         {"id": 2, "v": "B", "n": 2},
         {"id": 4, "v": "d", "n": 4},
     ]
-    full = wh.export_changes("x", ["id"], tmp_path / "out", full=True)
-    assert pq.read_table(full["full"]).num_rows == 2
+    full = wh.export_changes("x", ["id"], out, full=True)
+    assert pq.read_table(full["full"]).num_rows == 3
 
     wh.mark_full(["x"])
     assert wh.pending_changes() == ({"x"}, set())  # whole, not by key
@@ -247,7 +272,7 @@ def test_a_fatal_error_reopens_the_database_with_what_was_committed(
         closed = False
 
         def execute(self, *_a: Any) -> Any:
-            raise duckdb.FatalException("database has been invalidated")
+            raise duckdb.FatalException("database has been invalidated\nOriginal error: disk full")
 
         def close(self) -> None:
             self.closed = True
@@ -257,7 +282,12 @@ def test_a_fatal_error_reopens_the_database_with_what_was_committed(
     broken = Invalidated()
     monkeypatch.setattr(wh, "con", broken)
     wh._rows["x"] = 99  # a count from before the failure must not survive it
-    wh.ensure_usable()
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        wh.ensure_usable()
+    [entry] = [e for e in logs if e["event"] == "warehouse_reopening"]
+    assert entry["error"] == "database has been invalidated"
     assert broken.closed and wh.con is not broken
     assert content(wh) == [(1, "a", 1), (2, "b", 2), (3, "c", 3)]
     assert wh.row_count("x") == 3
