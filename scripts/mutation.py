@@ -59,7 +59,7 @@ TARGETS: dict[str, Target] = {
     ),
     "warehouse": Target(
         f"{E}/etl_service/warehouse.py",
-        (f"{E}/tests/test_warehouse_merge.py", f"{E}/tests/test_pinned_warehouse.py"),
+        (f"{E}/tests/test_pinned_warehouse.py", f"{E}/tests/test_warehouse_merge.py"),
     ),
     "sql_guard": Target(
         f"{A}/api_service/query/sql_guard.py",

@@ -346,7 +346,7 @@ def test_a_full_load_logs_its_reason_and_duration(rig: Rig, monkeypatch) -> None
 
     import etl_service.incremental
 
-    ticks = iter([100.0, 100.2564])  # the load's start and end, in ms resolution
+    ticks = iter([0.1, 0.3564])  # start and end of the load (end % start would differ)
     monkeypatch.setattr(
         etl_service.incremental, "time", SimpleNamespace(monotonic=lambda: next(ticks))
     )
