@@ -529,6 +529,7 @@ def test_status_reports_each_field_on_a_controllable_clock(source, store, cache)
         assert status["seconds_since_refresh"] == 7.25
         assert status["data_created_at"] == v1.created_at.isoformat()
         assert status["worker_pid"] == os.getpid() and status["swaps_total"] == 1
+        assert manager.current is not None and manager.current.version == v1.version
         assert status["up_to_date"] is True and status["serving_cached"] is False
         assert "lake_replica" not in status
         assert manager.next_poll_delay(30) == 30
@@ -733,3 +734,50 @@ def test_a_cache_locked_too_long_refuses_the_version_for_a_while(source, store, 
         assert manager.refresh() is True
     finally:
         manager.close()
+
+
+def test_a_rewritten_manifest_naming_the_version_in_service_is_no_swap(managers, source, store):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    assert manager.refresh() is True
+    source.point_to(v1.model_copy(update={"created_at": v1.created_at.replace(year=2025)}))
+    assert manager.refresh() is False  # a new manifest object, the same version
+    assert manager.status()["swaps_total"] == 1
+
+
+def test_the_retry_message_counts_down_from_the_refusal(source, store, cache):
+    clock = FakeClock(start=1.0)  # a host up for one second: monotonic time is small
+    manager = SnapshotManager(store, cache, memory_limit="256MB", threads=1, clock=clock)
+    try:
+        v1 = source.publish(quantity=1)
+        source.object_path(v1).write_bytes(b"damaged")
+        manager.refresh()
+        manager.refresh()
+        assert "(refused; next attempt in 2 s)" in manager.status()["last_refresh_error"]
+    finally:
+        manager.close()
+
+
+def test_a_version_open_three_times_keeps_its_spill_directory_until_the_last_closes(
+    managers, source
+):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    spill = manager.cache.spill_directory(v1.version)
+    with manager.lease() as first, manager.lease():
+        source.publish(quantity=2)
+        manager.refresh()
+        source.point_to(v1)
+        manager.refresh()  # v1 opened a second time
+        with manager.lease() as second:
+            source.publish(quantity=3)
+            manager.refresh()
+            source.point_to(v1)
+            manager.refresh()  # and a third: two of them still leased
+            assert second is not first
+        assert spill.is_dir()
+    assert first.closed and spill.is_dir()  # the third still serves v1
+    assert quantity(manager) == (v1.version, 1)
+    manager.close()
+    assert not spill.exists()
