@@ -742,7 +742,8 @@ def test_a_rewritten_manifest_naming_the_version_in_service_is_no_swap(managers,
     assert manager.refresh() is True
     source.point_to(v1.model_copy(update={"created_at": v1.created_at.replace(year=2025)}))
     assert manager.refresh() is False  # a new manifest object, the same version
-    assert manager.status()["swaps_total"] == 1
+    status = manager.status()
+    assert status["swaps_total"] == 1 and status["up_to_date"] is True
 
 
 def test_the_retry_message_counts_down_from_the_refusal(source, store, cache):
