@@ -521,6 +521,7 @@ def test_status_reports_each_field_on_a_controllable_clock(source, store, cache)
         assert manager.next_poll_delay(0.5) == 0.5
         empty = manager.status()
         assert empty["seconds_since_refresh"] is None and empty["swaps_total"] == 0
+        assert empty["serving_cached"] is False and empty["up_to_date"] is False
         assert empty["data_created_at"] is None and empty["data_age_seconds"] is None
         v1 = source.publish(quantity=1)
         assert manager.refresh()
