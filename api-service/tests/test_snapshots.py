@@ -514,7 +514,7 @@ def test_the_sandbox_spills_only_where_and_as_much_as_allowed(tmp_path):
 
 
 def test_status_reports_each_field_on_a_controllable_clock(source, store, cache):
-    clock = FakeClock()
+    clock = FakeClock(start=1.0)  # small, as monotonic time is on a young host
     manager = SnapshotManager(store, cache, memory_limit="256MB", threads=1, clock=clock)
     try:
         assert manager.next_poll_delay(30) == 1.0  # quickly until something is in service
@@ -709,6 +709,7 @@ def test_a_worker_starting_in_an_outage_skips_unusable_cached_copies(
     shutil.copyfile(cache / f"{v1.version}.db", cache / "lying.db")
     (cache / "lying.ok").write_bytes(lying.to_json())
     (cache / "garbled.ok").write_text("{not a manifest")
+    (cache / "gone.ok").write_bytes(v1.model_copy(update={"version": "gone"}).to_json())  # no .db
     (cache / "folder.ok").mkdir()
     store.down = True
     second = managers()
