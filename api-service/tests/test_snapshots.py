@@ -757,6 +757,9 @@ def test_the_retry_message_counts_down_from_the_refusal(source, store, cache):
         manager.refresh()
         manager.refresh()
         assert "(refused; next attempt in 2 s)" in manager.status()["last_refresh_error"]
+        clock.advance(3.0)  # past the due time, not only at it
+        manager.refresh()
+        assert manager.status()["verification_failures_total"] == 2
     finally:
         manager.close()
 
@@ -784,3 +787,16 @@ def test_a_version_open_three_times_keeps_its_spill_directory_until_the_last_clo
     assert quantity(manager) == (v1.version, 1)
     manager.close()
     assert not spill.exists()
+
+
+def test_serving_cached_ends_when_the_store_confirms_the_same_version(managers, source, store):
+    first = managers()
+    v1 = source.publish(quantity=1)
+    first.refresh()
+    store.down = True
+    second = managers()
+    second.refresh()
+    assert second.status()["serving_cached"] is True
+    store.down = False
+    assert second.refresh() is False  # the store names the version it serves
+    assert second.status()["serving_cached"] is False and quantity(second) == (v1.version, 1)
