@@ -756,7 +756,8 @@ def test_the_retry_message_counts_down_from_the_refusal(source, store, cache):
         source.object_path(v1).write_bytes(b"damaged")
         manager.refresh()
         manager.refresh()
-        assert "(refused; next attempt in 2 s)" in manager.status()["last_refresh_error"]
+        error = manager.status()["last_refresh_error"]
+        assert error.startswith("SnapshotFileError: ") and "(refused; next attempt in 2 s)" in error
         clock.advance(3.0)  # past the due time, not only at it
         manager.refresh()
         assert manager.status()["verification_failures_total"] == 2
@@ -800,3 +801,16 @@ def test_serving_cached_ends_when_the_store_confirms_the_same_version(managers, 
     store.down = False
     assert second.refresh() is False  # the store names the version it serves
     assert second.status()["serving_cached"] is False and quantity(second) == (v1.version, 1)
+
+
+def test_a_retired_version_closes_only_after_its_last_lease(managers, source):
+    manager = managers()
+    v1 = source.publish(quantity=1)
+    manager.refresh()
+    with manager.lease() as old:
+        with manager.lease():
+            source.publish(quantity=2)
+            manager.refresh()
+        assert not old.closed  # one lease is still running on it
+        assert old.con.execute("SELECT max(quantity) FROM inventory").fetchone() == (1,)
+    assert old.closed and old.version == v1.version
