@@ -8,42 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from analytics_shared.object_store import LocalObjectStore, ObjectStore
 from api_service.dev.issuer import DevIssuer
 from testsupport.disk import SmallDisk, can_mount, small_disk
+from testsupport.postgres import temporary_database
 from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from testsupport.snapshots import store_from_env
 
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AUDIENCE = "https://analytics-api.test"
-
-
-def _psycopg_url(url: str) -> sa.URL:
-    return sa.make_url(url).set(drivername="postgresql+psycopg")
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database per test (dropped afterwards)."""
-    admin_url = _psycopg_url(TEST_DATABASE_URL)
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database() as url:
+        yield url
 
 
 @pytest.fixture

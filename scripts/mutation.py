@@ -64,11 +64,11 @@ _ACCESS_TESTS = (
 TARGETS: dict[str, Target] = {
     "incremental": Target(
         f"{E}/etl_service/incremental.py",
-        (f"{E}/tests/test_sync_engine.py",),
+        (f"{E}/tests/test_pinned_incremental.py",),
     ),
     "warehouse": Target(
         f"{E}/etl_service/warehouse.py",
-        (f"{E}/tests/test_warehouse_merge.py", f"{E}/tests/test_sync_engine.py"),
+        (f"{E}/tests/test_pinned_warehouse.py", f"{E}/tests/test_warehouse_merge.py"),
     ),
     "sql_guard": Target(
         f"{A}/api_service/query/sql_guard.py",
