@@ -10,11 +10,23 @@ serves it.
 
 from __future__ import annotations
 
+import json
+import os
+import uuid
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-__all__ = ["build_database"]
+__all__ = ["INVENTORY_ONLY", "build_database", "published_inventory_env"]
+
+# A whitelist whose one app reads only `inventory`.
+INVENTORY_ONLY: dict[str, Any] = {
+    "default_policy": "default",
+    "unknown_apps": "refuse",
+    "policies": {"default": {"tables": ["inventory"]}},
+    "apps": {"demo-app": "default"},
+}
 
 CUSTOMERS_SQL = r"""
 CREATE OR REPLACE TABLE customers (
@@ -56,3 +68,27 @@ def build_database(path: Path, *, inventory_rows: int = 2000, marker: int = 0) -
     finally:
         con.close()
     return path
+
+
+def published_inventory_env(
+    root: Path, issuer: Any, whitelist: dict[str, Any] = INVENTORY_ONLY, **settings: str
+) -> dict[str, str]:
+    """Publish a 3,000-row `inventory` to a folder store under `root` and return
+    the environment of an API serving it (Redis with a fresh key prefix, rate
+    limits out of the way, JSON logs), plus `settings`."""
+    from testsupport.publishing import publish_file
+
+    db = build_database(root / "source.db", inventory_rows=3000)
+    publish_file(db, root / "store", root / "work")
+    (root / "whitelist.json").write_text(json.dumps(whitelist))
+    return {
+        **issuer.settings_env(),
+        "STORAGE_URL": (root / "store").as_uri(),
+        "DATA_DIR": str(root / "var"),
+        "QUERY_WHITELIST_PATH": str(root / "whitelist.json"),
+        "REDIS_URL": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "RATE_LIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+        "RATE_LIMIT_REQUESTS": "100000",
+        "LOG_JSON": "true",
+        **settings,
+    }

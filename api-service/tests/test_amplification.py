@@ -11,9 +11,6 @@ kill, and the server still answering afterwards.
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -21,8 +18,7 @@ import pytest
 
 from testsupport.api_server import ApiServer
 from testsupport.cgroup import MemoryCgroup, memory_cgroup_unavailable
-from testsupport.publishing import publish_file
-from testsupport.serving import build_database
+from testsupport.serving import published_inventory_env
 
 MEMORY_LIMIT = 512 * 2**20
 
@@ -81,27 +77,7 @@ def served(
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("amplification")
-    db = build_database(root / "source.db", inventory_rows=3000)
-    publish_file(db, root / "store", root / "work")
-    whitelist = {
-        "default_policy": "default",
-        "unknown_apps": "refuse",
-        "policies": {"default": {"tables": ["inventory"]}},
-        "apps": {"demo-app": "default"},
-    }
-    (root / "whitelist.json").write_text(json.dumps(whitelist))
-    env = {
-        **issuer.settings_env(),
-        "STORAGE_URL": (root / "store").as_uri(),
-        "DATA_DIR": str(root / "var"),
-        "QUERY_WHITELIST_PATH": str(root / "whitelist.json"),
-        "REDIS_URL": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "RATE_LIMIT_KEY_PREFIX": f"amp-test-{uuid.uuid4().hex}",
-        "RATE_LIMIT_REQUESTS": "100000",
-        "QUERY_TIMEOUT_SECONDS": "10",
-        "DUCKDB_THREADS": "1",
-        "LOG_JSON": "true",
-    }
+    env = published_inventory_env(root, issuer, QUERY_TIMEOUT_SECONDS="10", DUCKDB_THREADS="1")
     with MemoryCgroup(MEMORY_LIMIT) as cgroup:
         api = ApiServer(env, workers=1, log_path=root / "api.log", popen=cgroup.popen)
         api.start(ready_timeout=90)

@@ -8,12 +8,10 @@ Each test names the hole it closes; each asserts the error code a client sees.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +20,7 @@ import pytest
 
 from testsupport.api_server import ApiServer
 from testsupport.cgroup import MemoryCgroup, memory_cgroup_unavailable
-from testsupport.publishing import publish_file
-from testsupport.serving import build_database
+from testsupport.serving import published_inventory_env
 
 MEMORY_LIMIT = 1536 * 2**20
 WHITELIST = {
@@ -55,26 +52,18 @@ def served(tmp_path_factory: pytest.TempPathFactory, issuer) -> Iterator[Served]
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("security")
-    db = build_database(root / "source.db", inventory_rows=3000)
-    publish_file(db, root / "store", root / "work")
-    (root / "whitelist.json").write_text(json.dumps(WHITELIST))
-    env = {
-        **issuer.settings_env(),
-        "STORAGE_URL": (root / "store").as_uri(),
-        "DATA_DIR": str(root / "var"),
-        "QUERY_WHITELIST_PATH": str(root / "whitelist.json"),
-        "REDIS_URL": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "RATE_LIMIT_KEY_PREFIX": f"sec-test-{uuid.uuid4().hex}",
-        "RATE_LIMIT_REQUESTS": "100000",
-        "QUERY_TIMEOUT_SECONDS": "3",
-        "STREAM_TIMEOUT_SECONDS": "4",
-        "STREAM_IDLE_WRITE_SECONDS": "2",
-        "QUERY_WORKERS": "4",
-        "DUCKDB_THREADS": "1",
-        "DUCKDB_MEMORY_LIMIT": "256MB",
-        "SNAPSHOT_POLL_SECONDS": "0.3",
-        "LOG_JSON": "true",
-    }
+    env = published_inventory_env(
+        root,
+        issuer,
+        WHITELIST,
+        QUERY_TIMEOUT_SECONDS="3",
+        STREAM_TIMEOUT_SECONDS="4",
+        STREAM_IDLE_WRITE_SECONDS="2",
+        QUERY_WORKERS="4",
+        DUCKDB_THREADS="1",
+        DUCKDB_MEMORY_LIMIT="256MB",
+        SNAPSHOT_POLL_SECONDS="0.3",
+    )
     log = root / "api.log"
     with MemoryCgroup(MEMORY_LIMIT) as cgroup:
         api = ApiServer(env, workers=2, log_path=log, popen=cgroup.popen).start(ready_timeout=90)

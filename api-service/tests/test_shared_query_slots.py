@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import statistics
@@ -28,8 +27,7 @@ import pytest
 import redis
 
 from testsupport.api_server import ApiServer, request_records
-from testsupport.publishing import publish_file
-from testsupport.serving import build_database
+from testsupport.serving import published_inventory_env
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TIMEOUT = 4
@@ -49,33 +47,19 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, issuer) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("shared-slots")
-    db = build_database(root / "source.db", inventory_rows=3000)
-    publish_file(db, root / "store", root / "work")
-    whitelist = {
-        "default_policy": "default",
-        "unknown_apps": "refuse",
-        "policies": {"default": {"tables": ["inventory"]}},
-        "apps": {"demo-app": "default"},
-    }
-    (root / "whitelist.json").write_text(json.dumps(whitelist))
-    prefix = f"slots-test-{uuid.uuid4().hex}"
-    env = {
-        **issuer.settings_env(),
-        "STORAGE_URL": (root / "store").as_uri(),
-        "DATA_DIR": str(root / "var"),
-        "QUERY_WHITELIST_PATH": str(root / "whitelist.json"),
-        "REDIS_URL": REDIS_URL,
-        "RATE_LIMIT_KEY_PREFIX": prefix,
-        "RATE_LIMIT_REQUESTS": "100000",
-        "QUERY_TIMEOUT_SECONDS": str(TIMEOUT),
-        "QUERY_WORKERS": "4",
-        "DUCKDB_THREADS": "1",
-        "DUCKDB_MEMORY_LIMIT": "256MB",
-        "MAX_CONCURRENT_QUERIES_PER_USER": "2",
-        "MAX_QUEUED_QUERIES_PER_USER": "0",
-        "QUERY_SLOT_LEASE_SECONDS": str(LEASE),
-        "LOG_JSON": "true",
-    }
+    env = published_inventory_env(
+        root,
+        issuer,
+        REDIS_URL=REDIS_URL,
+        QUERY_TIMEOUT_SECONDS=str(TIMEOUT),
+        QUERY_WORKERS="4",
+        DUCKDB_THREADS="1",
+        DUCKDB_MEMORY_LIMIT="256MB",
+        MAX_CONCURRENT_QUERIES_PER_USER="2",
+        MAX_QUEUED_QUERIES_PER_USER="0",
+        QUERY_SLOT_LEASE_SECONDS=str(LEASE),
+    )
+    prefix = env["RATE_LIMIT_KEY_PREFIX"]
     log = root / "api.log"
     api = ApiServer(env, workers=2, log_path=log).start(ready_timeout=90)
     try:
