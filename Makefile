@@ -85,7 +85,7 @@ TEST_WORKERS ?= 3
 test: $(STAMP) $(LAKE_STAMP) ts-client console browser
 ifeq ($(strip $(PYTEST_ARGS)),)
 	@status=0; \
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial" || status=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not serial" || status=$$?; \
 	$(BIN)/python -m pytest -m serial || { s=$$?; [ $$status -ne 0 ] || status=$$s; }; \
 	exit $$status
 else

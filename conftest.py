@@ -129,9 +129,25 @@ SERIAL_FILES = (
 )
 
 
+# The longest scenarios of the parallel phase (30-140 s each) start first, so
+# the short tests fill in around them instead of one running alone at the end.
+LONG_FILES = (
+    "tests/test_control_plane.py",
+    "tests/test_runbook_recipes.py",
+    "tests/test_lake_",
+    "tests/test_snapshot_kill.py",
+    "tests/test_snapshot_outage.py",
+    "tests/test_load_progress.py",
+    "tests/test_end_to_end.py",
+    "tests/clients/",
+    "api-service/tests/test_fuzz_openapi.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     root = Path(str(config.rootpath))
+    paths = {item: Path(str(item.path)).relative_to(root).as_posix() for item in items}
     for item in items:
-        path = Path(str(item.path)).relative_to(root).as_posix()
-        if path.startswith(SERIAL_FILES):
+        if paths[item].startswith(SERIAL_FILES):
             item.add_marker(pytest.mark.serial)
+    items.sort(key=lambda item: not paths[item].startswith(LONG_FILES))  # stable
