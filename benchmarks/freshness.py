@@ -1,15 +1,19 @@
 """Freshness lag: from a row changing in the source to the API answering with it.
 
     .venv/bin/python -m benchmarks.freshness [--samples 30] [--interval 2] [--poll 0.5]
+    .venv/bin/python -m benchmarks.freshness --mode lake --rows 10000000 --changed 1000
 
-Runs the whole path as users run it: a PostgreSQL demo source (a fresh
-database on TEST_DATABASE_URL), `analytics-etl run` with SYNC_INTERVAL_SECONDS
-= --interval, a SeaweedFS S3 store (or --store local: a folder), and the API
-under Gunicorn (2 workers) polling the manifest every --poll seconds. Each
-sample waits a random fraction of the interval (so changes land anywhere in
-the ETL's cycle), updates one inventory row, and polls the API every 0.1 s
-until the new value comes back. Prints p50/p95/max and p95 against the target
-(sync interval + 5 s).
+Runs the whole path as users run it: a PostgreSQL source (a fresh database on
+TEST_DATABASE_URL: the demo data, or with --rows a random `inventory` of that
+many rows, testsupport/random_source.py), `analytics-etl run` with
+SYNC_INTERVAL_SECONDS = --interval and PUBLISH_MODE = --mode, a SeaweedFS S3
+store (or --store local: a folder), and the API under Gunicorn (2 workers)
+polling the manifest every --poll seconds (in lake mode its replicator
+advances the host's replica). Each sample waits a random fraction of the
+interval (so changes land anywhere in the ETL's cycle), updates one inventory
+row (with --changed N, N - 1 random rows besides, just before), and
+polls the API every 0.1 s until the new value comes back. Prints p50/p95/max
+and p95 against the target (sync interval + 5 s), and each process's peak RSS.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +39,9 @@ import sqlalchemy as sa
 from api_service.dev.issuer import DevIssuer
 from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
+from testsupport.memory_load import process_rss
 from testsupport.processes import stop_process
+from testsupport.random_source import change_rows, create_random_inventory
 from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 BIN = Path(sys.executable).parent
@@ -48,12 +55,64 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+class PeakRss:
+    """The largest resident size each kind of process reached (sampled every
+    0.2 s over the process trees, each process's own high-water mark)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, float] = {}
+        self.roots: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, role: str, pid: int) -> None:
+        self.roots[role] = pid
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        return {k: round(v / 2**20, 1) for k, v in sorted(self.peaks.items())}
+
+    @staticmethod
+    def _kind(pid: int) -> str:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return "gone"
+        text = b" ".join(argv).decode(errors="replace")
+        for word in ("analytics_lake", "replicate", "gunicorn: worker", "gunicorn: master"):
+            if word in text:
+                return word.removeprefix("gunicorn: ")
+        return "main"
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for role, root in list(self.roots.items()):
+                todo = [root]
+                while todo:
+                    pid = todo.pop()
+                    todo += _children(pid)
+                    key = f"{role} {self._kind(pid)}"
+                    self.peaks[key] = max(self.peaks.get(key, 0), process_rss(pid, "VmHWM"))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--interval", type=float, default=2.0, help="SYNC_INTERVAL_SECONDS")
     parser.add_argument("--poll", type=float, default=0.5, help="SNAPSHOT_POLL_SECONDS")
     parser.add_argument("--store", choices=("s3", "local"), default="s3")
+    parser.add_argument("--mode", choices=("file", "lake"), default="file", help="PUBLISH_MODE")
+    parser.add_argument("--rows", type=int, default=0, help="a random inventory of N rows")
+    parser.add_argument("--changed", type=int, default=1, help="rows changed per sample")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -72,7 +131,12 @@ def main() -> int:
     etl: subprocess.Popen[bytes] | None = None
     api: ApiServer | None = None
     issuer = DevIssuer(audience=AUDIENCE).start()
-    source = create_demo_source(source_url)
+    if args.rows:
+        create_random_inventory(source_url, args.rows)
+        source = sa.create_engine(admin_url.set(database=db_name))
+    else:
+        source = create_demo_source(source_url)
+    peaks = PeakRss()
     lags: list[float] = []
     try:
         env = {
@@ -83,8 +147,13 @@ def main() -> int:
             "LOG_LEVEL": "WARNING",
             "ETL_METRICS_PORT": "0",
             "RATE_LIMIT_REQUESTS": "1000000000",
+            "PUBLISH_MODE": args.mode,
             **issuer.settings_env(),
         }
+        if args.rows:
+            env["TABLES_TO_SYNC"] = "inventory"
+        if args.mode == "lake":
+            env |= {"DATABASE_URL": source_url, "LAKE_CATALOG_URL": source_url}
         if args.store == "s3":
             weed = SeaweedFS(work / "seaweedfs").start()
             bucket = weed.create_bucket()
@@ -106,7 +175,10 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        api = ApiServer(env, workers=2, log_path=work / "api.log").start(ready_timeout=180)
+        peaks.watch("etl", etl.pid)
+        api = ApiServer(env, workers=2, log_path=work / "api.log").start(ready_timeout=600)
+        assert api.proc is not None
+        peaks.watch("api", api.proc.pid)
         token = issuer.mint(sub="freshness-bench")
         client = httpx.Client(
             base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
@@ -115,6 +187,8 @@ def main() -> int:
         for i in range(args.samples):
             time.sleep(rng.uniform(0, args.interval))
             row_id, value = 1 + i, 1_000_000 + i
+            if args.changed > 1:
+                change_rows(source_url, updates=args.changed - 1)
             with source.begin() as conn:
                 conn.execute(
                     sa.text(
@@ -152,6 +226,7 @@ def main() -> int:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
         admin.dispose()
 
+    rss = peaks.stop()
     shutil.rmtree(work, ignore_errors=True)  # kept only when a sample failed (SystemExit)
     target = args.interval + 5
     p50, p95 = statistics.median(lags), percentile(lags, 0.95)
@@ -165,6 +240,10 @@ def main() -> int:
         "max_s": round(max(lags), 2),
         "target_p95_s": target,
         "p95_over_target": round(p95 / target, 2),
+        "mode": args.mode,
+        "rows": args.rows or "demo",
+        "changed_per_sample": args.changed,
+        "peak_rss_mb": rss,
     }
     print(json.dumps(summary))
     return 0 if p95 <= target else 1

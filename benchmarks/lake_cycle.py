@@ -1,10 +1,11 @@
 """File mode vs lake mode: full load, then a 1,000-row cycle end to end.
 
-    .venv/bin/python benchmarks/lake_cycle.py --rows 1000000
+    .venv/bin/python -m benchmarks.lake_cycle --rows 1000000
 
 Builds a random 9-column `inventory` in a fresh PostgreSQL database once
-(ids, ints, a varchar(16), a numeric(12,2), an md5 text, two timestamps:
-random values, which barely compress), then for each mode: a full load
+(testsupport/random_source.py: ids, ints, a varchar(16), a numeric(12,2), an
+md5 text, two timestamps: random values, which barely compress), then for
+each mode, with MEMORY_LIMIT=--memory-limit (the container's size): a full load
 (`analytics-etl sync` as a process: wall time, peak RSS of the ETL and of
 its lake process), an API host's first copy, then 720 updates and 280
 inserts in the source, one more cycle and the API host's advance: time,
@@ -23,35 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
+from testsupport.random_source import change_rows, random_source_database
 
 ROOT = Path(__file__).resolve().parents[1]
 ETL = str(Path(sys.executable).parent / "analytics-etl")
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-INVENTORY = """
-CREATE TABLE inventory (
-  id bigint PRIMARY KEY, store_id int, qty int, reorder_level int, sku varchar(16),
-  price numeric(12,2), digest text, created_at timestamp, updated_at timestamp);
-INSERT INTO inventory
-SELECT g, (random()*5000)::int, (random()*100000)::int, (random()*1000)::int,
-  substr(md5(random()::text), 1, 16), (random()*1e8)::numeric(12,2), md5(random()::text),
-  timestamp '2020-01-01' + random() * interval '5 years',
-  timestamp '2020-01-01' + random() * interval '5 years'
-FROM generate_series(1, :rows) g;
-"""
-
-CHANGE = """
-UPDATE inventory SET qty = (random()*100000)::int, updated_at = now() AT TIME ZONE 'UTC'
- WHERE id IN (SELECT (random() * :rows)::bigint + 1 FROM generate_series(1, 720));
-INSERT INTO inventory
-SELECT g, 1, 2, 3, 'new', 4.5, md5(g::text), now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
-FROM generate_series(:rows + :round * 1000 + 1, :rows + :round * 1000 + 280) g;
-"""
 
 
 def _run(args: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -109,23 +89,11 @@ def _host_round(host: Any) -> tuple[float, int]:
     return time.monotonic() - started, manifest.size
 
 
-def bench(rows: int) -> None:
-    admin = sa.create_engine(
-        sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
-    db_url = url.render_as_string(hide_password=False)
-    source = sa.create_engine(url)
-    work_root = Path(tempfile.mkdtemp(prefix="lake-bench-"))
+def bench(rows: int, memory_limit: str) -> None:
     results: dict[str, dict[str, float]] = {}
-    try:
-        started = time.monotonic()
-        with source.begin() as conn:
-            for stmt in filter(str.strip, INVENTORY.split(";")):
-                conn.execute(sa.text(stmt), {"rows": rows})
+    work_root = Path(tempfile.mkdtemp(prefix="lake-bench-"))
+    started = time.monotonic()
+    with random_source_database(ADMIN_URL, rows) as db_url:
         print(f"source: {rows:,} random rows in {time.monotonic() - started:.1f} s", flush=True)
         for round_no, mode in enumerate(("file", "lake")):
             work = work_root / mode
@@ -141,14 +109,13 @@ def bench(rows: int) -> None:
                 "RECONCILE_INTERVAL_SECONDS": "86400",
                 "LOG_JSON": "true",
                 "ETL_METRICS_PORT": "0",
+                "MEMORY_LIMIT": memory_limit,
             }
             full = _run(["sync"], env)
             host = _host(mode, env, work)
             first_s, first_b = _host_round(host)
             before = _files(work / "store")
-            with source.begin() as conn:
-                for stmt in filter(str.strip, CHANGE.split(";")):
-                    conn.execute(sa.text(stmt), {"rows": rows, "round": round_no})
+            change_rows(db_url, updates=720, inserts=280)
             cycle = _run(["sync"], env)
             after = _files(work / "store")
             uploaded = sum(s for p, s in after.items() if before.get(p) != s)
@@ -172,15 +139,12 @@ def bench(rows: int) -> None:
             f, lk = results["file"][key], results["lake"][key]
             ratio = f"{lk / f:8.3f}" if f else "       -"
             print(f"{key:28s} {f:9.3f} {lk:9.3f} {ratio}")
-    finally:
-        source.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work_root, ignore_errors=True)
+    shutil.rmtree(work_root, ignore_errors=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    bench(parser.parse_args().rows)
+    parser.add_argument("--memory-limit", default="512MB", help="MEMORY_LIMIT of the ETL")
+    args = parser.parse_args()
+    bench(args.rows, args.memory_limit)

@@ -1,19 +1,35 @@
-"""`python -m analytics_lake <command>`: JSON request on stdin, JSON answer on stdout.
+"""`python -m analytics_lake serve`: a lake process answering JSON requests, one per line.
 
-Exit status 0 with {"ok": true, ...} on success; 3 with
-{"ok": false, "error": {"type", "message"}} when the command failed.
+Each request line is {"command": <name>, "request": {...}}; each answer line is
+{"ok": true, ...} or {"ok": false, "error": {"type", "message"}}. The caller
+(analytics_shared.lake.LakeProcess) keeps one such process and sends it one
+request at a time, so the ~1 s of loading DuckDB and its four extensions is
+paid once per process instead of once per call.
+
+The process ends by itself, announcing it on its answer stream:
+- after `--idle-seconds` without a request: {"idle_exit": true} (a request the
+  caller sent at that moment was never read, so the caller resends it);
+- after an answer, when its resident memory exceeds `--max-rss-mb` (DuckDB
+  1.5.x grows under repeated upserts, issue 25162): the answer carries
+  "recycled": true and the next call starts a fresh process;
+- at the end of its input (the caller is gone).
+Anything else written to standard output goes to standard error instead, so
+the answer stream holds answers only.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import resource
+import select
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
-from analytics_lake import history, publish, replica
+from analytics_lake import connection, history, publish, replica
 
 COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "publish": publish.publish,
@@ -27,25 +43,57 @@ COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        print(
-            f"usage: python -m analytics_lake {{{'|'.join(COMMANDS)}}} < request.json",
-            file=sys.stderr,
-        )
-        return 2
+def handle(line: bytes) -> dict[str, Any]:
     try:
-        request = json.load(sys.stdin)
-        answer = {"ok": True, **COMMANDS[argv[1]](request)}
+        message = json.loads(line)
+        command = COMMANDS[message["command"]]
+        answer = {"ok": True, **command(message["request"])}
     except Exception as exc:  # the caller decides; the message names the cause
         traceback.print_exc(file=sys.stderr)
-        answer = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
-        print(json.dumps(answer, default=str))
-        return 3
-    # Each call is one process: its peak RSS is the lake side's memory cost.
+        return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+    finally:
+        connection.reset()  # the next request starts with nothing attached
     answer["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(answer, default=str))
-    return 0
+    return answer
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def serve(idle_seconds: float, max_rss_mb: float, answers: TextIO) -> int:
+    pending = b""
+    while True:
+        if b"\n" not in pending:
+            ready, _, _ = select.select([0], [], [], idle_seconds)
+            if not ready:
+                answers.write(json.dumps({"idle_exit": True}) + "\n")
+                return 0
+            chunk = os.read(0, 1 << 20)
+            if not chunk:
+                return 0
+            pending += chunk
+            continue
+        line, pending = pending.split(b"\n", 1)
+        answer = handle(line)
+        recycle = rss_mb() > max_rss_mb
+        if recycle:
+            answer["recycled"] = True
+        answers.write(json.dumps(answer, default=str) + "\n")
+        if recycle:
+            return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analytics_lake", description=__doc__)
+    parser.add_argument("mode", choices=["serve"])
+    parser.add_argument("--idle-seconds", type=float, default=120.0)
+    parser.add_argument("--max-rss-mb", type=float, default=300.0)
+    args = parser.parse_args(argv[1:])
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints (DuckDB, libraries) must not reach the answer stream
+    return serve(args.idle_seconds, args.max_rss_mb, answers)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,12 @@ class CommonSettings(BaseSettings):
     lake_metadata_schema: str = Field("ducklake", validation_alias="LAKE_METADATA_SCHEMA")
     # The lake environment's interpreter (DuckDB 1.5.5); default: the project's .venv-lake.
     lake_python: str | None = Field(None, validation_alias="LAKE_PYTHON")
+    # A lake process is kept between calls (loading it costs ~1 s) and ends after
+    # this long unused, or after a call that left it above this size (MB).
+    lake_process_idle_seconds: float = Field(
+        120.0, gt=0, validation_alias="LAKE_PROCESS_IDLE_SECONDS"
+    )
+    lake_process_max_rss_mb: float = Field(300.0, gt=0, validation_alias="LAKE_PROCESS_MAX_RSS_MB")
 
     @field_validator("log_level")
     @classmethod
