@@ -5,10 +5,11 @@
 Builds a random 9-column `inventory` in a fresh PostgreSQL database once
 (testsupport/random_source.py: ids, ints, a varchar(16), a numeric(12,2), an
 md5 text, two timestamps: random values, which barely compress), then for
-each mode, with MEMORY_LIMIT=--memory-limit (the container's size): a full load
-(`analytics-etl sync` as a process: wall time, peak RSS of the ETL and of
-its lake process), an API host's first copy, then 720 updates and 280
-inserts in the source, one more cycle and the API host's advance: time,
+each mode: a full load (`analytics-etl sync` as a process in a fresh memory
+cgroup of --memory-limit, the container's size, also given as MEMORY_LIMIT;
+needs root: wall time, peak RSS and anonymous memory of the ETL and of its
+lake process, the cgroup's peak and OOM kills), an API host's first copy, then 720 updates and 280
+inserts in the source, one more cycle (measured the same way) and the API host's advance: time,
 bytes uploaded to the store, bytes the host downloads. Ratios lake/file are
 printed. The store is a local folder (bytes are counted the same way as S3
 would receive them); the catalog is the same PostgreSQL.
@@ -23,10 +24,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from analytics_shared.memory_limit import parse_size
+from testsupport.cgroup import MemoryCgroup
+from testsupport.memory_load import process_rss
 from testsupport.random_source import change_rows, random_source_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,23 +39,38 @@ ETL = str(Path(sys.executable).parent / "analytics-etl")
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def _run(args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [ETL, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    out = proc.stdout.read() if proc.stdout else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
+def _run(args: list[str], env: dict[str, str], limit: int) -> dict[str, Any]:
+    """`analytics-etl <args>` in a fresh memory cgroup of `limit` bytes: seconds, the
+    peak RSS and anonymous memory of the ETL and of its lake process (sampled every
+    0.1 s, each process's own high-water mark), the cgroup's peak and OOM kills."""
+    peaks = {"etl": 0, "etl_anon": 0, "lake": 0, "lake_anon": 0}
+    with MemoryCgroup(limit) as cgroup:
+        started = time.monotonic()
+        proc = cgroup.popen(
+            [ETL, *args],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        out = bytearray()
+        reader = threading.Thread(target=lambda: out.extend(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        while proc.poll() is None:
+            for pid in cgroup.pids():
+                role = "etl" if pid == proc.pid else "lake"
+                peaks[role] = max(peaks[role], process_rss(pid, "VmHWM"))
+                peaks[f"{role}_anon"] = max(peaks[f"{role}_anon"], process_rss(pid, "RssAnon"))
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        reader.join()
+        usage = cgroup.usage()
+    if proc.returncode:
         raise RuntimeError(out.decode(errors="replace")[-3000:])
-    logged = {}
-    for line in out.decode(errors="replace").splitlines():
-        if '"lake_published"' in line:
-            logged = json.loads(line)
     return {
-        "seconds": time.monotonic() - started,
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # the largest of the ETL and its children
-        "lake_peak_rss_mb": logged.get("lake_peak_rss_mb"),
+        "seconds": seconds,
+        **{f"{k}_peak_mb": v / 2**20 for k, v in peaks.items()},
+        "cgroup_peak_mb": usage.peak_bytes / 2**20,
+        "oom_kills": usage.oom_kills,
     }
 
 
@@ -111,23 +131,21 @@ def bench(rows: int, memory_limit: str) -> None:
                 "ETL_METRICS_PORT": "0",
                 "MEMORY_LIMIT": memory_limit,
             }
-            full = _run(["sync"], env)
+            limit = parse_size(memory_limit, "--memory-limit")
+            full = _run(["sync"], env, limit)
             host = _host(mode, env, work)
             first_s, first_b = _host_round(host)
             before = _files(work / "store")
             change_rows(db_url, updates=720, inserts=280)
-            cycle = _run(["sync"], env)
+            cycle = _run(["sync"], env, limit)
             after = _files(work / "store")
             uploaded = sum(s for p, s in after.items() if before.get(p) != s)
             host_s, host_b = _host_round(host)
             results[mode] = {
-                "full_load_s": full["seconds"],
-                "full_load_peak_mb": full["peak_rss_mb"],
+                **{f"full_load_{k}": v for k, v in full.items()},
                 "host_first_copy_s": first_s,
                 "host_first_copy_mb": first_b / 1e6,
-                "cycle_s": cycle["seconds"],
-                "cycle_peak_mb": cycle["peak_rss_mb"],
-                "cycle_lake_process_peak_mb": cycle["lake_peak_rss_mb"] or 0.0,
+                **{f"cycle_{k}": v for k, v in cycle.items()},
                 "uploaded_mb": uploaded / 1e6,
                 "host_round_s": host_s,
                 "host_downloaded_mb": host_b / 1e6,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import select
 import sys
 import traceback
@@ -53,13 +52,18 @@ def handle(line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
     finally:
         connection.reset()  # the next request starts with nothing attached
-    answer["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    answer["peak_rss_mb"] = status_mb("VmHWM")
     return answer
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(field: str) -> float:
+    """A /proc/self/status size in MB. VmHWM, not getrusage's maxrss: Linux carries
+    maxrss over from the parent across fork and exec (the ETL's size, not ours)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def serve(idle_seconds: float, max_rss_mb: float, answers: TextIO) -> int:
@@ -77,7 +81,7 @@ def serve(idle_seconds: float, max_rss_mb: float, answers: TextIO) -> int:
             continue
         line, pending = pending.split(b"\n", 1)
         answer = handle(line)
-        recycle = rss_mb() > max_rss_mb
+        recycle = status_mb("VmRSS") > max_rss_mb
         if recycle:
             answer["recycled"] = True
         answers.write(json.dumps(answer, default=str) + "\n")

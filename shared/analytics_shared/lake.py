@@ -106,7 +106,7 @@ class LakeConfig:
     data_path: str  # "s3://bucket/prefix/lake/" or "/abs/folder/lake/"
     python: str
     s3: dict[str, Any] | None = None
-    memory_limit: str = "512MB"
+    memory_limit: str = "128MB"  # the lake process's DuckDB
     threads: int = 2
     idle_seconds: float = 120.0  # the lake process ends after this long unused
     max_rss_mb: float = 300.0  # ... and after a call that left it larger than this
@@ -142,6 +142,7 @@ class LakeConfig:
             data_path=data_path,
             python=resolve_lake_python(settings.lake_python),
             s3=s3,
+            memory_limit=settings.lake_duckdb_memory_limit,
             idle_seconds=settings.lake_process_idle_seconds,
             max_rss_mb=settings.lake_process_max_rss_mb,
         )

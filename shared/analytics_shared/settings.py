@@ -74,6 +74,9 @@ class CommonSettings(BaseSettings):
         120.0, gt=0, validation_alias="LAKE_PROCESS_IDLE_SECONDS"
     )
     lake_process_max_rss_mb: float = Field(300.0, gt=0, validation_alias="LAKE_PROCESS_MAX_RSS_MB")
+    # The lake process's DuckDB memory_limit: it shares the container with its
+    # service; commits and replica rounds stream and spill past it.
+    lake_duckdb_memory_limit: str = Field("128MB", validation_alias="LAKE_DUCKDB_MEMORY_LIMIT")
 
     @field_validator("log_level")
     @classmethod
