@@ -19,6 +19,7 @@ and p95 against the target (sync interval + 5 s), and each process's peak RSS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -75,16 +76,16 @@ class PeakRss:
         return {k: round(v / 2**20, 1) for k, v in sorted(self.peaks.items())}
 
     @staticmethod
-    def _kind(pid: int) -> str:
+    def _kind(pid: int, root: int) -> str:
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             return "gone"
-        text = b" ".join(argv).decode(errors="replace")
-        for word in ("analytics_lake", "replicate", "gunicorn: worker", "gunicorn: master"):
-            if word in text:
-                return word.removeprefix("gunicorn: ")
-        return "main"
+        if "analytics_lake" in text:
+            return "lake process"
+        if "replicate" in text:
+            return "replicator"
+        return "main" if pid == root else "worker"
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
@@ -93,15 +94,19 @@ class PeakRss:
                 while todo:
                     pid = todo.pop()
                     todo += _children(pid)
-                    key = f"{role} {self._kind(pid)}"
-                    self.peaks[key] = max(self.peaks.get(key, 0), process_rss(pid, "VmHWM"))
+                    kind = self._kind(pid, root)
+                    if kind != "gone":
+                        key = f"{role} {kind}"
+                        self.peaks[key] = max(self.peaks.get(key, 0), process_rss(pid, "VmHWM"))
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Children of every thread (the ETL starts its lake process from a worker thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
 
 
 def main() -> int:
