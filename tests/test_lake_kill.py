@@ -2,7 +2,8 @@
 steps where it matters; the lake, the manifest and the API stay consistent.
 
 - `before-commit`: the cycle's rows are written to the lake's data path but
-  not committed. The lake stays at the manifest's snapshot.
+  not committed. The lake stays at the manifest's snapshot; the files are
+  orphans, which maintenance deletes (and only them).
 - `after-commit`: the lake snapshot is committed but the manifest still names
   the previous one. The manifest never names an uncommitted snapshot.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from analytics_shared.lake import run_lake
 from testsupport.api_server import ApiServer
 from testsupport.lake import (
     LAKE_TABLES,
@@ -37,7 +39,30 @@ from testsupport.lake import (
     wait_for_version,
     working_db,
 )
-from testsupport.snapshots import ETL, run_etl, wait_for
+from testsupport.snapshots import ETL, run_etl, store_from_env, wait_for
+
+
+def _orphans(env: dict[str, str]) -> set[str]:
+    """Data and delete files in the store that the catalog does not name."""
+    store = store_from_env(env)
+    stored = {o.key.rsplit("/", 1)[-1] for o in store.list("lake/") if o.key.endswith(".parquet")}
+    schema = env.get("LAKE_METADATA_SCHEMA", "ducklake")
+    engine = sa.create_engine(sa.make_url(env["DATABASE_URL"]).set(drivername="postgresql+psycopg"))
+    try:
+        with engine.connect() as conn:
+            named = {
+                str(path).rsplit("/", 1)[-1]
+                for (path,) in conn.execute(
+                    sa.text(
+                        f'SELECT path FROM "{schema}".ducklake_data_file UNION ALL'
+                        f' SELECT path FROM "{schema}".ducklake_delete_file UNION ALL'
+                        f' SELECT path FROM "{schema}".ducklake_files_scheduled_for_deletion'
+                    )
+                )
+            }
+    finally:
+        engine.dispose()
+    return stored - named
 
 
 def _sync_killed_at(point: str, env: dict[str, str], tmp_path: Path) -> None:
@@ -89,7 +114,7 @@ def _kill_and_recover(
     served_before = source_inventory(source)
     assert answer(api, token)["data"] == served_before
 
-    change_inventory(source, delta=7, delete_id=9 + n)
+    change_inventory(source, delta=7, delete_id=9 + n, rows=200)  # past inlining: files
     started = time.monotonic()
     _sync_killed_at(point, env, tmp_path)
     killed_after = time.monotonic() - started
@@ -102,6 +127,8 @@ def _kill_and_recover(
     # ... and the lake is at the old snapshot or at the whole new one.
     if point == "before-commit":
         assert lake["current"] == old.lake.snapshot_id, lake
+        orphans = _orphans(env)
+        assert orphans, "the killed commit wrote no file"
     else:
         assert lake["current"] > old.lake.snapshot_id, lake
     # The API served the old version throughout and still does.
@@ -114,6 +141,19 @@ def _kill_and_recover(
     new = published_manifest(env)
     assert new.lake is not None and new.lake.snapshot_id > old.lake.snapshot_id
     assert new.lake.snapshot_id == lake_snapshots(env)["current"]
+    if point == "before-commit":
+        assert _orphans(env) >= orphans  # a cycle leaves them; maintenance removes them
+        done = run_lake(
+            lake_config(env),
+            "maintain",
+            {
+                "retention_seconds": 86400,
+                "keep_from": new.lake.snapshot_id,
+                "orphan_grace_seconds": 0,
+            },
+        )
+        assert done["deleted_orphans"] >= len(orphans)
+        assert not _orphans(env)
     wait_for_version(api, new.version)
     assert answer(api, token)["data"] == source_inventory(source) != served_before, point
     working = working_db(env)

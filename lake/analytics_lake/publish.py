@@ -120,6 +120,9 @@ def publish(request: dict[str, Any]) -> dict[str, Any]:
 
 
 MAINTENANCE_AUTHOR = "analytics-maintenance"
+# Maintenance runs between the ETL's cycles, never beside a commit of its own,
+# but an hour's margin keeps even a misconfigured second writer's files safe.
+ORPHAN_GRACE_SECONDS = 3600
 
 
 def _maintenance_step(con: duckdb.DuckDBPyConnection, name: str, call: str) -> int:
@@ -141,7 +144,9 @@ def _maintenance_step(con: duckdb.DuckDBPyConnection, name: str, call: str) -> i
 
 def maintain(request: dict[str, Any]) -> dict[str, Any]:
     """Flush inlined rows to files, merge small files, expire snapshots older
-    than the retention and delete the files no snapshot needs any more.
+    than the retention, delete the files no snapshot needs any more, and the
+    orphans: files a killed commit wrote but never committed, once older than
+    `orphan_grace_seconds` (a commit in progress writes its files first).
 
     Snapshots from `keep_from` on (the one the manifest names) are never
     expired, however old: a host that bootstraps now needs that snapshot, and
@@ -172,6 +177,13 @@ def maintain(request: dict[str, Any]) -> dict[str, Any]:
         )
         out["deleted_files"] = _maintenance_step(
             con, "deleted_files", f"ducklake_cleanup_old_files('lake', older_than => {older})"
+        )
+        grace = int(request.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS))
+        out["deleted_orphans"] = _maintenance_step(
+            con,
+            "deleted_orphans",
+            "ducklake_delete_orphaned_files('lake',"
+            f" older_than => now() - INTERVAL {grace} SECOND)",
         )
         out["snapshot_id"] = _current_snapshot(con)
         return out
