@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,16 +183,26 @@ class Cell:
 
 
 def measure(
-    url: str, token: str, shape: str, fmt: str | None, concurrency: int, duration: float
+    url: str,
+    tokens: Sequence[str],
+    shape: str,
+    fmt: str | None,
+    concurrency: int,
+    duration: float,
 ) -> LoadResult:
+    """Client n sends as user n (tokens[n % len(tokens)]): with one user, 64 clients
+    would measure the per-user concurrency cap's 429s rather than serving."""
     rng = random.Random(1234)  # the same request sequence for every server
-    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
     make_sql = OVERHEAD_SHAPES[shape]
 
-    def make() -> bytes:
+    def make(client: int) -> bytes:
         params = {"q": make_sql(rng)}
         if fmt:
             params["format"] = fmt
+        headers = {
+            "Authorization": f"Bearer {tokens[client % len(tokens)]}",
+            "Accept-Encoding": "identity",
+        }
         return get_request(url, "/query", params, headers)
 
     run_load(url, make, concurrency=concurrency, duration=0.5, max_requests=2_000)  # warm-up
@@ -254,7 +264,7 @@ def overhead_only(
     try:
         for round_ in range(rounds):
             for i, (shape, _label, fmt) in enumerate(cases):
-                result = measure(api.url, token, shape, fmt, 1, duration / rounds)
+                result = measure(api.url, [token], shape, fmt, 1, duration / rounds)
                 api_ms[i] += result.latencies_ms
                 errors[i] += result.errors
                 direct_ms[i] += direct_duckdb_times(db, threads, OVERHEAD_SHAPES[shape])
@@ -325,6 +335,7 @@ def main() -> int:
               f"({db.stat().st_size / 1e6:.0f} MB)", flush=True)  # fmt: skip
         auth = issuer.settings_env()
         token = issuer.mint(sub="bench", ttl=7200)
+        tokens = [issuer.mint(sub=f"bench-{n}", ttl=7200) for n in range(max(levels))]
         if args.overhead_only:
             numbers = overhead_only(work, db, auth, token, args.duration, args.rounds)
             if args.json:
@@ -337,7 +348,7 @@ def main() -> int:
                     if fmt == "arrow" and shape != "rows_10k":
                         continue
                     for c in levels:
-                        result = measure(url, token, shape, fmt, c, args.duration)
+                        result = measure(url, tokens, shape, fmt, c, args.duration)
                         cells.append(Cell(name, shape, label, c, result))
                         print(
                             f"{name:<14} {shape:<13} {label:<6} c={c:<3}"

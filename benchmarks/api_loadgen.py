@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -75,7 +75,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
 
 async def _load(
     url: str,
-    requests: Iterator[bytes],
+    make_request: Callable[[int], bytes],
     concurrency: int,
     duration: float,
     max_requests: int,
@@ -87,12 +87,12 @@ async def _load(
     budget = itertools.count()
     deadline = time.perf_counter() + duration
 
-    async def client() -> None:
+    async def client(number: int) -> None:
         nonlocal errors, total_bytes
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while time.perf_counter() < deadline and next(budget) < max_requests:
-                request = next(requests)
+                request = make_request(number)
                 started = time.perf_counter()
                 try:
                     writer.write(request)
@@ -115,18 +115,18 @@ async def _load(
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client(n) for n in range(concurrency)))
     seconds = time.perf_counter() - started
     return LoadResult(len(latencies), errors, seconds, latencies, total_bytes)
 
 
 def run_load(
     url: str,
-    make_request: Callable[[], bytes],
+    make_request: Callable[[int], bytes],
     *,
     concurrency: int,
     duration: float,
     max_requests: int,
 ) -> LoadResult:
-    requests = iter(make_request, None)
-    return asyncio.run(_load(url, requests, concurrency, duration, max_requests))
+    """`make_request(n)` builds client n's next request (each client may be its own user)."""
+    return asyncio.run(_load(url, make_request, concurrency, duration, max_requests))

@@ -139,7 +139,7 @@ def main() -> int:
                 for shape in OVERHEAD_SHAPES:
                     for mode in ("file", "lake") if round_ % 2 == 0 else ("lake", "file"):
                         result = measure(
-                            servers[mode].url, token, shape, None, 1, args.duration / args.rounds
+                            servers[mode].url, [token], shape, None, 1, args.duration / args.rounds
                         )
                         api.setdefault((mode, shape), []).extend(result.latencies_ms)
                         errors += result.errors
