@@ -133,3 +133,13 @@ def _kill_when(flag: Path, pid: int):  # type: ignore[no-untyped-def]
     thread = threading.Thread(target=run)
     thread.start()
     return thread
+
+
+def test_a_commit_to_s3_fits_a_small_lake_memory_limit(lake_etl, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """S3 uploads buffer a whole multipart part in DuckDB's memory; by default a
+    part is 80 MB (800GB / 10,000 parts) and the first commit to S3 under the
+    lake process's memory limit ran out of memory (seen at 10M rows with 128MB)."""
+    create_demo_source(pg_url, seed=5).dispose()
+    result = lake_etl(LAKE_DUCKDB_MEMORY_LIMIT="64MB").run_cycle()
+    assert result.status == "success", result.error
+    assert result.version is not None and result.version.startswith("lake-")

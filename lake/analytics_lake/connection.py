@@ -90,6 +90,13 @@ def connect(
     con = _loaded().cursor()
     con.execute(f"SET threads = {int(lake.get('threads') or 2)}")
     con.execute(f"SET memory_limit = {quote_literal(str(lake.get('memory_limit') or '512MB'))}")
+    # S3 multipart uploads buffer each part in DuckDB's memory: the part size is
+    # max_filesize / 10,000 parts (800GB by default: 80 MB parts, which a 128 MB
+    # limit cannot hold) times up to 50 uploading threads. The smallest allowed
+    # file size gives ~5 MB parts (DuckLake's data files are far smaller), and
+    # a few threads keep the parts in flight to ~20 MB.
+    con.execute("SET s3_uploader_max_filesize = '50GB'")
+    con.execute("SET s3_uploader_thread_limit = 4")
     s3 = lake.get("s3")
     if s3 and data_path is None:
         _s3_secret(con, s3)
