@@ -118,6 +118,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=("file", "lake"), default="file", help="PUBLISH_MODE")
     parser.add_argument("--rows", type=int, default=0, help="a random inventory of N rows")
     parser.add_argument("--changed", type=int, default=1, help="rows changed per sample")
+    parser.add_argument("--memory-limit", default="512MB", help="MEMORY_LIMIT of each service")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -153,6 +154,7 @@ def main() -> int:
             "ETL_METRICS_PORT": "0",
             "RATE_LIMIT_REQUESTS": "1000000000",
             "PUBLISH_MODE": args.mode,
+            "MEMORY_LIMIT": args.memory_limit,  # each service sizes itself as deployed
             **issuer.settings_env(),
         }
         if args.rows:

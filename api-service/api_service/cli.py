@@ -116,7 +116,7 @@ def _plan_memory(workers: int | None) -> None:
     from analytics_shared.memory_limit import detect_memory_limit
     from analytics_shared.settings import load_settings
     from api_service.main import memory_budget
-    from api_service.ops.memory_budget import cpu_workers, plan_workers
+    from api_service.ops.memory_budget import cpu_workers, plan_workers, replicator_reserve
     from api_service.settings import ApiSettings
 
     if workers:
@@ -124,7 +124,8 @@ def _plan_memory(workers: int | None) -> None:
     elif not os.environ.get("WEB_CONCURRENCY"):
         limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
         cores = cpu_workers(multiprocessing.cpu_count())
-        os.environ["WEB_CONCURRENCY"] = str(plan_workers(limit, cores))
+        reserve = replicator_reserve(os.environ.get("PUBLISH_MODE"))
+        os.environ["WEB_CONCURRENCY"] = str(plan_workers(limit, cores, reserve))
     # Loaded after WEB_CONCURRENCY is known: the thread defaults follow it.
     settings = load_settings(ApiSettings)
     _, budget = memory_budget(settings)

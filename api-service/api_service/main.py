@@ -30,7 +30,7 @@ from api_service.http.request_log import RequestContextMiddleware
 from api_service.ops.all_in_one import EmbeddedEtl, etl_share
 from api_service.ops.etl_commands import EtlCommands
 from api_service.ops.malloc_tuning import retain_freed_memory
-from api_service.ops.memory_budget import MemoryBudget, apply_budget
+from api_service.ops.memory_budget import MemoryBudget, apply_budget, replicator_reserve
 from api_service.ops.metrics import RequestMetricsMiddleware
 from api_service.query.named_queries import check_whitelist
 from api_service.query.service import QueryService
@@ -57,7 +57,9 @@ def memory_budget(settings: ApiSettings) -> tuple[ApiSettings, MemoryBudget]:
     the kernel enforces, split among WEB_CONCURRENCY workers (1 in-process)."""
     limit = detect_memory_limit(settings.memory_limit)
     workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
-    reserve = etl_share(limit) if settings.all_in_one else 0
+    reserve = (etl_share(limit) if settings.all_in_one else 0) + replicator_reserve(
+        settings.publish_mode
+    )
     return apply_budget(settings, limit, workers, reserve)
 
 

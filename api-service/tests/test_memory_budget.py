@@ -18,10 +18,12 @@ from api_service.ops.memory_budget import (
     ENCODE_FACTOR,
     LIGHT_WORK_BYTES,
     MASTER_BYTES,
+    REPLICATOR_BYTES,
     apply_budget,
     duckdb_untracked,
     plan_budget,
     plan_workers,
+    replicator_reserve,
     stream_reservation,
 )
 from api_service.query.admission import AdmissionGate
@@ -43,6 +45,7 @@ def _limit_from(tmp_path: Path, cgroup: str, files: dict[str, str]) -> MemoryLim
 
 def _fits(budget, limit: int) -> None:
     total = budget.headroom + budget.master + budget.reserve + budget.workers * budget.per_worker
+    # (reserve: an ETL in the container, the lake replicator)
     assert total <= limit
 
 
@@ -144,6 +147,33 @@ def test_an_etl_in_the_same_container_takes_its_reserve_first():
     assert plan_workers(limit, cpu_workers=4, reserve=300 * MIB) == 2
     assert plan_workers(limit, cpu_workers=4) == 3
     assert MASTER_BYTES < 64 * MIB
+
+
+def test_lake_mode_reserves_the_replicator_and_its_lake_process_first():
+    assert replicator_reserve(None) == replicator_reserve("file") == 0
+    assert replicator_reserve(" Lake ") == REPLICATOR_BYTES
+    limit = MemoryLimit(1024 * MIB, "cgroup v2")
+    assert plan_workers(limit, 4, replicator_reserve("lake")) < plan_workers(limit, 4)
+    settings = ApiSettings(**AUTH, PUBLISH_MODE="lake")
+    _, lake = apply_budget(settings, limit, workers=1, reserve=replicator_reserve("lake"))
+    _, alone = apply_budget(ApiSettings(**AUTH), limit, workers=1)
+    assert lake.reserve == REPLICATOR_BYTES
+    assert lake.per_worker <= alone.per_worker - REPLICATOR_BYTES + 16 * MIB * 5
+    _fits(lake, limit.bytes)
+
+
+def test_a_lake_host_at_512_mb_is_refused_naming_the_limit(monkeypatch):
+    monkeypatch.setenv("PUBLISH_MODE", "lake")
+    monkeypatch.setenv("MEMORY_LIMIT", "512MB")
+    for name, value in AUTH.items():
+        monkeypatch.setenv(name, value)
+    from api_service.main import memory_budget
+
+    with pytest.raises(ConfigurationError, match="raise MEMORY_LIMIT"):
+        memory_budget(ApiSettings())
+    monkeypatch.setenv("MEMORY_LIMIT", "768MB")
+    _, budget = memory_budget(ApiSettings())
+    assert budget.reserve == REPLICATOR_BYTES and budget.workers == 1
 
 
 # -- the admission gate ------------------------------------------------------------

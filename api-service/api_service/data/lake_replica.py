@@ -49,6 +49,11 @@ __all__ = ["LakeReplicator", "ReplicaMismatch"]
 
 log = get_logger(__name__)
 
+VERIFY_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "memory_limit": "64MB",
+    "threads": 2,
+}
+
 
 class ReplicaMismatch(SnapshotFileError):
     """The replica does not hold the rows its manifest promises."""
@@ -207,7 +212,9 @@ class LakeReplicator:
                 path.unlink(missing_ok=True)
 
     def _verify(self, manifest: Manifest) -> None:
-        con = duckdb.connect(str(self.replica), read_only=True)
+        # A scan needs little memory; without a limit DuckDB would keep the whole
+        # replica in its buffer pool (80% of the machine's RAM by default).
+        con = duckdb.connect(str(self.replica), read_only=True, config=VERIFY_CONFIG)
         try:
             probe(con, manifest)
             verify_checksums(con, manifest)
@@ -223,7 +230,9 @@ class LakeReplicator:
 
     def run_forever(self, interval: float, stop: threading.Event) -> None:
         """Rounds every `interval` seconds until `stop`; a failed round keeps the
-        replica in service and is retried."""
+        replica in service and is retried, after twice the wait each time it fails
+        again (at most 8 intervals): a round that cannot succeed (the catalog down,
+        a lake process killed for memory) must not restart work every interval."""
         lock = FileLock(str(self.cache.directory / ".replicator.lock"))
         try:
             lock.acquire(timeout=0)
@@ -231,15 +240,18 @@ class LakeReplicator:
             log.info("replicator_already_running", cache=str(self.cache.directory))
             stop.wait()
             return
+        failures = 0
         try:
             while not stop.is_set():
                 try:
                     self.run_once()
+                    failures = 0
                 except Exception as exc:  # the store or catalog is down: serve what we have
+                    failures += 1
                     self.status.update(last_error=f"{type(exc).__name__}: {exc}")
                     self._write_status()
                     log.warning("replica_round_failed", error=self.status["last_error"])
-                stop.wait(interval)
+                stop.wait(interval * min(8, 2 ** max(0, failures - 1)))
         finally:
             lock.release()
 

@@ -28,10 +28,11 @@ def _workers() -> int:
     if os.environ.get("WEB_CONCURRENCY"):
         return int(os.environ["WEB_CONCURRENCY"])
     from analytics_shared.memory_limit import detect_memory_limit
-    from api_service.ops.memory_budget import cpu_workers, plan_workers
+    from api_service.ops.memory_budget import cpu_workers, plan_workers, replicator_reserve
 
     limit = detect_memory_limit(os.environ.get("MEMORY_LIMIT"))
-    return plan_workers(limit, cpu_workers(multiprocessing.cpu_count()))
+    reserve = replicator_reserve(os.environ.get("PUBLISH_MODE"))
+    return plan_workers(limit, cpu_workers(multiprocessing.cpu_count()), reserve)
 
 
 workers = _workers()

@@ -4,7 +4,8 @@ At start-up (the Gunicorn master to choose the worker count, each worker to
 size itself) the limit the kernel will enforce (`analytics_shared.memory_limit`)
 is divided:
 
-    limit = headroom + master + reserve (an ETL in the same container)
+    limit = headroom + master + reserve (what else runs in the container:
+                                         an ETL, the lake replicator)
             + workers x (python + light work + malloc retained
                          + DuckDB + DuckDB untracked + heavy work + cache)
 
@@ -59,6 +60,7 @@ __all__ = [
     "cpu_workers",
     "plan_budget",
     "plan_workers",
+    "replicator_reserve",
     "stream_reservation",
 ]
 
@@ -115,6 +117,19 @@ STREAM_FIXED_BYTES = 13 * MIB
 STREAM_FACTOR = 8.5
 DEFAULT_MAX_RESULT_BYTES = 32_000_000
 DEFAULT_CACHE_BYTES = 100_000_000
+# Lake mode: the host's replicator (Python verifying each replica with DuckDB
+# under data/lake_replica.py's VERIFY_CONFIG) and the lake process it keeps
+# (DuckDB 1.5.5 under LAKE_DUCKDB_MEMORY_LIMIT). Measured at 10,000,000 rows in
+# a memory cgroup holding just the two (benchmarks/README.md, "Lake mode"): the
+# bootstrap was OOM-killed at 160 MiB and held at 256 MiB; advancing by the
+# change was still killed at 256 MiB (an open finding), so a lake host needs
+# at least this much beside its workers: 512 MiB holds no worker then.
+REPLICATOR_BYTES = 256 * MIB
+
+
+def replicator_reserve(publish_mode: str | None) -> int:
+    """What the host's lake replicator takes from the container (0 in file mode)."""
+    return REPLICATOR_BYTES if (publish_mode or "file").strip().lower() == "lake" else 0
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ class MemoryBudget:
     workers: int
     headroom: int
     master: int
-    reserve: int  # for an ETL sharing the container (all-in-one), 0 otherwise
+    reserve: int  # for what shares the container: an ETL (all-in-one), the lake replicator
     python: int
     light: int  # encode_slots x LIGHT_WORK_BYTES
     encode_slots: int  # buffered results encoded at once
