@@ -13,6 +13,13 @@ Order (the lake's counterpart of etl_service.publisher):
 4. forget the sent changes; on a schedule, maintain the lake (flush inlined
    rows, merge small files, expire old snapshots, delete unused files).
 
+The models' definitions go with step 2 as the lake table `__analytics_models`
+(analytics_shared.lake_models) whenever they differ from what the published
+version holds or from what this process last sent (so after a restart, or a
+commit whose manifest was never written, they are sent once more); the lake
+process writes them only when they differ from what the lake holds, so a
+re-send changes nothing. API hosts build the models from that table.
+
 A crash before 4 re-sends the same keys next cycle; applying them again
 gives the same tables, so the lake, the manifest and the working DuckDB
 agree after the next successful cycle.
@@ -28,10 +35,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from analytics_shared.lake import LAKE_PREFIX, LakeConfig, run_lake
+from analytics_shared.lake_models import (
+    MODELS_PRIMARY_KEY,
+    MODELS_TABLE,
+    LakeModel,
+    create_models_table,
+)
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import LakeInfo, Manifest, SchemaChange, TableInfo
-from analytics_shared.snapshot_file import table_checksum
+from analytics_shared.manifest import LakeInfo, Manifest, ModelInfo, SchemaChange, TableInfo
+from analytics_shared.snapshot_file import quote_ident, table_checksum
 from etl_service.publisher import Publisher
 
 if TYPE_CHECKING:
@@ -64,6 +79,8 @@ class LakePublisher:
         self.retention_seconds = retention_seconds
         self._last_maintenance = time.monotonic()
         self._checksums: dict[str, str] = {}
+        # Checksum of the model definitions this process last committed to the lake.
+        self._models_sent: str | None = None
         self.last_commit: dict[str, Any] = {}
 
     @classmethod
@@ -87,7 +104,13 @@ class LakePublisher:
         tables: dict[str, TableInfo],
         *,
         schema_changes: list[SchemaChange] | None = None,
+        models: dict[str, ModelInfo] | None = None,
+        definitions: list[LakeModel] | None = None,
     ) -> Manifest:
+        """`models`: the built models as the manifest records them; `definitions`:
+        their SQL, which the lake carries for the API hosts to build them."""
+        if MODELS_TABLE in tables:
+            raise ValueError(f"{MODELS_TABLE} is reserved for the models' definitions")
         previous, etag = self.manifests.read_current()
         full, keyed = warehouse.pending_changes()
         if previous is None or previous.lake is None:
@@ -101,9 +124,13 @@ class LakePublisher:
                 name, primary_keys[name], self.outgoing, full=name in full
             )
             requests.append({"name": name, "primary_key": primary_keys[name], **files})
+        models_checksum, models_request = self._models_request(definitions or [], previous)
+        if models_request is not None:
+            requests.append(models_request)
         started = time.monotonic()
         answer = run_lake(self.config, "publish", {"tables": requests})
         snapshot_id = int(answer["snapshot_id"])
+        self._models_sent = models_checksum
         self.last_commit = {
             "snapshot_id": snapshot_id,
             "tables": answer.get("tables", {}),
@@ -115,7 +142,9 @@ class LakePublisher:
             if name in full or name in keyed or name not in self._checksums:
                 self._checksums[name] = table_checksum(warehouse.con, name)
         checksums = {name: self._checksums[name] for name in sorted(tables)}
-        manifest = self.manifest_for(snapshot_id, tables, checksums, primary_keys, previous)
+        checksums[MODELS_TABLE] = models_checksum
+        keys = {**primary_keys, MODELS_TABLE: MODELS_PRIMARY_KEY}
+        manifest = self.manifest_for(snapshot_id, tables, checksums, keys, previous, models)
         manifest = manifest.model_copy(update={"schema_changes": schema_changes or []})
         if (
             previous is not None
@@ -132,6 +161,36 @@ class LakePublisher:
         self.maintain_if_due()
         return manifest
 
+    def forget_sent_models(self) -> None:
+        """The lake's definitions changed behind this process (rollback): send again."""
+        self._models_sent = None
+
+    def _models_request(
+        self, definitions: list[LakeModel], previous: Manifest | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The definitions' checksum, and the request that sends them as the whole
+        `__analytics_models` table unless the lake already holds them."""
+        con = duckdb.connect()
+        try:
+            create_models_table(con, definitions)
+            checksum = table_checksum(con, MODELS_TABLE)
+            held = previous.lake.checksums.get(MODELS_TABLE) if previous and previous.lake else None
+            if checksum == held == self._models_sent:
+                return checksum, None
+            self.outgoing.mkdir(parents=True, exist_ok=True)
+            path = self.outgoing / f"{MODELS_TABLE}.parquet"
+            target = "'" + str(path).replace("'", "''") + "'"
+            con.execute(f"COPY {quote_ident(MODELS_TABLE)} TO {target} (FORMAT parquet)")
+        finally:
+            con.close()
+        request = {
+            "name": MODELS_TABLE,
+            "primary_key": MODELS_PRIMARY_KEY,
+            "full": str(path),
+            "unless_equal": True,  # a re-send of what the lake holds writes nothing
+        }
+        return checksum, request
+
     def manifest_for(
         self,
         snapshot_id: int,
@@ -139,7 +198,10 @@ class LakePublisher:
         checksums: dict[str, str],
         primary_keys: dict[str, list[str]],
         previous: Manifest | None,
+        models: dict[str, ModelInfo] | None = None,
     ) -> Manifest:
+        """`checksums` and `primary_keys` cover every lake table the replica
+        carries (the definitions' table too); `tables` only those users read."""
         content = json.dumps({"snapshot_id": snapshot_id, "checksums": checksums}, sort_keys=True)
         return Manifest(
             version=lake_version(snapshot_id),
@@ -151,11 +213,12 @@ class LakePublisher:
             compression=None,
             previous_version=previous.version if previous else None,
             tables=tables,
+            models=models or {},
             lake=LakeInfo(
                 snapshot_id=snapshot_id,
                 metadata_schema=self.config.metadata_schema,
                 checksums=checksums,
-                primary_keys={n: primary_keys[n] for n in tables},
+                primary_keys={n: primary_keys[n] for n in checksums},
             ),
         )
 

@@ -397,11 +397,14 @@ class SyncEngine:
 
     def _publish(self, outcomes: dict[str, TableOutcome]) -> Manifest:
         if self.lake is not None:
+            models = self.models.infos(self.warehouse.con)
             return self.lake.publish(
                 self.warehouse,
                 self._primary_keys(),
                 self._table_infos(outcomes),
                 schema_changes=self._schema_changes_since_current(),
+                models=models,
+                definitions=self.models.lake_models(models),
             )
         self.warehouse.checkpoint()
         snapshot = export_snapshot(

@@ -11,6 +11,10 @@ Parquet files the ETL exported from its working DuckDB:
                                                          the current rows of those
                                                          still present
 
+A whole table sent with "unless_equal": true (the models' definitions, which
+an ETL re-sends after a restart) is not written when the lake already holds
+exactly those rows, so a re-send makes no change for replicas to follow.
+
 A delta is applied by state, not by history: keys without a row are deleted
 (`DELETE ... USING`), rows are merged (`MERGE`; DuckLake refuses a MERGE
 with both an update and a delete action). Applying the same files twice
@@ -48,11 +52,21 @@ def _join(pk: list[str], left: str, right: str) -> str:
     return " AND ".join(f"{left}.{quote_ident(c)} = {right}.{quote_ident(c)}" for c in pk)
 
 
+def _same_rows(con: duckdb.DuckDBPyConnection, table: str, source: str) -> bool:
+    differ = con.execute(
+        f"SELECT (SELECT count(*) FROM (FROM {table} EXCEPT ALL FROM {source}))"
+        f" + (SELECT count(*) FROM (FROM {source} EXCEPT ALL FROM {table}))"
+    ).fetchall()
+    return int(differ[0][0]) == 0
+
+
 def _load_full(con: duckdb.DuckDBPyConnection, table: dict[str, Any]) -> dict[str, Any]:
     t = f"lake.main.{quote_ident(table['name'])}"
     source = f"read_parquet({quote_literal(table['full'])})"
     incoming = _columns(con, f"SELECT * FROM {source}")
     held = _lake_columns(con, table["name"])
+    if held == incoming and table.get("unless_equal") and _same_rows(con, t, source):
+        return {"mode": "unchanged", "deleted": 0, "upserted": 0}
     if held == incoming:
         # Same shape: the table keeps its identity, replicas follow the change feed.
         deleted = con.execute(f"DELETE FROM {t}").fetchall()[0][0]
@@ -191,9 +205,20 @@ def maintain(request: dict[str, Any]) -> dict[str, Any]:
         con.close()
 
 
+def _existed(con: duckdb.DuckDBPyConnection, table: str, snapshot_id: int) -> bool:
+    try:
+        con.execute(
+            f"SELECT 1 FROM lake.main.{quote_ident(table)} AT (VERSION => {snapshot_id}) LIMIT 0"
+        ).fetchall()
+    except duckdb.CatalogException:
+        return False
+    return True
+
+
 def restore(request: dict[str, Any]) -> dict[str, Any]:
     """A new snapshot whose tables equal those at `snapshot_id` (rollback moves
-    forward: the history replicas follow is never rewritten)."""
+    forward: the history replicas follow is never rewritten). A table named in
+    `empty_if_absent` that did not exist at `snapshot_id` is emptied."""
     target = int(request["snapshot_id"])
     con = connect(request["lake"])
     try:
@@ -207,10 +232,14 @@ def restore(request: dict[str, Any]) -> dict[str, Any]:
             )
         # The old rows are read before the transaction: read after its DELETE,
         # `AT (VERSION => ...)` misses the rows deleted in the same transaction.
+        optional = set(request.get("empty_if_absent") or [])
         for n, name in enumerate(request["tables"]):
+            t = f"lake.main.{quote_ident(name)}"
+            if name in optional and not _existed(con, name, target):
+                con.execute(f"CREATE TEMP TABLE __restore_{n} AS SELECT * FROM {t} LIMIT 0")
+                continue
             con.execute(
-                f"CREATE TEMP TABLE __restore_{n} AS"
-                f" SELECT * FROM lake.main.{quote_ident(name)} AT (VERSION => {target})"
+                f"CREATE TEMP TABLE __restore_{n} AS SELECT * FROM {t} AT (VERSION => {target})"
             )
         con.execute("BEGIN")
         con.execute(

@@ -9,8 +9,9 @@
                        subdirectory per worker process: `spill_directory`)
 
 In lake mode the host's replicator (data/lake_replica.py) writes the
-versions: `install` copies its verified replica in as `<version>.db` and
-writes the `.ok` last, under the same lock; workers only pin what is there.
+versions: `install` moves its verified copy of the replica (models built)
+in as `<version>.db` and writes the `.ok` last, under the same lock; workers
+only pin what is there.
 
 What must always hold: a `.db` file is trusted only while its `.ok` marker
 matches the manifest's size and sha256; a version is downloaded at most once
@@ -120,15 +121,19 @@ class SnapshotCache:
         path = self.directory / f"{manifest.version}.db"
         return path.exists() and _marker_matches(path.with_suffix(".ok"), manifest)
 
-    def install(self, manifest: Manifest, source: Path) -> Path:
-        """Copy a verified file in as `manifest`'s version; the `.ok` marker last."""
+    def install(self, manifest: Manifest, source: Path, *, move: bool = False) -> Path:
+        """Put a verified file in as `manifest`'s version; the `.ok` marker last.
+        `move`: `source` (on the cache's file system) is renamed, not copied."""
         path = self.directory / f"{manifest.version}.db"
         ok_marker = path.with_suffix(".ok")
         with self.lock(self.lock_timeout):
             ok_marker.unlink(missing_ok=True)
-            tmp = path.with_suffix(".db.download")  # (.db.tmp/ is the spill directory)
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, path)
+            if move:
+                os.replace(source, path)
+            else:
+                tmp = path.with_suffix(".db.download")  # (.db.tmp/ is the spill directory)
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, path)
             tmp_ok = ok_marker.with_suffix(".ok.tmp")
             tmp_ok.write_bytes(manifest.to_json())
             os.replace(tmp_ok, ok_marker)

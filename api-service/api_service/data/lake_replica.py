@@ -16,9 +16,14 @@ served yet:
 4. verify it here (DuckDB 2.0.1, like the workers): every table's row count
    and order-independent checksum must equal the manifest's, else bootstrap
    once more, else refuse;
-5. install a copy as `<version>.db` + `.ok` in the shared cache (under the
-   cache lock), where the workers swap to it through their lease/pin mechanism;
-   then drop mirror files the new snapshot no longer uses.
+5. copy the replica, build the models into the copy from the lake's
+   `__analytics_models` (DuckDB 2.0.1, in one transaction; the table is then
+   dropped, so users never see it), check the models' row counts, and move
+   the copy in as `<version>.db` + `.ok` in the shared cache (under the cache
+   lock), where the workers swap to it through their lease/pin mechanism;
+   then drop mirror files the new snapshot no longer uses. A model that fails
+   to build fails the round (named, with DuckDB's message); the version in
+   service stays. The replica itself is written only by the 1.5.5 process.
 
 Workers never talk to the catalog or the store's lake files: they open only
 the installed replica, read-only and sandboxed (data/snapshots.py).
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -39,6 +45,7 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from analytics_shared.lake import LAKE_PREFIX, LakeConfig, run_lake
+from analytics_shared.lake_models import build_models
 from analytics_shared.logging_config import get_logger
 from analytics_shared.manifest import MANIFEST_KEY, Manifest
 from analytics_shared.object_store import ObjectNotFound, ObjectStore
@@ -49,7 +56,10 @@ __all__ = ["LakeReplicator", "ReplicaMismatch"]
 
 log = get_logger(__name__)
 
-VERIFY_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+# Checks and model builds here scan the replica: without a limit DuckDB would keep
+# the whole file in its buffer pool (80% of the machine's RAM by default); past
+# it, model builds spill to the copy's temp directory.
+REPLICA_CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "memory_limit": "64MB",
     "threads": 2,
 }
@@ -94,7 +104,7 @@ class LakeReplicator:
             log.warning("replica_mismatch_bootstrapping", version=manifest.version, error=str(exc))
             downloaded += self._bootstrap(manifest)
             self._verify(manifest)
-        self.cache.install(manifest, self.replica)
+        self.cache.install(manifest, self._with_models(manifest), move=True)
         self.status.update(
             version=manifest.version,
             snapshot_id=manifest.lake.snapshot_id,
@@ -212,14 +222,35 @@ class LakeReplicator:
                 path.unlink(missing_ok=True)
 
     def _verify(self, manifest: Manifest) -> None:
-        # A scan needs little memory; without a limit DuckDB would keep the whole
-        # replica in its buffer pool (80% of the machine's RAM by default).
-        con = duckdb.connect(str(self.replica), read_only=True, config=VERIFY_CONFIG)
+        """The replica's tables (the models' definitions too) are the manifest's."""
+        con = duckdb.connect(str(self.replica), read_only=True, config=REPLICA_CONFIG)
         try:
-            probe(con, manifest)
+            probe(con, manifest.model_copy(update={"models": {}}))  # built later, in the copy
             verify_checksums(con, manifest)
         finally:
             con.close()
+
+    def _with_models(self, manifest: Manifest) -> Path:
+        """A copy of the verified replica with the models built, ready to install."""
+        copy = self.workdir / "install.db"
+        wal = copy.with_name(copy.name + ".wal")
+        for stale in (copy, wal):
+            stale.unlink(missing_ok=True)
+        shutil.copyfile(self.replica, copy)
+        try:
+            con = duckdb.connect(str(copy), config=REPLICA_CONFIG)
+            try:
+                build_models(con, manifest.version)
+                # The models hold the rows the ETL counted (tables were verified above).
+                probe(con, manifest.model_copy(update={"tables": {}}))
+                con.execute("CHECKPOINT").fetchall()
+            finally:
+                con.close()
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            wal.unlink(missing_ok=True)
+            raise
+        return copy
 
     def _write_status(self) -> None:
         tmp = self.status_path.with_suffix(".tmp")

@@ -118,7 +118,7 @@ STREAM_FACTOR = 8.5
 DEFAULT_MAX_RESULT_BYTES = 32_000_000
 DEFAULT_CACHE_BYTES = 100_000_000
 # Lake mode: the host's replicator (Python verifying each replica with DuckDB
-# under data/lake_replica.py's VERIFY_CONFIG) and the lake process it keeps
+# under data/lake_replica.py's REPLICA_CONFIG) and the lake process it keeps
 # (DuckDB 1.5.5 under LAKE_DUCKDB_MEMORY_LIMIT). Measured at 10,000,000 rows in
 # a memory cgroup holding just the two (benchmarks/README.md, "Lake mode"): the
 # bootstrap was OOM-killed at 160 MiB and held at 256 MiB; advancing by the

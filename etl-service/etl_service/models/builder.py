@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from analytics_shared.lake_models import LakeModel, model_shape
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import ColumnSchema, ModelInfo
+from analytics_shared.manifest import ModelInfo
 from analytics_shared.snapshot_file import quote_ident
 from etl_service.errors import ModelBuildError
 from etl_service.models.definitions import ModelDefinition
@@ -141,21 +142,29 @@ class ModelBuilder:
         for model in self.models:
             if model.name not in existing:
                 continue
-            name = quote_ident(model.name)
-            columns = con.execute(
-                "SELECT column_name, data_type FROM duckdb_columns()"
-                " WHERE database_name = current_database() AND schema_name = 'main'"
-                " AND table_name = ? ORDER BY column_index",
-                [model.name],
-            ).fetchall()
-            # fetchall: a half-read result would hold its transaction open.
-            rows = con.execute(f"SELECT count(*) FROM {name}").fetchall()
+            columns, rows = model_shape(con, model.name)
             infos[model.name] = ModelInfo(
                 kind=model.materialized,
                 description=model.description,
-                row_count=int(rows[0][0]),
+                row_count=rows,
                 sql_sha256=model.sql_sha256,
                 depends_on=sorted(model.references & (self.tables | self._names)),
-                columns=[ColumnSchema(name=str(n), type=str(t)) for n, t in columns],
+                columns=columns,
             )
         return infos
+
+    def lake_models(self, infos: dict[str, ModelInfo]) -> list[LakeModel]:
+        """Lake mode: the definitions of the models in `infos` (those built), in
+        build order, as the lake's `__analytics_models` carries them."""
+        return [
+            LakeModel(
+                name=model.name,
+                kind=model.materialized,
+                sql=model.sql,
+                position=position,
+                sql_sha256=model.sql_sha256,
+                description=model.description,
+                depends_on=tuple(infos[model.name].depends_on),
+            )
+            for position, model in enumerate(m for m in self.models if m.name in infos)
+        ]

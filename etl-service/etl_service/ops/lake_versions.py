@@ -6,10 +6,16 @@ replicas follow: it commits a NEW snapshot whose tables equal the old one's
 the lake), then points `current/manifest.json` at it. Replicas advance to it
 by the change feed like to any other snapshot, so the API swaps within a poll.
 
+The models' definitions (`__analytics_models`) are restored with the data,
+so the rolled-back version serves the models as they were; a version from
+before the lake carried them gets none. The manifest's model records are
+read back like the tables: the models are built from the restored
+definitions over the restored tables.
+
 The working DuckDB keeps the newer data; its tables are marked to be sent
 whole with the next commit, so the first cycle that sees a source change
 brings the lake back to the working DuckDB (file mode's rule: the rollback
-holds until the source changes).
+holds until the source changes); the current definitions go with it.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from analytics_shared.lake import LakeError, run_lake
+from analytics_shared.lake_models import MODELS_TABLE, build_models, model_infos
 from analytics_shared.logging_config import get_logger
-from analytics_shared.manifest import ColumnSchema, Manifest, TableInfo
+from analytics_shared.manifest import ColumnSchema, Manifest, ModelInfo, TableInfo
 from analytics_shared.snapshot_file import table_checksum
 from etl_service.errors import RollbackError
 from etl_service.lake_publisher import lake_version
@@ -88,9 +95,10 @@ def lake_status(lake: LakePublisher) -> dict[str, Any]:
 
 def _table_infos(
     lake: LakePublisher, snapshot_id: int, tables: list[str], workdir: Path
-) -> tuple[dict[str, TableInfo], dict[str, str]]:
+) -> tuple[dict[str, TableInfo], dict[str, str], dict[str, ModelInfo]]:
     """Row counts, columns and checksums of the lake's tables at `snapshot_id`,
-    read back through the lake (what a replica of it must hold)."""
+    read back through the lake (what a replica of it must hold), and the
+    models its definitions build over them (what an API host will serve)."""
     infos, checksums = {}, {}
     con = duckdb.connect()
     try:
@@ -102,15 +110,18 @@ def _table_infos(
                 {"table": name, "path": str(path), "snapshot_id": snapshot_id},
             )
             con.execute(f"CREATE TABLE \"{name}\" AS FROM read_parquet('{path}')")
+            checksums[name] = table_checksum(con, name)
+            if name == MODELS_TABLE:
+                continue  # the models' definitions: not a table users read
             columns = con.execute(f'DESCRIBE "{name}"').fetchall()
             infos[name] = TableInfo(
                 row_count=int(con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0]),
                 columns=[ColumnSchema(name=str(c[0]), type=str(c[1])) for c in columns],
             )
-            checksums[name] = table_checksum(con, name)
+        models = model_infos(con, build_models(con, lake_version(snapshot_id)))
     finally:
         con.close()
-    return infos, checksums
+    return infos, checksums, models
 
 
 def lake_rollback(
@@ -129,21 +140,26 @@ def lake_rollback(
     if current.version == version:
         return current
     tables = sorted(current.lake.primary_keys)
+    request = {
+        "snapshot_id": target,
+        "tables": tables,
+        # A version from before the lake carried models had none.
+        "empty_if_absent": [MODELS_TABLE],
+    }
     try:
-        restored = int(
-            run_lake(lake.config, "restore", {"snapshot_id": target, "tables": tables})[
-                "snapshot_id"
-            ]
-        )
+        restored = int(run_lake(lake.config, "restore", request)["snapshot_id"])
     except LakeError as exc:
         raise RollbackError(f"version {version}: {exc}") from None
+    # From here the lake holds the old data: whatever fails below, the next
+    # cycle's commit replaces the restored tables and definitions.
+    warehouse.mark_full([t for t in tables if t != MODELS_TABLE])
+    lake.forget_sent_models()
     with tempfile.TemporaryDirectory(dir=workdir, prefix="rollback-") as tmp:
-        infos, checksums = _table_infos(lake, restored, tables, Path(tmp))
+        infos, checksums, models = _table_infos(lake, restored, tables, Path(tmp))
     away_from = current.rolled_back_from or current.version
     manifest = lake.manifest_for(
-        restored, infos, checksums, current.lake.primary_keys, current
+        restored, infos, checksums, current.lake.primary_keys, current, models
     ).model_copy(update={"rolled_back_from": away_from})
     lake.manifests.commit(manifest, etag)
-    warehouse.mark_full(tables)  # the next cycle's commit replaces the restored tables
     log.info("rolled_back", version=version, as_version=manifest.version, by="operator")
     return manifest
