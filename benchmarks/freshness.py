@@ -118,7 +118,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=("file", "lake"), default="file", help="PUBLISH_MODE")
     parser.add_argument("--rows", type=int, default=0, help="a random inventory of N rows")
     parser.add_argument("--changed", type=int, default=1, help="rows changed per sample")
-    parser.add_argument("--memory-limit", default="512MB", help="MEMORY_LIMIT of each service")
+    parser.add_argument(
+        "--etl-memory-limit", default="512MB", help="MEMORY_LIMIT of the ETL (as deployed)"
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -154,7 +156,6 @@ def main() -> int:
             "ETL_METRICS_PORT": "0",
             "RATE_LIMIT_REQUESTS": "1000000000",
             "PUBLISH_MODE": args.mode,
-            "MEMORY_LIMIT": args.memory_limit,  # each service sizes itself as deployed
             **issuer.settings_env(),
         }
         if args.rows:
@@ -177,7 +178,7 @@ def main() -> int:
         with (work / "etl.log").open("wb") as log:
             etl = subprocess.Popen(
                 [str(BIN / "analytics-etl"), "run"],
-                env={**os.environ, **env},
+                env={**os.environ, **env, "MEMORY_LIMIT": args.etl_memory_limit},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
