@@ -59,6 +59,13 @@ def _validated_settings() -> ApiSettings:
     settings = load_settings(ApiSettings)
     check_whitelist(load_whitelist(settings.query_whitelist_path))  # WhitelistError: exit 2
     settings.open_store()  # STORAGE_URL's folder must be usable
+    if settings.publish_mode == "lake":
+        from analytics_shared.lake import LakeConfig
+
+        # LAKE_CATALOG_URL and the lake environment: without them the replicator
+        # dies at once and the workers would answer 503 "starting" forever.
+        catalog = settings.lake_catalog_url
+        LakeConfig.from_settings(settings, catalog.get_secret_value() if catalog else None)
     return settings
 
 
@@ -70,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _all_in_one_workers(args)
         settings = _validated_settings()
         if args.command == "check-config":
+            _plan_memory(None)  # a budget that cannot fit fails here, not at start
             if args.probe:
                 from api_service.ops.probes import probe_dependencies
 

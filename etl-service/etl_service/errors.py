@@ -138,6 +138,11 @@ class WorkerBusy(EtlError):
     """Another `analytics-etl run` (or a command run directly) holds the ETL."""
 
 
+class WorkerLockLost(EtlError):
+    """The state database dropped the worker lock (its connection died): another
+    worker may hold it now, so this one stops; restarting it takes the lock again."""
+
+
 class CommandFailed(EtlError):
     """A command handed to the running worker failed; the message is its error."""
 

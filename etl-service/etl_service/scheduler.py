@@ -13,6 +13,7 @@ cycle is running (cycles and commands share one lock, so they never overlap).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from analytics_shared.logging_config import get_logger
+from etl_service.errors import WorkerLockLost
 from etl_service.ops.monitoring import CycleMonitor
 from etl_service.sync import SyncEngine
 
@@ -51,7 +53,12 @@ def build_scheduler(
 
     def commands() -> None:
         assert control is not None
-        control.heartbeat()
+        if not control.heartbeat():
+            # The lock is gone: stop the way SIGTERM does (the running cycle
+            # abandons, the main thread waits for it); run_scheduler then fails,
+            # so the process exits non-zero and its supervisor restarts it.
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if cycle_lock.acquire(blocking=False):  # a cycle is running: look again soon
             try:
                 control.between_cycles()
@@ -104,3 +111,9 @@ def run_scheduler(
     log.info("scheduler_started", interval_seconds=interval_seconds)
     scheduler.start()
     log.info("scheduler_stopped")
+    if control is not None and control.lock_lost:
+        raise WorkerLockLost(
+            "the state database dropped the worker lock (a restart or an outage of"
+            " DATABASE_URL); the worker stopped so that two never run at once: start it"
+            " again once the database is back"
+        )

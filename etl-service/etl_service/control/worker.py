@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from analytics_shared.errors import AnalyticsError
 from analytics_shared.logging_config import get_logger
 from etl_service.control.commands import Command, CommandQueue
@@ -46,14 +48,25 @@ class WorkerControl:
         self.lock = lock
         self.queue = CommandQueue(engine.state.engine)
         self.runner = CommandRunner(settings, engine.state, engine=engine)
+        self.lock_lost = False
         interrupted = self.queue.fail_interrupted()
         if interrupted:
             log.warning("commands_interrupted", commands=interrupted)
 
-    def heartbeat(self) -> None:
-        if not self.lock.heartbeat():
+    def heartbeat(self) -> bool:
+        """Refresh the lock; False once it is lost (the state database went away:
+        the lock died with its connection, so another worker may hold it now).
+        The caller then stops the worker; a restart takes the lock again."""
+        try:
+            held = self.lock.heartbeat()
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("worker_heartbeat_failed", error=describe(exc))
+            held = False
+        if not held and not self.lock_lost:
+            self.lock_lost = True
             log.error("worker_lock_lost", action="stopping: the state database dropped the lock")
             self.engine.stop_requested.set()
+        return held
 
     def between_cycles(self) -> None:
         """Run every pending command, oldest first (the caller holds the cycle lock)."""

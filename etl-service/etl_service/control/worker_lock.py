@@ -129,13 +129,16 @@ class WorkerLock:
         return True
 
     def release(self) -> None:
-        with contextlib.suppress(sa.exc.DBAPIError), self.engine.begin() as conn:
+        """Best effort: after an outage the lock's connection is dead (and the
+        lock with it), which must not hide why the worker stopped."""
+        with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.begin() as conn:
             conn.execute(etl_worker.delete().where(etl_worker.c.pid == os.getpid()))
         if self._conn is not None:
-            with contextlib.suppress(sa.exc.DBAPIError):
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
                 self._conn.execute(sa.text(f"SELECT pg_advisory_unlock({WORKER_LOCK_KEY})"))
                 self._conn.commit()
-            self._conn.close()
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                self._conn.close()
             self._conn = None
         if self._file is not None:
             self._file.release()
