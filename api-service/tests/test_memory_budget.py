@@ -169,8 +169,10 @@ def test_a_lake_host_at_512_mb_is_refused_naming_the_limit(monkeypatch):
         monkeypatch.setenv(name, value)
     from api_service.main import memory_budget
 
-    with pytest.raises(ConfigurationError, match="raise MEMORY_LIMIT"):
+    with pytest.raises(ConfigurationError, match="raise MEMORY_LIMIT") as caught:
         memory_budget(ApiSettings())
+    # The operator sees why 512 MB is not enough: the replicator's share.
+    assert "256 MiB of it reserved for the lake replicator" in str(caught.value)
     monkeypatch.setenv("MEMORY_LIMIT", "768MB")
     _, budget = memory_budget(ApiSettings())
     assert budget.reserve == REPLICATOR_BYTES and budget.workers == 1

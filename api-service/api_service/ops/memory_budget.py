@@ -228,14 +228,22 @@ def plan_budget(
     light = encode_slots * LIGHT_WORK_BYTES
     fixed = PYTHON_WORKER_BYTES + light + arenas * retain
     free = per_worker - fixed
-    fix = f"the memory limit is {limit.bytes // MIB} MiB ({limit.source})" + (
-        f" for {workers} workers: lower WEB_CONCURRENCY" if workers > 1 else ""
+    # Name the reserve: an operator otherwise cannot tell why 512 MiB is too little.
+    where = f"the memory limit is {limit.bytes // MIB} MiB ({limit.source})" + (
+        f", {reserve // MIB} MiB of it reserved for the lake replicator or the all-in-one ETL"
+        if reserve
+        else ""
+    )
+    fix = where + (
+        f" for {workers} workers: lower WEB_CONCURRENCY" if workers > 1 else ": raise MEMORY_LIMIT"
     )
     if free < MIN_DUCKDB + MIN_HEAVY:
+        lower = "lower WEB_CONCURRENCY or " if workers > 1 else ""
         raise ConfigurationError(
-            f"{fix}, or raise MEMORY_LIMIT / the container's memory (each worker needs"
-            f" at least {(fixed + MIN_DUCKDB + MIN_HEAVY) // MIB} MiB, it would get"
-            f" {max(0, per_worker) // MIB} MiB)"
+            f"{where}: too little for {workers} worker(s) (each needs at least"
+            f" {(fixed + MIN_DUCKDB + MIN_HEAVY) // MIB} MiB, it would get"
+            f" {max(0, per_worker) // MIB} MiB); {lower}raise MEMORY_LIMIT / the"
+            " container's memory"
         )
     # Shares of what is free: DuckDB 45%, heavy work 35%, cache 20%; an explicit
     # value takes its bytes and the others share the rest in proportion.
