@@ -130,6 +130,17 @@ API_CASES = {
     "bad algorithm": ({"AUTH0_ALGORITHMS": "HS256"}, ["AUTH0_ALGORITHMS"]),
     "store folder unusable": ({"STORAGE_URL": "file:///proc/nope"}, ["STORAGE_URL"]),
     "whitelist missing": ({"QUERY_WHITELIST_PATH": "/nonexistent/wl.json"}, ["wl.json"]),
+    # Lake mode: the replicator cannot start without its catalog (the API served
+    # 503 "starting" forever), and a 512 MB host cannot hold it beside a worker.
+    "lake without a catalog": ({"PUBLISH_MODE": "lake"}, ["LAKE_CATALOG_URL"]),
+    "lake host at 512 MB": (
+        {
+            "PUBLISH_MODE": "lake",
+            "LAKE_CATALOG_URL": "postgresql://lake@127.0.0.1:1/catalog",
+            "MEMORY_LIMIT": "512MB",
+        },
+        ["MEMORY_LIMIT", "lake replicator"],
+    ),
 }
 
 
