@@ -15,6 +15,7 @@ import uuid
 
 import redis
 
+from api_service import redis_outage
 from api_service.auth import rate_limit
 from api_service.auth.rate_limit import (
     LocalRateLimiter,
@@ -185,12 +186,13 @@ class _Log:
         self.warnings.append((event, fields))
 
 
-def test_while_redis_is_down_it_is_retried_every_five_seconds_and_logged_once_a_minute(
-    monkeypatch,
-):
+def _down_limiter(monkeypatch, start: float) -> tuple[RedisRateLimiter, _Clock, _Log, list[int]]:
+    """A limiter whose Redis refuses connections, on a clock the test sets."""
     clock, log = _Clock(), _Log()
-    monkeypatch.setattr(rate_limit, "time", clock)
-    monkeypatch.setattr(rate_limit, "log", log)
+    clock.now = start
+    monkeypatch.setattr(rate_limit, "time", clock)  # the local fallback's window
+    monkeypatch.setattr(redis_outage, "time", clock)
+    monkeypatch.setattr(redis_outage, "log", log)
     limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     attempts = [0]
     script = limiter._script
@@ -200,27 +202,53 @@ def test_while_redis_is_down_it_is_retried_every_five_seconds_and_logged_once_a_
         return await script(**kwargs)
 
     limiter._script = counted  # type: ignore[assignment]
+    return limiter, clock, log, attempts
 
-    async def at(*times: float) -> list[int]:
+
+def test_while_redis_is_down_it_is_retried_every_five_seconds_and_logged_once_a_minute(
+    monkeypatch,
+):
+    limiter, clock, log, attempts = _down_limiter(monkeypatch, 1_000.0)
+
+    async def at(*times: float) -> list[tuple[int, int]]:
         seen = []
         for t in times:
             clock.now = 1_000.0 + t
             await limiter.hit("dan", 100, 60)
-            seen.append(attempts[0])
+            seen.append((attempts[0], len(log.warnings)))
         return seen
 
-    async def run() -> list[int]:
+    async def run() -> list[tuple[int, int]]:
         try:
-            return await at(0, 1, 4.9, 5.0, 9.9, 10.0, 59.0, 64.0)
+            return await at(0, 1, 4.9, 5.0, 9.9, 10.0, 60.0, 65.0)
         finally:
             await limiter.aclose()
 
     # Tried at 0, then once per 5 s (not per request); counted locally meanwhile.
-    assert asyncio.run(run()) == [1, 1, 1, 2, 2, 3, 4, 5]
+    # Warned at the first failure, then not again until more than 60 s later.
+    tried_and_warned = [(1, 1), (1, 1), (1, 1), (2, 1), (2, 1), (3, 1), (4, 1), (5, 2)]
+    assert asyncio.run(run()) == tried_and_warned
     assert [event for event, _ in log.warnings] == ["rate_limit_redis_unavailable"] * 2
-    assert log.warnings[0][1]["fallback"] == "per-process limiter"
-    # Every request was counted locally (8, less the 2 older than 60 s, plus this one).
-    assert limiter.fallback.hit_now("dan", 100, 60).remaining == 100 - 7
+    assert log.warnings[0][1] == {"error": "ConnectionError", "fallback": "per-process limiter"}
+    # Every request was counted locally: at 65 s the 4 made at 5 s or before have
+    # left the window; 4 later ones and this one remain.
+    assert limiter.fallback.hit_now("dan", 100, 60).remaining == 100 - 5
+
+
+def test_redis_down_right_after_boot_is_tried_at_once_and_warned_about(monkeypatch):
+    """The monotonic clock starts near 0 when the machine boots: an API started
+    then still tries Redis on its first request and warns of the first failure."""
+    limiter, _, log, attempts = _down_limiter(monkeypatch, 0.5)
+
+    async def run() -> None:
+        try:
+            await limiter.hit("eve", 100, 60)
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(run())
+    assert attempts[0] == 1
+    assert [event for event, _ in log.warnings] == ["rate_limit_redis_unavailable"]
 
 
 def test_a_per_process_limiter_under_several_workers_is_warned_about(monkeypatch):
