@@ -70,10 +70,12 @@ _ACCESS_TESTS = (
     f"--deselect={A}/tests/test_access_bypass.py::test_row_filters_hold_under_gunicorn",
     f"{A}/tests/test_access_properties.py",
 )
+# The direct check_query tests first: with -x most mutants stop there, before
+# the tests through HTTP and the timeouts.
 _GUARD_TESTS = (
+    f"{A}/tests/test_sql_limits.py",  # the guard's limits, through check_query
     f"{A}/tests/test_pinned_sql_guard.py",
     f"{A}/tests/test_sql_guard_attacks.py",
-    f"{A}/tests/test_sql_limits.py",  # the guard's limits, through check_query
     f"{A}/tests/test_query_guard_path.py",
 )
 TARGETS: dict[str, Target] = {
