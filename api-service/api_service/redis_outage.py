@@ -20,7 +20,7 @@ WARN_EVERY_SECONDS = 60
 
 
 class RedisOutage:
-    def __init__(self, event: str, fallback: str, retry_after: float = 5.0) -> None:
+    def __init__(self, event: str, fallback: str, retry_after: float) -> None:
         self.event = event  # the warning's log event
         self.fallback = fallback  # what serves meanwhile, as the warning says
         self.retry_after = retry_after

@@ -23,6 +23,7 @@ from api_service.auth.rate_limit import (
     RedisRateLimiter,
     build_rate_limiter,
 )
+from api_service.redis_outage import RedisOutage
 from api_service.settings import ApiSettings
 from testsupport.ports import free_port
 
@@ -249,6 +250,20 @@ def test_redis_down_right_after_boot_is_tried_at_once_and_warned_about(monkeypat
     asyncio.run(run())
     assert attempts[0] == 1
     assert [event for event, _ in log.warnings] == ["rate_limit_redis_unavailable"]
+
+
+def test_an_outage_is_warned_about_at_most_once_a_minute(monkeypatch):
+    clock, log = _Clock(), _Log()
+    monkeypatch.setattr(redis_outage, "time", clock)
+    monkeypatch.setattr(redis_outage, "log", log)
+    outage = RedisOutage("slots_down", "local caps", retry_after=5.0)
+    warned = []
+    for t in (0.0, 59.5, 60.0, 60.5, 120.0, 120.6):
+        clock.now = t
+        outage.failed(OSError())
+        warned.append(len(log.warnings))
+    assert warned == [1, 1, 1, 2, 2, 3]  # only more than 60 s after the last warning
+    assert log.warnings[0] == ("slots_down", {"error": "OSError", "fallback": "local caps"})
 
 
 def test_a_per_process_limiter_under_several_workers_is_warned_about(monkeypatch):
