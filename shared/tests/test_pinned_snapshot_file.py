@@ -90,8 +90,17 @@ def _model(kind: str, row_count: int | None) -> ModelInfo:
         ({"stock_rollup": _model("table", 3)}, "stock_rollup has 2 rows"),
         ({"stock_rollup": _model("table", 1)}, "stock_rollup has 2 rows"),  # more rows too
         ({"low_stock": _model("view", None), "gone_view": _model("view", None)}, "gone_view"),
+        # A view is bound, never counted (counting would run its whole query at each swap).
+        ({"low_stock": _model("view", 99)}, None),
     ],
-    ids=["consistent", "uncounted_table_model", "fewer_rows", "more_rows", "view_does_not_bind"],
+    ids=[
+        "consistent",
+        "uncounted_table_model",
+        "fewer_rows",
+        "more_rows",
+        "view_does_not_bind",
+        "view_with_a_row_count",
+    ],
 )
 def test_probe_counts_table_models_and_binds_views(tmp_path, models, error):
     # 300 rows: counts compare by value (ints above 256 are distinct objects).
