@@ -112,6 +112,14 @@ def test_the_local_window_is_half_open_and_its_numbers_are_exact():
     assert (none.allowed, none.remaining, none.reset_seconds) == (False, 0, 10.0)
 
 
+def test_a_lowered_limit_refuses_at_once_in_the_local_limiter_too():
+    """The operator lowered the limit (3 to 2) after three hits: the fourth is refused."""
+    limiter = LocalRateLimiter()
+    assert all(limiter.hit_now("gus", 3, 60, now=t).allowed for t in (1.0, 2.0, 3.0))
+    lowered = limiter.hit_now("gus", 2, 60, now=4.0)
+    assert (lowered.allowed, lowered.remaining) == (False, 0)
+
+
 def test_windows_count_apart_and_a_busy_user_is_not_forgotten_first():
     limiter = LocalRateLimiter(max_users=2)
     assert limiter.hit_now("a", 1, 60, now=1.0).allowed
@@ -143,6 +151,24 @@ def test_redis_decisions_carry_the_remaining_count_and_the_reset(redis_url):
         digest = hashlib.sha256(b"erin").hexdigest()[:32]
         assert keys == [f"{prefix}:{digest}:{WINDOW}s"]  # hashed user id, window in the key
         client.delete(*keys)
+    finally:
+        client.close()
+
+
+def test_a_redis_reset_is_a_whole_window_for_a_first_hit_then_counts_down(redis_url):
+    prefix = f"test-rl-{uuid.uuid4().hex}"
+    limiter = RedisRateLimiter(redis_url, prefix=prefix, timeout=5.0)
+    key = limiter._key("hal", WINDOW)
+    first, second = _hits(limiter, "hal", 2, limit=5)
+    # The only hit is the oldest: it leaves the window a whole window later.
+    assert first.reset_seconds == WINDOW
+    # Redis' clock has microseconds: a later hit sees a fraction of a second less
+    # (its X-RateLimit-Reset rounds that up, not down).
+    assert WINDOW - 5 < second.reset_seconds < WINDOW and second.reset_seconds % 1 != 0
+    assert second.headers()["X-RateLimit-Reset"] == str(WINDOW)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(key)
     finally:
         client.close()
 
@@ -273,8 +299,9 @@ def test_a_per_process_limiter_under_several_workers_is_warned_about(monkeypatch
     rate_limit.warn_if_per_process(LocalRateLimiter())
     assert [(e, f["workers"]) for e, f in log.warnings] == [("rate_limit_per_process", 3)]
     rate_limit.warn_if_per_process(RedisRateLimiter("redis://127.0.0.1:1/0"))  # shared: fine
-    monkeypatch.setenv("WEB_CONCURRENCY", "1")
-    rate_limit.warn_if_per_process(LocalRateLimiter())
+    for one_or_none in ("1", "0"):
+        monkeypatch.setenv("WEB_CONCURRENCY", one_or_none)
+        rate_limit.warn_if_per_process(LocalRateLimiter())
     assert len(log.warnings) == 1
     # Without WEB_CONCURRENCY: one process, or Gunicorn's default of two workers.
     monkeypatch.setenv("WEB_CONCURRENCY", "many")
