@@ -488,6 +488,7 @@ def test_only_public_signing_keys_of_known_types_are_taken(own_issuer):
             "not-an-object",
             {**good, "kid": 7},  # kid not a string
             {**good, "kid": "enc", "use": "enc"},
+            {**good, "kid": "tls", "use": "tls"},  # not "sig" either (and sorts after it)
             {**good, "kid": "no-use"} | {"use": "sig"},
             {k: v for k, v in good.items() if k != "use"} | {"kid": "implicit-sig"},
             {"kid": "hmac", "kty": "oct", "k": "c2VjcmV0"},
@@ -502,14 +503,14 @@ def test_only_public_signing_keys_of_known_types_are_taken(own_issuer):
 
     async def run() -> tuple[list[str], Any]:
         try:
-            kids = ["no-use", "implicit-sig", "no-alg", "enc", "hmac", "private", "broken"]
+            kids = ["no-use", "implicit-sig", "no-alg", "enc", "tls", "hmac", "private", "broken"]
             return await _outcomes(cache, [*kids, "odd-alg"]), await cache.get("no-alg")
         finally:
             await cache.aclose()
 
     outcomes, odd = asyncio.run(run())
     unknown = "AuthError: token signed with an unknown key"
-    assert outcomes == ["JwksKey"] * 3 + [unknown] * 5
+    assert outcomes == ["JwksKey"] * 3 + [unknown] * 6
     assert odd.alg is None and odd.kty == "RSA"  # no alg declared: any RSA algorithm fits
     assert cache.status()["keys"] == 3
 
@@ -601,7 +602,9 @@ def test_a_failed_refetch_while_the_keys_are_fresh_is_not_stale(own_issuer):
         try:
             await cache.get(own_issuer.keys[0].kid)
             jwks.status = 503
-            clock.advance(60)  # an unknown kid, past the cooldown: refetched, and it fails
+            # Exactly the TTL (still fresh); an unknown kid, past the cooldown: it is
+            # refetched, and that fails.
+            clock.advance(600)
             with pytest.raises(AuthError, match="unknown key"):
                 await cache.get("new-kid")
         finally:
@@ -609,7 +612,7 @@ def test_a_failed_refetch_while_the_keys_are_fresh_is_not_stale(own_issuer):
 
     asyncio.run(run())
     status = cache.status()
-    assert (status["status"], status["keys_age_seconds"]) == ("ok", 60.0)
+    assert (status["status"], status["keys_age_seconds"]) == ("ok", 600.0)
     assert str(status["last_error"]).startswith("HTTPStatusError")
 
 
@@ -634,7 +637,9 @@ def test_the_reported_fetch_error_is_one_line_of_at_most_300_characters():
 def test_refetch_timing_ttl_and_cooldown_boundaries(own_issuer):
     kid = own_issuer.keys[0].kid
     jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
-    clock = FakeClock()
+    # The monotonic clock counts from boot: started at 10 s, a time since an event
+    # is not also the remainder of the clock by that event's time.
+    clock = FakeClock(start=10.0)
     cache = _cache(jwks, clock, ttl=100, cooldown=10, max_stale=1000)
 
     async def run() -> list[int]:
@@ -670,7 +675,7 @@ def test_refetch_timing_ttl_and_cooldown_boundaries(own_issuer):
 def test_ensure_fetched_never_raises_and_respects_the_cooldown(own_issuer):
     jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
     jwks.status = 500
-    clock = FakeClock()
+    clock = FakeClock(start=10.0)  # as in the test above
     cache = _cache(jwks, clock, ttl=100, cooldown=10)
 
     async def run() -> list[int]:
@@ -704,19 +709,24 @@ def test_a_tokens_algorithm_must_fit_its_key(own_issuer):
     rsa_key = own_issuer.keys[0]
     declared = rsa_key.public_jwk  # declares "alg": "RS256"
     undeclared = {k: v for k, v in declared.items() if k != "alg"} | {"kid": "no-alg"}
-    jwks = _Jwks({"keys": [declared, undeclared]})
+    declares_ps = undeclared | {"kid": "ps-only", "alg": "PS256"}
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ec_jwk = jwt.algorithms.ECAlgorithm.to_jwk(ec_public, as_dict=True) | {"kid": "ec-no-alg"}
+    jwks = _Jwks({"keys": [declared, undeclared, declares_ps, ec_jwk]})
     clock = FakeClock()
     validator = TokenValidator(
         _cache(jwks, clock), issuer=own_issuer.issuer, audience=AUDIENCE,
         algorithms=["RS256", "PS256", "ES256"], clock=clock, wall_clock=clock.wall,
     )  # fmt: skip
-    no_alg_key = SigningKey(kid="no-alg")
-    no_alg_key.private_key = rsa_key.private_key
+    no_alg_key, ps_key, ec_kid = (SigningKey(kid=k) for k in ("no-alg", "ps-only", "ec-no-alg"))
+    no_alg_key.private_key = ps_key.private_key = ec_kid.private_key = rsa_key.private_key
     tokens = [
         own_issuer.mint(sub="rs"),
         own_issuer.mint(sub="ps-declared", algorithm="PS256"),  # the JWK says RS256
         own_issuer.mint(sub="ps-undeclared", algorithm="PS256", key=no_alg_key),
         _ec_token(own_issuer, "no-alg"),  # an EC algorithm with an RSA key
+        own_issuer.mint(sub="rs-declared-ps", key=ps_key),  # the JWK says PS256
+        own_issuer.mint(sub="rs-for-ec", key=ec_kid),  # an RSA algorithm with an EC key
     ]
     results = asyncio.run(_validate_all(validator, tokens))
     mismatch = "token algorithm does not match its key"
@@ -724,6 +734,8 @@ def test_a_tokens_algorithm_must_fit_its_key(own_issuer):
         "rs",
         mismatch,
         "ps-undeclared",
+        mismatch,
+        mismatch,
         mismatch,
     ]
 
@@ -826,3 +838,95 @@ def test_a_token_accepted_only_within_the_leeway_is_not_remembered(own_issuer):
 
 def test_with_no_cache_entries_every_request_is_verified(own_issuer):
     assert _signature_checks(own_issuer, [own_issuer.mint()] * 3, cache_entries=0) == [1, 2, 3]
+
+
+def test_stale_keys_serve_up_to_max_stale_inclusive_and_their_age_has_one_decimal(own_issuer):
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=600, cooldown=60, max_stale=3600)
+
+    async def run() -> list[tuple[object, ...]]:
+        seen = []
+        try:
+            await cache.ensure_fetched()
+            jwks.status = 503
+            for advance in (3599.75, 0.25, 0.5):  # to just before, exactly at, past max_stale
+                clock.advance(advance)
+                await cache.ensure_fetched()
+                status = cache.status()
+                seen.append((status["status"], status["keys"], status["keys_age_seconds"]))
+        finally:
+            await cache.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [
+        ("stale", 1, 3599.8),
+        ("stale", 1, 3600.0),
+        ("unavailable", 0, 3600.5),
+    ]
+
+
+def test_one_cache_entry_remembers_one_token(own_issuer):
+    token = own_issuer.mint()
+    assert _signature_checks(own_issuer, [token] * 2, cache_entries=1) == [1, 1]
+
+
+def test_a_token_accepted_within_the_leeway_does_not_evict_a_remembered_one(own_issuer):
+    good, late = own_issuer.mint(sub="good"), own_issuer.mint(sub="late", ttl=-2)
+    checks = _signature_checks(own_issuer, [good, late, good], cache_entries=1, leeway=5)
+    assert checks == [1, 2, 2]
+
+
+def test_a_four_part_token_is_malformed(own_issuer):
+    token = own_issuer.mint()
+    assert [str(r) for r in validate(own_issuer, token + ".e30")] == ["malformed token"]
+
+
+def test_the_defaults_are_the_documented_settings(own_issuer):
+    """Built without options, the cache and validator behave as the API's settings
+    documented defaults say (JWKS 600 s, refetch cooldown 60 s, stale keys 24 h,
+    leeway 30 s)."""
+    from api_service.settings import ApiSettings
+
+    fields = ApiSettings.model_fields
+    cache = JwksCache("https://idp.test/jwks")
+    validator = TokenValidator(cache, issuer="i", audience="a", algorithms=["RS256"])
+    assert (
+        (cache.ttl, cache.cooldown, cache.max_stale, validator.leeway)
+        == (
+            fields["jwks_cache_seconds"].default,
+            fields["jwks_refetch_cooldown_seconds"].default,
+            fields["jwks_max_stale_seconds"].default,
+            fields["jwt_leeway_seconds"].default,
+        )
+        == (600, 60, 86_400, 30)
+    )
+    asyncio.run(cache.aclose())
+
+
+def test_ensure_fetched_does_not_wait_behind_a_fetch_in_progress(own_issuer):
+    """/health calls ensure_fetched: a hung identity provider must not hang it."""
+    document = {"keys": [own_issuer.keys[0].public_jwk]}
+
+    async def run() -> None:
+        release = asyncio.Event()
+
+        async def slow(request: httpx.Request) -> httpx.Response:
+            await release.wait()
+            return httpx.Response(200, json=document)
+
+        cache = JwksCache(
+            "https://idp.test/jwks", clock=FakeClock(), transport=httpx.MockTransport(slow)
+        )
+        try:
+            fetch = asyncio.create_task(cache.get(own_issuer.keys[0].kid))
+            while not cache._lock.locked():
+                await asyncio.sleep(0)
+            await asyncio.wait_for(cache.ensure_fetched(), timeout=1.0)
+            assert not fetch.done()
+            release.set()
+            await fetch
+        finally:
+            await cache.aclose()
+
+    asyncio.run(run())
