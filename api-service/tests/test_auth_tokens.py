@@ -19,6 +19,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from structlog.testing import capture_logs
 
 from api_service.auth.principal import Principal
 from api_service.auth.tokens import JwksCache, TokenValidator
@@ -494,6 +495,7 @@ def test_only_public_signing_keys_of_known_types_are_taken(own_issuer):
             {"kid": "hmac", "kty": "oct", "k": "c2VjcmV0"},
             {**good, "kid": "private", "d": "AQAB"},
             {**good, "kid": "broken", "n": "!!"},
+            {**good, "kid": "k" * 100, "n": "!!"},  # logged as skipped, its kid cut to 64
             {**good, "kid": "odd-alg", "alg": 256},  # PyJWT refuses it: skipped
             {k: v for k, v in good.items() if k != "alg"} | {"kid": "no-alg"},
         ]
@@ -508,7 +510,10 @@ def test_only_public_signing_keys_of_known_types_are_taken(own_issuer):
         finally:
             await cache.aclose()
 
-    outcomes, odd = asyncio.run(run())
+    with capture_logs() as logs:
+        outcomes, odd = asyncio.run(run())
+    skipped = [e["kid"] for e in logs if e["event"] == "jwks_key_skipped"]
+    assert skipped == ["broken", "k" * 64, "odd-alg"]
     unknown = "AuthError: token signed with an unknown key"
     assert outcomes == ["JwksKey"] * 3 + [unknown] * 6
     assert odd.alg is None and odd.kty == "RSA"  # no alg declared: any RSA algorithm fits
