@@ -896,6 +896,7 @@ def test_the_defaults_are_the_documented_settings(own_issuer):
     fields = ApiSettings.model_fields
     cache = JwksCache("https://idp.test/jwks")
     validator = TokenValidator(cache, issuer="i", audience="a", algorithms=["RS256"])
+    assert cache._client.timeout == httpx.Timeout(5.0)  # a hung JWKS endpoint: 5 s at most
     assert (
         (cache.ttl, cache.cooldown, cache.max_stale, validator.leeway)
         == (
@@ -935,3 +936,119 @@ def test_ensure_fetched_does_not_wait_behind_a_fetch_in_progress(own_issuer):
             await cache.aclose()
 
     asyncio.run(run())
+
+
+def test_an_expiry_refetches_at_once_even_within_the_cooldown(own_issuer):
+    """JWKS_CACHE_SECONDS may be shorter than the refetch cooldown: the cooldown
+    only spaces refetches after a failure, never a normal expiry."""
+    kid = own_issuer.keys[0].kid
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=5, cooldown=60)
+
+    async def run() -> list[int]:
+        counts = []
+        try:
+            for advance in (0, 5.5, 5.5):
+                clock.advance(advance)
+                await cache.get(kid)
+                counts.append(jwks.requests)
+        finally:
+            await cache.aclose()
+        return counts
+
+    assert asyncio.run(run()) == [1, 2, 3]
+
+
+def test_a_request_during_a_refetch_waits_for_its_keys(own_issuer):
+    """A key removed from the JWKS is refused from the moment the refetch that
+    removes it ends, also for a request that arrived while it ran."""
+    old_key, new_key = own_issuer.keys[0].public_jwk, SigningKey(kid="new").public_jwk
+    document = {"keys": [old_key]}
+
+    async def run() -> object:
+        release = asyncio.Event()
+
+        async def serve(request: httpx.Request) -> httpx.Response:
+            if document["keys"] == [new_key]:
+                await release.wait()
+            return httpx.Response(200, json=document)
+
+        clock = FakeClock()
+        cache = JwksCache(
+            "https://idp.test/jwks", clock=clock, transport=httpx.MockTransport(serve)
+        )
+        try:
+            await cache.get(old_key["kid"])
+            document["keys"] = [new_key]  # rotated: the old key is gone
+            clock.advance(60)  # past the cooldown: the unknown kid "new" is refetched
+            refetch = asyncio.create_task(cache.get("new"))
+            while not cache._lock.locked():
+                await asyncio.sleep(0)
+            during = asyncio.create_task(cache.get(old_key["kid"]))
+            await asyncio.sleep(0.05)
+            release.set()
+            await refetch
+            try:
+                return await during
+            except AuthError as exc:
+                return str(exc)
+        finally:
+            await cache.aclose()
+
+    assert asyncio.run(run()) == "token signed with an unknown key"
+
+
+def _wall_validator(dev: DevIssuer, clock: FakeClock, wall: list[float], **options: Any):
+    validator = TokenValidator(
+        JwksCache(dev.jwks_url, clock=clock), issuer=dev.issuer, audience=AUDIENCE,
+        algorithms=["RS256"], clock=clock, wall_clock=lambda: wall[0], **options,
+    )  # fmt: skip
+    return validator, count_signature_checks(validator)
+
+
+def test_the_cache_ends_exactly_at_sixty_seconds_and_exactly_at_exp(own_issuer):
+    clock, wall = FakeClock(), [time.time()]
+    token = own_issuer.mint(ttl=3600)
+    exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+    async def run() -> list[int]:
+        validator, checks = _wall_validator(own_issuer, clock, wall)
+        seen = []
+        try:
+            for advance, at in ((0, wall[0]), (60, wall[0]), (0, exp - 1), (0, exp)):
+                clock.advance(advance)
+                wall[0] = at
+                await validator.validate(token)
+                seen.append(checks[0])
+        finally:
+            await validator.jwks.aclose()
+        return seen
+
+    # Verified; exactly 60 s later verified again (and remembered anew); one second
+    # before exp from the cache; exactly at exp verified again.
+    assert asyncio.run(run()) == [1, 2, 2, 3]
+
+
+def test_a_token_at_its_exp_exactly_is_not_remembered(own_issuer):
+    clock = FakeClock()
+    good, ending = own_issuer.mint(sub="good"), own_issuer.mint(sub="ending", ttl=30)
+    wall = [float(jwt.decode(ending, options={"verify_signature": False})["exp"])]
+
+    async def run() -> list[int]:
+        validator, checks = _wall_validator(own_issuer, clock, wall, cache_entries=1)
+        seen = []
+        try:
+            for token in (good, ending, good):
+                await validator.validate(token)
+                seen.append(checks[0])
+        finally:
+            await validator.jwks.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [1, 2, 2]  # "ending" took no cache entry from "good"
+
+
+def test_a_one_character_kid_is_a_key_id(own_issuer):
+    (result,) = validate(own_issuer, own_issuer.mint(headers={"kid": "k"}))
+    assert str(result) == "token signed with an unknown key"
