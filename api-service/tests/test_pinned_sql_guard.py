@@ -9,6 +9,7 @@ import pytest
 
 from api_service.errors import QueryRejected
 from api_service.query import sql_guard
+from api_service.query.bind_size import parsed_tokens
 from api_service.query.sql_guard import GuardLimits, check_query, parser_connection
 
 ALLOWED = {"inventory"}
@@ -122,3 +123,36 @@ def test_a_query_of_exactly_a_quarter_of_the_character_budget_is_kept():
     cache.put(("q" * 25, None, frozenset(), 0, GuardLimits()), ("c", "m"))
     cache.put(("r" * 26, None, frozenset(), 0, GuardLimits()), ("c", "m"))  # over: not kept
     assert len(cache) == 1
+
+
+def _nested_simple_case(depth: int) -> str:
+    operand = "id"
+    for _ in range(depth):
+        operand = f"CASE {operand} WHEN 1 THEN 1 WHEN 2 THEN 2 END"
+    return f"SELECT DISTINCT {operand} FROM inventory"
+
+
+def test_nested_simple_cases_are_refused_past_twice_the_length_cap_in_copied_tokens():
+    """The parser copies a simple CASE's operand into each WHEN: the guard counts
+    the tokens with those copies and allows at most twice max_length."""
+    sql = _nested_simple_case(6)  # 255 characters, 636 tokens once copied
+    tokens = parsed_tokens(sql)
+    assert (len(sql), tokens) == (255, 636)
+    wide = GuardLimits(expression_nodes=1_000_000)  # only the token count decides
+    check_query(sql, allowed_tables=ALLOWED, max_length=tokens // 2, limits=wide)
+    with pytest.raises(QueryRejected, match="nested simple CASE") as refused:
+        check_query(sql, allowed_tables=ALLOWED, max_length=tokens // 2 - 1, limits=wide)
+    assert refused.value.code == "query_too_complex"
+
+
+@pytest.mark.parametrize(
+    ("uses", "written", "inlined"),
+    [("c", 2, 1), ("c, c", 3, 2)],  # the CTE's own table, each use, and each copy
+)
+def test_copies_of_not_materialized_ctes_count_as_table_references(uses, written, inlined):
+    sql = f"WITH c AS NOT MATERIALIZED (SELECT * FROM inventory) SELECT 1 FROM {uses}"
+    cap = written + inlined
+    check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(table_references=cap))
+    with pytest.raises(QueryRejected, match=f"more than {cap - 1} table references") as refused:
+        check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(table_references=cap - 1))
+    assert refused.value.code == "query_too_complex"
