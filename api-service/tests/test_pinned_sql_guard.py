@@ -156,3 +156,11 @@ def test_copies_of_not_materialized_ctes_count_as_table_references(uses, written
     with pytest.raises(QueryRejected, match=f"more than {cap - 1} table references") as refused:
         check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(table_references=cap - 1))
     assert refused.value.code == "query_too_complex"
+
+
+def test_the_depth_limit_counts_each_level_and_allows_exactly_the_limit():
+    # The SELECT node, three nested additions and the innermost constant: 5 levels.
+    sql = "SELECT 1 + (2 + (3 + 4))"
+    check_query(sql, allowed_tables=None, limits=GuardLimits(expression_depth=5))
+    with pytest.raises(QueryRejected, match="nested deeper than 4 levels"):
+        check_query(sql, allowed_tables=None, limits=GuardLimits(expression_depth=4))
