@@ -164,3 +164,42 @@ def test_the_depth_limit_counts_each_level_and_allows_exactly_the_limit():
     check_query(sql, allowed_tables=None, limits=GuardLimits(expression_depth=5))
     with pytest.raises(QueryRejected, match="nested deeper than 4 levels"):
         check_query(sql, allowed_tables=None, limits=GuardLimits(expression_depth=4))
+
+
+def test_a_query_of_exactly_the_length_cap_is_allowed():
+    sql = "SELECT id FROM inventory"
+    check_query(sql, allowed_tables=ALLOWED, max_length=len(sql))
+    with pytest.raises(QueryRejected) as refused:
+        check_query(sql, allowed_tables=ALLOWED, max_length=len(sql) - 1)
+    assert refused.value.code == "query_too_long"
+
+
+def test_a_union_of_three_is_two_set_operations():
+    sql = "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3"  # one node, three children
+    check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(set_operations=2))
+    code, message = _code(sql, limits=GuardLimits(set_operations=1))
+    assert code == "query_too_complex" and "more than 1 set operations" in message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT main.abs(-1)", "SELECT system.abs(-1)", "SELECT * FROM main.range(3)"],
+)
+def test_an_allowed_function_with_a_schema_or_catalog_prefix_is_refused(sql):
+    """A prefixed name may be another schema's macro of the same name: only bare
+    names are checked against the allowed functions."""
+    bare = sql.replace("main.", "").replace("system.", "")
+    check_query(bare, allowed_tables=ALLOWED, allowed_table_functions=["range"])
+    with pytest.raises(QueryRejected, match="without a schema or catalog prefix") as refused:
+        check_query(sql, allowed_tables=ALLOWED, allowed_table_functions=["range"])
+    assert refused.value.code == "function_not_allowed"
+
+
+def test_nesting_too_deep_to_size_is_refused_as_too_complex():
+    # 200 nested additions parse, but sizing them as DuckDB's binder would
+    # recurses past Python's limit: refused with the guard's own code.
+    sql = "SELECT " + "(1 + " * 200 + "1" + ")" * 200
+    unlimited = GuardLimits(expression_depth=1_000_000, expression_nodes=1_000_000)
+    with pytest.raises(QueryRejected, match="nested too deeply") as refused:
+        check_query(sql, allowed_tables=ALLOWED, limits=unlimited)
+    assert refused.value.code == "query_too_complex"
