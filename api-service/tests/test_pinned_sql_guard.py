@@ -203,3 +203,20 @@ def test_nesting_too_deep_to_size_is_refused_as_too_complex():
     with pytest.raises(QueryRejected, match="nested too deeply") as refused:
         check_query(sql, allowed_tables=ALLOWED, limits=unlimited)
     assert refused.value.code == "query_too_complex"
+
+
+@pytest.mark.parametrize("name", ["duckdb_settings", "pg_roles", "sqlite_master", "pragma_x"])
+def test_names_under_duckdbs_system_prefixes_are_never_tables_even_for_any_table(name):
+    # A policy of "*" (allowed_tables=None) still never reaches the engine's catalog.
+    with pytest.raises(QueryRejected, match=f"table '{name}' is not allowed") as refused:
+        check_query(f"SELECT * FROM {name}", allowed_tables=None)
+    assert refused.value.code == "table_not_allowed"
+
+
+def test_a_recursive_cte_may_read_itself_even_where_it_shadows_another():
+    recursive = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3)"
+    for sql in (
+        f"{recursive} SELECT n FROM r",
+        f"WITH r AS (SELECT 1 AS n) SELECT * FROM ({recursive} SELECT n FROM r)",
+    ):
+        assert check_query(sql, allowed_tables=ALLOWED).tables == frozenset()
