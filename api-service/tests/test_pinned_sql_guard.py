@@ -53,7 +53,8 @@ def test_a_cleared_decision_cache_has_its_whole_character_budget_again():
         for i in range(4):
             cache.put((f"{i:<25}", None, frozenset(), 0, GuardLimits()), ("c", "m"))  # 25 chars
 
-    fill()
+    fill()  # a new cache holds exactly its 100 characters
+    assert len(cache) == 4
     cache.clear()
     assert len(cache) == 0
     fill()  # exactly the 100 characters
@@ -220,3 +221,11 @@ def test_a_recursive_cte_may_read_itself_even_where_it_shadows_another():
         f"WITH r AS (SELECT 1 AS n) SELECT * FROM ({recursive} SELECT n FROM r)",
     ):
         assert check_query(sql, allowed_tables=ALLOWED).tables == frozenset()
+
+
+def test_a_syntax_error_is_the_parsers_first_line():
+    # DuckDB's message goes on with the query and a caret under the error.
+    assert _code("SELECT 1 FORM inventory") == (
+        "syntax_error",
+        'syntax error: Parser Error: syntax error at or near "inventory"',
+    )
