@@ -53,10 +53,13 @@ def test_a_cleared_decision_cache_has_its_whole_character_budget_again():
         for i in range(4):
             cache.put((f"{i:<25}", None, frozenset(), 0, GuardLimits()), ("c", "m"))  # 25 chars
 
-    fill()  # a new cache holds exactly its 100 characters
-    assert len(cache) == 4
-    cache.clear()
-    assert len(cache) == 0
+    for _ in range(2):  # new, then cleared: exactly 100 characters, not one more
+        fill()
+        assert len(cache) == 4
+        cache.put(("y", None, frozenset(), 0, GuardLimits()), ("c", "m"))
+        assert len(cache) == 4
+        cache.clear()
+        assert len(cache) == 0
     fill()  # exactly the 100 characters
     assert len(cache) == 4
     cache.put(("x", None, frozenset(), 0, GuardLimits()), ("c", "m"))  # one more: the oldest goes
@@ -229,3 +232,11 @@ def test_a_syntax_error_is_the_parsers_first_line():
         "syntax_error",
         'syntax error: Parser Error: syntax error at or near "inventory"',
     )
+
+
+def test_only_joins_count_as_joins():
+    no_joins = GuardLimits(joins=0)
+    for sql in ("SELECT 1", "SELECT * FROM (SELECT 1) AS s", "SELECT * FROM (VALUES (1)) v(x)"):
+        check_query(sql, allowed_tables=ALLOWED, limits=no_joins)
+    code, message = _code("SELECT * FROM inventory a JOIN inventory b USING (id)", limits=no_joins)
+    assert code == "query_too_complex" and "more than 0 joins" in message
