@@ -7,6 +7,11 @@ score is killed / (killed + survived); a mutant that times out counts as
 killed (Cosmic Ray's rule: the tests noticed something). Prints the score per module and every
 surviving mutant as a diff; docs/testing.md records the last results.
 
+Each mutant's tests run warm: a server (scripts/mutation_warm.py) imports
+pytest and the third-party packages once, then forks per mutant and imports
+the repository's modules afresh (`--cold` starts pytest per mutant instead,
+several seconds more each).
+
 It works in a scratch copy of the repository (tracked and new files), so the
 working tree is never modified and you can keep working while it runs:
 
@@ -32,13 +37,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +70,14 @@ _ACCESS_TESTS = (
     f"--deselect={A}/tests/test_access_bypass.py::test_row_filters_hold_under_gunicorn",
     f"{A}/tests/test_access_properties.py",
 )
+# The direct check_query tests first: with -x most mutants stop there, before
+# the tests through HTTP and the timeouts.
+_GUARD_TESTS = (
+    f"{A}/tests/test_sql_limits.py",  # the guard's limits, through check_query
+    f"{A}/tests/test_pinned_sql_guard.py",
+    f"{A}/tests/test_sql_guard_attacks.py",
+    f"{A}/tests/test_query_guard_path.py",
+)
 TARGETS: dict[str, Target] = {
     "incremental": Target(
         f"{E}/etl_service/incremental.py",
@@ -70,15 +87,11 @@ TARGETS: dict[str, Target] = {
         f"{E}/etl_service/warehouse.py",
         (f"{E}/tests/test_pinned_warehouse.py", f"{E}/tests/test_warehouse_merge.py"),
     ),
-    "sql_guard": Target(
-        f"{A}/api_service/query/sql_guard.py",
-        (
-            f"{A}/tests/test_pinned_sql_guard.py",
-            f"{A}/tests/test_sql_guard_attacks.py",
-            f"{A}/tests/test_sql_limits.py",  # the guard's limits, through check_query
-            f"{A}/tests/test_query_guard_path.py",
-        ),
-    ),
+    "sql_guard": Target(f"{A}/api_service/query/sql_guard.py", _GUARD_TESTS),
+    # The guard's parts: its tests reach them through check_query.
+    "sql_limits": Target(f"{A}/api_service/query/sql_limits.py", _GUARD_TESTS),
+    "bind_size": Target(f"{A}/api_service/query/bind_size.py", _GUARD_TESTS),
+    "sql_tree": Target(f"{A}/api_service/query/sql_tree.py", _GUARD_TESTS),
     "tokens": Target(
         f"{A}/api_service/auth/tokens.py",
         (f"{A}/tests/test_auth_tokens.py", f"{A}/tests/test_pinned_auth.py"),
@@ -92,6 +105,11 @@ TARGETS: dict[str, Target] = {
             f"{A}/tests/test_rate_limit.py::test_redis_limiter_is_exact_under_concurrency",
             f"{A}/tests/test_rate_limit.py::test_redis_down_falls_back_to_a_local_limiter",
         ),
+    ),
+    # Redis down: skipped for a few seconds, warned about once a minute (the
+    # rate limiter's and the shared query slots' fallback).
+    "redis_outage": Target(
+        f"{A}/api_service/redis_outage.py", (f"{A}/tests/test_pinned_rate_limit.py",)
     ),
     "snapshot_file": Target(
         f"{S}/analytics_shared/snapshot_file.py",
@@ -186,22 +204,52 @@ def skip_annotation_mutants(session: Path, module: Path) -> int:
     return skipped
 
 
-def config(target: Target, copy: Path, timeout: float) -> str:
-    tests = " ".join(target.tests)
+def pytest_args(target: Target) -> list[str]:
     # Without the plugins the selected tests do not use: half the start-up time.
-    command = (
-        f"{sys.executable} -m pytest -x -q -p no:cacheprovider -p no:schemathesis"
-        f" -p no:hypothesispytest -m 'not slow' {tests}"
-    )
+    return [
+        *("-x", "-q", "-p", "no:cacheprovider", "-p", "no:schemathesis"),
+        *("-p", "no:hypothesispytest", "-m", "not slow", *target.tests),
+    ]
+
+
+def config(target: Target, copy: Path, timeout: float, command: str) -> str:
     return (
         "[cosmic-ray]\n"
         f'module-path = "{copy / target.module}"\n'
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
-        f'test-command = "{command}"\n'
+        f"test-command = {json.dumps(command)}\n"
         "[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
+
+
+@contextmanager
+def test_command(
+    name: str, target: Target, copy: Path, env: dict[str, str], cold: bool
+) -> Iterator[str]:
+    """The shell command Cosmic Ray runs per mutant: pytest itself (cold), or a
+    client of a warm server forked per mutant (scripts/mutation_warm.py)."""
+    args = pytest_args(target)
+    if cold:
+        yield shlex.join([sys.executable, "-m", "pytest", *args])
+        return
+    warm = copy / "scripts" / "mutation_warm.py"
+    sock, log = copy / f"mutation-{name}.sock", copy / f"mutation-{name}.log"
+    server = subprocess.Popen(
+        [sys.executable, str(warm), "serve", str(sock), str(copy), str(log), "--", *args],
+        cwd=copy,
+        env=env,
+    )
+    try:
+        while not sock.exists():  # it first runs the tests once, unmutated
+            if server.poll() is not None:
+                raise SystemExit(f"{name}: the warm test server stopped (see {log})")
+            time.sleep(0.2)
+        yield shlex.join([sys.executable, "-S", str(warm), "client", str(sock)])
+    finally:
+        server.terminate()
+        server.wait()
 
 
 MutantKey = tuple[str, int, tuple[int, ...], tuple[int, ...]]
@@ -281,13 +329,29 @@ def run_target(
     name: str, target: Target, copy: Path, args: argparse.Namespace
 ) -> tuple[Outcome, str]:
     cfg = copy / f"mutation-{name}.toml"
-    cfg.write_text(config(target, copy, args.timeout))
     session = copy / f"mutation-{name}.sqlite"
     env = {
         **os.environ,
         # The copy's packages before the editable installs of the working tree.
         "PYTHONPATH": os.pathsep.join(str(copy / p) for p in (S, E, A, ".")),
+        # A mutant of the same size written within the same second as the last
+        # one must not be read from a stale .pyc.
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
+    with test_command(name, target, copy, env, args.cold) as command:
+        cfg.write_text(config(target, copy, args.timeout, command))
+        return _run_session(name, target, copy, args, cfg, session, env)
+
+
+def _run_session(
+    name: str,
+    target: Target,
+    copy: Path,
+    args: argparse.Namespace,
+    cfg: Path,
+    session: Path,
+    env: dict[str, str],
+) -> tuple[Outcome, str]:
     # The tests must pass on the unmutated copy, or every mutant would look killed.
     subprocess.run([str(BIN / "cosmic-ray"), "baseline", str(cfg)], cwd=copy, env=env, check=True)
     subprocess.run(
@@ -325,6 +389,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"short names: {', '.join(TARGETS)}")
     parser.add_argument("--list", action="store_true", help="show the modules and their tests")
+    parser.add_argument(
+        "--cold", action="store_true", help="start pytest afresh per mutant (no warm server)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
     parser.add_argument("--keep", metavar="DIR", help="keep each module's session database here")
     parser.add_argument(

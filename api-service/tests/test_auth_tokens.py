@@ -19,6 +19,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from structlog.testing import capture_logs
 
 from api_service.auth.principal import Principal
 from api_service.auth.tokens import JwksCache, TokenValidator
@@ -488,11 +489,13 @@ def test_only_public_signing_keys_of_known_types_are_taken(own_issuer):
             "not-an-object",
             {**good, "kid": 7},  # kid not a string
             {**good, "kid": "enc", "use": "enc"},
+            {**good, "kid": "tls", "use": "tls"},  # not "sig" either (and sorts after it)
             {**good, "kid": "no-use"} | {"use": "sig"},
             {k: v for k, v in good.items() if k != "use"} | {"kid": "implicit-sig"},
             {"kid": "hmac", "kty": "oct", "k": "c2VjcmV0"},
             {**good, "kid": "private", "d": "AQAB"},
             {**good, "kid": "broken", "n": "!!"},
+            {**good, "kid": "k" * 100, "n": "!!"},  # logged as skipped, its kid cut to 64
             {**good, "kid": "odd-alg", "alg": 256},  # PyJWT refuses it: skipped
             {k: v for k, v in good.items() if k != "alg"} | {"kid": "no-alg"},
         ]
@@ -502,14 +505,17 @@ def test_only_public_signing_keys_of_known_types_are_taken(own_issuer):
 
     async def run() -> tuple[list[str], Any]:
         try:
-            kids = ["no-use", "implicit-sig", "no-alg", "enc", "hmac", "private", "broken"]
+            kids = ["no-use", "implicit-sig", "no-alg", "enc", "tls", "hmac", "private", "broken"]
             return await _outcomes(cache, [*kids, "odd-alg"]), await cache.get("no-alg")
         finally:
             await cache.aclose()
 
-    outcomes, odd = asyncio.run(run())
+    with capture_logs() as logs:
+        outcomes, odd = asyncio.run(run())
+    skipped = [e["kid"] for e in logs if e["event"] == "jwks_key_skipped"]
+    assert skipped == ["broken", "k" * 64, "odd-alg"]
     unknown = "AuthError: token signed with an unknown key"
-    assert outcomes == ["JwksKey"] * 3 + [unknown] * 5
+    assert outcomes == ["JwksKey"] * 3 + [unknown] * 6
     assert odd.alg is None and odd.kty == "RSA"  # no alg declared: any RSA algorithm fits
     assert cache.status()["keys"] == 3
 
@@ -601,7 +607,9 @@ def test_a_failed_refetch_while_the_keys_are_fresh_is_not_stale(own_issuer):
         try:
             await cache.get(own_issuer.keys[0].kid)
             jwks.status = 503
-            clock.advance(60)  # an unknown kid, past the cooldown: refetched, and it fails
+            # Exactly the TTL (still fresh); an unknown kid, past the cooldown: it is
+            # refetched, and that fails.
+            clock.advance(600)
             with pytest.raises(AuthError, match="unknown key"):
                 await cache.get("new-kid")
         finally:
@@ -609,7 +617,7 @@ def test_a_failed_refetch_while_the_keys_are_fresh_is_not_stale(own_issuer):
 
     asyncio.run(run())
     status = cache.status()
-    assert (status["status"], status["keys_age_seconds"]) == ("ok", 60.0)
+    assert (status["status"], status["keys_age_seconds"]) == ("ok", 600.0)
     assert str(status["last_error"]).startswith("HTTPStatusError")
 
 
@@ -634,7 +642,9 @@ def test_the_reported_fetch_error_is_one_line_of_at_most_300_characters():
 def test_refetch_timing_ttl_and_cooldown_boundaries(own_issuer):
     kid = own_issuer.keys[0].kid
     jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
-    clock = FakeClock()
+    # The monotonic clock counts from boot: started at 10 s, a time since an event
+    # is not also the remainder of the clock by that event's time.
+    clock = FakeClock(start=10.0)
     cache = _cache(jwks, clock, ttl=100, cooldown=10, max_stale=1000)
 
     async def run() -> list[int]:
@@ -670,7 +680,7 @@ def test_refetch_timing_ttl_and_cooldown_boundaries(own_issuer):
 def test_ensure_fetched_never_raises_and_respects_the_cooldown(own_issuer):
     jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
     jwks.status = 500
-    clock = FakeClock()
+    clock = FakeClock(start=10.0)  # as in the test above
     cache = _cache(jwks, clock, ttl=100, cooldown=10)
 
     async def run() -> list[int]:
@@ -704,19 +714,24 @@ def test_a_tokens_algorithm_must_fit_its_key(own_issuer):
     rsa_key = own_issuer.keys[0]
     declared = rsa_key.public_jwk  # declares "alg": "RS256"
     undeclared = {k: v for k, v in declared.items() if k != "alg"} | {"kid": "no-alg"}
-    jwks = _Jwks({"keys": [declared, undeclared]})
+    declares_ps = undeclared | {"kid": "ps-only", "alg": "PS256"}
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ec_jwk = jwt.algorithms.ECAlgorithm.to_jwk(ec_public, as_dict=True) | {"kid": "ec-no-alg"}
+    jwks = _Jwks({"keys": [declared, undeclared, declares_ps, ec_jwk]})
     clock = FakeClock()
     validator = TokenValidator(
         _cache(jwks, clock), issuer=own_issuer.issuer, audience=AUDIENCE,
         algorithms=["RS256", "PS256", "ES256"], clock=clock, wall_clock=clock.wall,
     )  # fmt: skip
-    no_alg_key = SigningKey(kid="no-alg")
-    no_alg_key.private_key = rsa_key.private_key
+    no_alg_key, ps_key, ec_kid = (SigningKey(kid=k) for k in ("no-alg", "ps-only", "ec-no-alg"))
+    no_alg_key.private_key = ps_key.private_key = ec_kid.private_key = rsa_key.private_key
     tokens = [
         own_issuer.mint(sub="rs"),
         own_issuer.mint(sub="ps-declared", algorithm="PS256"),  # the JWK says RS256
         own_issuer.mint(sub="ps-undeclared", algorithm="PS256", key=no_alg_key),
         _ec_token(own_issuer, "no-alg"),  # an EC algorithm with an RSA key
+        own_issuer.mint(sub="rs-declared-ps", key=ps_key),  # the JWK says PS256
+        own_issuer.mint(sub="rs-for-ec", key=ec_kid),  # an RSA algorithm with an EC key
     ]
     results = asyncio.run(_validate_all(validator, tokens))
     mismatch = "token algorithm does not match its key"
@@ -724,6 +739,8 @@ def test_a_tokens_algorithm_must_fit_its_key(own_issuer):
         "rs",
         mismatch,
         "ps-undeclared",
+        mismatch,
+        mismatch,
         mismatch,
     ]
 
@@ -826,3 +843,212 @@ def test_a_token_accepted_only_within_the_leeway_is_not_remembered(own_issuer):
 
 def test_with_no_cache_entries_every_request_is_verified(own_issuer):
     assert _signature_checks(own_issuer, [own_issuer.mint()] * 3, cache_entries=0) == [1, 2, 3]
+
+
+def test_stale_keys_serve_up_to_max_stale_inclusive_and_their_age_has_one_decimal(own_issuer):
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=600, cooldown=60, max_stale=3600)
+
+    async def run() -> list[tuple[object, ...]]:
+        seen = []
+        try:
+            await cache.ensure_fetched()
+            jwks.status = 503
+            for advance in (3599.75, 0.25, 0.5):  # to just before, exactly at, past max_stale
+                clock.advance(advance)
+                await cache.ensure_fetched()
+                status = cache.status()
+                seen.append((status["status"], status["keys"], status["keys_age_seconds"]))
+        finally:
+            await cache.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [
+        ("stale", 1, 3599.8),
+        ("stale", 1, 3600.0),
+        ("unavailable", 0, 3600.5),
+    ]
+
+
+def test_one_cache_entry_remembers_one_token(own_issuer):
+    token = own_issuer.mint()
+    assert _signature_checks(own_issuer, [token] * 2, cache_entries=1) == [1, 1]
+
+
+def test_a_token_accepted_within_the_leeway_does_not_evict_a_remembered_one(own_issuer):
+    good, late = own_issuer.mint(sub="good"), own_issuer.mint(sub="late", ttl=-2)
+    checks = _signature_checks(own_issuer, [good, late, good], cache_entries=1, leeway=5)
+    assert checks == [1, 2, 2]
+
+
+def test_a_four_part_token_is_malformed(own_issuer):
+    token = own_issuer.mint()
+    assert [str(r) for r in validate(own_issuer, token + ".e30")] == ["malformed token"]
+
+
+def test_the_defaults_are_the_documented_settings(own_issuer):
+    """Built without options, the cache and validator behave as the API's settings
+    documented defaults say (JWKS 600 s, refetch cooldown 60 s, stale keys 24 h,
+    leeway 30 s)."""
+    from api_service.settings import ApiSettings
+
+    fields = ApiSettings.model_fields
+    cache = JwksCache("https://idp.test/jwks")
+    validator = TokenValidator(cache, issuer="i", audience="a", algorithms=["RS256"])
+    assert cache._client.timeout == httpx.Timeout(5.0)  # a hung JWKS endpoint: 5 s at most
+    assert (
+        (cache.ttl, cache.cooldown, cache.max_stale, validator.leeway)
+        == (
+            fields["jwks_cache_seconds"].default,
+            fields["jwks_refetch_cooldown_seconds"].default,
+            fields["jwks_max_stale_seconds"].default,
+            fields["jwt_leeway_seconds"].default,
+        )
+        == (600, 60, 86_400, 30)
+    )
+    asyncio.run(cache.aclose())
+
+
+def test_ensure_fetched_does_not_wait_behind_a_fetch_in_progress(own_issuer):
+    """/health calls ensure_fetched: a hung identity provider must not hang it."""
+    document = {"keys": [own_issuer.keys[0].public_jwk]}
+
+    async def run() -> None:
+        release = asyncio.Event()
+
+        async def slow(request: httpx.Request) -> httpx.Response:
+            await release.wait()
+            return httpx.Response(200, json=document)
+
+        cache = JwksCache(
+            "https://idp.test/jwks", clock=FakeClock(), transport=httpx.MockTransport(slow)
+        )
+        try:
+            fetch = asyncio.create_task(cache.get(own_issuer.keys[0].kid))
+            while not cache._lock.locked():
+                await asyncio.sleep(0)
+            await asyncio.wait_for(cache.ensure_fetched(), timeout=1.0)
+            assert not fetch.done()
+            release.set()
+            await fetch
+        finally:
+            await cache.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_expiry_refetches_at_once_even_within_the_cooldown(own_issuer):
+    """JWKS_CACHE_SECONDS may be shorter than the refetch cooldown: the cooldown
+    only spaces refetches after a failure, never a normal expiry."""
+    kid = own_issuer.keys[0].kid
+    jwks = _Jwks({"keys": [own_issuer.keys[0].public_jwk]})
+    clock = FakeClock()
+    cache = _cache(jwks, clock, ttl=5, cooldown=60)
+
+    async def run() -> list[int]:
+        counts = []
+        try:
+            for advance in (0, 5.5, 5.5):
+                clock.advance(advance)
+                await cache.get(kid)
+                counts.append(jwks.requests)
+        finally:
+            await cache.aclose()
+        return counts
+
+    assert asyncio.run(run()) == [1, 2, 3]
+
+
+def test_a_request_during_a_refetch_waits_for_its_keys(own_issuer):
+    """A key removed from the JWKS is refused from the moment the refetch that
+    removes it ends, also for a request that arrived while it ran."""
+    old_key, new_key = own_issuer.keys[0].public_jwk, SigningKey(kid="new").public_jwk
+    document = {"keys": [old_key]}
+
+    async def run() -> object:
+        release = asyncio.Event()
+
+        async def serve(request: httpx.Request) -> httpx.Response:
+            if document["keys"] == [new_key]:
+                await release.wait()
+            return httpx.Response(200, json=document)
+
+        clock = FakeClock()
+        cache = JwksCache(
+            "https://idp.test/jwks", clock=clock, transport=httpx.MockTransport(serve)
+        )
+        try:
+            await cache.get(old_key["kid"])
+            document["keys"] = [new_key]  # rotated: the old key is gone
+            clock.advance(60)  # past the cooldown: the unknown kid "new" is refetched
+            refetch = asyncio.create_task(cache.get("new"))
+            while not cache._lock.locked():
+                await asyncio.sleep(0)
+            during = asyncio.create_task(cache.get(old_key["kid"]))
+            await asyncio.sleep(0.05)
+            release.set()
+            await refetch
+            try:
+                return await during
+            except AuthError as exc:
+                return str(exc)
+        finally:
+            await cache.aclose()
+
+    assert asyncio.run(run()) == "token signed with an unknown key"
+
+
+def _wall_validator(dev: DevIssuer, clock: FakeClock, wall: list[float], **options: Any):
+    validator = TokenValidator(
+        JwksCache(dev.jwks_url, clock=clock), issuer=dev.issuer, audience=AUDIENCE,
+        algorithms=["RS256"], clock=clock, wall_clock=lambda: wall[0], **options,
+    )  # fmt: skip
+    return validator, count_signature_checks(validator)
+
+
+def test_the_cache_ends_exactly_at_sixty_seconds_and_exactly_at_exp(own_issuer):
+    clock, wall = FakeClock(), [time.time()]
+    token = own_issuer.mint(ttl=3600)
+    exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+    async def run() -> list[int]:
+        validator, checks = _wall_validator(own_issuer, clock, wall)
+        seen = []
+        try:
+            for advance, at in ((0, wall[0]), (60, wall[0]), (0, exp - 1), (0, exp)):
+                clock.advance(advance)
+                wall[0] = at
+                await validator.validate(token)
+                seen.append(checks[0])
+        finally:
+            await validator.jwks.aclose()
+        return seen
+
+    # Verified; exactly 60 s later verified again (and remembered anew); one second
+    # before exp from the cache; exactly at exp verified again.
+    assert asyncio.run(run()) == [1, 2, 2, 3]
+
+
+def test_a_token_at_its_exp_exactly_is_not_remembered(own_issuer):
+    clock = FakeClock()
+    good, ending = own_issuer.mint(sub="good"), own_issuer.mint(sub="ending", ttl=30)
+    wall = [float(jwt.decode(ending, options={"verify_signature": False})["exp"])]
+
+    async def run() -> list[int]:
+        validator, checks = _wall_validator(own_issuer, clock, wall, cache_entries=1)
+        seen = []
+        try:
+            for token in (good, ending, good):
+                await validator.validate(token)
+                seen.append(checks[0])
+        finally:
+            await validator.jwks.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [1, 2, 2]  # "ending" took no cache entry from "good"
+
+
+def test_a_one_character_kid_is_a_key_id(own_issuer):
+    (result,) = validate(own_issuer, own_issuer.mint(headers={"kid": "k"}))
+    assert str(result) == "token signed with an unknown key"

@@ -15,6 +15,7 @@ import uuid
 
 import redis
 
+from api_service import redis_outage
 from api_service.auth import rate_limit
 from api_service.auth.rate_limit import (
     LocalRateLimiter,
@@ -22,6 +23,7 @@ from api_service.auth.rate_limit import (
     RedisRateLimiter,
     build_rate_limiter,
 )
+from api_service.redis_outage import RedisOutage
 from api_service.settings import ApiSettings
 from testsupport.ports import free_port
 
@@ -110,6 +112,14 @@ def test_the_local_window_is_half_open_and_its_numbers_are_exact():
     assert (none.allowed, none.remaining, none.reset_seconds) == (False, 0, 10.0)
 
 
+def test_a_lowered_limit_refuses_at_once_in_the_local_limiter_too():
+    """The operator lowered the limit (3 to 2) after three hits: the fourth is refused."""
+    limiter = LocalRateLimiter()
+    assert all(limiter.hit_now("gus", 3, 60, now=t).allowed for t in (1.0, 2.0, 3.0))
+    lowered = limiter.hit_now("gus", 2, 60, now=4.0)
+    assert (lowered.allowed, lowered.remaining) == (False, 0)
+
+
 def test_windows_count_apart_and_a_busy_user_is_not_forgotten_first():
     limiter = LocalRateLimiter(max_users=2)
     assert limiter.hit_now("a", 1, 60, now=1.0).allowed
@@ -141,6 +151,24 @@ def test_redis_decisions_carry_the_remaining_count_and_the_reset(redis_url):
         digest = hashlib.sha256(b"erin").hexdigest()[:32]
         assert keys == [f"{prefix}:{digest}:{WINDOW}s"]  # hashed user id, window in the key
         client.delete(*keys)
+    finally:
+        client.close()
+
+
+def test_a_redis_reset_is_a_whole_window_for_a_first_hit_then_counts_down(redis_url):
+    prefix = f"test-rl-{uuid.uuid4().hex}"
+    limiter = RedisRateLimiter(redis_url, prefix=prefix, timeout=5.0)
+    key = limiter._key("hal", WINDOW)
+    first, second = _hits(limiter, "hal", 2, limit=5)
+    # The only hit is the oldest: it leaves the window a whole window later.
+    assert first.reset_seconds == WINDOW
+    # Redis' clock has microseconds: a later hit sees a fraction of a second less
+    # (its X-RateLimit-Reset rounds that up, not down).
+    assert WINDOW - 5 < second.reset_seconds < WINDOW and second.reset_seconds % 1 != 0
+    assert second.headers()["X-RateLimit-Reset"] == str(WINDOW)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(key)
     finally:
         client.close()
 
@@ -185,12 +213,13 @@ class _Log:
         self.warnings.append((event, fields))
 
 
-def test_while_redis_is_down_it_is_retried_every_five_seconds_and_logged_once_a_minute(
-    monkeypatch,
-):
+def _down_limiter(monkeypatch, start: float) -> tuple[RedisRateLimiter, _Clock, _Log, list[int]]:
+    """A limiter whose Redis refuses connections, on a clock the test sets."""
     clock, log = _Clock(), _Log()
-    monkeypatch.setattr(rate_limit, "time", clock)
-    monkeypatch.setattr(rate_limit, "log", log)
+    clock.now = start
+    monkeypatch.setattr(rate_limit, "time", clock)  # the local fallback's window
+    monkeypatch.setattr(redis_outage, "time", clock)
+    monkeypatch.setattr(redis_outage, "log", log)
     limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     attempts = [0]
     script = limiter._script
@@ -200,27 +229,67 @@ def test_while_redis_is_down_it_is_retried_every_five_seconds_and_logged_once_a_
         return await script(**kwargs)
 
     limiter._script = counted  # type: ignore[assignment]
+    return limiter, clock, log, attempts
 
-    async def at(*times: float) -> list[int]:
+
+def test_while_redis_is_down_it_is_retried_every_five_seconds_and_logged_once_a_minute(
+    monkeypatch,
+):
+    limiter, clock, log, attempts = _down_limiter(monkeypatch, 1_000.0)
+
+    async def at(*times: float) -> list[tuple[int, int]]:
         seen = []
         for t in times:
             clock.now = 1_000.0 + t
             await limiter.hit("dan", 100, 60)
-            seen.append(attempts[0])
+            seen.append((attempts[0], len(log.warnings)))
         return seen
 
-    async def run() -> list[int]:
+    async def run() -> list[tuple[int, int]]:
         try:
-            return await at(0, 1, 4.9, 5.0, 9.9, 10.0, 59.0, 64.0)
+            return await at(0, 1, 4.9, 5.0, 9.9, 10.0, 60.0, 65.0)
         finally:
             await limiter.aclose()
 
     # Tried at 0, then once per 5 s (not per request); counted locally meanwhile.
-    assert asyncio.run(run()) == [1, 1, 1, 2, 2, 3, 4, 5]
+    # Warned at the first failure, then not again until more than 60 s later.
+    tried_and_warned = [(1, 1), (1, 1), (1, 1), (2, 1), (2, 1), (3, 1), (4, 1), (5, 2)]
+    assert asyncio.run(run()) == tried_and_warned
     assert [event for event, _ in log.warnings] == ["rate_limit_redis_unavailable"] * 2
-    assert log.warnings[0][1]["fallback"] == "per-process limiter"
-    # Every request was counted locally (8, less the 2 older than 60 s, plus this one).
-    assert limiter.fallback.hit_now("dan", 100, 60).remaining == 100 - 7
+    assert log.warnings[0][1] == {"error": "ConnectionError", "fallback": "per-process limiter"}
+    # Every request was counted locally: at 65 s the 4 made at 5 s or before have
+    # left the window; 4 later ones and this one remain.
+    assert limiter.fallback.hit_now("dan", 100, 60).remaining == 100 - 5
+
+
+def test_redis_down_right_after_boot_is_tried_at_once_and_warned_about(monkeypatch):
+    """The monotonic clock starts near 0 when the machine boots: an API started
+    then still tries Redis on its first request and warns of the first failure."""
+    limiter, _, log, attempts = _down_limiter(monkeypatch, 0.5)
+
+    async def run() -> None:
+        try:
+            await limiter.hit("eve", 100, 60)
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(run())
+    assert attempts[0] == 1
+    assert [event for event, _ in log.warnings] == ["rate_limit_redis_unavailable"]
+
+
+def test_an_outage_is_warned_about_at_most_once_a_minute(monkeypatch):
+    clock, log = _Clock(), _Log()
+    monkeypatch.setattr(redis_outage, "time", clock)
+    monkeypatch.setattr(redis_outage, "log", log)
+    outage = RedisOutage("slots_down", "local caps", retry_after=5.0)
+    warned = []
+    for t in (0.0, 59.5, 60.0, 60.5, 120.0, 120.6):
+        clock.now = t
+        outage.failed(OSError())
+        warned.append(len(log.warnings))
+    assert warned == [1, 1, 1, 2, 2, 3]  # only more than 60 s after the last warning
+    assert log.warnings[0] == ("slots_down", {"error": "OSError", "fallback": "local caps"})
 
 
 def test_a_per_process_limiter_under_several_workers_is_warned_about(monkeypatch):
@@ -230,8 +299,9 @@ def test_a_per_process_limiter_under_several_workers_is_warned_about(monkeypatch
     rate_limit.warn_if_per_process(LocalRateLimiter())
     assert [(e, f["workers"]) for e, f in log.warnings] == [("rate_limit_per_process", 3)]
     rate_limit.warn_if_per_process(RedisRateLimiter("redis://127.0.0.1:1/0"))  # shared: fine
-    monkeypatch.setenv("WEB_CONCURRENCY", "1")
-    rate_limit.warn_if_per_process(LocalRateLimiter())
+    for one_or_none in ("1", "0"):
+        monkeypatch.setenv("WEB_CONCURRENCY", one_or_none)
+        rate_limit.warn_if_per_process(LocalRateLimiter())
     assert len(log.warnings) == 1
     # Without WEB_CONCURRENCY: one process, or Gunicorn's default of two workers.
     monkeypatch.setenv("WEB_CONCURRENCY", "many")

@@ -9,6 +9,7 @@ import pytest
 
 from api_service.errors import QueryRejected
 from api_service.query import sql_guard
+from api_service.query.bind_size import parsed_tokens
 from api_service.query.sql_guard import GuardLimits, check_query, parser_connection
 
 ALLOWED = {"inventory"}
@@ -52,9 +53,13 @@ def test_a_cleared_decision_cache_has_its_whole_character_budget_again():
         for i in range(4):
             cache.put((f"{i:<25}", None, frozenset(), 0, GuardLimits()), ("c", "m"))  # 25 chars
 
-    fill()
-    cache.clear()
-    assert len(cache) == 0
+    for _ in range(2):  # new, then cleared: exactly 100 characters, not one more
+        fill()
+        assert len(cache) == 4
+        cache.put(("y", None, frozenset(), 0, GuardLimits()), ("c", "m"))
+        assert len(cache) == 4
+        cache.clear()
+        assert len(cache) == 0
     fill()  # exactly the 100 characters
     assert len(cache) == 4
     cache.put(("x", None, frozenset(), 0, GuardLimits()), ("c", "m"))  # one more: the oldest goes
@@ -122,3 +127,116 @@ def test_a_query_of_exactly_a_quarter_of_the_character_budget_is_kept():
     cache.put(("q" * 25, None, frozenset(), 0, GuardLimits()), ("c", "m"))
     cache.put(("r" * 26, None, frozenset(), 0, GuardLimits()), ("c", "m"))  # over: not kept
     assert len(cache) == 1
+
+
+def _nested_simple_case(depth: int) -> str:
+    operand = "id"
+    for _ in range(depth):
+        operand = f"CASE {operand} WHEN 1 THEN 1 WHEN 2 THEN 2 END"
+    return f"SELECT DISTINCT {operand} FROM inventory"
+
+
+def test_nested_simple_cases_are_refused_past_twice_the_length_cap_in_copied_tokens():
+    """The parser copies a simple CASE's operand into each WHEN: the guard counts
+    the tokens with those copies and allows at most twice max_length."""
+    sql = _nested_simple_case(6)  # 255 characters, 636 tokens once copied
+    tokens = parsed_tokens(sql)
+    assert (len(sql), tokens) == (255, 636)
+    wide = GuardLimits(expression_nodes=1_000_000)  # only the token count decides
+    check_query(sql, allowed_tables=ALLOWED, max_length=tokens // 2, limits=wide)
+    with pytest.raises(QueryRejected, match="nested simple CASE") as refused:
+        check_query(sql, allowed_tables=ALLOWED, max_length=tokens // 2 - 1, limits=wide)
+    assert refused.value.code == "query_too_complex"
+
+
+@pytest.mark.parametrize(
+    ("uses", "written", "inlined"),
+    [("c", 2, 1), ("c, c", 3, 2)],  # the CTE's own table, each use, and each copy
+)
+def test_copies_of_not_materialized_ctes_count_as_table_references(uses, written, inlined):
+    sql = f"WITH c AS NOT MATERIALIZED (SELECT * FROM inventory) SELECT 1 FROM {uses}"
+    cap = written + inlined
+    check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(table_references=cap))
+    with pytest.raises(QueryRejected, match=f"more than {cap - 1} table references") as refused:
+        check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(table_references=cap - 1))
+    assert refused.value.code == "query_too_complex"
+
+
+def test_the_depth_limit_counts_each_level_and_allows_exactly_the_limit():
+    # The SELECT node, three nested additions and the innermost constant: 5 levels.
+    sql = "SELECT 1 + (2 + (3 + 4))"
+    check_query(sql, allowed_tables=None, limits=GuardLimits(expression_depth=5))
+    with pytest.raises(QueryRejected, match="nested deeper than 4 levels"):
+        check_query(sql, allowed_tables=None, limits=GuardLimits(expression_depth=4))
+
+
+def test_a_query_of_exactly_the_length_cap_is_allowed():
+    sql = "SELECT id FROM inventory"
+    check_query(sql, allowed_tables=ALLOWED, max_length=len(sql))
+    with pytest.raises(QueryRejected) as refused:
+        check_query(sql, allowed_tables=ALLOWED, max_length=len(sql) - 1)
+    assert refused.value.code == "query_too_long"
+
+
+def test_a_union_of_three_is_two_set_operations():
+    sql = "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3"  # one node, three children
+    check_query(sql, allowed_tables=ALLOWED, limits=GuardLimits(set_operations=2))
+    code, message = _code(sql, limits=GuardLimits(set_operations=1))
+    assert code == "query_too_complex" and "more than 1 set operations" in message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT main.abs(-1)", "SELECT system.abs(-1)", "SELECT * FROM main.range(3)"],
+)
+def test_an_allowed_function_with_a_schema_or_catalog_prefix_is_refused(sql):
+    """A prefixed name may be another schema's macro of the same name: only bare
+    names are checked against the allowed functions."""
+    bare = sql.replace("main.", "").replace("system.", "")
+    check_query(bare, allowed_tables=ALLOWED, allowed_table_functions=["range"])
+    with pytest.raises(QueryRejected, match="without a schema or catalog prefix") as refused:
+        check_query(sql, allowed_tables=ALLOWED, allowed_table_functions=["range"])
+    assert refused.value.code == "function_not_allowed"
+
+
+def test_nesting_too_deep_to_size_is_refused_as_too_complex():
+    # 200 nested additions parse, but sizing them as DuckDB's binder would
+    # recurses past Python's limit: refused with the guard's own code.
+    sql = "SELECT " + "(1 + " * 200 + "1" + ")" * 200
+    unlimited = GuardLimits(expression_depth=1_000_000, expression_nodes=1_000_000)
+    with pytest.raises(QueryRejected, match="nested too deeply") as refused:
+        check_query(sql, allowed_tables=ALLOWED, limits=unlimited)
+    assert refused.value.code == "query_too_complex"
+
+
+@pytest.mark.parametrize("name", ["duckdb_settings", "pg_roles", "sqlite_master", "pragma_x"])
+def test_names_under_duckdbs_system_prefixes_are_never_tables_even_for_any_table(name):
+    # A policy of "*" (allowed_tables=None) still never reaches the engine's catalog.
+    with pytest.raises(QueryRejected, match=f"table '{name}' is not allowed") as refused:
+        check_query(f"SELECT * FROM {name}", allowed_tables=None)
+    assert refused.value.code == "table_not_allowed"
+
+
+def test_a_recursive_cte_may_read_itself_even_where_it_shadows_another():
+    recursive = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3)"
+    for sql in (
+        f"{recursive} SELECT n FROM r",
+        f"WITH r AS (SELECT 1 AS n) SELECT * FROM ({recursive} SELECT n FROM r)",
+    ):
+        assert check_query(sql, allowed_tables=ALLOWED).tables == frozenset()
+
+
+def test_a_syntax_error_is_the_parsers_first_line():
+    # DuckDB's message goes on with the query and a caret under the error.
+    assert _code("SELECT 1 FORM inventory") == (
+        "syntax_error",
+        'syntax error: Parser Error: syntax error at or near "inventory"',
+    )
+
+
+def test_only_joins_count_as_joins():
+    no_joins = GuardLimits(joins=0)
+    for sql in ("SELECT 1", "SELECT * FROM (SELECT 1) AS s", "SELECT * FROM (VALUES (1)) v(x)"):
+        check_query(sql, allowed_tables=ALLOWED, limits=no_joins)
+    code, message = _code("SELECT * FROM inventory a JOIN inventory b USING (id)", limits=no_joins)
+    assert code == "query_too_complex" and "more than 0 joins" in message

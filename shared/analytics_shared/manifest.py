@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from analytics_shared.errors import AnalyticsError
 
@@ -85,7 +85,7 @@ class LakeInfo(BaseModel):
     """Lake mode: the DuckLake snapshot a version names, and how to check a replica.
 
     `checksums` are order-independent per-table hashes (row count and two
-    xor-ed row hashes, as computed by `analytics_shared.checksum`); a replica
+    xor-ed row hashes, as computed by `snapshot_file.table_checksum`); a replica
     that does not match them is not served."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -93,6 +93,18 @@ class LakeInfo(BaseModel):
     metadata_schema: str
     checksums: dict[str, str] = Field(default_factory=dict)
     primary_keys: dict[str, list[str]] = Field(default_factory=dict)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("created_at must carry a time zone")
+    return value.astimezone(UTC)
+
+
+def _relative_key(value: str) -> str:
+    if value.startswith("/") or ".." in value.split("/"):
+        raise ValueError("snapshot_key must be a relative key inside the store")
+    return value
 
 
 class Manifest(BaseModel):
@@ -103,9 +115,9 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     format_version: int = FORMAT_VERSION
-    version: str = Field(min_length=1, pattern=r"^[0-9A-Za-z_.-]+$")
-    created_at: datetime
-    snapshot_key: str = Field(min_length=1)
+    version: str = Field(pattern=r"^[0-9A-Za-z_.-]+$")
+    created_at: Annotated[datetime, AfterValidator(_aware)]
+    snapshot_key: Annotated[str, AfterValidator(_relative_key)] = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(gt=0)
     compression: str | None = None
@@ -125,20 +137,6 @@ class Manifest(BaseModel):
     # `snapshot_key` names the lake's prefix, `sha256`/`size` identify the
     # replica's expected content (the checksums) instead of a file.
     lake: LakeInfo | None = None
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("created_at must carry a time zone")
-        return value.astimezone(UTC)
-
-    @field_validator("snapshot_key")
-    @classmethod
-    def _relative_key(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("snapshot_key must be a relative key inside the store")
-        return value
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode()
@@ -179,9 +177,6 @@ def new_version_id(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with path.open("rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

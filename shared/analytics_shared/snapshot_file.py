@@ -55,7 +55,7 @@ def verify_bytes(path: Path, manifest: Manifest) -> None:
     if digest != manifest.sha256:
         raise SnapshotFileError(
             f"snapshot {manifest.version} failed verification"
-            f" (sha256 {digest[:12]} vs {manifest.sha256[:12]})"
+            f" (sha256 {digest} vs {manifest.sha256})"
         )
 
 
@@ -80,7 +80,7 @@ def decompress(src: Path, dest: Path, compression: str | None) -> Path:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-        src.unlink(missing_ok=True)
+        src.unlink()  # it was opened above, so it exists
     return dest
 
 
@@ -105,11 +105,11 @@ def table_checksum(con: Any, table: str, schema: str = "main") -> str:
     """Order-independent checksum of a table's rows: the row count and two
     64-bit row hashes (different seeds) xor-ed over all rows. One scan; equal
     in DuckDB 1.5.5 and 2.0.1 for the same column types and values."""
-    row = con.execute(
+    count, plain, seeded = con.execute(
         "SELECT count(*), coalesce(bit_xor(hash(t)), 0), coalesce(bit_xor(hash(t, 'fp')), 0)"
         f" FROM {quote_ident(schema)}.{quote_ident(table)} AS t"
     ).fetchone()
-    return f"{row[0]}:{row[1]:x}:{row[2]:x}"
+    return f"{count}:{plain:x}:{seeded:x}"
 
 
 def verify_checksums(con: Any, manifest: Manifest) -> None:
@@ -138,8 +138,7 @@ def probe(con: Any, manifest: Manifest) -> None:
         if m.kind == "table" and m.row_count is not None
     )
     for table, expected in counted.items():
-        row = con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()
-        count = int(row[0]) if row else -1
+        (count,) = con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()
         if count != expected:
             raise SnapshotFileError(
                 f"snapshot {manifest.version}: table {table} has {count} rows,"

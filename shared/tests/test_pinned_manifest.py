@@ -16,6 +16,7 @@ import pytest
 from analytics_shared.manifest import (
     FORMAT_VERSION,
     ColumnSchema,
+    LakeInfo,
     Manifest,
     ManifestError,
     ModelInfo,
@@ -42,9 +43,11 @@ def test_the_smallest_legal_values_pass():
             _doc(
                 tables={"t": {"row_count": 0}},
                 models={"m": {"kind": "table", "row_count": 0, "sql_sha256": "a" * 64}},
+                lake={"snapshot_id": 0, "metadata_schema": "s"},
             )
         )
     )
+    assert m.lake is not None and m.lake.snapshot_id == 0
     assert (m.version, m.snapshot_key, m.size) == ("v", "k", 1)
     assert m.tables["t"].row_count == 0 and m.models["m"].row_count == 0
     assert FORMAT_VERSION == 1 and m.format_version == 1
@@ -58,10 +61,12 @@ def test_the_smallest_legal_values_pass():
         {"size": 0},
         {"tables": {"t": {"row_count": -1}}},
         {"models": {"m": {"kind": "table", "row_count": -1, "sql_sha256": "a" * 64}}},
+        {"lake": {"snapshot_id": -1, "metadata_schema": "s"}},
         {"format_version": 0},
         {"format_version": 2},
     ],
     ids=["empty_version", "empty_key", "zero_size", "negative_rows", "negative_model_rows",
+         "negative_lake_snapshot",
          "older_format", "newer_format"],
 )  # fmt: skip
 def test_values_past_the_boundary_are_refused(fields):
@@ -76,6 +81,7 @@ def test_manifests_and_their_parts_are_immutable():
         TableInfo(row_count=1),
         ColumnSchema(name="a", type="INTEGER"),
         ModelInfo(kind="view", sql_sha256="a" * 64),
+        LakeInfo(snapshot_id=1, metadata_schema="s"),
         SchemaChange(table="t", detected_at=datetime.now(UTC), contract="evolve", action="evolved"),
     ]
     for part in parts:

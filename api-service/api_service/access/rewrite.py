@@ -247,8 +247,10 @@ def _subquery_template(rule: TableRule, columns: tuple[str, ...] | None) -> str:
 
 
 def _serialize(sql: str) -> dict[str, Any]:
-    row = parser_connection().execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
-    tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
+    [(text,)] = (
+        parser_connection().execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()
+    )
+    tree: dict[str, Any] = json.loads(text)
     if tree.get("error"):
         raise QueryRejected(
             f"query not supported: {tree.get('error_message', 'cannot analyse it')}", "unsupported"
@@ -299,12 +301,11 @@ def rewrite(sql: str, rules: AccessRules, manifest: Manifest) -> RewrittenQuery:
     rewriter.walk(tree)
     if rewriter.replaced == 0:
         return RewrittenQuery(sql, (), False, False, frozenset())
-    row = (
+    [(rewritten,)] = (
         parser_connection()
         .execute("SELECT json_deserialize_sql(?::VARCHAR)", [json.dumps(tree)])
-        .fetchone()
+        .fetchall()
     )
-    rewritten = str(row[0]) if row else ""
     _verify(rewritten, rules, rewriter.refused, rewriter.replaced)
     claims = tuple(dict.fromkeys(c for r in rewriter.touched.values() for c in r.claims))
     hidden = frozenset(

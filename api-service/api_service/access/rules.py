@@ -147,8 +147,8 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
     """The filter's WHERE tree with claim('x') as parameters, and the claims it reads."""
     con = parser_connection()
     probe = f"SELECT 1 FROM {RESERVED_PREFIX}t WHERE {text}"
-    row = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [probe]).fetchone()
-    tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
+    [(text,)] = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [probe]).fetchall()
+    tree: dict[str, Any] = json.loads(text)
     statements: list[dict[str, Any]] = tree.get("statements", [])
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
     shape_ok = (
@@ -172,9 +172,11 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
     _qualify_columns(where, RESERVED_PREFIX + table)
     node["where_clause"] = where
     # The operator's filter passes the same guard as any query (denied functions ...).
-    rendered = con.execute("SELECT json_deserialize_sql(?::VARCHAR)", [json.dumps(tree)]).fetchone()
+    [(rendered,)] = con.execute(
+        "SELECT json_deserialize_sql(?::VARCHAR)", [json.dumps(tree)]
+    ).fetchall()
     try:
-        check_query(str(rendered[0] if rendered else ""), allowed_tables=None, max_length=100_000)
+        check_query(str(rendered), allowed_tables=None, max_length=100_000)
     except QueryRejected as exc:
         raise WhitelistError(f"query whitelist: the row filter of {table!r}: {exc}") from None
     return json.dumps(where), tuple(dict.fromkeys(claims))

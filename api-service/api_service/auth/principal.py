@@ -21,7 +21,7 @@ class Principal:
     sub: str
     app: str | None
     scopes: frozenset[str] = field(default_factory=frozenset)
-    claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    claims: dict[str, Any] = field(default_factory=dict, repr=False)
     # Set for API keys: the policy the key is bound to (tokens use `app`).
     policy: str | None = None
     auth_method: str = "jwt"

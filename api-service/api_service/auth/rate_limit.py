@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from analytics_shared.logging_config import get_logger
+from api_service.redis_outage import RedisOutage
 from api_service.settings import ApiSettings
 
 __all__ = [
@@ -137,22 +138,21 @@ class RedisRateLimiter(RateLimiter):
         retry_after: float = 5.0,
     ) -> None:
         self.prefix = prefix
-        self.retry_after = retry_after
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._script = self._redis.register_script(_SLIDING_WINDOW)
         self.fallback = LocalRateLimiter()
-        self._down_until = 0.0
-        self._last_warning = 0.0
+        self.outage = RedisOutage(
+            "rate_limit_redis_unavailable", "per-process limiter", retry_after
+        )
 
     def _key(self, user: str, window: int) -> str:
         # Hashed: bounded key length, and no user id in Redis' keyspace.
         return f"{self.prefix}:{hashlib.sha256(user.encode()).hexdigest()[:32]}:{window}s"
 
     async def hit(self, user: str, limit: int, window: int) -> RateDecision:
-        now = time.monotonic()
-        if now >= self._down_until:
+        if not self.outage.skip():
             try:
                 allowed, count, reset_us = await self._script(
                     keys=[self._key(user, window)],
@@ -163,14 +163,7 @@ class RedisRateLimiter(RateLimiter):
                 )
             except (TimeoutError, RedisError, OSError) as exc:
                 # Keep serving: count locally and try Redis again in a few seconds.
-                self._down_until = now + self.retry_after
-                if now - self._last_warning > 60:
-                    self._last_warning = now
-                    log.warning(
-                        "rate_limit_redis_unavailable",
-                        error=type(exc).__name__,
-                        fallback="per-process limiter",
-                    )
+                self.outage.failed(exc)
         return self.fallback.hit_now(user, limit, window)
 
     async def aclose(self) -> None:

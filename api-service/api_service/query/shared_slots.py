@@ -25,18 +25,15 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import time
 import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from analytics_shared.logging_config import get_logger
+from api_service.redis_outage import RedisOutage
 
 __all__ = ["Lease", "SharedSlots"]
-
-log = get_logger(__name__)
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -88,7 +85,6 @@ class SharedSlots:
         self.per_user = per_user
         self.per_app = per_app
         self.lease_ms = max(1000, int(lease_seconds * 1000))
-        self.retry_after = retry_after
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
@@ -97,8 +93,9 @@ class SharedSlots:
         self._held: set[Lease] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
-        self._down_until = 0.0
-        self._last_warning = 0.0
+        self.outage = RedisOutage(
+            "query_slots_redis_unavailable", "per-process query caps", retry_after
+        )
 
     def _key(self, kind: str, name: str) -> str:
         # Hashed: bounded length, and no user id in Redis' keyspace.
@@ -107,7 +104,7 @@ class SharedSlots:
     async def try_acquire(self, user: str, app: str) -> Lease | bool | None:
         """A lease; None when the user's (or app's) slots are all held; True
         when Redis is unreachable (the caller goes on with the local caps)."""
-        if time.monotonic() < self._down_until:
+        if self.outage.skip():
             return True
         keys = [self._key("user", user)]
         caps = [self.per_user]
@@ -119,7 +116,7 @@ class SharedSlots:
         try:
             taken = await self._acquire(keys=keys, args=args)
         except (TimeoutError, RedisError, OSError) as exc:
-            self._unavailable(exc)
+            self.outage.failed(exc)
             return True
         if not taken:
             return None
@@ -144,7 +141,7 @@ class SharedSlots:
                     pipe.zrem(key, lease.member)
                 await pipe.execute()
         except (TimeoutError, RedisError, OSError) as exc:
-            self._unavailable(exc)  # it expires on its own
+            self.outage.failed(exc)  # it expires on its own
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -161,18 +158,7 @@ class SharedSlots:
             try:
                 await self._renew(keys=keys, args=[self.lease_ms, *members])
             except (TimeoutError, RedisError, OSError) as exc:
-                self._unavailable(exc)
-
-    def _unavailable(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._down_until = now + self.retry_after
-        if now - self._last_warning > 60:
-            self._last_warning = now
-            log.warning(
-                "query_slots_redis_unavailable",
-                error=type(exc).__name__,
-                fallback="per-process query caps",
-            )
+                self.outage.failed(exc)
 
     async def aclose(self) -> None:
         if self._renewer is not None:

@@ -111,7 +111,7 @@ def parser_connection() -> duckdb.DuckDBPyConnection:
 
 def _system_views() -> frozenset[str]:
     rows = _parser().execute("SELECT view_name FROM duckdb_views() WHERE internal").fetchall()
-    return frozenset(str(r[0]).lower() for r in rows)
+    return frozenset(str(name).lower() for (name,) in rows)
 
 
 _SYSTEM_VIEWS = _system_views()
@@ -133,9 +133,9 @@ def _parse_tree(sql: str) -> dict[str, Any]:
         raise QueryRejected(
             f"only SELECT queries are allowed (got {statement.type.name})", "not_a_select"
         )
-    row = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
+    [(text,)] = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()
     try:
-        tree = json.loads(row[0]) if row else {"error": True}
+        tree = json.loads(text)
     except RecursionError:
         raise QueryRejected("the query is nested too deeply", "query_too_complex") from None
     if not isinstance(tree, dict) or tree.get("error"):
