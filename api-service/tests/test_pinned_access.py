@@ -386,3 +386,27 @@ def test_a_requests_claims_and_mask_keys_stay_out_of_its_repr():
     access = rw.QueryAccess(_rules(), claims={"cid": "c-4711"}, mask_keys=mask_keys(SECRET))
     text = repr(access)
     assert "c-4711" not in text and mask_keys(SECRET)[MASK_INNER_PARAM] not in text
+
+
+def test_a_callers_predicate_never_runs_on_rows_the_filter_hides(con):
+    """The filtered table is a subquery with a barrier (`OFFSET 0`) that DuckDB
+    does not push the caller's predicates through: a predicate that fails on a
+    hidden row (customer 8's) would otherwise tell the caller that row exists."""
+    probe = (
+        "SELECT id FROM orders"
+        " WHERE CAST(CASE WHEN customer_id = 8 THEN 'hidden' ELSE '1' END AS INTEGER) = 1"
+        " ORDER BY id"
+    )
+    assert _run(con, probe) == [(1,), (3,)]
+    joined = (
+        "SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id"
+        " WHERE CAST(CASE WHEN o.customer_id = 8 THEN 'hidden' ELSE '1' END AS INTEGER) = 1"
+    )
+    assert sorted(_run(con, joined)) == [(1,), (3,)]
+    # A filter that reads another table becomes a join, below which DuckDB would
+    # push the caller's predicate onto every row of orders.
+    by_name = AppPolicy(
+        tables=["orders", "customers"],
+        row_filters={"orders": "customer_id IN (SELECT id FROM customers WHERE name = claim('n'))"},
+    )
+    assert _run(con, probe, by_name, {"n": "Ada"}) == [(1,), (3,)]
