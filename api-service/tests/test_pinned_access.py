@@ -191,6 +191,15 @@ def test_a_filter_may_read_other_tables_of_the_data(con):
     # main.customers, not the caller's CTE of that name.
     sql = "WITH customers AS (SELECT 8 AS id, 'Ada' AS name) SELECT id FROM orders ORDER BY id"
     assert _run(con, sql, policy, {"n": "Ada"}) == [(1,), (3,)]
+    # Qualified names inside the filter keep their own qualifier; only the
+    # filtered table's bare columns are tied to it.
+    aliased = AppPolicy(
+        tables=["orders", "customers"],
+        row_filters={
+            "orders": "customer_id IN (SELECT c.id FROM customers c WHERE c.name = claim('n'))"
+        },
+    )
+    assert _run(con, "SELECT id FROM orders ORDER BY id", aliased, {"n": "Bo"}) == [(2,)]
 
 
 # -- the claims a request binds ---------------------------------------------------------
@@ -219,6 +228,16 @@ def test_hash_masks_need_a_secret_of_sixteen_characters():
             check_mask_secret(hashed, secret)
     check_mask_secret(hashed, SecretStr("x" * 16))
     check_mask_secret(Whitelist(policies={"plain": AppPolicy(tables=["t"])}), None)
+    # Only a keyed hash needs the secret: "null" masks alone do not.
+    nulls = AppPolicy(
+        tables=["t"], column_policies={"t": ColumnPolicy(masked_columns={"a": "null"})}
+    )
+    check_mask_secret(Whitelist(policies={"nulls": nulls}), None)
+    hashes = AppPolicy(
+        tables=["t"], column_policies={"t": ColumnPolicy(masked_columns={"a": "hash"})}
+    )
+    with pytest.raises(WhitelistError, match=r"policies \['hashes'\] mask columns"):
+        check_mask_secret(Whitelist(policies={"hashes": hashes, "nulls": nulls}), None)
 
 
 def test_the_mask_keys_are_derived_from_the_secret():
