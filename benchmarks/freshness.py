@@ -19,7 +19,6 @@ and p95 against the target (sync interval + 5 s), and each process's peak RSS.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -40,7 +39,7 @@ import sqlalchemy as sa
 from api_service.dev.issuer import DevIssuer
 from etl_service.demo_source import create_demo_source
 from testsupport.api_server import ApiServer
-from testsupport.memory_load import process_rss
+from testsupport.memory_load import children, process_rss
 from testsupport.processes import stop_process
 from testsupport.random_source import change_rows, create_random_inventory
 from testsupport.seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedFS
@@ -93,20 +92,11 @@ class PeakRss:
                 todo = [root]
                 while todo:
                     pid = todo.pop()
-                    todo += _children(pid)
+                    todo += children(pid)
                     kind = self._kind(pid, root)
                     if kind != "gone":
                         key = f"{role} {kind}"
                         self.peaks[key] = max(self.peaks.get(key, 0), process_rss(pid, "VmHWM"))
-
-
-def _children(pid: int) -> list[int]:
-    """Children of every thread (the ETL starts its lake process from a worker thread)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(p) for p in (task / "children").read_text().split()]
-    return found
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ Shared by the 512 MB tests (tests/test_memory_fit.py) and the benchmark
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sys
@@ -110,11 +111,13 @@ def process_pss(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+def children(pid: int) -> list[int]:
+    """Children of every thread of `pid` (a process may start them from any thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
 
 
 class CgroupServer:
@@ -168,7 +171,7 @@ class CgroupServer:
     def processes(self) -> dict[str, int]:
         """{"master": pid, "worker 1": pid, ...}: the server's process tree."""
         out = {"master": self.pid}
-        for i, child in enumerate(sorted(_children(self.pid)), 1):
+        for i, child in enumerate(sorted(children(self.pid)), 1):
             out[f"worker {i}"] = child
         return out
 
