@@ -48,11 +48,14 @@ try {
     const lines = createInterface({ input: process.stdin });
     const [published] = await lines[Symbol.asyncIterator]().next().then((r) => [r.value.trim()]);
     lines.close();
-    await page.waitForFunction(
-      (version) => document.querySelector("#version").textContent === version,
-      published,
-      { timeout: 60_000 },
-    );
+    // On a timeout the report still comes out: what the page showed and heard says why.
+    await page
+      .waitForFunction(
+        (version) => document.querySelector("#version").textContent === version,
+        published,
+        { timeout: 30_000 },
+      )
+      .catch((error) => report.pageErrors.push(`waiting for ${published}: ${error.message}`));
     Object.assign(report, await snapshot());
   }
 } finally {

@@ -118,9 +118,29 @@ class AnalyticsClient:
         cursor: str | None = None,
         page_size: int | None = None,
         count: Literal["exact"] | None = None,
+        data_version: str | None = None,
+        data_version_wait: float = 10.0,
     ) -> QueryResult:
         """One read-only SELECT. Without params it goes over GET (revalidated with 304).
-        `page_size` rows per page (`next` continues), `count="exact"` adds `total`."""
+        `page_size` rows per page (`next` continues), `count="exact"` adds `total`.
+        `data_version`: the version the answer should come from (one
+        `data_versions()` announced): see `_at_version`."""
+        return self._at_version(
+            data_version,
+            data_version_wait,
+            lambda: self._query(sql, params, format, method, cursor, page_size, count),
+        )
+
+    def _query(
+        self,
+        sql: str,
+        params: Params | None,
+        format: Literal["json", "arrow"],
+        method: Literal["GET", "POST"] | None,
+        cursor: str | None,
+        page_size: int | None,
+        count: Literal["exact"] | None,
+    ) -> QueryResult:
         extra = _extra(format, cursor, page_size, count)
         query = {"q": sql, **{k: str(v) for k, v in extra.items()}}
         url_length = len(self.base_url) + len(str(httpx.QueryParams(query))) + 7
@@ -145,15 +165,22 @@ class AnalyticsClient:
         cursor: str | None = None,
         page_size: int | None = None,
         count: Literal["exact"] | None = None,
+        data_version: str | None = None,
+        data_version_wait: float = 10.0,
     ) -> QueryResult:
         """A named query from the whitelist (what applications should call); POST,
-        revalidated with If-None-Match like GETs."""
+        revalidated with If-None-Match like GETs. `data_version`: as in `query()`."""
         body: dict[str, Any] = {"params": params or {}, **_extra(format, cursor, page_size, count)}
         path = "/queries/" + quote(name, safe="")
-        result = self._result(self._send("POST", path, body=body, cache=format == "json"), format)
-        # The API's answer does not name the query; the client does.
-        result.query = result.query or name
-        return result
+
+        def run() -> QueryResult:
+            answer = self._send("POST", path, body=body, cache=format == "json")
+            result = self._result(answer, format)
+            # The API's answer does not name the query; the client does.
+            result.query = result.query or name
+            return result
+
+        return self._at_version(data_version, data_version_wait, run)
 
     def pages(
         self, sql: str, params: Params | None = None, *, page_size: int | None = None
@@ -226,6 +253,24 @@ class AnalyticsClient:
             self._cache.clear()
 
     # -- plumbing ---------------------------------------------------------
+
+    def _at_version(
+        self, wanted: str | None, wait: float, run: Callable[[], QueryResult]
+    ) -> QueryResult:
+        """`run()`, repeated while its answer is from another data version than
+        `wanted`: Gunicorn workers and replicas swap to a new version one by
+        one, so the next request can reach one still on the old version. Waits
+        0.25 s, doubling to 2 s (each a request against the rate limit), for
+        up to `wait` seconds; then the last answer is returned as it is."""
+        deadline = time.monotonic() + wait
+        delay = 0.25
+        while True:
+            result = run()
+            left = deadline - time.monotonic()
+            if wanted is None or result.data_version == wanted or left <= 0:
+                return result
+            self._sleep(min(delay, left))
+            delay = min(2 * delay, 2.0)
 
     def _follow(self, fetch: Callable[[str | None], QueryResult]) -> Iterator[QueryResult]:
         cursor: str | None = None

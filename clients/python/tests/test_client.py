@@ -201,12 +201,30 @@ def test_data_versions_follow_a_publish_and_old_etags_stop_matching(client_api, 
     assert next(versions) == before.data_version
     published = client_api.publish()
     assert next(versions) == published
-    # Each Gunicorn worker swaps on its own poll: ask until one serves the new version.
-    after = client.query(sql)
-    for _ in range(50):
-        if after.data_version == published:
-            break
-        time.sleep(0.1)
-        after = client.query(sql)
+    # Each Gunicorn worker swaps on its own poll: data_version asks again
+    # while the answer comes from a worker still on the old version.
+    after = client.query(sql, data_version=published)
     assert not after.from_cache
     assert after.data_version == published and after.rows == [{"n": 250}]
+
+
+def test_data_version_asks_again_until_the_wait_runs_out(client_api):
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    with AnalyticsClient(client_api.url, client_api.token(), sleep=sleep) as client:
+        served = client.named_query("low_stock").data_version
+        assert client.named_query("low_stock", data_version=served).data_version == served
+        assert waits == []  # the served version: one request, no wait
+        # A version no worker serves: asked again until the wait runs out,
+        # then the last answer comes back as it is.
+        started = time.monotonic()
+        other = client.query(
+            "SELECT 1 AS one", data_version="19700101T000000000000Z", data_version_wait=1.2
+        )
+        assert time.monotonic() - started >= 1.2
+        assert other.data_version == served
+        assert waits[:2] == [0.25, 0.5] and len(waits) == 3 and 0 < waits[2] <= 0.45

@@ -65,6 +65,18 @@ export interface RequestOptions {
   timeoutMs?: number;
   /** false: neither use nor fill the ETag cache for this call. */
   etagCache?: boolean;
+  /**
+   * The data version the answer should come from, e.g. the one
+   * `onDataVersion` just announced. Gunicorn workers and replicas swap to a
+   * new version one by one, so the next request can reach one still serving
+   * the old one: while the answer names another version the call is repeated
+   * (after 250 ms, doubling to 2 s, each a request against the rate limit)
+   * for up to `dataVersionWaitMs`; then the last answer is returned as it is
+   * (its `dataVersion` says which it is).
+   */
+  dataVersion?: string;
+  /** How long to wait for `dataVersion` (default 10 000 ms). */
+  dataVersionWaitMs?: number;
 }
 
 export interface QueryOptions extends RequestOptions {
@@ -159,7 +171,7 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
 
   /** One read-only SELECT; `params` bind `$name` (object) or `?` (array) placeholders. */
   async query<R = Row>(sql: string, params?: Params, options?: QueryOptions): Promise<QueryResult<R>> {
-    return this.jsonResult<R>(this.queryCall(sql, params, options, {}));
+    return this.atVersion(options, () => this.jsonResult<R>(this.queryCall(sql, params, options, {})));
   }
 
   /** A named query from the whitelist (what frontend apps should call). */
@@ -168,12 +180,16 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
     params?: Q[N]["params"],
     options?: RequestOptions,
   ): Promise<QueryResult<Q[N]["row"]>> {
-    return this.jsonResult<Q[N]["row"]>(this.namedCall(name, params, options, {}), name);
+    return this.atVersion(options, () =>
+      this.jsonResult<Q[N]["row"]>(this.namedCall(name, params, options, {}), name),
+    );
   }
 
   /** A query as an Arrow table (needs the optional peer dependency apache-arrow). */
   async queryArrow(sql: string, params?: Params, options?: QueryOptions): Promise<ArrowResult> {
-    return this.arrowResult(this.queryCall(sql, params, options, { format: "arrow" }));
+    return this.atVersion(options, () =>
+      this.arrowResult(this.queryCall(sql, params, options, { format: "arrow" })),
+    );
   }
 
   async namedQueryArrow<N extends keyof Q & string>(
@@ -181,7 +197,9 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
     params?: Q[N]["params"],
     options?: RequestOptions,
   ): Promise<ArrowResult> {
-    return this.arrowResult(this.namedCall(name, params, options, { format: "arrow" }));
+    return this.atVersion(options, () =>
+      this.arrowResult(this.namedCall(name, params, options, { format: "arrow" })),
+    );
   }
 
   /**
@@ -329,6 +347,22 @@ export class AnalyticsClient<Q extends NamedQueries = NamedQueries> {
     const arrow = await loadArrowModule(this.loadArrow); // fail before any request
     const answer = await this.send({ ...call, options: { ...call.options, etagCache: false } });
     return decodeArrow(arrow, answer.bytes ?? new Uint8Array(), answer.headers);
+  }
+
+  /** Repeats `run` while its answer is from another version than `options.dataVersion`. */
+  private async atVersion<T extends { dataVersion: string }>(
+    options: RequestOptions | undefined,
+    run: () => Promise<T>,
+  ): Promise<T> {
+    const wanted = options?.dataVersion;
+    const deadline = Date.now() + (options?.dataVersionWaitMs ?? 10_000);
+    for (let delay = 250; ; delay = Math.min(2 * delay, 2_000)) {
+      const result = await run();
+      if (wanted === undefined || result.dataVersion === wanted) return result;
+      const left = deadline - Date.now();
+      if (left <= 0) return result;
+      await sleep(Math.min(delay, left), options?.signal);
+    }
   }
 
   private async *follow<R>(

@@ -317,15 +317,47 @@ describe("pagination and data versions", () => {
     } finally {
       stop();
     }
-    // Each Gunicorn worker swaps on its own poll: ask until one serves the new version.
-    let after = await client.query(sql);
-    for (let i = 0; i < 50 && after.dataVersion !== published; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-      after = await client.query(sql);
-    }
+    // Each Gunicorn worker swaps on its own poll: dataVersion asks again
+    // while the answer comes from a worker still on the old version.
+    const after = await client.query(sql, undefined, { dataVersion: published });
     assert.equal(after.fromCache, false);
     assert.equal(statuses.at(-1).status, 200);
     assert.equal(after.dataVersion, seen[1]);
     assert.equal(after.rows[0].n, "250");
+  });
+
+  test("dataVersion: one request when the API serves that version; repeated until dataVersionWaitMs when it does not", async () => {
+    const { client, statuses } = recordingClient();
+    const served = (await client.namedQuery("low_stock", { threshold: 5 })).dataVersion;
+    statuses.length = 0;
+    const same = await client.namedQuery("low_stock", { threshold: 5 }, { dataVersion: served });
+    assert.equal(same.dataVersion, served);
+    assert.equal(statuses.length, 1);
+
+    statuses.length = 0;
+    const started = Date.now();
+    const other = await client.namedQuery(
+      "low_stock",
+      { threshold: 5 },
+      { dataVersion: "19700101T000000000000Z", dataVersionWaitMs: 1_200 },
+    );
+    const waited = Date.now() - started;
+    // The last answer comes back as it is: from the version the API serves.
+    assert.equal(other.dataVersion, served);
+    assert.ok(waited >= 1_200, `gave up after ${waited} ms`);
+    // 250 + 500 + 450 ms of waits: four requests, revalidated with the ETag.
+    assert.equal(statuses.length, 4);
+    assert.ok(statuses.every((s) => s.status === 304));
+  });
+
+  test("dataVersion: an aborted wait rejects with the abort", async () => {
+    const { client } = recordingClient();
+    const abort = new AbortController();
+    const call = client.query("SELECT 1 AS one", undefined, {
+      dataVersion: "19700101T000000000000Z",
+      signal: abort.signal,
+    });
+    setTimeout(() => abort.abort(), 300);
+    await assert.rejects(call);
   });
 });
