@@ -15,6 +15,7 @@ import time
 import pytest
 
 from etl_service.demo_source import create_demo_source, mutate_demo_rows
+from etl_service.state import StateStore
 from testsupport.snapshots import (
     ETL,
     fetch_current_verified,
@@ -95,6 +96,15 @@ def test_kill_9_at_random_points_never_breaks_the_published_version(etl_env, pg_
         for table in TABLES:
             columns, expected = source_rows(source, table)
             assert snapshot_rows(plain, table, columns) == expected, table
+        # No killed run stays "running": the restart's cycle closed them all.
+        state = StateStore(f"sqlite:///{etl_env['DATA_DIR']}/etl_state.db", must_exist=True)
+        try:
+            runs = state.recent_runs(limit=4 * KILLS + 3)
+        finally:
+            state.close()
+        assert not [r for r in runs if r["status"] == "running"]
+        interrupted = [r for r in runs if str(r["error"] or "").startswith("interrupted")]
+        assert interrupted and all(r["status"] == "abandoned" for r in interrupted)
         # Retention kept history bounded despite the interrupted publishes.
         assert len([o for o in store.list("history/") if ".db" in o.key]) <= 3 + 1
     finally:

@@ -90,7 +90,8 @@ schema_changes = sa.Table(
 )
 
 # What `sync_runs.status` holds: "running" until the run is recorded, then
-# success | partial (some tables failed) | failed | abandoned (shutdown mid-cycle).
+# success | partial (some tables failed) | failed | abandoned (shutdown
+# mid-cycle, or a killed process's run closed by the next cycle).
 RunStatus = Literal["running", "success", "partial", "failed", "abandoned"]
 
 CYCLE = "*cycle*"  # how a whole-cycle dead letter is shown
@@ -199,6 +200,31 @@ class StateStore:
                 )
             )
             return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def abandon_interrupted_runs(self) -> list[int]:
+        """Mark runs still "running" as abandoned. Called with the sync lock
+        held, so no live process owns them: their process was killed (or
+        lost its host) before recording them, and would show "running"
+        forever. The cycle that calls this re-reads what they did not commit."""
+        with self.engine.begin() as conn:
+            ids = [
+                int(r.id)
+                for r in conn.execute(
+                    sa.select(sync_runs.c.id).where(sync_runs.c.status == "running")
+                )
+            ]
+            if ids:
+                conn.execute(
+                    sync_runs.update()
+                    .where(sync_runs.c.id.in_(ids))
+                    .values(
+                        finished_at=datetime.now(UTC),
+                        status="abandoned",
+                        error="interrupted: its process stopped before recording the run"
+                        " (killed, or its host lost); the next cycle re-read its changes",
+                    )
+                )
+        return ids
 
     def finish_run(
         self,

@@ -259,6 +259,9 @@ class SyncEngine:
         self, specs: list[TableSpec], full_refresh: bool, reconcile: bool, kind: str
     ) -> CycleResult:
         started_at = datetime.now(UTC)
+        interrupted = self._retry(self.state.abandon_interrupted_runs, "state: close runs")
+        if interrupted:
+            log.warning("interrupted_runs_abandoned", run_ids=interrupted)
         run_id = self._retry(lambda: self.state.start_run(kind), "state: start run")
         result = CycleResult(run_id=run_id, status="running")
         try:

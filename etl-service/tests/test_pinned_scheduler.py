@@ -39,9 +39,7 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_sigterm_mid_cycle_records_the_run_abandoned_and_publishes_nothing(pg_url, data_dir):
-    source = create_demo_source(pg_url)
-    store = LocalObjectStore(data_dir / "store")
+def _worker(pg_url: str, data_dir: Path, store: LocalObjectStore) -> tuple[dict, subprocess.Popen]:
     env = {
         **os.environ,
         "SOURCE_URL": pg_url,
@@ -59,32 +57,44 @@ def test_sigterm_mid_cycle_records_the_run_abandoned_and_publishes_nothing(pg_ur
         stderr=subprocess.STDOUT,
         text=True,
     )
-    state = StateStore(pg_url)
+    return env, proc
+
+
+def _block_a_cycle(source: sa.Engine, state: StateStore, proc: subprocess.Popen) -> sa.Connection:
+    """After a first successful cycle, hold the next one inside its first table
+    (inventory, locked here) with a committed change in orders that a finished
+    cycle would publish; the caller rolls the returned connection back."""
+    _wait_for(
+        lambda: any(r["status"] == "success" for r in state.recent_runs(5)),
+        90,
+        "a first successful cycle",
+        proc,
+    )
     locker = source.connect()
-    try:
-        _wait_for(
-            lambda: any(r["status"] == "success" for r in state.recent_runs(5)),
-            90,
-            "a first successful cycle",
-            proc,
+    locker.execute(sa.text("BEGIN"))
+    locker.execute(sa.text("LOCK TABLE inventory IN ACCESS EXCLUSIVE MODE"))
+    with source.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE orders SET status = 'cancelled', updated_at = now() WHERE id <= 3")
         )
-        # Hold inventory so the next cycle stops inside its first table ...
-        locker.execute(sa.text("BEGIN"))
-        locker.execute(sa.text("LOCK TABLE inventory IN ACCESS EXCLUSIVE MODE"))
-        # ... with a committed change in orders that a finished cycle would publish.
-        with source.begin() as conn:
-            conn.execute(
-                sa.text("UPDATE orders SET status = 'cancelled', updated_at = now() WHERE id <= 3")
-            )
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'inventory'::regclass"
+    )
+    with source.connect() as conn:
+        _wait_for(lambda: conn.execute(waiting).scalar(), 60, "a cycle blocked on inventory", proc)
+    return locker
+
+
+def test_sigterm_mid_cycle_records_the_run_abandoned_and_publishes_nothing(pg_url, data_dir):
+    source = create_demo_source(pg_url)
+    store = LocalObjectStore(data_dir / "store")
+    _, proc = _worker(pg_url, data_dir, store)
+    state = StateStore(pg_url)
+    locker = None
+    try:
+        locker = _block_a_cycle(source, state, proc)
         published = Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0]).version
         tables = state.table_states()  # watermarks, sync times, row counts
-        waiting = sa.text(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'inventory'::regclass"
-        )
-        with source.connect() as conn:
-            _wait_for(
-                lambda: conn.execute(waiting).scalar(), 60, "a cycle blocked on inventory", proc
-            )
         last_run = state.recent_runs(1)[0]
         assert last_run["status"] == "running"
 
@@ -102,7 +112,53 @@ def test_sigterm_mid_cycle_records_the_run_abandoned_and_publishes_nothing(pg_ur
         assert Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0]).version == published
         assert state.table_states() == tables
     finally:
-        locker.close()
+        if locker is not None:
+            locker.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        state.close()
+        source.dispose()
+
+
+def test_a_run_killed_mid_cycle_is_closed_by_the_next_cycle(pg_url, data_dir):
+    """kill -9 records nothing: the run stayed "running" in `status` forever.
+    The next cycle, holding the sync lock, closes it as abandoned."""
+    source = create_demo_source(pg_url)
+    store = LocalObjectStore(data_dir / "store")
+    env, proc = _worker(pg_url, data_dir, store)
+    state = StateStore(pg_url)
+    locker = None
+    try:
+        locker = _block_a_cycle(source, state, proc)
+        killed = state.recent_runs(1)[0]
+        assert killed["status"] == "running"
+        proc.kill()
+        proc.communicate(timeout=30)
+        locker.execute(sa.text("ROLLBACK"))
+        assert state.recent_runs(1)[0] == killed  # nothing recorded it
+
+        again = subprocess.run(
+            [str(BIN / "analytics-etl"), "sync"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        runs = {r["id"]: r for r in state.recent_runs(10)}
+        assert runs[killed["id"]]["status"] == "abandoned"
+        assert runs[killed["id"]]["error"].startswith("interrupted:")
+        assert runs[killed["id"]]["finished_at"] is not None
+        assert not [r for r in runs.values() if r["status"] == "running"]
+        latest = state.recent_runs(1)[0]
+        assert latest["id"] > killed["id"] and latest["status"] == "success"
+        assert "interrupted_runs_abandoned" in again.stdout + again.stderr
+        # The killed cycle's change is published by the next one.
+        assert latest["published_version"] is not None
+    finally:
+        if locker is not None:
+            locker.close()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
