@@ -11,10 +11,20 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
-from analytics_shared.lake import LakeError, LakeProcess, LakeUnavailable
+from analytics_shared.lake import (
+    LakeConfig,
+    LakeError,
+    LakeProcess,
+    LakeUnavailable,
+    libpq_conninfo,
+    resolve_lake_python,
+    run_lake,
+)
+from analytics_shared.lake import lake_process as lake_process_of
 from etl_service.demo_source import create_demo_source
 from testsupport.lake import LAKE_TABLES, lake_config
 
@@ -143,3 +153,28 @@ def test_a_commit_to_s3_fits_a_small_lake_memory_limit(lake_etl, pg_url: str) ->
     result = lake_etl(LAKE_DUCKDB_MEMORY_LIMIT="64MB").run_cycle()
     assert result.status == "success", result.error
     assert result.version is not None and result.version.startswith("lake-")
+
+
+def test_a_failed_call_never_reveals_the_catalogs_password(
+    tmp_path: Path, capfd, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """DuckDB's errors quote the catalog's connection string, password included;
+    the ETL logs them and stores them in its run history and dead letters (and
+    with LOG_LEVEL=DEBUG the lake process prints the traceback)."""
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    password = "pw-7f3e'q z"  # a quote and a space: libpq quoting escapes both
+    config = LakeConfig(
+        catalog=libpq_conninfo(f"postgresql://analytics:{quote(password)}@127.0.0.1:1/test"),
+        metadata_schema="lake_secret_probe",
+        data_path=str(tmp_path / "lake") + "/",
+        python=resolve_lake_python(None),
+    )
+    try:
+        with pytest.raises(LakeUnavailable) as failed:
+            run_lake(config, "snapshots", {"limit": 1, "rows": False})
+    finally:
+        lake_process_of(config).close()
+    assert "pw-7f3e" not in str(failed.value) and "password='***'" in str(failed.value)
+    assert "Connection refused" in str(failed.value)  # the cause is still there
+    logged = capfd.readouterr().err  # the lake process's traceback
+    assert "Traceback" in logged and "pw-7f3e" not in logged

@@ -204,3 +204,46 @@ def test_etl_probe_names_the_unreachable_dependency(tmp_path):
     [failed] = [line for line in lines if "FAILED" in line]
     assert failed.startswith("state database: FAILED") and "DATABASE_URL" in failed
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_lake_probe_reaches_the_catalog_through_the_lake_process(pg_url, tmp_path):
+    """In lake mode `check-config --probe` starts the lake process (LAKE_PYTHON)
+    and reads the catalog, the way the ETL and the replicator will."""
+    source = tmp_path / "source.db"
+    with sqlite3.connect(source) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    env = {
+        "SOURCE_URL": f"sqlite:///{source}",
+        "TABLES_TO_SYNC": "orders",
+        "DATABASE_URL": pg_url,
+        "DATA_DIR": str(tmp_path / "var"),
+        "STORAGE_URL": (tmp_path / "store").as_uri(),
+        "PUBLISH_MODE": "lake",
+        "LOG_JSON": "false",
+    }
+
+    def lake_line(extra: dict[str, str]) -> tuple[int, str, str]:
+        result = _run(
+            [str(BIN / "analytics-etl"), "check-config", "--probe"], {**env, **extra}, tmp_path
+        )
+        lines = result.stdout.splitlines()
+        assert [line.split(":")[0] for line in lines] == [
+            "source",
+            "state database",
+            "store",
+            "lake",
+        ]
+        return result.returncode, lines[-1], result.stdout + result.stderr
+
+    code, line, _ = lake_line({})  # the state database is the catalog; nothing committed yet
+    assert code == 0 and line.startswith("lake: ok:") and "no lake yet" in line, line
+
+    unreachable = {"LAKE_CATALOG_URL": UNREACHABLE_PG}
+    code, line, everything = lake_line(unreachable)
+    assert code == RUNTIME and line.startswith("lake: FAILED: LakeUnavailable"), line
+    assert "LAKE_CATALOG_URL" in line and "Connection refused" in line
+    assert PASSWORD not in everything and "Traceback" not in everything
+
+    code, line, _ = lake_line({"LAKE_PYTHON": str(tmp_path / "no-such-python")})
+    assert code == RUNTIME and line.startswith("lake: FAILED: ConfigurationError"), line
+    assert "LAKE_PYTHON" in line

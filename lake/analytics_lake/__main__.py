@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import sys
 import traceback
@@ -43,17 +44,46 @@ COMMANDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def handle(line: bytes) -> dict[str, Any]:
+    message: Any = None
     try:
         message = json.loads(line)
         command = COMMANDS[message["command"]]
         answer = {"ok": True, **command(message["request"])}
     except Exception as exc:  # the caller decides; the message names the cause
-        traceback.print_exc(file=sys.stderr)
-        return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+        # DuckDB's errors quote the catalog's connection string, password included,
+        # and the caller logs and stores them (run history, dead letters).
+        # The caller logs the message; the traceback only with LOG_LEVEL=DEBUG
+        # (as the CLIs' --verbose), so a command's output stays one line per error.
+        hide = _secrets(message)
+        if os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":
+            sys.stderr.write(redact(traceback.format_exc(), hide))
+        error = {"type": type(exc).__name__, "message": redact(str(exc), hide)}
+        return {"ok": False, "error": error}
     finally:
         connection.reset()  # the next request starts with nothing attached
     answer["peak_rss_mb"] = status_mb("VmHWM")
     return answer
+
+
+_PASSWORD = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""", re.IGNORECASE)
+
+
+def _secrets(message: Any) -> list[str]:
+    """The secret values a request carries: the S3 secret and session token
+    (the catalog's password is found by its `password=` keyword)."""
+    try:
+        s3 = message["request"]["lake"].get("s3") or {}
+        return [str(v) for k in ("secret", "session_token") if (v := s3.get(k))]
+    except (TypeError, KeyError, AttributeError):
+        return []
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """`text` without the password of a libpq connection string or any of `secrets`."""
+    text = _PASSWORD.sub(r"\1'***'", text)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def status_mb(field: str) -> float:

@@ -3,7 +3,8 @@
 The identity provider's key set (AUTH0_JWKS_URL or derived from AUTH0_DOMAIN)
 and its OpenID metadata (the issuer's `.well-known/openid-configuration`,
 whose `issuer` must equal the configured one exactly), the object store (the
-current manifest), and Redis when REDIS_URL is set. Exit 0 when all are ok,
+current manifest), Redis when REDIS_URL is set, and in lake mode the lake (its
+process started with LAKE_PYTHON, the catalog read). Exit 0 when all are ok,
 1 when one is not.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import httpx
 
-from analytics_shared.probes import Probe, probe_store, run_probes
+from analytics_shared.probes import LAKE_SETTINGS, Probe, probe_lake, probe_store, run_probes
 from api_service.settings import ApiSettings
 
 __all__ = ["probe_dependencies"]
@@ -72,4 +73,8 @@ def probe_dependencies(settings: ApiSettings) -> int:
     ]
     if settings.redis_url:
         probes.append(("redis", "REDIS_URL", lambda: _redis(settings)))
+    if settings.publish_mode == "lake":
+        catalog = settings.lake_catalog_url
+        url = catalog.get_secret_value() if catalog else None
+        probes.append(("lake", LAKE_SETTINGS, lambda: probe_lake(settings, url)))
     return run_probes(probes)

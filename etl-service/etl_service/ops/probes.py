@@ -5,7 +5,8 @@ configuration is valid. With --probe: one line per dependency, `ok` or the
 reason, reached the way the worker reaches it: the source (a connection,
 `SELECT 1`, and each table of TABLES_TO_SYNC visible to the login), the state
 database (a connection; migrations are not run), the object store (the
-current manifest read). Exit 0 when all are ok, 1 when one
+current manifest read) and, in lake mode, the lake (its process started with
+LAKE_PYTHON, the catalog read). Exit 0 when all are ok, 1 when one
 is unreachable (the configuration itself parsed).
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from analytics_shared.probes import probe_store, run_probes
+from analytics_shared.probes import LAKE_SETTINGS, Probe, probe_lake, probe_store, run_probes
 from etl_service.errors import TableConfigError
 from etl_service.settings import EtlSettings
 from etl_service.tables import table_specs
@@ -69,14 +70,17 @@ def check_config(settings: EtlSettings, *, probe: bool) -> int:
     if not probe:
         print("configuration ok")
         return 0
-    return run_probes(
-        [
-            (
-                "source",
-                "SOURCE_URL / MSSQL_*",
-                lambda: probe_database(settings.resolved_source_url, settings.tables_to_sync),
-            ),
-            ("state database", "DATABASE_URL", lambda: _state(settings)),
-            ("store", "STORAGE_URL / S3_*", lambda: probe_store(settings.open_store())),
-        ]
-    )
+    probes: list[Probe] = [
+        (
+            "source",
+            "SOURCE_URL / MSSQL_*",
+            lambda: probe_database(settings.resolved_source_url, settings.tables_to_sync),
+        ),
+        ("state database", "DATABASE_URL", lambda: _state(settings)),
+        ("store", "STORAGE_URL / S3_*", lambda: probe_store(settings.open_store())),
+    ]
+    if settings.publish_mode == "lake":
+        catalog = settings.lake_catalog_url
+        url = catalog.get_secret_value() if catalog else settings.resolved_database_url
+        probes.append(("lake", LAKE_SETTINGS, lambda: probe_lake(settings, url)))
+    return run_probes(probes)
