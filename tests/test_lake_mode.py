@@ -165,6 +165,12 @@ def test_two_api_hosts_serve_the_same_snapshot_and_ride_out_a_catalog_outage(
             lake = health["lake_replica"]
             assert lake["bootstraps_total"] == 1
             assert lake["lag_snapshots"] == 0 and lake["lag_seconds"] == 0
+        # The replicator logs as the workers do: JSON lines of the api-service.
+        lines = (tmp_path / "host-a.log").read_text().splitlines()
+        replicator = [line for line in lines if "replica_advanced" in line]
+        assert replicator and all(
+            json.loads(line)["service"] == "api-service" for line in replicator
+        ), replicator[:2]
     finally:
         for api in hosts:
             api.stop()

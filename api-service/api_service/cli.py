@@ -85,8 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("configuration ok")
             return 0
         if args.command == "replicate":
+            from analytics_shared.logging_config import configure_logging
             from api_service.data.lake_replica import replicate
 
+            # The workers' log format (Gunicorn starts this process beside them).
+            configure_logging(settings.log_level, service="api-service", json=settings.log_json)
             replicate(settings)
             return 0
         from api_service.ops.bind_check import check_bind
