@@ -1,8 +1,11 @@
-"""docker compose only: a development stand-in for Auth0. Never deploy it.
+"""A development stand-in for Auth0 (docker compose, or a local stack without
+docker: docs/deployment-guide.md). Never deploy it.
 
 - :8080 serves /.well-known/jwks.json (the API's AUTH0_JWKS_URL points here);
 - :8081 hands out signed tokens: GET /token?scope=...&sub=...&app=...
-  (compose publishes this port on 127.0.0.1 only).
+  to anyone who can reach it, so both listen on DEV_ISSUER_HOST, 127.0.0.1
+  unless set (compose sets 0.0.0.0 inside its network and publishes :8081 on
+  the host's 127.0.0.1 only).
 
 Keys are generated at start, so tokens do not survive a restart of this service.
 The tokens' `iss` is DEV_ISSUER_URL (the API's AUTH0_ISSUER) and their `aud`
@@ -28,7 +31,8 @@ def main() -> int:
     audience = os.environ["AUTH0_API_AUDIENCE"]
     issuer_url = os.environ["DEV_ISSUER_URL"]
     ttl = int(os.environ.get("TOKEN_TTL_SECONDS", "3600"))
-    issuer = DevIssuer(audience=audience, host="0.0.0.0", port=8080).start()
+    host = os.environ.get("DEV_ISSUER_HOST", "127.0.0.1")
+    issuer = DevIssuer(audience=audience, host=host, port=8080).start()
 
     def mint(query: dict[str, list[str]]) -> str:
         return issuer.mint(
@@ -55,7 +59,7 @@ def main() -> int:
         def log_message(self, *args: object) -> None:
             pass
 
-    tokens = ThreadingHTTPServer(("0.0.0.0", 8081), TokenHandler)
+    tokens = ThreadingHTTPServer((host, 8081), TokenHandler)
     tokens.daemon_threads = True
     threading.Thread(target=tokens.serve_forever, daemon=True).start()
     print(f"dev-issuer: JWKS on :8080, tokens on :8081/token (iss={issuer_url}, aud={audience})")
