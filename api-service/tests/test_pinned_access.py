@@ -202,6 +202,23 @@ def test_a_filter_may_read_other_tables_of_the_data(con):
     assert _run(con, "SELECT id FROM orders ORDER BY id", aliased, {"n": "Bo"}) == [(2,)]
 
 
+def test_a_filter_names_its_tables_columns_bare_or_by_the_tables_name(con):
+    """`o.customer_id` in a filter bound to the caller's table `o`: the caller
+    chose the filter's outcome and saw every row. A qualifier other than the
+    table's own name stops start-up; `orders.customer_id` is the table's column."""
+    caller = (
+        "SELECT orders.id FROM (SELECT 99 AS customer_id) AS o, orders"
+        " WHERE o.customer_id = 99 ORDER BY orders.id"
+    )
+    for qualified in ("o.customer_id", "main.orders.customer_id", "x.y.z"):
+        with pytest.raises(WhitelistError, match=f"names '{qualified}'"):
+            rules_for(AppPolicy(tables=["orders"], row_filters={"orders": f"{qualified} = 1"}))
+    own = AppPolicy(tables=["orders"], row_filters={"Orders": "ORDERS.customer_id = claim('cid')"})
+    assert _run(con, caller, own, {"cid": 99}) == []
+    assert _run(con, caller, own, {"cid": 7}) == [(1,), (3,)]
+    assert _run(con, "SELECT id FROM orders ORDER BY id", own, {"cid": 8}) == [(2,)]
+
+
 # -- the claims a request binds ---------------------------------------------------------
 
 

@@ -169,7 +169,7 @@ def _filter(table: str, text: str) -> tuple[str, tuple[str, ...]]:
     claims: list[str] = []
     where = _claims_as_parameters(node["where_clause"], claims, table)
     _qualify_tables(where, table)
-    _qualify_columns(where, RESERVED_PREFIX + table)
+    _qualify_columns(where, table)
     node["where_clause"] = where
     # The operator's filter passes the same guard as any query (denied functions ...).
     [(rendered,)] = con.execute(
@@ -201,14 +201,27 @@ def _qualify_tables(node: Any, table: str) -> None:
             current["qualified_name"] = {"path": ["main", current.get("table_name", "")]}
 
 
-def _qualify_columns(node: Any, alias: str) -> None:
+def _qualify_columns(node: Any, table: str) -> None:
     """The filter's own column names become `__rls_<t>.<col>`: a name the table
     lacks must fail, not bind to a column of the caller's query around it.
+    `<t>.<col>` is the same column. Any other qualifier is refused: `o.col`
+    bound to the caller's table `o`, so the caller chose the filter's outcome.
     Subqueries and lambdas inside the filter keep their own scopes."""
+    alias = RESERVED_PREFIX + table
     for current in tree_nodes(node, lambda n: n.get("class") in ("SUBQUERY", "LAMBDA")):
         names = current.get("column_names")
-        if current.get("class") == "COLUMN_REF" and isinstance(names, list) and len(names) == 1:
+        if current.get("class") != "COLUMN_REF" or not isinstance(names, list) or not names:
+            continue
+        if len(names) == 1:
             current["column_names"] = [alias, names[0]]
+        elif str(names[0]).lower() == table.lower():
+            current["column_names"] = [alias, *names[1:]]
+        else:
+            raise WhitelistError(
+                f"query whitelist: the row filter of {table!r} names {'.'.join(names)!r}:"
+                f" write the table's columns bare or as {table}.<column> (another qualifier"
+                " would bind to the caller's query); read other tables in a subquery"
+            )
 
 
 def _claims_as_parameters(node: Any, claims: list[str], table: str) -> Any:
