@@ -134,6 +134,21 @@ class TableUpdate:
     full_load: bool = False
 
 
+def close_running(engine: sa.Engine, table: sa.Table, **values: Any) -> list[int]:
+    """Set `values` (and `finished_at`) on the rows of `table` still "running",
+    whose process is known to be gone; returns their ids."""
+    with engine.begin() as conn:
+        running = table.c.status == "running"
+        ids = [int(r[0]) for r in conn.execute(sa.select(table.c.id).where(running))]
+        if ids:
+            conn.execute(
+                table.update()
+                .where(table.c.id.in_(ids))
+                .values(finished_at=datetime.now(UTC), **values)
+            )
+    return ids
+
+
 class StateStore:
     """`must_exist`: refuse a SQLite file that is not there instead of creating it
     (read-only commands must not make an empty state look like the real one)."""
@@ -206,25 +221,13 @@ class StateStore:
         held, so no live process owns them: their process was killed (or
         lost its host) before recording them, and would show "running"
         forever. The cycle that calls this re-reads what they did not commit."""
-        with self.engine.begin() as conn:
-            ids = [
-                int(r.id)
-                for r in conn.execute(
-                    sa.select(sync_runs.c.id).where(sync_runs.c.status == "running")
-                )
-            ]
-            if ids:
-                conn.execute(
-                    sync_runs.update()
-                    .where(sync_runs.c.id.in_(ids))
-                    .values(
-                        finished_at=datetime.now(UTC),
-                        status="abandoned",
-                        error="interrupted: its process stopped before recording the run"
-                        " (killed, or its host lost); the next cycle re-read its changes",
-                    )
-                )
-        return ids
+        return close_running(
+            self.engine,
+            sync_runs,
+            status="abandoned",
+            error="interrupted: its process stopped before recording the run"
+            " (killed, or its host lost); the next cycle re-read its changes",
+        )
 
     def finish_run(
         self,

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,45 +87,18 @@ def _block_a_cycle(source: sa.Engine, state: StateStore, proc: subprocess.Popen)
     return locker
 
 
-def test_sigterm_mid_cycle_records_the_run_abandoned_and_publishes_nothing(pg_url, data_dir):
-    source = create_demo_source(pg_url)
-    store = LocalObjectStore(data_dir / "store")
-    _, proc = _worker(pg_url, data_dir, store)
-    state = StateStore(pg_url)
-    locker = None
-    try:
-        locker = _block_a_cycle(source, state, proc)
-        published = Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0]).version
-        tables = state.table_states()  # watermarks, sync times, row counts
-        last_run = state.recent_runs(1)[0]
-        assert last_run["status"] == "running"
-
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)  # the stop flag is set while the cycle is still in its first table
-        locker.execute(sa.text("ROLLBACK"))
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out
-
-        run = next(r for r in state.recent_runs(10) if r["id"] == last_run["id"])
-        assert (run["status"], run["error"]) == ("abandoned", "shutdown")
-        assert state.recent_runs(1)[0]["id"] == run["id"]  # no cycle after it
-        assert '"event": "sync_cycle_abandoned"' in out
-        # nothing published, no watermark moved: the next start re-reads the same deltas
-        assert Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0]).version == published
-        assert state.table_states() == tables
-    finally:
-        if locker is not None:
-            locker.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        state.close()
-        source.dispose()
+@dataclass
+class _Blocked:
+    env: dict[str, str]
+    proc: subprocess.Popen
+    state: StateStore
+    store: LocalObjectStore
+    locker: sa.Connection
 
 
-def test_a_run_killed_mid_cycle_is_closed_by_the_next_cycle(pg_url, data_dir):
-    """kill -9 records nothing: the run stayed "running" in `status` forever.
-    The next cycle, holding the sync lock, closes it as abandoned."""
+@pytest.fixture
+def blocked(pg_url: str, data_dir: Path) -> Iterator[_Blocked]:
+    """A worker (`analytics-etl run`) whose second cycle is held in its first table."""
     source = create_demo_source(pg_url)
     store = LocalObjectStore(data_dir / "store")
     env, proc = _worker(pg_url, data_dir, store)
@@ -131,31 +106,7 @@ def test_a_run_killed_mid_cycle_is_closed_by_the_next_cycle(pg_url, data_dir):
     locker = None
     try:
         locker = _block_a_cycle(source, state, proc)
-        killed = state.recent_runs(1)[0]
-        assert killed["status"] == "running"
-        proc.kill()
-        proc.communicate(timeout=30)
-        locker.execute(sa.text("ROLLBACK"))
-        assert state.recent_runs(1)[0] == killed  # nothing recorded it
-
-        again = subprocess.run(
-            [str(BIN / "analytics-etl"), "sync"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert again.returncode == 0, again.stdout + again.stderr
-        runs = {r["id"]: r for r in state.recent_runs(10)}
-        assert runs[killed["id"]]["status"] == "abandoned"
-        assert runs[killed["id"]]["error"].startswith("interrupted:")
-        assert runs[killed["id"]]["finished_at"] is not None
-        assert not [r for r in runs.values() if r["status"] == "running"]
-        latest = state.recent_runs(1)[0]
-        assert latest["id"] > killed["id"] and latest["status"] == "success"
-        assert "interrupted_runs_abandoned" in again.stdout + again.stderr
-        # The killed cycle's change is published by the next one.
-        assert latest["published_version"] is not None
+        yield _Blocked(env, proc, state, store, locker)
     finally:
         if locker is not None:
             locker.close()
@@ -164,6 +115,59 @@ def test_a_run_killed_mid_cycle_is_closed_by_the_next_cycle(pg_url, data_dir):
             proc.communicate()
         state.close()
         source.dispose()
+
+
+def test_sigterm_mid_cycle_records_the_run_abandoned_and_publishes_nothing(blocked):
+    state, store, proc = blocked.state, blocked.store, blocked.proc
+    published = Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0]).version
+    tables = state.table_states()  # watermarks, sync times, row counts
+    last_run = state.recent_runs(1)[0]
+    assert last_run["status"] == "running"
+
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the stop flag is set while the cycle is still in its first table
+    blocked.locker.execute(sa.text("ROLLBACK"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+
+    run = next(r for r in state.recent_runs(10) if r["id"] == last_run["id"])
+    assert (run["status"], run["error"]) == ("abandoned", "shutdown")
+    assert state.recent_runs(1)[0]["id"] == run["id"]  # no cycle after it
+    assert '"event": "sync_cycle_abandoned"' in out
+    # nothing published, no watermark moved: the next start re-reads the same deltas
+    assert Manifest.from_json(store.get_bytes(MANIFEST_KEY)[0]).version == published
+    assert state.table_states() == tables
+
+
+def test_a_run_killed_mid_cycle_is_closed_by_the_next_cycle(blocked):
+    """kill -9 records nothing: the run stayed "running" in `status` forever.
+    The next cycle, holding the sync lock, closes it as abandoned."""
+    state, proc = blocked.state, blocked.proc
+    killed = state.recent_runs(1)[0]
+    assert killed["status"] == "running"
+    proc.kill()
+    proc.communicate(timeout=30)
+    blocked.locker.execute(sa.text("ROLLBACK"))
+    assert state.recent_runs(1)[0] == killed  # nothing recorded it
+
+    again = subprocess.run(
+        [str(BIN / "analytics-etl"), "sync"],
+        env=blocked.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    runs = {r["id"]: r for r in state.recent_runs(10)}
+    assert runs[killed["id"]]["status"] == "abandoned"
+    assert runs[killed["id"]]["error"].startswith("interrupted:")
+    assert runs[killed["id"]]["finished_at"] is not None
+    assert not [r for r in runs.values() if r["status"] == "running"]
+    latest = state.recent_runs(1)[0]
+    assert latest["id"] > killed["id"] and latest["status"] == "success"
+    assert "interrupted_runs_abandoned" in again.stdout + again.stderr
+    # The killed cycle's change is published by the next one.
+    assert latest["published_version"] is not None
 
 
 class _QuickEngine:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from analytics_shared.etl_commands import CommandStatus, etl_commands
+from etl_service.state import close_running
 
 __all__ = ["Command", "CommandQueue", "CommandStatus", "etl_commands"]
 
@@ -140,22 +141,10 @@ class CommandQueue:
 
     def fail_interrupted(self) -> list[int]:
         """Commands a dead worker left running: failed, with the reason (never rerun)."""
-        with self.engine.begin() as conn:
-            ids = [
-                int(r[0])
-                for r in conn.execute(
-                    sa.select(etl_commands.c.id).where(etl_commands.c.status == "running")
-                )
-            ]
-            if ids:
-                conn.execute(
-                    etl_commands.update()
-                    .where(etl_commands.c.id.in_(ids))
-                    .values(
-                        status="failed",
-                        finished_at=datetime.now(UTC),
-                        error="interrupted: the worker stopped while running it; check"
-                        " `analytics-etl status` and submit it again if still needed",
-                    )
-                )
-            return ids
+        return close_running(
+            self.engine,
+            etl_commands,
+            status="failed",
+            error="interrupted: the worker stopped while running it; check"
+            " `analytics-etl status` and submit it again if still needed",
+        )
