@@ -88,9 +88,16 @@ TARGETS: dict[str, Target] = {
         (f"{E}/tests/test_pinned_warehouse.py", f"{E}/tests/test_warehouse_merge.py"),
     ),
     "sql_guard": Target(f"{A}/api_service/query/sql_guard.py", _GUARD_TESTS),
-    # The guard's parts: its tests reach them through check_query.
-    "sql_limits": Target(f"{A}/api_service/query/sql_limits.py", _GUARD_TESTS),
-    "bind_size": Target(f"{A}/api_service/query/bind_size.py", _GUARD_TESTS),
+    # The guard's parts: its tests reach them through check_query; their pinned
+    # tests (exact numbers and boundaries) first, the fastest to fail.
+    "sql_limits": Target(
+        f"{A}/api_service/query/sql_limits.py",
+        (f"{A}/tests/test_pinned_sql_limits.py", *_GUARD_TESTS),
+    ),
+    "bind_size": Target(
+        f"{A}/api_service/query/bind_size.py",
+        (f"{A}/tests/test_pinned_bind_size.py", *_GUARD_TESTS),
+    ),
     "sql_tree": Target(f"{A}/api_service/query/sql_tree.py", _GUARD_TESTS),
     "tokens": Target(
         f"{A}/api_service/auth/tokens.py",
