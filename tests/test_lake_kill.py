@@ -10,6 +10,10 @@ steps where it matters; the lake, the manifest and the API stay consistent.
 Each time the API keeps serving the previous version throughout, and the next
 cycle re-sends the same changes: lake == working DuckDB == source, and the
 API serves the new version.
+
+A cycle that reloaded tables (the first sync, `--full-refresh`), killed at any
+step: the restart sends the lake a delta, not every table whole again (a full
+lake rewrite that every API host's replicator would download).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +30,9 @@ import pytest
 import sqlalchemy as sa
 
 from analytics_shared.lake import run_lake
+from etl_service.demo_source import create_demo_source
+from etl_service.settings import EtlSettings
+from etl_service.sync import SyncEngine
 from testsupport.api_server import ApiServer
 from testsupport.lake import (
     LAKE_TABLES,
@@ -32,6 +40,7 @@ from testsupport.lake import (
     assert_equal_to_source,
     change_inventory,
     lake_config,
+    lake_platform_env,
     lake_snapshots,
     lake_table,
     published_manifest,
@@ -65,13 +74,15 @@ def _orphans(env: dict[str, str]) -> set[str]:
     return stored - named
 
 
-def _sync_killed_at(point: str, env: dict[str, str], tmp_path: Path) -> None:
+def _sync_killed_at(
+    point: str, env: dict[str, str], tmp_path: Path, args: tuple[str, ...] = ()
+) -> None:
     """`analytics-etl sync`, frozen at `point` of the lake commit, then kill -9
     of its whole process group (the ETL and its lake process, as when the
     container dies)."""
     flag = tmp_path / f"paused-{point}"
     proc = subprocess.Popen(
-        [ETL, "sync"],
+        [ETL, "sync", *args],
         env={**os.environ, **env, "LAKE_PAUSE_AT": f"{point}:{flag}"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -168,3 +179,86 @@ def _kill_and_recover(
     finally:
         working.close()
     print(json.dumps({"point": point, "killed_after_s": round(killed_after, 2)}))
+
+
+# `analytics-etl <args>` whose process group is killed (-9) when the cycle
+# reaches `StateStore.finish_run`: published, the run and watermarks not recorded.
+_KILLED_AT_FINISH_RUN = """
+import os, signal, sys
+from etl_service.state import StateStore
+StateStore.finish_run = lambda *a, **k: os.killpg(os.getpgrp(), signal.SIGKILL)
+from etl_service.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _restart_sends_a_delta(env: dict[str, str], source: sa.Engine, tmp_path: Path) -> None:
+    """The restarted ETL's cycle commits the changed keys only, and the lake,
+    the manifest, the working DuckDB and the source agree."""
+    engine = SyncEngine.from_settings(EtlSettings(**env), progress=False)  # type: ignore[arg-type]
+    try:
+        result = engine.run_cycle()
+        assert result.status == "success" and result.published, result.error
+        assert engine.lake is not None
+        sent = engine.lake.last_commit
+        modes = {t: a["mode"] for t, a in sent["tables"].items() if t in LAKE_TABLES}
+        assert modes == {"inventory": "delta"}, sent  # orders did not change
+        # What sending the tables whole again costs (the replicators download it too).
+        whole_bytes = sum(
+            Path(engine.warehouse.export_changes(t, ["id"], tmp_path, full=True)["full"])
+            .stat()
+            .st_size
+            for t in LAKE_TABLES
+        )
+        assert sent["sent_bytes"] < whole_bytes / 4, (sent["sent_bytes"], whole_bytes)
+        for table in LAKE_TABLES:
+            assert_equal_to_source(source, engine.warehouse.con, table, "working DuckDB")
+    finally:
+        engine.close()
+    manifest = published_manifest(env)
+    assert manifest.lake is not None and manifest.version == result.version
+    assert manifest.lake.snapshot_id == sent["snapshot_id"] == lake_snapshots(env)["current"]
+    for table in LAKE_TABLES:
+        con = lake_table(lake_config(env), table, tmp_path / "lake")
+        try:
+            assert_equal_to_source(source, con, table, "lake after the restart:")
+        finally:
+            con.close()
+    print(json.dumps({"restart_sent_bytes": sent["sent_bytes"], "whole_bytes": whole_bytes}))
+
+
+def test_a_first_sync_killed_after_publishing_is_followed_by_a_delta(
+    platform_env: dict[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    """The first sync dies after its manifest but before recording its watermarks:
+    the restart loads every table again (a first run), and sends only what
+    differs from the tables the lake already holds."""
+    env = lake_platform_env(platform_env, pg_url)
+    source = create_demo_source(pg_url)
+    try:
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT_FINISH_RUN, "sync"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=240,
+            start_new_session=True,
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        first = published_manifest(env)
+        assert first.lake is not None and set(first.tables) == set(LAKE_TABLES)
+        change_inventory(source, delta=7, delete_id=9, rows=200)
+        _restart_sends_a_delta(env, source, tmp_path)
+    finally:
+        source.dispose()
+
+
+def test_a_full_refresh_killed_before_its_lake_commit_is_followed_by_a_delta(
+    lake_platform: tuple[dict[str, str], sa.Engine], tmp_path: Path
+) -> None:
+    """`sync --full-refresh` dies inside its lake commit: the restart sends the
+    keys the reload changed, not every table whole."""
+    env, source = lake_platform
+    change_inventory(source, delta=7, delete_id=9, rows=200)
+    _sync_killed_at("before-commit", env, tmp_path, ("--full-refresh",))
+    _restart_sends_a_delta(env, source, tmp_path)

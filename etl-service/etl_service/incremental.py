@@ -245,6 +245,7 @@ class TableSyncer:
             [(c.name, c.duckdb_type) for c in shape.columns],
             detect_changes=existed and not spec.incremental,
             soft_delete=spec.soft_delete_column,
+            primary_key=spec.primary_key,
         )
         log.info(
             "table_full_load",

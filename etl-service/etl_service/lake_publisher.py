@@ -3,8 +3,10 @@
 Order (the lake's counterpart of etl_service.publisher):
 
 1. export what changed since the last lake commit from the working DuckDB as
-   Parquet (the changed keys and their current rows; a whole table after a
-   full load), recorded by the warehouse in the same transactions as the merges;
+   Parquet (the changed keys and their current rows; a whole table when the
+   lake does not hold it in this shape: the first version, a new or reshaped
+   table, after a rollback), recorded by the warehouse in the same
+   transactions as the merges and reloads;
 2. commit all tables in ONE DuckLake transaction (a 1.5.5 process,
    analytics_shared.lake): the snapshot id names a consistent state;
 3. write `current/manifest.json` (version `lake-<snapshot_id>`, per-table row
@@ -22,7 +24,12 @@ re-send changes nothing. API hosts build the models from that table.
 
 A crash before 4 re-sends the same keys next cycle; applying them again
 gives the same tables, so the lake, the manifest and the working DuckDB
-agree after the next successful cycle.
+agree after the next successful cycle. A table still to be sent whole is
+sent whole again: needed when the crash came before the commit (the lake
+lacks the table in this shape); redundant but unavoidable when it came after
+it, as nothing tells this process the commit landed. The checksums are
+computed before the commit so that window is only the manifest's PUT
+(docs/architecture.md, "Lake mode": kill -9 and restarts).
 """
 
 from __future__ import annotations
@@ -127,6 +134,12 @@ class LakePublisher:
         models_checksum, models_request = self._models_request(definitions or [], previous)
         if models_request is not None:
             requests.append(models_request)
+        # Before the commit (the working DuckDB does not change until the records
+        # are cleared): a kill between the commit and the manifest, which resends
+        # any table sent whole, then has no checksum scans to hit.
+        for name in tables:
+            if name in full or name in keyed or name not in self._checksums:
+                self._checksums[name] = table_checksum(warehouse.con, name)
         started = time.monotonic()
         answer = run_lake(self.config, "publish", {"tables": requests})
         snapshot_id = int(answer["snapshot_id"])
@@ -138,9 +151,6 @@ class LakePublisher:
             "sent_bytes": sum(p.stat().st_size for p in self.outgoing.glob("*.parquet")),
             "lake_peak_rss_mb": answer.get("peak_rss_mb"),
         }
-        for name in tables:
-            if name in full or name in keyed or name not in self._checksums:
-                self._checksums[name] = table_checksum(warehouse.con, name)
         checksums = {name: self._checksums[name] for name in sorted(tables)}
         checksums[MODELS_TABLE] = models_checksum
         keys = {**primary_keys, MODELS_TABLE: MODELS_PRIMARY_KEY}

@@ -10,15 +10,17 @@ counts (a `count(*)` after deletes scans the table).
 
 Lake mode (`track_changes`): every write also records, in the same
 transaction, which keys it changed (`__lake."<table>"`) or that the table
-was loaded whole (`__lake.__full`), so the lake publisher sends only those
-rows; the records are cleared once the lake commit and the manifest are out,
-so a crash in between re-sends them (the lake applies them idempotently).
+must be sent whole (`__lake.__full`: a table new to the lake or reshaped),
+so the lake publisher sends only those rows; a reload of a table the lake
+holds in the same shape records the keys whose rows it changed. The records
+are cleared once the lake commit and the manifest are out, so a crash in
+between re-sends them (the lake applies them idempotently).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,16 @@ def _join(pk: Sequence[str], left: str, right: str) -> str:
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _differs(left: str, right: str) -> str:
+    """True when two tables of the same columns hold different rows (as multisets)."""
+    return (
+        "SELECT EXISTS (SELECT 1 FROM ("
+        f"(SELECT * FROM {left} EXCEPT ALL SELECT * FROM {right})"
+        f" UNION ALL (SELECT * FROM {right} EXCEPT ALL SELECT * FROM {left})"
+        "))"
+    )
 
 
 def _gone(soft_delete: str, columns: Columns, alias: str) -> str:
@@ -164,15 +176,13 @@ class Warehouse:
 
     # -- loading ----------------------------------------------------------------
 
-    def _run(self, batches: pa.RecordBatchReader, statements: Sequence[str]) -> list[object]:
-        """Run statements in one transaction with `batches` visible as __incoming."""
+    @contextlib.contextmanager
+    def _transaction(self, batches: pa.RecordBatchReader) -> Iterator[None]:
+        """One transaction with `batches` visible as __incoming."""
         self.con.register("__incoming", batches)
-        results: list[object] = []
         try:
             self.con.execute("BEGIN").fetchall()
-            for sql in statements:
-                rows = self.con.execute(sql).fetchall()
-                results.append(rows[0][0] if rows and rows[0] else None)
+            yield
             self.con.execute("COMMIT").fetchall()
         except BaseException:
             # A failed COMMIT (e.g. no space left for the WAL) has already ended
@@ -182,7 +192,16 @@ class Warehouse:
             raise
         finally:
             self.con.unregister("__incoming")
-        return results
+
+    def _value(self, sql: str) -> object:
+        """The first column of the statement's first row (a count, for DML)."""
+        rows = self.con.execute(sql).fetchall()
+        return rows[0][0] if rows and rows[0] else None
+
+    def _run(self, batches: pa.RecordBatchReader, statements: Sequence[str]) -> list[object]:
+        """Run statements in one transaction with `batches` visible as __incoming."""
+        with self._transaction(batches):
+            return [self._value(sql) for sql in statements]
 
     def replace_table(
         self,
@@ -192,37 +211,31 @@ class Warehouse:
         *,
         detect_changes: bool = False,
         soft_delete: str | None = None,
+        primary_key: Sequence[str] | None = None,
     ) -> tuple[int, bool]:
         """Load a whole table from a batch stream and swap it in atomically.
 
         `columns` gives each column's DuckDB type (None: keep the Arrow type).
         Returns (rows, changed); `changed` compares with the old contents
-        only when asked (it costs a pass over both copies).
+        only when asked (it costs a pass over both copies), or when lake mode
+        compares anyway:
+
+        Lake mode: a reload of a table the lake already holds in the same shape
+        (same columns and types, a primary key, not already to be sent whole)
+        records the keys whose rows differ from the old contents, so the lake
+        gets a delta; anything else (a new or reshaped table) is sent whole.
+        A restart after a kill reloads a table whose watermark was never
+        recorded; this is what keeps that reload from rewriting the lake.
         """
         staging, target = quote_ident(f"__load_{table}"), quote_ident(table)
-        held = [n for n, _ in self.columns(table)]
-        same_shape = bool(held) and held == [n for n, _ in columns]
-        statements = [
-            f"DROP TABLE IF EXISTS {staging}",
-            f"CREATE TABLE {staging} AS {_select(columns)}"
-            + (f" WHERE NOT ({_gone(soft_delete, columns, '__incoming')})" if soft_delete else ""),
-        ]
-        if detect_changes and same_shape:
-            statements.append(
-                "SELECT EXISTS (SELECT 1 FROM ("
-                f"(SELECT * FROM {staging} EXCEPT ALL SELECT * FROM {target})"
-                f" UNION ALL (SELECT * FROM {target} EXCEPT ALL SELECT * FROM {staging})"
-                "))"
-            )
-        statements += [
-            f"DROP TABLE IF EXISTS {target}",
-            f"ALTER TABLE {staging} RENAME TO {target}",
-        ]
-        if self.track_changes:
-            statements += [
-                f"DROP TABLE IF EXISTS {self._changes(table)}",
-                f"INSERT OR IGNORE INTO {FULL} VALUES ({_literal(table)})",
-            ]
+        held = self.columns(table)
+        same_names = bool(held) and [n for n, _ in held] == [n for n, _ in columns]
+        by_key = (
+            self.track_changes
+            and bool(primary_key)
+            and same_names
+            and not self._pending_whole(table)
+        )
         self._rows.pop(table, None)
         # The stream comes from one extractor thread, and one DuckDB thread
         # keeps up with it; a second only competes with the extractor and the
@@ -230,13 +243,54 @@ class Warehouse:
         threads = self.con.execute("SELECT current_setting('threads')").fetchall()[0][0]
         self.con.execute("SET threads = 1").fetchall()
         try:
-            results = self._run(batches, statements)
+            with self._transaction(batches):
+                self._value(f"DROP TABLE IF EXISTS {staging}")
+                created = self._value(
+                    f"CREATE TABLE {staging} AS {_select(columns)}"
+                    + (
+                        f" WHERE NOT ({_gone(soft_delete, columns, '__incoming')})"
+                        if soft_delete
+                        else ""
+                    )
+                )
+                rows = int(created or 0)  # type: ignore[call-overload]  # CTAS: its row count
+                if by_key and self.columns(f"__load_{table}") == held:
+                    assert primary_key is not None
+                    changed = self._record_reload(table, primary_key, staging, target)
+                else:
+                    changed = True
+                    if detect_changes and same_names:
+                        changed = bool(self._value(_differs(staging, target)))
+                    if self.track_changes:
+                        self._value(f"DROP TABLE IF EXISTS {self._changes(table)}")
+                        self._value(f"INSERT OR IGNORE INTO {FULL} VALUES ({_literal(table)})")
+                self._value(f"DROP TABLE IF EXISTS {target}")
+                self._value(f"ALTER TABLE {staging} RENAME TO {target}")
         finally:
             self.con.execute(f"SET threads = {int(threads)}").fetchall()
-        rows = int(results[1] or 0)  # type: ignore[call-overload]  # CREATE TABLE AS: its row count
         self._rows[table] = rows
-        changed = bool(results[2]) if detect_changes and same_shape else True
         return rows, changed
+
+    def _record_reload(
+        self, table: str, primary_key: Sequence[str], staging: str, target: str
+    ) -> bool:
+        """Record the keys whose rows a reload added, changed or removed; True
+        when there are any. One hash join on the key (a tenth of the time of
+        EXCEPT ALL both ways over whole rows: 0.8 s against 7 s for 2M rows)."""
+        differs = " OR ".join(
+            f"n.{quote_ident(c)} IS DISTINCT FROM o.{quote_ident(c)}"
+            for c, _ in self.columns(table)
+        )
+        keys = (
+            "SELECT "
+            + ", ".join(f"coalesce(n.{quote_ident(c)}, o.{quote_ident(c)})" for c in primary_key)
+            + f" FROM (SELECT TRUE AS __new, * FROM {staging}) n"
+            f" FULL JOIN (SELECT TRUE AS __old, * FROM {target}) o"
+            f" ON {_join(primary_key, 'n', 'o')}"
+            f" WHERE n.__new IS NULL OR o.__old IS NULL OR {differs}"
+        )
+        results = [self._value(sql) for sql in self._record(table, primary_key, keys)]
+        return bool(results[-1])
 
     def merge(
         self,
@@ -323,6 +377,10 @@ class Warehouse:
             f" SELECT {pk} FROM {quote_ident(table)} LIMIT 0",
             f"INSERT INTO {self._changes(table)} {keys_sql}",
         ]
+
+    def _pending_whole(self, table: str) -> bool:
+        found = self.con.execute(f"SELECT count(*) FROM {FULL} WHERE table_name = ?", [table])
+        return bool(found.fetchall()[0][0])
 
     def pending_changes(self) -> tuple[set[str], set[str]]:
         """(tables to send whole, tables with changed keys) since the last clear."""

@@ -263,6 +263,83 @@ def test_lake_mode_records_what_changed_until_cleared(tmp_path: Path) -> None:
     wh.close()
 
 
+def test_lake_mode_a_reload_of_a_table_the_lake_holds_records_only_the_keys_it_changed(
+    tmp_path: Path,
+) -> None:
+    """A reload (full refresh, backfill, no cursor, or the restart after a kill
+    that reloads a table whose watermark was never recorded) must not make the
+    lake rewrite the whole table: only the keys whose rows differ are sent."""
+    wh = Warehouse(tmp_path / "w.duckdb", track_changes=True)
+    rows = [(1, "a", 1), (2, "b", 2), (3, "c", 3)]
+    assert wh.replace_table("x", reader(NAMES, rows), COLS, primary_key=["id"]) == (3, True)
+    assert wh.pending_changes() == ({"x"}, set())  # new to the lake: whole
+    # Still to be sent whole (the lake may not hold it): a reload keeps it whole.
+    rows[2] = (3, "C", 3)
+    assert wh.replace_table("x", reader(NAMES, rows), COLS, primary_key=["id"]) == (3, True)
+    assert wh.pending_changes() == ({"x"}, set())
+    assert not wh.con.execute(
+        "SELECT * FROM duckdb_tables() WHERE table_name = 'x' AND schema_name = '__lake'"
+    ).fetchall()
+    wh.clear_changes(["x"])
+
+    merge(wh, [(5, "e", 5)])  # recorded before the reload: still sent after it
+    reloaded = [(1, "a", 1), (2, "B", 2), (4, "d", 4), (5, "e", 5)]  # 2 changed, 3 back, 4 new
+    assert wh.replace_table("x", reader(NAMES, reloaded), COLS, primary_key=["id"]) == (4, True)
+    assert content(wh) == reloaded and wh.row_count("x") == 4
+    assert wh.pending_changes() == (set(), {"x"})
+    files = wh.export_changes("x", ["id"], tmp_path / "out", full=False)
+    assert sorted(pq.read_table(files["keys"]).column("id").to_pylist()) == [2, 3, 4, 5]
+    assert sorted(pq.read_table(files["rows"]).to_pylist(), key=lambda r: r["id"]) == [
+        {"id": 2, "v": "B", "n": 2},
+        {"id": 4, "v": "d", "n": 4},
+        {"id": 5, "v": "e", "n": 5},
+    ]
+    wh.clear_changes(["x"])
+    # The same rows again (in another order): nothing changed, nothing to send.
+    again = list(reversed(reloaded))
+    assert wh.replace_table("x", reader(NAMES, again), COLS, primary_key=["id"]) == (4, False)
+    assert wh.pending_changes() == (set(), set())
+    # A NULL that stays NULL is no change; one that appears is.
+    nulls = [(1, None, 1), (2, "B", 2), (4, "d", 4), (5, "e", 5)]
+    for expected in (True, False):
+        assert wh.replace_table("x", reader(NAMES, nulls), COLS, primary_key=["id"]) == (
+            4,
+            expected,
+        )
+    assert wh.pending_changes() == (set(), {"x"})
+    wh.clear_changes(["x"])
+
+    # A composite key, and a table of key columns only.
+    kc: Columns = [("a", "INTEGER"), ("b", "INTEGER"), ("v", "VARCHAR")]
+    for name, cols in (("c", kc), ("k", kc[:2])):
+        width = len(cols)
+        first = [(1, 1, "x")[:width], (1, 2, "y")[:width]]
+        wh.replace_table(name, reader(["a", "b", "v"][:width], first), cols, primary_key=["a", "b"])
+        wh.clear_changes([name])
+        second = [(1, 1, "x")[:width], (2, 1, "y")[:width]]
+        wh.replace_table(
+            name, reader(["a", "b", "v"][:width], second), cols, primary_key=["a", "b"]
+        )
+        assert wh.pending_changes() == (set(), {name})
+        got = wh.con.execute(f'SELECT * FROM __lake."{name}" ORDER BY ALL').fetchall()
+        assert got == [(1, 2), (2, 1)], name
+        wh.clear_changes([name])
+
+    # Without a primary key, or in another shape (the lake's table must be
+    # replaced), the table goes whole.
+    assert wh.replace_table("x", reader(NAMES, nulls), COLS)[1] is True
+    assert wh.pending_changes() == ({"x"}, set())
+    wh.clear_changes(["x"])
+    retyped: Columns = [("id", "INTEGER"), ("v", "VARCHAR"), ("n", "INTEGER")]
+    wh.replace_table("x", reader(NAMES, nulls), retyped, primary_key=["id"])
+    assert wh.pending_changes() == ({"x"}, set())
+    wh.clear_changes(["x"])
+    wider: Columns = [*retyped, ("w", "INTEGER")]
+    wh.replace_table("x", reader([*NAMES, "w"], [(1, "a", 1, 0)]), wider, primary_key=["id"])
+    assert wh.pending_changes() == ({"x"}, set())
+    wh.close()
+
+
 def test_a_fatal_error_reopens_the_database_with_what_was_committed(
     wh: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
