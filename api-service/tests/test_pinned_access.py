@@ -142,6 +142,21 @@ def test_a_policy_without_rules_compiles_to_none_and_rules_are_compiled_once():
     assert not only_filter.uses_hash_masks
 
 
+def test_the_compiled_rules_cache_holds_257_policies_then_starts_over(monkeypatch):
+    """A bound on memory: policies are few (one per whitelist application),
+    but a whitelist reload makes new policy objects each time."""
+    from api_service.access import rules as rules_module
+
+    monkeypatch.setattr(rules_module, "_compiled", {})
+    policies = [AppPolicy(tables=["t"], row_filters={"t": f"x = {i}"}) for i in range(258)]
+    compiled = [rules_for(p) for p in policies[:257]]
+    assert len(rules_module._compiled) == 257
+    assert all(rules_for(p) is c for p, c in zip(policies[:257], compiled, strict=True))
+    rules_for(policies[257])  # the 258th: the cache starts over with it
+    assert len(rules_module._compiled) == 1
+    assert rules_for(policies[0]) is not compiled[0]  # compiled again
+
+
 def test_what_get_schema_shows_of_a_restricted_table():
     rules = _rules()
     columns = [ColumnSchema(name=c, type="INTEGER") for c in ["ID", "margin", "Note", "status"]]
@@ -168,10 +183,12 @@ def test_what_get_schema_shows_of_a_restricted_table():
         "id > 0 LIMIT 1",
         "true UNION SELECT 1",
         "true; DROP TABLE orders",
+        "id > 0; SELECT 1",
         "id IN (WITH c AS (SELECT 1 AS x) SELECT x FROM c)",
         "id IN (SELECT id FROM other.orders)",
         "getenv('HOME') = 'x'",
         "claim(1) = id",
+        "claim() = id",
         "claim('') = id",
         "claim('a', 'b') = id",
         "claim(name) = id",
