@@ -10,12 +10,15 @@ from __future__ import annotations
 import pytest
 
 from api_service.errors import QueryRejected
-from api_service.query.sql_guard import GuardLimits, check_query
+from api_service.query.sql_guard import GuardLimits, _parse_tree, check_query
 from api_service.query.sql_limits import (
+    AMPLIFYING_FUNCTIONS,
     DENIED_PREFIXES,
     MAX_AMPLIFY,
     MAX_CONCAT_GROWTH,
     MAX_SERIES_ROWS,
+    AmplifyBudget,
+    arguments,
     denied,
 )
 
@@ -155,6 +158,55 @@ def test_a_computed_size_is_refused():
     assert "literal count" in refused("SELECT repeat('x')")
 
 
+# Each bounded call with its size read from the data.
+COMPUTED_SIZES = {
+    "lpad": "lpad(warehouse, id, ' ')",
+    "rpad": "rpad(warehouse, id, ' ')",
+    "bar": "bar(quantity, 0, 100, id)",
+    "to_base": "to_base(id, 2, id)",
+    "equi_width_bins": "equi_width_bins(0, 1, id, false)",
+    "repeat": "repeat(warehouse, id)",
+    "list_resize": "list_resize([1], id)",
+    "array_resize": "array_resize([1], id)",
+    "range": "range(0, id)",
+    "generate_series": "generate_series(0, id)",
+}
+
+
+def test_the_exported_amplifying_functions_are_exactly_the_bounded_calls():
+    """sql_guard exports AMPLIFYING_FUNCTIONS as the calls whose size must be a
+    literal: it names every one of them and nothing else."""
+    assert set(COMPUTED_SIZES) == AMPLIFYING_FUNCTIONS
+
+
+@pytest.mark.parametrize("name", sorted(COMPUTED_SIZES))
+def test_every_amplifying_function_refuses_a_size_read_from_the_data(name):
+    assert "needs" in refused(f"SELECT {COMPUTED_SIZES[name]} FROM inventory")
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        ("SELECT to_base(id) FROM inventory", "to_base() needs a literal size"),
+        ("SELECT bar(quantity, 0) FROM inventory", "bar() needs a literal size"),
+        ("SELECT equi_width_bins(0) FROM inventory", "equi_width_bins() needs a literal size"),
+        # inside a joined value (sized before the call itself is checked)
+        ("SELECT concat(list_resize([warehouse])) FROM inventory", "list_resize() needs"),
+        ("SELECT concat(array_resize([warehouse])) FROM inventory", "array_resize() needs"),
+    ],
+)
+def test_a_call_that_stops_before_its_size_argument_is_refused(sql, what):
+    """Arguments missing up to the size or count: a refusal, not an IndexError (a 500)."""
+    assert refused(sql).startswith(what)
+
+
+def test_a_unary_plus_is_no_literal_and_no_negation():
+    """`-n` is the literal -n; `+n` is a call like any computed count (read as -n,
+    repeat('x', +20000) would pass as a count below one and build 20000 copies)."""
+    assert "literal count" in refused("SELECT repeat('x', +20000)")
+    assert "literal size" in refused("SELECT lpad('x', +20000, ' ')")
+
+
 # -- the repeat-like budget: a product over the whole query -------------------
 
 
@@ -179,6 +231,15 @@ def test_scalar_series_spend_their_span():
     passes("SELECT range(99), repeat('x', 100)")  # 100 x 100
     refused("SELECT range(100), repeat('x', 100)")  # 101 x 100
     passes("SELECT range(10, 0), repeat('x', 10000)")  # empty: spends 1
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_a_series_of_an_odd_length_spends_its_whole_span(name):
+    passes(f"SELECT {name}(1), repeat('x', 5000)")  # 0..1: 2 x 5000
+    refused(f"SELECT {name}(1), repeat('x', 5001)")
+    passes(f"SELECT {name}(3), repeat('x', 2500)")  # 0..3: 4 x 2500
+    refused(f"SELECT {name}(3), repeat('x', 2501)")
+    refused(f"SELECT {name}(99), repeat('x', 101)")  # 100 x 101
 
 
 @pytest.mark.parametrize("name", SERIES)
@@ -285,6 +346,26 @@ def test_copies_of_a_computed_count_are_too_many():
 def test_copies_of_literals_or_nulls_are_no_reads():
     passes("SELECT repeat('x', 10000), list_resize([warehouse], 1) FROM inventory")
     passes("SELECT list_resize([warehouse], 10000) FROM inventory")  # pads with NULL
+    # ... nor when joined with reads: 64 columns and 10 copies of a literal are 64 reads.
+    passes(f"SELECT concat(repeat('-', 10), {reads(64)}) FROM inventory")
+
+
+def test_copies_multiply_the_reads_of_the_copied_value():
+    # 2 reads copied 3 times are 6 reads: 6 + 58 = 64 (not 2 ** 3 or 3 ** 2).
+    passes(f"SELECT concat(repeat(warehouse || warehouse, 3), {reads(58)}) FROM inventory")
+    refused(f"SELECT concat(repeat(warehouse || warehouse, 3), {reads(59)}) FROM inventory")
+
+
+def test_joined_sizes_do_not_depend_on_the_order_they_are_asked_in():
+    """AmplifyBudget.joined_size is memoised: sizing a part of an expression
+    first (a nested call checked on its own) leaves the whole's size the same."""
+    tree = _parse_tree("SELECT concat(warehouse, concat(warehouse, warehouse), warehouse)")
+    outer = tree["statements"][0]["node"]["select_list"][0]
+    inner = arguments(outer)[1]
+    budget = AmplifyBudget()
+    assert budget.joined_size(inner) == 2
+    assert budget.joined_size(outer) == 4
+    assert AmplifyBudget().joined_size(outer) == 4
 
 
 @pytest.mark.parametrize("name", ["replace", "regexp_replace"])
@@ -333,6 +414,15 @@ def test_a_lambda_that_copies_other_values_is_refused(body, what):
         f"SELECT list_transform(string_split(warehouse, ','), lambda x: {body}) FROM inventory"
     )
     assert f"not {what}" in message
+
+
+def test_a_lambda_over_columns_picked_by_a_columns_selector_passes():
+    """Only the LAMBDA argument is the element builder: COLUMNS(lambda c: ...)
+    (a STAR node whose selector holds a lambda over column names and a `*`)
+    picks the lists to transform and builds no element."""
+    passes(
+        "SELECT list_transform(COLUMNS(lambda c: c LIKE 'tag%'), lambda x: upper(x)) FROM inventory"
+    )
 
 
 def test_a_reducing_lambda_reads_both_its_parameters():
@@ -425,6 +515,17 @@ def test_series_tables_of_dates_and_timestamps_pass(args):
         ("0, random()", "range() needs constant arguments"),
         ("", "range() needs constant arguments"),
         ("0.5, 3", "range() takes integer literals, or dates/timestamps and an interval"),
+        ("0.5", "range() takes integer literals, or dates/timestamps and an interval"),
+        # a cast to an integer type of a non-integer is no integer literal, nor a date
+        (
+            "CAST(0.5 AS BIGINT), 100000000000",
+            "range() takes integer literals, or dates/timestamps and an interval",
+        ),
+        # a column read is not constant, even with a date first (a series per row)
+        (
+            "DATE '2024-01-01', inventory.shipped, INTERVAL 1 DAY",
+            "range() needs constant arguments",
+        ),
         (
             "CAST('2024-01-01' AS VARCHAR), CAST('2024-02-01' AS VARCHAR), INTERVAL 1 DAY",
             "range() takes integer literals, or dates/timestamps and an interval",
