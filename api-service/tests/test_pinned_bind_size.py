@@ -58,6 +58,16 @@ def test_plain_expressions_count_their_nodes():
     assert size("SELECT 1 FROM t WHERE a > 0 ORDER BY a LIMIT 3") == 1 + 1 + 3 + 1 + 1
 
 
+def test_the_where_clause_adds_to_the_select_list():
+    # t 1 + a 1 = 2, WHERE (> a 0) 3: added, not merged bit-wise (2 | 3 is 3).
+    assert size("SELECT a FROM t WHERE a > 0") == 5
+
+
+def test_coalesce_does_not_copy_its_first_argument():
+    # Only IN copies its operand: coalesce is 1 + (+ a 1) 3 + b 1 + c 1.
+    assert size("SELECT coalesce(a + 1, b, c)") == 6
+
+
 # -- reused aliases -----------------------------------------------------------
 
 
@@ -121,6 +131,17 @@ def test_macro_arguments_past_the_known_copies_count_once():
     # 1 + 3 x (+ a 1) + 1 x (+ b 1) = 1 + 9 + 3.
     assert size("SELECT f(a + 1, b + 1)", copies) == 13
     assert size("SELECT f(a + 1, b + 1)", {}) == 7  # not a macro: each argument once
+
+
+def test_a_macro_called_with_more_arguments_than_it_takes_counts_the_rest_once():
+    # weighted_avg copies (2, 2); a third and fourth argument (a bind error later,
+    # not a crash in the guard) count once: 1 + 2 x 3 + 2 x 1 + 3 + 1.
+    assert size("SELECT weighted_avg(a + 1, b, c + 1, d)") == 13
+
+
+def test_a_macro_call_counts_its_filter_once():
+    # t 1 + weighted_avg 1 + a twice 2 + b twice 2 + FILTER (> c 0) 3.
+    assert size("SELECT weighted_avg(a, b) FILTER (WHERE c > 0) FROM t") == 9
 
 
 def test_macros_that_copy_nothing_are_not_listed():
@@ -246,6 +267,30 @@ def test_a_recursive_cte_reads_itself_as_one_column_not_a_table():
     assert size(sql) == 4 + 1 + 2
 
 
+def test_a_recursive_cte_is_as_wide_as_its_select_list():
+    # Base 2; step r 1 + (+ n 1) 3 + m 1 + WHERE (< n 3) 3 = 8; main r 1 + * (1 + 2).
+    sql = (
+        "WITH RECURSIVE r AS (SELECT 1 AS n, 2 AS m UNION ALL"
+        " SELECT n + 1, m FROM r WHERE n < 3) SELECT * FROM r"
+    )
+    assert size(sql) == 2 + 8 + 1 + (1 + 2)
+
+
+def test_a_recursive_cte_read_in_a_subquery_of_its_step_is_one_column():
+    # q = r 1 + t 1 + ON 1 + * (1 + 1 + 32) = 37; step q + (+ n 1) 3 + WHERE 3 = 43;
+    # base 1; main r 1 + n 1.
+    sql = (
+        "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM"
+        " (SELECT * FROM r JOIN t ON true) q WHERE n < 3) SELECT n FROM r"
+    )
+    assert size(sql) == 1 + 43 + 2
+
+
+def test_ctes_of_a_set_operation_add_to_its_branches():
+    # c (SELECT 1, 2) 2, then the branches 1 + 1: added, not merged bit-wise.
+    assert size("WITH c AS (SELECT 1, 2) SELECT 1 UNION ALL SELECT 2") == 4
+
+
 def test_the_guard_holds_the_estimate_and_the_copies_to_its_limits():
     def check(sql: str, **limits: int) -> None:
         check_query(sql, allowed_tables=None, limits=GuardLimits(**limits))
@@ -273,6 +318,17 @@ def test_star_counts_table_width_per_unknown_table():
 def test_a_qualified_star_counts_only_its_relation():
     assert size("SELECT s.* FROM t s JOIN u ON true") == 3 + (1 + W)
     assert size("SELECT t.* FROM t, u") == 2 + (1 + W)  # by table name; a cross join has no ON
+    # Only the named relation, whatever the others' names sort as: t 1 + (SELECT 1) 1
+    # + ON 1 + b.* (1 + 1).
+    assert size("SELECT b.* FROM t a JOIN (SELECT 1) b ON true") == 5
+
+
+@pytest.mark.parametrize("materialized", ["", "NOT MATERIALIZED"])
+def test_a_qualified_star_finds_a_cte_by_its_name_or_alias(materialized):
+    body = 2 if materialized else 2 + 1  # bound at the reference, or once plus the reference
+    for sql in ("SELECT c.* FROM c JOIN t ON true", "SELECT x.* FROM c x JOIN t ON true"):
+        # ... + t 1 + ON 1 + c.* (1 + 2), not t's 32 columns too.
+        assert size(f"WITH c AS {materialized} (SELECT 1, 2) {sql}") == body + 1 + 1 + 3
 
 
 def test_star_over_a_subquery_counts_its_width():
@@ -281,12 +337,22 @@ def test_star_over_a_subquery_counts_its_width():
     assert size("SELECT * FROM (SELECT a, b + 1, * FROM t)") == 38 + (1 + 34)
     # Doubling: the inner query is 1 + 2 x 33 = 67 and 64 wide; the outer 67 + 2 x 65.
     assert size("SELECT *, * FROM (SELECT *, * FROM t)") == 67 + 2 * 65
+    # A scalar subquery or a window in a select list is one column, not a star.
+    # Inner: t 1 + SUBQUERY (1 + 1) = 3; outer * (1 + 1).
+    assert size("SELECT * FROM (SELECT (SELECT 1) FROM t)") == 3 + 2
+    # Inner: t 1 + WINDOW 1 + a 1 = 3; outer * (1 + 1).
+    assert size("SELECT * FROM (SELECT sum(a) OVER () FROM t)") == 3 + 2
 
 
 def test_star_over_values_counts_a_row_width():
     # VALUES is SELECT * FROM <rows>: 4 constants + * (1 + 2) = 7, 2 wide.
     assert size("SELECT * FROM (VALUES (1, 2), (3, 4)) v(a, b)") == 7 + (1 + 2)
     assert size("SELECT * FROM (VALUES (1, 2, 3)) v") == (3 + 4) + (1 + 3)
+
+
+def test_a_table_function_is_one_column_and_counts_its_arguments():
+    # range(3): the function 1 + its constant 1, one column; t 1; ON 1; * (1 + 1 + 32).
+    assert size("SELECT * FROM range(3) JOIN t ON true") == 2 + 1 + 1 + (1 + 1 + W)
 
 
 def test_star_over_a_union_counts_the_widest_branch():
@@ -316,6 +382,9 @@ def test_pivot_adds_a_column_per_aggregate_and_combination_of_values():
     assert size("SELECT * FROM t PIVOT (sum(a) FOR c IN (1))") == (1 + 4 + 1) + (1 + W + 1)
     # Values from an enum the guard cannot see count as one.
     assert size("SELECT * FROM t PIVOT (sum(a) FOR c IN e)") == (1 + 3 + 1) + (1 + W + 1)
+    # Over a subquery 3 wide (counted once): 3 + 5 + 2 new columns, 3 + 2 wide.
+    sub = "SELECT * FROM (SELECT 1 AS a, 2 AS c, 3 AS d) PIVOT (sum(a) FOR c IN (1, 2))"
+    assert size(sub) == (3 + 5 + 2) + (1 + 3 + 2)
 
 
 def test_unpivot_adds_no_columns():
@@ -352,6 +421,15 @@ def test_a_simple_case_copies_its_operand_into_each_when():
     # One WHEN, one copy; ELSE is not a WHEN.
     assert parsed_tokens("SELECT CASE x WHEN 1 THEN 2 END") == 1 + 1 + (1 + 1 + 3 + 1)
     assert parsed_tokens("SELECT CASE x WHEN 1 THEN 2 ELSE 3 END") == 1 + 1 + (1 + 1 + 5 + 1)
+    # A keyword that names a column (year) is an operand like any other.
+    assert parsed_tokens("SELECT CASE year WHEN 1 THEN 2 WHEN 3 THEN 4 END") == 13
+
+
+def test_a_where_inside_a_case_is_not_a_when():
+    # The THEN's subquery adds its tokens once: WHERE true is 2 tokens, not a WHEN
+    # (which would copy the operand, 3 tokens, again).
+    plain = "SELECT CASE (x) WHEN 1 THEN (SELECT 2 {}) END"
+    assert parsed_tokens(plain.format("WHERE true")) - parsed_tokens(plain.format("")) == 2
 
 
 def test_keywords_are_read_in_any_case_and_through_comments():
