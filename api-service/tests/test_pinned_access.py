@@ -311,6 +311,11 @@ def test_caller_parameters_bind_beside_the_claims(con):
     assert _run(con, "SELECT id FROM orders WHERE status = ?", params=["new"]) == [(3,)]
     assert _run(con, "SELECT id FROM orders WHERE status = $1", params={"1": "paid"}) == [(1,)]
     assert _run(con, "SELECT id FROM orders WHERE status = $s", params={"s": "paid"}) == [(1,)]
+    # Only positional placeholders are renamed: a key the SQL has no
+    # placeholder for keeps its name (DuckDB's error names the caller's key).
+    named = rw.rewrite("SELECT id FROM orders WHERE status = $s", _rules(), _manifest())
+    bound = rw.bind(named, {"s": "paid", "1": "x"}, {"cid": 7}, mask_keys(SECRET))
+    assert bound["1"] == "x" and bound["s"] == "paid"
 
 
 def test_bind_passes_the_callers_parameters_through_when_nothing_is_added():
@@ -369,12 +374,16 @@ def test_a_column_restricted_table_must_be_in_the_data_and_show_a_column():
 
 def test_the_result_reports_what_to_bind_and_what_is_hidden():
     rules = _rules()
-    untouched = rw.rewrite("SELECT * FROM products", rules, _manifest())
-    assert untouched == rw.RewrittenQuery("SELECT * FROM products", (), False, False, frozenset())
+    # A query reading no restricted table runs as the caller wrote it (DuckDB's
+    # error positions point into the caller's text), its placeholders unrenamed.
+    text = "select *  from products where id = ?"
+    untouched = rw.rewrite(text, rules, _manifest())
+    assert untouched == rw.RewrittenQuery(text, (), False, False, frozenset())
     result = rw.rewrite("SELECT * FROM orders, customers WHERE status = ?", rules, _manifest())
     assert result.claims == ("cid",) and result.masks and result.positional
     assert result.hidden == {"margin"}
-    assert not rw.rewrite("SELECT id FROM orders", rules, _manifest()).masks
+    plain = rw.rewrite("SELECT id FROM orders", rules, _manifest())
+    assert not plain.masks and not plain.positional  # no placeholder of the caller's
 
 
 def test_rewrites_are_cached_per_sql_rules_and_version():
@@ -393,6 +402,7 @@ def test_rewrites_are_cached_per_sql_rules_and_version():
         with pytest.raises(QueryRejected) as err:
             attempt()
         assert err.value.code == "cte_name_not_allowed"
+        assert "a CTE may not be named 'orders'" in str(err.value)  # the message too
 
 
 def test_the_rewrite_cache_is_bounded(monkeypatch):
@@ -463,3 +473,33 @@ def test_a_callers_predicate_never_runs_on_rows_the_filter_hides(con):
         row_filters={"orders": "customer_id IN (SELECT id FROM customers WHERE name = claim('n'))"},
     )
     assert _run(con, probe, by_name, {"n": "Ada"}) == [(1,), (3,)]
+
+
+def test_a_callers_own_subqueries_are_not_taken_for_inserted_ones(con):
+    """The second check counts the subqueries the rewrite inserted (`main.t AS
+    __rls_t`); a caller's subquery over another table, aliased or not, or over
+    a set operation, is neither counted nor refused."""
+    sql = (
+        "SELECT id FROM orders WHERE id IN (SELECT 1 UNION ALL SELECT 3)"
+        " AND id NOT IN (SELECT p.id FROM products AS p) AND id NOT IN (SELECT id FROM products)"
+        " ORDER BY id"
+    )
+    assert _run(con, sql) == [(1,), (3,)]
+
+
+def test_the_second_check_refuses_what_the_rewrite_left_in_place():
+    """The rewritten SQL is parsed again: a restricted table or refused model
+    read directly, or fewer inserted subqueries than references replaced
+    (a round trip that lost one), is refused rather than run."""
+    rules = _rules()
+    refused = frozenset({"v_totals"})
+    done = rw.rewrite("SELECT id FROM orders", rules, _manifest()).sql
+    rw._verify(done, rules, refused, 1)
+    for sql, expected in (
+        ("SELECT id FROM orders", 0),
+        ("SELECT * FROM v_totals", 0),
+        (done, 2),
+    ):
+        with pytest.raises(QueryRejected) as err:
+            rw._verify(sql, rules, refused, expected)
+        assert err.value.code == "unsupported"
