@@ -7,7 +7,6 @@ Each check returns where it reached (no secret) or raises; the line is
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
 from typing import Any
 
 from analytics_shared.cli_edge import EXIT_FAILURE, one_line
